@@ -1,0 +1,81 @@
+"""The ``pacs-appliance`` command line. ``main()`` returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from appliance import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+log = logging.getLogger("appliance")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pacs-appliance", description="A mini-PACS for small clinics.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", metavar="PATH",
+                       help="Orthanc-format JSON config (default: embedded defaults, data in ./pacs-data)")
+    serve.add_argument("--debug", action="store_true", help="log at DEBUG level")
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", metavar="PATH", help="the file to check")
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def _load(path: str | None):
+    """The config at ``path``, or the embedded defaults."""
+    from appliance.config import default_config, load_config
+
+    return load_config(path) if path else default_config()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script and of ``python -m appliance``."""
+    from appliance.config import ConfigError
+
+    args = _parser().parse_args(argv)
+    if args.command is None:
+        _parser().print_help()
+        return EXIT_FAILURE
+    if args.command == "version":
+        print(f"pacs-appliance {__version__}")
+        return EXIT_OK
+    try:
+        config = _load(args.config)
+    except ConfigError as e:
+        print(f"pacs-appliance: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check-config":
+        where = config.source or "embedded defaults"
+        print(f"{where}: OK ({len(config.dicom_modalities)} modalities, "
+              f"{len(config.ignored)} Orthanc keys ignored)")
+        return EXIT_OK
+    return _serve(config, debug=args.debug)
+
+
+def _serve(config, *, debug: bool) -> int:
+    from appliance.daemon import run
+    from appliance.logs import setup_logging
+
+    setup_logging(logging.DEBUG if debug else logging.INFO)
+    if config.embedded_defaults:
+        log.warning("no --config given: running on EMBEDDED DEFAULTS, data in %s, "
+                    "HTTP on localhost only, no authentication", config.storage_directory.parent)
+    else:
+        log.info("configuration: %s", config.source)
+    for key in config.ignored:
+        log.info("configuration key %s is an Orthanc option with no meaning here: ignored", key)
+    try:
+        return asyncio.run(run(config))
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return EXIT_FAILURE

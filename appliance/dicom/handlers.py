@@ -1,0 +1,263 @@
+"""One handler per DIMSE service, plus the association-level events.
+
+Thin: each handler reads what the protocol gives, asks the policy, calls the
+Archive, and maps the outcome to a named status. pynetdicom runs every
+association on its own thread, so these are plain synchronous functions.
+Logs name the peer first; patient names and IDs never appear at INFO.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pydicom.dataset import Dataset
+from pynetdicom import events as evt
+
+from appliance.dicom.policy import AccessPolicy, Service
+from appliance.store.archive import Archive, Origin, StoreOutcome
+from appliance.store.blobs import IncomingFile
+
+log = logging.getLogger(__name__)
+
+
+class Status(enum.IntEnum):
+    """DIMSE statuses answered by these handlers (PS3.7 C, PS3.4 B.2.3)."""
+
+    SUCCESS = 0x0000
+    REFUSED_NOT_AUTHORIZED = 0x0124
+    PROCESSING_FAILURE = 0x0110
+
+
+@dataclass
+class _AssocStats:
+    peer: str
+    calling_aet: str
+    called_aet: str
+    started: float = field(default_factory=time.monotonic)
+    stored: int = 0
+    failed: int = 0
+    bytes: int = 0
+    established: bool = False
+
+
+def _peer(assoc) -> tuple[str, str]:
+    """(host, "host:port") of the association's requestor."""
+    host = assoc.requestor.address
+    return host, f"{host}:{assoc.requestor.port}"
+
+
+def _aet(value: str | bytes) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return value.strip()
+
+
+class IncomingFiles:
+    """Where pynetdicom writes incoming C-STORE datasets.
+
+    It hands out :class:`IncomingFile` objects from the archive, remembers
+    which association (by its DUL thread) received each, so the C-STORE
+    handler can take its file, and so the files of an association that died
+    mid-transfer are deleted when its connection closes.
+    """
+
+    def __init__(self, archive: Archive) -> None:
+        self._archive = archive
+        self._lock = threading.Lock()
+        self._files: dict[str, tuple[IncomingFile, threading.Thread]] = {}
+
+    def create(self, *args: object, **kwargs: object) -> IncomingFile:
+        """Stand-in for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")."""
+        f = self._archive.new_incoming()
+        with self._lock:
+            self._files[f.name] = (f, threading.current_thread())
+        return f
+
+    def take(self, name: str) -> IncomingFile | None:
+        """The file received under ``name``, now owned by the caller."""
+        with self._lock:
+            entry = self._files.pop(name, None)
+        return entry[0] if entry else None
+
+    def discard_for(self, thread: threading.Thread) -> None:
+        """Delete the unfinished files of one association."""
+        with self._lock:
+            mine = [n for n, (_, t) in self._files.items() if t is thread]
+            entries = [self._files.pop(n) for n in mine]
+        for f, _ in entries:
+            f.discard()
+
+
+class DicomHandlers:
+    """The event handlers of the DICOM server."""
+
+    def __init__(self, archive: Archive, policy: AccessPolicy, incoming: IncomingFiles) -> None:
+        self.archive = archive
+        self.policy = policy
+        self.incoming = incoming
+        self._lock = threading.Lock()
+        self._assocs: dict[int, _AssocStats] = {}
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+
+    def set_policy(self, policy: AccessPolicy) -> None:
+        """Swap the access rules (SIGHUP reload); new requests use them."""
+        self.policy = policy
+
+    def bindings(self) -> list[tuple]:
+        """(event, handler) pairs for ``AE.start_server(evt_handlers=...)``."""
+        return [
+            (evt.EVT_CONN_OPEN, self.on_conn_open),
+            (evt.EVT_REQUESTED, self.on_requested),
+            (evt.EVT_ESTABLISHED, self.on_established),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+        ]
+
+    # -- association events ---------------------------------------------
+
+    def on_conn_open(self, event) -> None:
+        """Turn Nagle off: with it, each small C-STORE-RSP can wait ~40 ms
+        for the peer's delayed ACK."""
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def on_requested(self, event) -> None:
+        """A-ASSOCIATE-RQ: apply the called-AET / calling-AET / host rules."""
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling, called = _aet(rq.calling_ae_title), _aet(rq.called_ae_title)
+        host, peer = _peer(assoc)
+        with self._lock:
+            self._assocs[id(assoc)] = _AssocStats(peer, calling, called)
+        rejection = self.policy.check_association(calling, called, host)
+        if rejection is not None:
+            log.warning("%s: association from %s to %s rejected: %s",
+                        peer, calling, called, rejection.name.lower().replace("_", " "))
+            assoc.acse.send_reject(*rejection.value)
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
+
+    def on_established(self, event) -> None:
+        """Association accepted."""
+        with self._lock:
+            stats = self._assocs.get(id(event.assoc))
+            if stats:
+                stats.established = True
+        if stats:
+            log.debug("%s: association from %s to %s accepted", stats.peer, stats.calling_aet,
+                      stats.called_aet)
+
+    def on_conn_close(self, event) -> None:
+        """One INFO line per association, with its counts."""
+        assoc = event.assoc
+        self.incoming.discard_for(assoc.dul)
+        with self._lock:
+            stats = self._assocs.pop(id(assoc), None)
+        if stats is None or not stats.established:
+            return
+        how = ("released" if assoc.is_released else "aborted" if assoc.is_aborted else "closed")
+        log.info(
+            "%s: association from %s to %s %s: %d stored, %d failed, %d bytes, %.2f s",
+            stats.peer, stats.calling_aet, stats.called_aet, how, stats.stored, stats.failed,
+            stats.bytes, time.monotonic() - stats.started,
+            extra={"PEER": stats.peer, "CALLING_AET": stats.calling_aet,
+                   "CALLED_AET": stats.called_aet, "STORED": stats.stored,
+                   "FAILED": stats.failed, "BYTES": stats.bytes,
+                   "DURATION_MS": int((time.monotonic() - stats.started) * 1000)},
+        )
+
+    # -- services --------------------------------------------------------
+
+    def _who(self, event) -> tuple[str, str, str]:
+        host, peer = _peer(event.assoc)
+        return host, peer, _aet(event.assoc.requestor.ae_title)
+
+    def handle_echo(self, event) -> int:
+        """C-ECHO (PS3.4 A): Success, unless this AE may not echo."""
+        host, peer, calling = self._who(event)
+        if not self.policy.allows(Service.ECHO, calling, host):
+            log.warning("%s: C-ECHO from %s refused: not allowed", peer, calling)
+            return Status.REFUSED_NOT_AUTHORIZED
+        return Status.SUCCESS
+
+    def handle_store(self, event) -> Dataset:
+        """C-STORE (PS3.4 B): store through the Archive, answer its status."""
+        host, peer, calling = self._who(event)
+        req = event.request
+        incoming = self.incoming.take(str(event.dataset_path))
+        if incoming is None:  # not ours: chunked receive is off or the file went away
+            log.error("%s: C-STORE from %s: received data not found", peer, calling)
+            return _status(Status.PROCESSING_FAILURE, "received data not found")
+        if not self.policy.allows(Service.STORE, calling, host):
+            incoming.discard()
+            self._count(event, None, incoming.size)
+            log.warning("%s: C-STORE from %s refused: not allowed to store", peer, calling)
+            return _status(Status.REFUSED_NOT_AUTHORIZED, "this AE may not store")
+        with self._lock:
+            self._in_flight += 1
+        try:
+            outcome = self.archive.store_instance(
+                incoming, Origin("DICOM", peer, calling),
+                expected_sop_class=str(req.AffectedSOPClassUID or "") or None,
+                expected_sop_instance=str(req.AffectedSOPInstanceUID or "") or None,
+            )
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._idle.notify_all()
+        self._count(event, outcome, outcome.size)
+        if not outcome.result.stored:
+            log.warning("%s: C-STORE from %s failed: %s (%s)", peer, calling,
+                        outcome.result.label, outcome.reason)
+            return _status(outcome.result.dimse_status, outcome.reason)
+        log.debug("%s: stored %s (%s)", peer, outcome.sop_instance_uid, outcome.result.label,
+                  extra={"SOP_INSTANCE_UID": outcome.sop_instance_uid})
+        return _status(outcome.result.dimse_status)
+
+    def _count(self, event, outcome: StoreOutcome | None, size: int) -> None:
+        with self._lock:
+            stats = self._assocs.get(id(event.assoc))
+            if stats is None:
+                return
+            if outcome is not None and outcome.result.stored:
+                stats.stored += 1
+                stats.bytes += size
+            else:
+                stats.failed += 1
+
+    # -- shutdown --------------------------------------------------------
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no store is being written; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._in_flight:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def open_associations(self) -> int:
+        """Number of associations currently open."""
+        with self._lock:
+            return sum(1 for s in self._assocs.values() if s.established)
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    rsp = Dataset()
+    rsp.Status = int(code)
+    if comment and code != Status.SUCCESS:
+        rsp.ErrorComment = comment[:64]  # LO: 64 characters
+    return rsp

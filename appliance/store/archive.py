@@ -1,0 +1,277 @@
+"""The Archive: the one object every protocol adapter stores through.
+
+``store_instance`` is the only ingest path (C-STORE now, STOW-RS later). It
+follows Orthanc's order — file first, then index, undo the file if the index
+fails — with the durability of DESIGN.md's store contract: the file is
+fsynced and renamed into place, its directory fsynced, and the index row
+committed, before the caller hears Success.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import apsw
+from pydicom.dataset import Dataset
+
+from appliance import dicomjson
+from appliance.store.blobs import BlobStore, IncomingFile
+from appliance.store.header import Header, InvalidObject, is_valid_uid, read_header
+from appliance.store.index import Index, InstanceRecord
+
+log = logging.getLogger(__name__)
+
+
+class StoreResult(enum.Enum):
+    """The outcome of one store, with its C-STORE status and HTTP code.
+
+    C-STORE statuses are PS3.4 B.2.3 (Storage) and PS3.7 C (general); STOW-RS
+    uses the same numbers as FailureReason (PS3.18 10.5.3).
+    """
+
+    #                    (name,              dimse,  http)
+    SUCCESS = ("Success", 0x0000, 200)
+    # A duplicate kept out by OverwriteInstances=false: Orthanc answers
+    # Success too, so that the modality does not retry for ever.
+    ALREADY_STORED = ("AlreadyStored", 0x0000, 200)
+    # Refused by policy (this AE may not store).
+    REJECTED = ("Rejected", 0x0124, 403)
+    # Storage full or quota reached (PS3.4 B.2.3: Refused, Out of Resources).
+    OUT_OF_RESOURCES = ("OutOfResources", 0xA700, 507)
+    # Dataset's SOP Class differs from the command's (PS3.4 B.2.3).
+    SOP_CLASS_MISMATCH = ("SopClassMismatch", 0xA900, 409)
+    # Not DICOM, truncated, missing or invalid UIDs (PS3.4 B.2.3: Cannot Understand).
+    INVALID = ("Invalid", 0xC000, 400)
+    # Dataset's SOP Instance UID differs from the command's.
+    UID_MISMATCH = ("UidMismatch", 0xC001, 409)
+    # Our own failure (I/O error, index error): PS3.7 C.4 Processing Failure.
+    FAILURE = ("Failure", 0x0110, 500)
+
+    def __init__(self, label: str, dimse: int, http: int) -> None:
+        self.label = label
+        self.dimse_status = dimse
+        self.http_status = http
+
+    @property
+    def stored(self) -> bool:
+        """True if the instance is in the archive after this store."""
+        return self in (StoreResult.SUCCESS, StoreResult.ALREADY_STORED)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an object came from (kept in the index, used in logs)."""
+
+    source: str                 # "DICOM" | "DICOMweb"
+    peer: str | None = None     # "ip:port"
+    calling_aet: str | None = None
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What :meth:`Archive.store_instance` did, for the adapter to report."""
+
+    result: StoreResult
+    reason: str = ""
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    size: int = 0
+
+
+class Archive:
+    """Index + file store behind one thread-safe interface."""
+
+    def __init__(self, storage_directory: Path, index_directory: Path, *,
+                 overwrite_instances: bool = False) -> None:
+        # Incoming files live inside the storage directory so that moving one
+        # into place is a rename on the same filesystem, never a copy.
+        self.blobs = BlobStore(Path(storage_directory), Path(storage_directory) / ".incoming")
+        self.index = Index(Path(index_directory), BlobStore.sync_dirs)
+        self.overwrite_instances = overwrite_instances
+        self._stats_lock = threading.Lock()
+        self.stored_count = 0
+        self.failed_count = 0
+
+    def open(self) -> None:
+        """Sweep partial files left by a crash, open the index."""
+        swept = self.blobs.open()
+        if swept:
+            log.warning("removed %d partial file(s) left by an interrupted receive", swept)
+        self.index.open()
+
+    def close(self) -> None:
+        """Finish queued index writes and close the index."""
+        self.index.close()
+
+    def new_incoming(self) -> IncomingFile:
+        """A file to receive one object into, to hand to :meth:`store_instance`."""
+        return self.blobs.new_incoming()
+
+    def store_instance(self, incoming: IncomingFile, origin: Origin, *,
+                       expected_sop_class: str | None = None,
+                       expected_sop_instance: str | None = None) -> StoreOutcome:
+        """Store the Part-10 file in ``incoming``; the archive takes ownership of it.
+
+        ``expected_*`` are the UIDs the protocol announced (the C-STORE
+        command's Affected SOP Class/Instance UID); the dataset must agree.
+        Returns only once the instance is durable (or refused).
+        """
+        try:
+            outcome = self._store(incoming, origin, expected_sop_class, expected_sop_instance)
+        finally:
+            incoming.discard()  # a no-op once the file has been renamed into place
+        with self._stats_lock:
+            if outcome.result.stored:
+                self.stored_count += 1
+            else:
+                self.failed_count += 1
+        return outcome
+
+    def _store(self, incoming: IncomingFile, origin: Origin,
+               expected_class: str | None, expected_instance: str | None) -> StoreOutcome:
+        incoming.flush()
+        try:
+            header = read_header(incoming.name)
+        except InvalidObject as e:
+            return StoreOutcome(StoreResult.INVALID, str(e), size=incoming.size)
+        except OSError as e:
+            return _io_failure(e, incoming.size)
+        ds = header.dataset
+        uids = {}
+        for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+            value = _text(ds, kw)
+            if not value:
+                return StoreOutcome(StoreResult.INVALID, f"missing {kw}", size=incoming.size)
+            if not is_valid_uid(value):
+                return StoreOutcome(StoreResult.INVALID, f"invalid {kw} {value[:70]!r}",
+                                    size=incoming.size)
+            uids[kw] = value
+        described = StoreOutcome(
+            StoreResult.SUCCESS, "", uids["SOPClassUID"], uids["SOPInstanceUID"],
+            uids["StudyInstanceUID"], uids["SeriesInstanceUID"], incoming.size,
+        )
+        if expected_class and expected_class != uids["SOPClassUID"]:
+            return _with(described, StoreResult.SOP_CLASS_MISMATCH,
+                         f"dataset SOP Class {uids['SOPClassUID']} but command {expected_class}")
+        if expected_instance and expected_instance != uids["SOPInstanceUID"]:
+            return _with(described, StoreResult.UID_MISMATCH,
+                         f"dataset SOP Instance {uids['SOPInstanceUID']} but command {expected_instance}")
+        if not self.overwrite_instances and self.index.find_instance(uids["SOPInstanceUID"]):
+            # Cheap early answer; the insert below re-checks inside the transaction.
+            return _with(described, StoreResult.ALREADY_STORED, "already stored")
+
+        try:
+            metadata = json.dumps(
+                dicomjson.dataset_to_json(ds, pixel_data_vr=header.pixel_data_vr),
+                separators=(",", ":"), ensure_ascii=False,
+            )
+            record = _record(header, uids, incoming, origin, metadata)
+        except Exception as e:  # noqa: BLE001 - odd values must fail this object only
+            return _with(described, StoreResult.INVALID, f"unusable header: {type(e).__name__}: {e}")
+
+        try:
+            rel, directory = self.blobs.adopt(incoming.name, BlobStore.new_id())
+        except OSError as e:
+            return _io_failure(e, incoming.size, described)
+        try:
+            done = self.index.insert_instance(
+                replace(record, file_path=rel), overwrite=self.overwrite_instances, dirs={directory}
+            )
+        except Exception as e:  # noqa: BLE001 - compensate, then report
+            self.blobs.remove(rel)
+            if isinstance(e, apsw.FullError):
+                return _with(described, StoreResult.OUT_OF_RESOURCES, "index disk full")
+            log.error("index insert failed: %s", e)
+            return _with(described, StoreResult.FAILURE, f"index error: {e}")
+        if not done.inserted:
+            self.blobs.remove(rel)
+            return _with(described, StoreResult.ALREADY_STORED, "already stored")
+        if done.replaced_file:
+            self.blobs.remove(done.replaced_file)
+        return described
+
+
+def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:
+    return StoreOutcome(result, reason, outcome.sop_class_uid, outcome.sop_instance_uid,
+                        outcome.study_instance_uid, outcome.series_instance_uid, outcome.size)
+
+
+def _io_failure(e: OSError, size: int, described: StoreOutcome | None = None) -> StoreOutcome:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        result, reason = StoreResult.OUT_OF_RESOURCES, "storage full"
+    else:
+        log.error("storage I/O error: %s", e)
+        result, reason = StoreResult.FAILURE, f"storage I/O error: {e.strerror}"
+    if described is None:
+        return StoreOutcome(result, reason, size=size)
+    return _with(described, result, reason)
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    """A string attribute, stripped; None when absent, empty or undecodable."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # noqa: BLE001 - a bad value counts as absent
+        return None
+    if value is None:
+        return None
+    if not isinstance(value, str) and hasattr(value, "__iter__") and not hasattr(value, "family_name"):
+        value = "\\".join(str(v) for v in value)  # multi-valued (e.g. ModalitiesInStudy)
+    text = str(value).strip().strip("\x00")
+    return text or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    """An IS/US attribute as int; None when absent or not a number."""
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _record(header: Header, uids: dict[str, str], incoming: IncomingFile,
+            origin: Origin, metadata: str) -> InstanceRecord:
+    ds = header.dataset
+    return InstanceRecord(
+        patient_id=_text(ds, "PatientID") or "",
+        patient_name=_text(ds, "PatientName"),
+        patient_birth_date=_text(ds, "PatientBirthDate"),
+        patient_sex=_text(ds, "PatientSex"),
+        study_instance_uid=uids["StudyInstanceUID"],
+        study_date=_text(ds, "StudyDate"),
+        study_time=_text(ds, "StudyTime"),
+        accession_number=_text(ds, "AccessionNumber"),
+        study_description=_text(ds, "StudyDescription"),
+        referring_physician_name=_text(ds, "ReferringPhysicianName"),
+        study_id=_text(ds, "StudyID"),
+        series_instance_uid=uids["SeriesInstanceUID"],
+        modality=_text(ds, "Modality"),
+        series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription"),
+        sop_instance_uid=uids["SOPInstanceUID"],
+        sop_class_uid=uids["SOPClassUID"],
+        instance_number=_int(ds, "InstanceNumber"),
+        number_of_frames=_int(ds, "NumberOfFrames"),
+        rows=_int(ds, "Rows"),
+        columns=_int(ds, "Columns"),
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        specific_character_set=_text(ds, "SpecificCharacterSet"),
+        file_path="",
+        file_size=incoming.size,
+        sha256=incoming.sha256(),
+        received_at=time.time(),
+        source=origin.source,
+        calling_aet=origin.calling_aet,
+        peer=origin.peer,
+        metadata=metadata,
+    )

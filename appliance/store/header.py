@@ -1,0 +1,123 @@
+"""Read and check the header of a received DICOM Part-10 file.
+
+Only the header is parsed (pydicom stops before Pixel Data and defers large
+values), so memory does not grow with object size. The pixel data that
+follows is not decoded, but its framing is checked by seeking over it, so a
+truncated object is refused rather than archived.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+# Values at least this long are not read at ingest (they stay in the file).
+DEFER_SIZE = 1024
+_PIXEL_DATA_TAG = 0x7FE00010
+_ITEM = 0xFFFEE000
+_SEQ_DELIMITER = 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_IMPLICIT = "1.2.840.10008.1.2"
+# PS3.5 9.1: digits and dots, components without leading zeros, <= 64 chars.
+# Leading zeros are tolerated (many scanners emit them and Orthanc keeps such
+# objects); an empty component, other characters or > 64 chars are refused.
+_UID_LOOSE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class InvalidObject(Exception):
+    """The object cannot be archived; ``str(e)`` says why (no patient data)."""
+
+
+@dataclass(frozen=True)
+class Header:
+    """A parsed header and what the archive needs to know about its file."""
+
+    dataset: Dataset
+    transfer_syntax_uid: str
+    has_pixel_data: bool
+    pixel_data_vr: str | None
+
+
+def is_valid_uid(value: object) -> bool:
+    """True if ``value`` is a usable UID (PS3.5 9.1, leading zeros tolerated)."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_LOOSE.match(value))
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Parse the header of the Part-10 file at ``path``; raise InvalidObject."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=DEFER_SIZE)
+        except InvalidDicomError as e:
+            raise InvalidObject(f"not a DICOM object: {e}") from None
+        except RecursionError:
+            raise InvalidObject("sequences nested too deeply") from None
+        except (EOFError, struct.error) as e:
+            raise InvalidObject(f"truncated DICOM object: {e}") from None
+        except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on garbage
+            raise InvalidObject(f"unreadable DICOM object: {type(e).__name__}: {e}") from None
+        meta = getattr(ds, "file_meta", None)
+        tsuid = str(getattr(meta, "TransferSyntaxUID", "") or "")
+        if not is_valid_uid(tsuid):
+            raise InvalidObject("missing or invalid TransferSyntaxUID in the file meta")
+        pixel_vr = _check_pixel_data(f, size, tsuid)
+    return Header(ds, tsuid, pixel_vr is not None, pixel_vr)
+
+
+def _check_pixel_data(f, size: int, tsuid: str) -> str | None:
+    """Check the framing of the Pixel Data element at f's position.
+
+    Returns its VR (None when the object has no pixel data). Defined
+    length: the value must fit in the file. Undefined length (encapsulated,
+    PS3.5 A.4): walk the item headers, seeking over each fragment, to the
+    sequence delimiter; nothing is read but 8 bytes per fragment.
+    """
+    start = f.tell()
+    head = f.read(12)
+    if len(head) < 8:
+        if head:
+            raise InvalidObject("truncated DICOM object: partial element at the end")
+        return None
+    endian = ">" if tsuid == _BIG_ENDIAN else "<"
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    if (group << 16 | elem) != _PIXEL_DATA_TAG:
+        # The header parse stopped for another reason (end of data): nothing to check.
+        return None
+    if tsuid == _IMPLICIT:
+        vr, length, value_at = "OW", struct.unpack("<L", head[4:8])[0], start + 8
+    else:
+        if len(head) < 12:
+            raise InvalidObject("truncated DICOM object: partial Pixel Data header")
+        vr = head[4:6].decode("ascii", "replace")
+        length, value_at = struct.unpack(endian + "L", head[8:12])[0], start + 12
+    if length != _UNDEFINED:
+        if value_at + length > size:
+            raise InvalidObject(
+                f"truncated DICOM object: Pixel Data needs {length} bytes, {size - value_at} present"
+            )
+        return vr
+    pos = value_at
+    while True:
+        f.seek(pos)
+        item = f.read(8)
+        if len(item) < 8:
+            raise InvalidObject("truncated DICOM object: encapsulated Pixel Data has no end")
+        # Encapsulated items are always little endian (PS3.5 A.4).
+        g, e, item_len = struct.unpack("<HHL", item)
+        tag = g << 16 | e
+        if tag == _SEQ_DELIMITER:
+            return vr
+        if tag != _ITEM or item_len == _UNDEFINED:
+            raise InvalidObject("malformed encapsulated Pixel Data")
+        pos += 8 + item_len
+        if pos > size:
+            raise InvalidObject("truncated DICOM object: Pixel Data fragment past the end")

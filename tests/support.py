@@ -1,0 +1,155 @@
+"""Test support: run the real daemon as a subprocess, find its stored files.
+
+Ports come from the OS (the config asks for port 0, the daemon reports the
+ports it bound in its runtime file); readiness is polled, never slept for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apsw
+import pydicom.data
+
+REPO = Path(__file__).resolve().parent.parent
+PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
+
+
+def pydicom_file(name: str) -> Path:
+    """A file bundled with pydicom (never the downloadable ones: no network here)."""
+    path = PYDICOM_FILES / name
+    assert path.exists(), path
+    return path
+
+
+def base_config(root: Path, **overrides) -> dict:
+    """An Orthanc-format config with everything under ``root`` and OS-chosen ports."""
+    cfg = {
+        "Name": "test",
+        "StorageDirectory": str(root / "storage"),
+        "IndexDirectory": str(root / "index"),
+        "TemporaryDirectory": str(root / "tmp"),
+        "DicomAet": "ORTHANC",
+        "DicomPort": 0,
+        "HttpPort": 0,
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+class Daemon:
+    """One ``pacs-appliance serve`` subprocess."""
+
+    def __init__(self, root: Path, config: dict, env: dict | None = None) -> None:
+        self.root = root
+        self.config = config
+        self.config_path = root / "config.json"
+        self.log_path = root / "daemon.log"
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.dicom_port = 0
+        self.http_port = 0
+
+    @property
+    def runtime_file(self) -> Path:
+        return Path(self.config["IndexDirectory"]) / "pacs-appliance.runtime.json"
+
+    @property
+    def index_file(self) -> Path:
+        return Path(self.config["IndexDirectory"]) / "pacs-appliance.sqlite"
+
+    @property
+    def storage(self) -> Path:
+        return Path(self.config["StorageDirectory"])
+
+    def start(self, timeout: float = 30.0) -> "Daemon":
+        """Spawn the daemon and wait until it reports its ports."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(json.dumps(self.config, indent=2))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                info = json.loads(self.runtime_file.read_text())
+            except (OSError, ValueError):
+                info = None
+            if info and info.get("pid") == self.proc.pid:
+                self.dicom_port, self.http_port = info["dicom_port"], info["http_port"]
+                return self
+            time.sleep(0.02)
+        self.kill()
+        raise TimeoutError(f"daemon not ready in {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        """Everything the daemon wrote so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; return the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def kill(self) -> None:
+        """SIGKILL (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def rows(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Query the daemon's real SQLite index (read-only)."""
+        conn = apsw.Connection(str(self.index_file), flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            return list(conn.execute(sql, args))
+        finally:
+            conn.close()
+
+    def stored_path(self, sop_instance_uid: str) -> Path | None:
+        """The stored file of an instance, from the index."""
+        rows = self.rows("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
+                         (sop_instance_uid,))
+        return self.storage / rows[0][0] if rows else None
+
+    def incoming_files(self) -> list[Path]:
+        """Files left in the incoming directory."""
+        d = self.storage / ".incoming"
+        return sorted(d.iterdir()) if d.exists() else []
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The bytes of a Part-10 file after its File Meta Information."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM", path
+    # (0002,0000) UL, explicit VR LE: tag 4 + VR 2 + length 2 + value 4.
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length:]
+
+
+def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    """Run a client tool, capturing its output as text."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
