@@ -29,6 +29,9 @@ that wants them inline can load them while the file is still there::
     for tag in deferred_inline_tags(ds):
         ds[tag]                       # caller-side read, before conversion
 
+pydicom may emit ``UserWarning`` for invalid values while converting; they are
+not suppressed here (``warnings.catch_warnings`` is not thread-safe).
+
 Bulk data URIs
 --------------
 A *tag path* is a tuple alternating tags and 0-based item indexes, from the
@@ -51,7 +54,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from io import BufferedIOBase
 from typing import Any
 
 from pydicom import config as pydicom_config
@@ -108,11 +110,14 @@ _INT_VRS = frozenset({"SL", "SS", "SV", "UL", "US", "UV"})
 _FLOAT_VRS = frozenset({"FL", "FD"})
 
 _TAG_PIXEL_REPRESENTATION = 0x00280103
-_TAG_SPECIFIC_CHARACTER_SET = 0x00080005
 _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 # Pixel data VR -> tag (PS3.6): Float/Double Float Pixel Data have fixed VRs.
-_PIXEL_DATA_TAGS = {"OB": 0x7FE00010, "OW": 0x7FE00010, "OF": 0x7FE00008, "OD": 0x7FE00009}
+# UN is accepted for (7FE0,0010) as some writers re-encode unknown data so.
+_PIXEL_DATA_TAGS = {
+    "OB": 0x7FE00010, "OW": 0x7FE00010, "UN": 0x7FE00010,
+    "OF": 0x7FE00008, "OD": 0x7FE00009,
+}  # fmt: skip
 
 # PS3.5 6.2: IS is an optionally signed integer; DS a fixed or floating point
 # number.  Leading/trailing spaces are allowed and stripped before matching.
@@ -243,10 +248,10 @@ def dataset_to_json(
         ``None`` uses :func:`default_bulk_uri`.
     pixel_data_vr:
         If given, adds a BulkDataURI entry for the pixel data that
-        ``stop_before_pixels`` removed: ``"OB"``/``"OW"`` for (7FE0,0010) Pixel
-        Data (see :func:`guess_pixel_data_vr`), ``"OF"`` for (7FE0,0008) Float Pixel
-        Data, ``"OD"`` for (7FE0,0009) Double Float Pixel Data.  An element
-        already in `ds` takes precedence.
+        ``stop_before_pixels`` removed: ``"OB"``/``"OW"`` (or ``"UN"``) for
+        (7FE0,0010) Pixel Data (see :func:`guess_pixel_data_vr`), ``"OF"`` for
+        (7FE0,0008) Float Pixel Data, ``"OD"`` for (7FE0,0009) Double Float
+        Pixel Data.  An element already in `ds` takes precedence.
     max_depth:
         Deepest sequence nesting converted inline (top-level sequences are at
         depth 1).
@@ -280,11 +285,12 @@ def deferred_inline_tags(ds: Dataset) -> list[int]:
     them as bulk data; a caller that still has the file may load them first
     (``ds[tag]``).  Reads nothing.
     """
+    view = _in_memory_view(ds)
     tags = []
     for tag, elem in list(ds._dict.items()):
         if not _is_deferred(elem) or not _is_included(tag):
             continue
-        vr = _vr_of_raw(_in_memory_view(ds), elem)
+        vr = _vr_of_raw(view, elem)
         if vr == "SQ" or vr not in _BULK_ALLOWED_VRS:
             tags.append(int(tag))
     return sorted(tags)
@@ -428,6 +434,10 @@ class _Converter:
         if vr == "SQ":
             return self.sequence(elem, path, depth)
         if elem.is_empty:
+            if vr in _FIXED_SIZE and _raw_length(original) not in (0, _UNDEFINED_LENGTH):
+                # pydicom dropped a binary number value it could not parse
+                # (e.g. AT of length 2): keep a reference to the bytes.
+                return self.bulk(vr, path)
             return {"vr": vr}  # F.2.5: present but empty -> no "Value"
         if vr in _BINARY_VRS or isinstance(elem.value, bytes | bytearray | memoryview):
             return self.bulk(vr, path)
@@ -531,7 +541,11 @@ def _number_strings(elem: DataElement) -> list[str]:
     pydicom keeps it as ``original_string`` (``str(IS("1.0")) == "1.0"``) and
     leaves values it cannot parse as ``str``.
     """
-    return ["" if v is None else str(v) for v in _as_list(elem.value)]
+    strings = []
+    for v in _as_list(elem.value):
+        original = getattr(v, "original_string", None)  # ISfloat's str() is "1e+20"
+        strings.append(original if isinstance(original, str) else "" if v is None else str(v))
+    return strings
 
 
 def _number_string(text: str, vr: str) -> int | float | str | None:

@@ -18,6 +18,8 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from appliance import dicomjson
+
 # Values at least this long are not read at ingest (they stay in the file).
 DEFER_SIZE = 1024
 _PIXEL_DATA_TAG = 0x7FE00010
@@ -65,6 +67,13 @@ def read_header(path: str | os.PathLike) -> Header:
             raise InvalidObject(f"truncated DICOM object: {e}") from None
         except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on garbage
             raise InvalidObject(f"unreadable DICOM object: {type(e).__name__}: {e}") from None
+        try:
+            # Sequences and text values longer than DEFER_SIZE were deferred
+            # too; they belong in the metadata, so read them while the file is open.
+            for tag in dicomjson.deferred_inline_tags(ds):
+                ds[tag]
+        except Exception as e:  # noqa: BLE001 - a damaged sequence
+            raise InvalidObject(f"unreadable DICOM object: {type(e).__name__}: {e}") from None
         meta = getattr(ds, "file_meta", None)
         tsuid = str(getattr(meta, "TransferSyntaxUID", "") or "")
         if not is_valid_uid(tsuid):
@@ -92,8 +101,10 @@ def _check_pixel_data(f, size: int, tsuid: str) -> str | None:
     if (group << 16 | elem) != _PIXEL_DATA_TAG:
         # The header parse stopped for another reason (end of data): nothing to check.
         return None
-    if tsuid == _IMPLICIT:
-        vr, length, value_at = "OW", struct.unpack("<L", head[4:8])[0], start + 8
+    # Decide the encoding from the bytes, as pydicom does: some writers mix
+    # implicit elements into an explicit-VR dataset.
+    if tsuid == _IMPLICIT or not head[4:6].isalpha():
+        vr, length, value_at = "OW", struct.unpack(endian + "L", head[4:8])[0], start + 8
     else:
         if len(head) < 12:
             raise InvalidObject("truncated DICOM object: partial Pixel Data header")
