@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -81,10 +83,11 @@ class Client:
     run_dir: Path
     cfg: Path
     timeout: float
+    last_pdv: int = 0
 
     def storescu(self, port: int, files: list[Path], env: dict[str, str],
-                 tag: str) -> subprocess.Popen:
-        """Start one storescu association sending ``files`` (not waited for)."""
+                 tag: str) -> tuple[subprocess.Popen, Path]:
+        """Start one storescu association sending ``files`` (not waited for); (proc, log)."""
         log_path = self.run_dir / f"storescu-{tag}.log"
         log_path.unlink(missing_ok=True)
         cmd = ["storescu", "-v", "-aet", CALLING_AET, "-aec", CALLED_AET,
@@ -92,11 +95,9 @@ class Client:
                "-to", "10", "-ta", "30", "-td", str(int(self.timeout)),
                "-ts", str(int(self.timeout)),
                LOOPBACK, str(port), *map(str, files)]
-        proc = spawn(cmd, log_path, env)
-        proc.log_path = log_path  # type: ignore[attr-defined]
-        return proc
+        return spawn(cmd, log_path, env), log_path
 
-    def finish(self, proc: subprocess.Popen, expected: int) -> None:
+    def finish(self, proc: subprocess.Popen, log_path: Path, expected: int) -> None:
         """Wait for a storescu; raise unless it exited 0 with ``expected`` Success responses."""
         try:
             proc.wait(timeout=self.timeout)
@@ -106,8 +107,11 @@ class Client:
             raise ServerError(f"storescu timed out after {self.timeout:.0f} s")
         finally:
             forget(proc)
-        log_path: Path = proc.log_path  # type: ignore[attr-defined]
         text = log_path.read_text(errors="replace")
+        pdv = re.search(r"Max Send PDV: (\d+)", text)
+        if pdv:
+            # What the server offered as its max PDU: differing values would skew the rates.
+            self.last_pdv = int(pdv.group(1))
         ok = text.count("Received Store Response (Success)")
         if proc.returncode != 0 or ok != expected:
             raise ServerError(f"storescu exit {proc.returncode}, {ok}/{expected} Success; "
@@ -116,8 +120,8 @@ class Client:
     def send(self, port: int, files: list[Path], env: dict[str, str], tag: str) -> float:
         """One association sending ``files``; seconds from spawn to exit of storescu."""
         t0 = time.perf_counter()
-        proc = self.storescu(port, files, env, tag)
-        self.finish(proc, len(files))
+        proc, log_path = self.storescu(port, files, env, tag)
+        self.finish(proc, log_path, len(files))
         return time.perf_counter() - t0
 
     def send_parallel(self, port: int, chunks: list[list[Path]], env: dict[str, str],
@@ -126,9 +130,9 @@ class Client:
         t0 = time.perf_counter()
         procs = [self.storescu(port, chunk, env, f"{tag}-{i}") for i, chunk in enumerate(chunks)]
         errors = []
-        for proc, chunk in zip(procs, chunks):
+        for (proc, log_path), chunk in zip(procs, chunks):
             try:
-                self.finish(proc, len(chunk))
+                self.finish(proc, log_path, len(chunk))
             except ServerError as exc:
                 errors.append(str(exc))
         if errors:
@@ -163,7 +167,8 @@ def stored_bytes(server: Server) -> int:
 def wl_ingest(ctx: Ctx, server: Server) -> dict[str, float]:
     """All single frames over one association: instances/s."""
     seconds = ctx.client.send(server.port, ctx.data.singles, ctx.env, f"{server.name}-ingest")
-    return {"ingest": len(ctx.data.singles) / seconds, "ingest_s": seconds}
+    return {"ingest": len(ctx.data.singles) / seconds, "ingest_s": seconds,
+            "ingest_max_send_pdv": ctx.client.last_pdv}
 
 
 def wl_parallel(ctx: Ctx, server: Server) -> dict[str, float]:
@@ -242,9 +247,10 @@ METRICS = [
 
 
 def _metric_key(scenario: Scenario, raw: str) -> str:
-    """Workloads report 'ingest'/'parallel'; the NODELAY scenarios file them separately."""
-    if scenario.tcp_nodelay and raw in ("ingest", "parallel"):
-        return f"{raw}_nodelay"
+    """Workloads report 'ingest*'/'parallel*'; the NODELAY scenarios file them separately."""
+    for prefix in ("ingest", "parallel"):
+        if scenario.tcp_nodelay and raw.startswith(prefix):
+            return raw.replace(prefix, f"{prefix}_nodelay", 1)
     return raw
 
 
@@ -310,7 +316,7 @@ class Runner:
                 fails = self._start_failures.get(server_name, 0) + 1
                 self._start_failures[server_name] = fails
                 if fails >= 2 or rep < 0:
-                    self.disabled[server_name] = str(exc).splitlines()[0]
+                    self.disabled[server_name] = _brief(str(exc))
                 raise
             metrics = scenario.workload(Ctx(self.data, self.client, env), server)
             sample["metrics"] = {_metric_key(scenario, k): v for k, v in metrics.items()}
@@ -324,6 +330,10 @@ class Runner:
                                          f"{sent / 1e6:.1f} MB sent")
         except (ServerError, OSError) as exc:
             sample["error"] = str(exc)
+        except BaseException:
+            # Interrupted: don't wait for the server to drain a store in flight.
+            kill_all()
+            raise
         finally:
             sample["shutdown"] = server.stop()
             if server.proc is not None and server.proc.returncode not in (0, None):
@@ -340,6 +350,14 @@ class Runner:
         return sample
 
 
+def _brief(message: str) -> str:
+    """First and last line of a multi-line error (the last is usually the log's verdict)."""
+    lines = [line for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return message.strip()
+    return f"{lines[0]} ... {lines[-1].strip()}"
+
+
 def _fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
@@ -354,7 +372,7 @@ def _progress(sample: dict, n_reps: int) -> str:
         return f"{head} ERROR {sample['error'].splitlines()[0]}"
     parts = []
     for key, value in sample["metrics"].items():
-        if key.endswith("_samples"):
+        if key.endswith(("_samples", "_pdv")):
             continue
         parts.append(f"{key}={value:.3g}")
     ready, stop = sample.get("startup"), sample.get("shutdown")
@@ -468,6 +486,10 @@ def warm_page_cache(data: datagen.BenchData) -> None:
                 pass
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the selected scenarios; print the table; write the JSON. Returns an exit code."""
     args = parse_args(argv)
@@ -504,6 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     t_run = time.perf_counter()
     interrupted = False
+    # SIGTERM to the harness: stop like Ctrl-C (servers killed, partial results written)
+    # rather than dying with servers left running.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         # Preflight: one untimed start/echo/stop per server — warms caches and benches a
         # server that cannot start at all, instead of failing every trial.
@@ -534,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("interrupted; reporting what was measured")
     finally:
         kill_all()
+        signal.signal(signal.SIGTERM, previous)
     elapsed = time.perf_counter() - t_run
 
     medians, spread = summarise(runner.samples)
@@ -549,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = [s for s in runner.samples if "error" in s]
     for sample in errors:
         print(f"error: {sample['scenario']} rep {sample['rep'] + 1} {sample['server']}: "
-              f"{sample['error'].splitlines()[0]}")
+              f"{_brief(sample['error'])}")
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{started:%Y%m%d-%H%M%S}.json"

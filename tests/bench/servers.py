@@ -329,16 +329,6 @@ class RssSampler:
         return max(self.samples) if self.samples else None
 
 
-def python_version_of(python: str) -> str:
-    """Version string of an interpreter (for the results file)."""
-    try:
-        out = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                             capture_output=True, text=True, timeout=30)
-        return out.stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
 __all__ = [
     "ApplianceServer", "CeilingServer", "OrthancServer", "RssSampler", "SERVER_CLASSES",
     "Server", "ServerError", "base_env", "echo_once", "free_port", "kill_all", "spawn",

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Install everything the test suite needs on Debian 12, then run all of it.
+# Usage: bash tests/run.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+# Debian packages: DCMTK's echoscu/storescu are the reference DICOM clients;
+# python3-venv for the virtualenv.
+$sudo apt-get update -qq
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    dcmtk python3-venv python3-dev gcc >/dev/null
+
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+exec .venv/bin/python -m pytest "$@"

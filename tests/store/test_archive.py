@@ -1,0 +1,156 @@
+"""Archive.store_instance in-process, on real files and a real SQLite index."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import apsw
+import pydicom
+import pytest
+
+from appliance.store.archive import Archive, Origin, StoreResult
+from tests.bench.datagen import generate_singles
+from tests.support import pydicom_file
+
+ORIGIN = Origin("DICOM", "127.0.0.1:1234", "TEST")
+
+
+@pytest.fixture
+def archive(tmp_path):
+    a = Archive(tmp_path / "storage", tmp_path / "index")
+    a.open()
+    yield a
+    a.close()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    return generate_singles(tmp_path_factory.mktemp("img"), 40)
+
+
+def incoming_copy(archive: Archive, src: Path):
+    """Receive ``src`` into the archive's incoming directory, as a protocol would."""
+    f = archive.new_incoming()
+    with open(src, "rb") as s:
+        while chunk := s.read(65536):
+            f.write(chunk)
+    return f
+
+
+def store(archive: Archive, src: Path):
+    return archive.store_instance(incoming_copy(archive, src), ORIGIN)
+
+
+def stored_files(archive: Archive) -> list[Path]:
+    return [p for p in archive.blobs.root.rglob("*.dcm") if ".incoming" not in p.parts]
+
+
+def test_store_and_find(archive, images):
+    out = store(archive, images[0])
+    assert out.result is StoreResult.SUCCESS
+    found = archive.index.find_instance(out.sop_instance_uid)
+    assert found.study_instance_uid == pydicom.dcmread(images[0]).StudyInstanceUID
+    assert archive.blobs.path(found.file_path).read_bytes() == images[0].read_bytes()
+    assert list(archive.blobs.incoming.iterdir()) == []
+
+
+def test_concurrent_stores_share_commits(archive, images):
+    threads = [threading.Thread(target=lambda part=images[i::8]: [store(archive, p) for p in part])
+               for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert archive.index.counts()["instances"] == 40
+    assert archive.index.jobs == 40
+    # Group commit: fewer transactions than stores when they arrive together.
+    assert archive.index.commits < archive.index.jobs
+
+
+def test_concurrent_duplicates_leave_one_row_one_file(tmp_path, images):
+    for overwrite in (False, True):
+        a = Archive(tmp_path / f"s{overwrite}", tmp_path / f"i{overwrite}", overwrite_instances=overwrite)
+        a.open()
+        results = []
+        ts = [threading.Thread(target=lambda: results.append(store(a, images[0]).result))
+              for _ in range(6)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert all(r.stored for r in results)
+        assert a.index.counts()["instances"] == 1
+        assert len(stored_files(a)) == 1
+        a.close()
+
+
+def test_index_failure_removes_the_file(archive, images):
+    uid = pydicom.dcmread(images[1], stop_before_pixels=True).SOPInstanceUID
+    # A real SQLite failure for one instance: a trigger that aborts its insert.
+    conn = apsw.Connection(str(archive.index.path))
+    conn.execute(f"""CREATE TRIGGER fail BEFORE INSERT ON instances
+                     WHEN NEW.sop_instance_uid = '{uid}' BEGIN SELECT RAISE(ABORT, 'boom'); END""")
+    conn.close()
+    assert store(archive, images[0]).result is StoreResult.SUCCESS
+    out = store(archive, images[1])
+    assert out.result is StoreResult.FAILURE and "boom" in out.reason
+    assert len(stored_files(archive)) == 1
+    assert list(archive.blobs.incoming.iterdir()) == []
+    assert archive.index.counts()["instances"] == 1
+
+
+def test_not_dicom_is_invalid_and_leaves_nothing(archive, tmp_path):
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"hello" * 1000)
+    out = store(archive, junk)
+    assert out.result is StoreResult.INVALID and "not a DICOM object" in out.reason
+    assert stored_files(archive) == [] and list(archive.blobs.incoming.iterdir()) == []
+
+
+def test_expected_uids_checked(archive):
+    f = pydicom_file("CT_small.dcm")
+    ds = pydicom.dcmread(f, stop_before_pixels=True)
+    out = archive.store_instance(incoming_copy(archive, f), ORIGIN, expected_sop_class="1.2.3")
+    assert out.result is StoreResult.SOP_CLASS_MISMATCH
+    out = archive.store_instance(incoming_copy(archive, f), ORIGIN,
+                                 expected_sop_class=ds.SOPClassUID, expected_sop_instance="1.2.3")
+    assert out.result is StoreResult.UID_MISMATCH
+    assert stored_files(archive) == []
+
+
+def test_partial_files_swept_at_open(tmp_path, images):
+    a = Archive(tmp_path / "storage", tmp_path / "index")
+    a.open()
+    leftover = incoming_copy(a, images[0])
+    leftover.close()
+    a.close()
+    b = Archive(tmp_path / "storage", tmp_path / "index")
+    b.open()
+    assert list(b.blobs.incoming.iterdir()) == []
+    b.close()
+
+
+def test_store_statuses_map_to_dimse_and_http():
+    assert (StoreResult.SUCCESS.dimse_status, StoreResult.SUCCESS.http_status) == (0x0000, 200)
+    assert (StoreResult.OUT_OF_RESOURCES.dimse_status, StoreResult.OUT_OF_RESOURCES.http_status) == (0xA700, 507)
+    assert StoreResult.SOP_CLASS_MISMATCH.dimse_status == 0xA900
+    assert StoreResult.INVALID.dimse_status == 0xC000
+    assert StoreResult.ALREADY_STORED.stored and not StoreResult.INVALID.stored
+
+
+def test_schema_version_and_reopen(tmp_path, images):
+    a = Archive(tmp_path / "s", tmp_path / "i")
+    a.open()
+    store(a, images[0])
+    a.close()
+    conn = apsw.Connection(str(a.index.path))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+    b = Archive(tmp_path / "s", tmp_path / "i")
+    b.open()
+    assert b.index.counts()["instances"] == 1
+    b.close()
+    shutil.rmtree(tmp_path / "s")
