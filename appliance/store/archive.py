@@ -111,6 +111,7 @@ class Archive:
     def close(self) -> None:
         """Finish queued index writes and close the index."""
         self.index.close()
+        self.blobs.close()
 
     def new_incoming(self) -> IncomingFile:
         """A file to receive one object into, to hand to :meth:`store_instance`."""
@@ -138,7 +139,43 @@ class Archive:
 
     def _store(self, incoming: IncomingFile, origin: Origin,
                expected_class: str | None, expected_instance: str | None) -> StoreOutcome:
-        incoming.flush()
+        try:
+            synced = self.blobs.start_fsync(incoming)
+        except OSError as e:
+            return _io_failure(e, incoming.size)
+        try:
+            checked = self._check(incoming, origin, expected_class, expected_instance)
+        finally:
+            fsync_error = synced.exception()  # waits for the fsync
+        if isinstance(checked, StoreOutcome):
+            return checked
+        outcome, record = checked
+        if fsync_error is not None:
+            return _io_failure(fsync_error, incoming.size, outcome)
+        try:
+            rel, directory = self.blobs.adopt(incoming, BlobStore.new_id())
+        except OSError as e:
+            return _io_failure(e, incoming.size, outcome)
+        try:
+            done = self.index.insert_instance(
+                replace(record, file_path=rel), overwrite=self.overwrite_instances, dirs={directory}
+            )
+        except Exception as e:  # noqa: BLE001 - compensate, then report
+            self.blobs.remove(rel)
+            if isinstance(e, apsw.FullError):
+                return _with(outcome, StoreResult.OUT_OF_RESOURCES, "index disk full")
+            log.error("index insert failed: %s", e)
+            return _with(outcome, StoreResult.FAILURE, f"index error: {e}")
+        if not done.inserted:
+            self.blobs.remove(rel)
+            return _with(outcome, StoreResult.ALREADY_STORED, "already stored")
+        if done.replaced_file:
+            self.blobs.remove(done.replaced_file)
+        return outcome
+
+    def _check(self, incoming: IncomingFile, origin: Origin, expected_class: str | None,
+               expected_instance: str | None) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
+        """Parse and check the header: a refusal, or (success outcome, index record)."""
         try:
             header = read_header(incoming.name)
         except InvalidObject as e:
@@ -177,27 +214,7 @@ class Archive:
             record = _record(header, uids, incoming, origin, metadata)
         except Exception as e:  # noqa: BLE001 - odd values must fail this object only
             return _with(described, StoreResult.INVALID, f"unusable header: {type(e).__name__}: {e}")
-
-        try:
-            rel, directory = self.blobs.adopt(incoming.name, BlobStore.new_id())
-        except OSError as e:
-            return _io_failure(e, incoming.size, described)
-        try:
-            done = self.index.insert_instance(
-                replace(record, file_path=rel), overwrite=self.overwrite_instances, dirs={directory}
-            )
-        except Exception as e:  # noqa: BLE001 - compensate, then report
-            self.blobs.remove(rel)
-            if isinstance(e, apsw.FullError):
-                return _with(described, StoreResult.OUT_OF_RESOURCES, "index disk full")
-            log.error("index insert failed: %s", e)
-            return _with(described, StoreResult.FAILURE, f"index error: {e}")
-        if not done.inserted:
-            self.blobs.remove(rel)
-            return _with(described, StoreResult.ALREADY_STORED, "already stored")
-        if done.replaced_file:
-            self.blobs.remove(done.replaced_file)
-        return described
+        return described, record
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:

@@ -71,8 +71,7 @@ PresentationContext2 = UltrasoundMultiframeImageStorage\\ExplicitLE
 PresentationContexts = USExplicitLE
 """
 
-# Targets from the issue. Each takes the table of medians {(metric, server): value} and
-# returns (description, met) — met is None when a figure it needs is missing.
+# Medians of one run: {(metric, server): value}.
 Medians = dict[tuple[str, str], float]
 
 
@@ -254,6 +253,8 @@ def _metric_key(scenario: Scenario, raw: str) -> str:
     return raw
 
 
+# Targets from the issue. Each takes the medians and returns (description, met); met is
+# None when a figure it needs was not measured in this run.
 def _target_ingest(metric: str, m: Medians) -> tuple[str, bool | None]:
     app, ceil = m.get((metric, "appliance")), m.get((metric, "ceiling"))
     orth_nd = m.get(("ingest_nodelay", "orthanc"))
