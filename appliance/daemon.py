@@ -85,7 +85,7 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
     runner = None
     try:
         dicom.start()
-        runner, http_port = await _start_http(config, make_app(archive=archive))
+        runner, http_port = await _start_http(config, make_app(archive=archive, config=config))
         _write_runtime(runtime_path(config), {
             "pid": os.getpid(), "dicom_port": dicom.port, "http_port": http_port,
             "dicom_aet": config.dicom_aet, "version": __version__,

@@ -168,6 +168,33 @@ class StoredInstance:
     file_path: str
     file_size: int
     sha256: str
+    number_of_frames: int | None
+    rows: int | None
+    columns: int | None
+
+
+_INSTANCE_SELECT = """
+    SELECT i.id, i.sop_instance_uid, i.sop_class_uid, se.series_instance_uid,
+           st.study_instance_uid, i.transfer_syntax_uid, i.file_path, i.file_size, i.sha256,
+           i.number_of_frames, i.rows, i.columns
+    FROM instances i JOIN series se ON se.id = i.series_pk
+    JOIN studies st ON st.id = se.study_pk"""
+# Study, series, instance order as a viewer expects it.
+_INSTANCE_ORDER = """
+    ORDER BY st.study_instance_uid, se.series_number IS NULL, se.series_number, se.id,
+             i.instance_number IS NULL, i.instance_number, i.id"""
+
+
+def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None) -> tuple[str, tuple]:
+    """WHERE clause selecting a study, a series in it, or an instance in that."""
+    where, args = ["st.study_instance_uid = ?"], [study_uid]
+    if series_uid is not None:
+        where.append("se.series_instance_uid = ?")
+        args.append(series_uid)
+    if sop_uid is not None:
+        where.append("i.sop_instance_uid = ?")
+        args.append(sop_uid)
+    return " WHERE " + " AND ".join(where), tuple(args)
 
 
 class _Job:
@@ -365,16 +392,26 @@ class Index:
 
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
         """The instance with this SOPInstanceUID, or None."""
-        rows = self.read(
-            """SELECT i.id, i.sop_instance_uid, i.sop_class_uid, se.series_instance_uid,
-                      st.study_instance_uid, i.transfer_syntax_uid, i.file_path,
-                      i.file_size, i.sha256
-               FROM instances i JOIN series se ON se.id = i.series_pk
-               JOIN studies st ON st.id = se.study_pk
-               WHERE i.sop_instance_uid = ?""",
-            (sop_instance_uid,),
-        )
+        rows = self.read(_INSTANCE_SELECT + " WHERE i.sop_instance_uid = ?", (sop_instance_uid,))
         return StoredInstance(*rows[0]) if rows else None
+
+    def instances_in(self, study_uid: str, series_uid: str | None = None,
+                     sop_uid: str | None = None) -> list[StoredInstance]:
+        """The instances of a study (or of one series, or one instance), in order.
+
+        An instance is only found under its own study and series: a WADO-RS
+        URL naming the wrong parents finds nothing.
+        """
+        where, args = _scope(study_uid, series_uid, sop_uid)
+        return [StoredInstance(*r) for r in self.read(_INSTANCE_SELECT + where + _INSTANCE_ORDER, args)]
+
+    def metadata_in(self, study_uid: str, series_uid: str | None = None,
+                    sop_uid: str | None = None) -> list[str]:
+        """The ingest-time DICOM JSON texts of the same instances as instances_in."""
+        where, args = _scope(study_uid, series_uid, sop_uid)
+        sql = ("SELECT i.metadata FROM instances i JOIN series se ON se.id = i.series_pk "
+               "JOIN studies st ON st.id = se.study_pk" + where + _INSTANCE_ORDER)
+        return [r[0] for r in self.read(sql, args)]
 
     def instance_metadata(self, sop_instance_uid: str) -> str | None:
         """The ingest-time DICOM JSON of an instance, or None."""
