@@ -97,8 +97,33 @@ CREATE INDEX instances_series ON instances(series_pk);
 CREATE INDEX instances_received ON instances(received_at);
 """
 
+# v2: indexes for QIDO-RS matching, and Modality Performed Procedure Steps.
+_SCHEMA_V2 = """
+CREATE INDEX patients_name ON patients(patient_name COLLATE NOCASE);
+CREATE INDEX studies_patient_date ON studies(study_date, study_time);
+CREATE INDEX series_modality ON series(modality);
+CREATE TABLE mpps (
+    id                           INTEGER PRIMARY KEY,
+    sop_instance_uid             TEXT NOT NULL UNIQUE,
+    -- PS3.4 F.7.2.1: IN PROGRESS, then COMPLETED or DISCONTINUED (final)
+    status                       TEXT NOT NULL,
+    study_instance_uid           TEXT,
+    accession_number             TEXT,
+    requested_procedure_id       TEXT,
+    scheduled_procedure_step_id  TEXT,
+    worklist_item                TEXT,   -- the .wl file it was linked to, if any
+    calling_aet                  TEXT,
+    peer                         TEXT,
+    created_at                   REAL NOT NULL,
+    updated_at                   REAL NOT NULL,
+    dataset                      TEXT NOT NULL   -- DICOM JSON of the step's attributes
+);
+CREATE INDEX mpps_study ON mpps(study_instance_uid);
+CREATE INDEX mpps_accession ON mpps(accession_number);
+"""
+
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -510,3 +535,9 @@ def _delete(conn: apsw.Connection, sop_instance_uid: str) -> str | None:
     conn.execute("DELETE FROM patients WHERE id = ? AND NOT EXISTS "
                  "(SELECT 1 FROM studies WHERE patient_pk = ?)", (patient_pk, patient_pk))
     return path
+
+
+# -- QIDO-RS queries (the DICOMweb issue) ----------------------------------
+
+
+# -- MPPS (the worklist issue) ----------------------------------------------

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from appliance.store.archive import Archive, Origin, StoreResult
+from appliance.store.index import SCHEMA_VERSION
 from tests.bench.datagen import generate_singles
 from tests.support import pydicom_file
 
@@ -146,7 +147,7 @@ def test_schema_version_and_reopen(tmp_path, images):
     store(a, images[0])
     a.close()
     conn = apsw.Connection(str(a.index.path))
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
     b = Archive(tmp_path / "s", tmp_path / "i")
