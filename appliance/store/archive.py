@@ -140,25 +140,28 @@ class Archive:
     def _store(self, incoming: IncomingFile, origin: Origin,
                expected_class: str | None, expected_instance: str | None) -> StoreOutcome:
         try:
-            synced = self.blobs.start_fsync(incoming)
+            sealing = self.blobs.seal(incoming)
         except OSError as e:
             return _io_failure(e, incoming.size)
         try:
             checked = self._check(incoming, origin, expected_class, expected_instance)
         finally:
-            fsync_error = synced.exception()  # waits for the fsync
+            try:
+                sha256, seal_error = sealing.wait(), None
+            except OSError as e:
+                sha256, seal_error = "", e
         if isinstance(checked, StoreOutcome):
             return checked
         outcome, record = checked
-        if fsync_error is not None:
-            return _io_failure(fsync_error, incoming.size, outcome)
+        if seal_error is not None:
+            return _io_failure(seal_error, incoming.size, outcome)
         try:
             rel, directory = self.blobs.adopt(incoming, BlobStore.new_id())
         except OSError as e:
             return _io_failure(e, incoming.size, outcome)
         try:
             done = self.index.insert_instance(
-                replace(record, file_path=rel), overwrite=self.overwrite_instances, dirs={directory}
+                replace(record, file_path=rel, sha256=sha256), overwrite=self.overwrite_instances, dirs={directory}
             )
         except Exception as e:  # noqa: BLE001 - compensate, then report
             self.blobs.remove(rel)
@@ -285,7 +288,7 @@ def _record(header: Header, uids: dict[str, str], incoming: IncomingFile,
         specific_character_set=_text(ds, "SpecificCharacterSet"),
         file_path="",
         file_size=incoming.size,
-        sha256=incoming.sha256(),
+        sha256="",  # filled in once the file is sealed
         received_at=time.time(),
         source=origin.source,
         calling_aet=origin.calling_aet,

@@ -62,13 +62,13 @@ class _NoFlush:
 
 
 class IncomingFile:
-    """A file being received, hashing its bytes as they are written.
+    """A file being received.
 
     It quacks like the ``NamedTemporaryFile(mode="wb")`` object pynetdicom
     writes a chunked C-STORE dataset to (``name``, ``write``, ``file.flush``,
-    ``close``), so the SHA-256 costs no second read of the file, and the
-    file lands in our incoming directory rather than the system temp dir,
-    on the filesystem of the storage, where a rename into place is atomic.
+    ``close``), so the file lands in our incoming directory rather than the
+    system temp dir, on the filesystem of the storage, where a rename into
+    place is atomic. Writeback to disk starts while the object arrives.
     """
 
     def __init__(self, directory: Path, sync_file_range=None) -> None:
@@ -77,13 +77,11 @@ class IncomingFile:
         self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
         self.file = _NoFlush()
         self.size = 0
-        self._sha = hashlib.sha256()
         self._sync_file_range = sync_file_range
         self._synced_to = 0
 
     def write(self, data: bytes) -> int:
-        """Write and hash ``data``."""
-        self._sha.update(data)
+        """Write ``data`` (buffered)."""
         self.size += len(data)
         n = self._raw.write(data)
         if self._sync_file_range is not None and self.size - self._synced_to >= _WRITEBACK_EVERY:
@@ -117,10 +115,6 @@ class IncomingFile:
         """True once closed."""
         return self._raw.closed
 
-    def sha256(self) -> str:
-        """Hex SHA-256 of everything written so far."""
-        return self._sha.hexdigest()
-
     def discard(self) -> None:
         """Close and delete the file; never raises for a missing file."""
         self.close()
@@ -143,6 +137,22 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class Sealing:
+    """The fsync and the hash of one received file, running."""
+
+    def __init__(self, synced: Future, hashed: Future) -> None:
+        self._synced, self._hashed = synced, hashed
+
+    def wait(self) -> str:
+        """Block until both are done; the SHA-256, or the OSError raised."""
+        self._synced.result()
+        return self._hashed.result()
+
+
+def _sha256_of(path: str) -> str:
+    return file_sha256(Path(path))[0]
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -221,13 +231,16 @@ class BlobStore:
         """Absolute path of a stored file from its relative path in the index."""
         return self.root / relpath
 
-    def start_fsync(self, incoming: IncomingFile) -> Future:
-        """Flush ``incoming`` and fsync it on the I/O pool.
+    def seal(self, incoming: IncomingFile) -> "Sealing":
+        """Flush ``incoming``, then fsync and hash it on the I/O pool.
 
-        The fsync runs while the caller parses the header, instead of after.
+        Both run while the caller parses the header (hashing here rather than
+        while receiving keeps 0.5 ms/MB off the receiving thread, and the
+        file is still in the page cache).
         """
         incoming.flush()
-        return self._io.submit(os.fsync, incoming.fileno())
+        return Sealing(self._io.submit(os.fsync, incoming.fileno()),
+                       self._io.submit(_sha256_of, incoming.name))
 
     def adopt(self, incoming: IncomingFile, file_id: str) -> tuple[str, Path]:
         """Move a received (and fsynced) file into place under ``file_id``.
