@@ -8,6 +8,8 @@ import logging
 import sys
 
 from appliance import __version__
+from appliance.ops import commands as ops_commands
+from appliance.worklist import commands as worklist_commands
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -26,6 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", metavar="PATH", help="the file to check")
     sub.add_parser("version", help="print the version")
+    hashp = sub.add_parser("hash-password",
+                           help="print a salted hash of a password (read from stdin) for RegisteredUsers")
+    hashp.add_argument("--iterations", type=int, metavar="N", default=None,
+                       help="PBKDF2 iterations (default 600000)")
+    worklist_commands.add_parser(sub)
+    ops_commands.add_parsers(sub)
     return p
 
 
@@ -47,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "version":
         print(f"pacs-appliance {__version__}")
         return EXIT_OK
+    if args.command == "hash-password":
+        return _hash_password(args.iterations)
     try:
         config = _load(args.config)
     except ConfigError as e:
@@ -57,7 +67,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{where}: OK ({len(config.dicom_modalities)} modalities, "
               f"{len(config.ignored)} Orthanc keys ignored)")
         return EXIT_OK
+    if args.command == "worklist":
+        return worklist_commands.run(args, config)
+    if args.command in ops_commands.COMMANDS:
+        return ops_commands.run(args, config)
     return _serve(config, debug=args.debug)
+
+
+def _hash_password(iterations: int | None) -> int:
+    """Read a password (no echo on a terminal) and print its RegisteredUsers hash."""
+    import getpass
+
+    from appliance.web.auth import DEFAULT_ITERATIONS, hash_password
+
+    iterations = DEFAULT_ITERATIONS if iterations is None else iterations
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("pacs-appliance: the passwords differ", file=sys.stderr)
+            return EXIT_FAILURE
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not password:
+        print("pacs-appliance: empty password", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        print(hash_password(password, iterations))
+    except ValueError as e:
+        print(f"pacs-appliance: --iterations: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _serve(config, *, debug: bool) -> int:

@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DicomWebConfig",
     "Modality",
+    "MppsConfig",
     "WorklistsConfig",
     "default_config",
     "load_config",
@@ -114,6 +115,10 @@ class DicomWebConfig:
     qido_case_sensitive: bool = True
     studies_metadata: str = "Full"  # "Full" | "MainDicomTags" | "Extrapolate" | "Experimental"
     series_metadata: str = "Full"
+    # Ours ("MaximumStowBodySize", MB, 0 = no limit): the largest STOW-RS request body
+    # accepted (413 past it). Orthanc has no such limit; its "StowMaxSize" is for its
+    # STOW-RS *client* and stays ignored.
+    maximum_stow_body_size: int = 4096
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,53 @@ class WorklistsConfig:
     housekeeping_interval: int = 60  # seconds between two housekeeping passes (plugin default)
     # When a worklist is authored through the REST API / CLI without a StudyInstanceUID.
     set_study_instance_uid_if_missing: bool = True
+    # Hours after which a worklist file is deleted (its modification time); 0 = never. The
+    # new Orthanc plugin only honours this when worklists are kept in its database and
+    # refuses to start with a folder; here it applies to the folder.
+    delete_worklists_delay: int = 0
+
+
+@dataclass(frozen=True)
+class MppsConfig:
+    """The ``Mpps`` section (our own: Orthanc has no Modality Performed Procedure Step)."""
+
+    enable: bool = True  # accept MPPS N-CREATE / N-SET from the scanners
+    # Once a procedure step linked to a worklist item is COMPLETED or DISCONTINUED, stop
+    # answering that item and move its .wl file into the "archive" sub-folder.
+    archive_finished_worklists: bool = True
+
+
+@dataclass(frozen=True)
+class DiskMonitorConfig:
+    """The ``DiskMonitor`` section (ours): free space of the storage, index, temporary
+    and backup filesystems, watched with psutil."""
+
+    interval_seconds: int = 30  # "IntervalSeconds": between two measurements
+    # "WarnPercent" / "CriticalPercent": a filesystem this full (psutil's percent: used
+    # over what non-root users can use) is logged once at WARNING / CRITICAL on the way up.
+    warn_percent: int = 80
+    critical_percent: int = 90
+    # "MinimumFreeMB": below this much free space on the storage or index filesystem new
+    # objects are refused (C-STORE 0xA700, HTTP 507) until space returns. Leaves room
+    # for the index to commit and for the system itself.
+    minimum_free_mb: int = 500
+
+
+@dataclass(frozen=True)
+class BackupsConfig:
+    """The ``Backups`` section (ours): online backups of the index, and a storage mirror."""
+
+    # "Directory": where backups go. Default <IndexDirectory>/backups, created when
+    # missing; a Directory given in the file must exist (a backup disk that is not
+    # mounted must not be silently replaced by a folder on the system disk).
+    directory: Path | None = None  # None only on a Config not built by parse_config
+    directory_is_default: bool = True
+    interval_hours: float = 24  # "IntervalHours": between two scheduled backups; 0 = none
+    at: tuple[int, int] | None = None  # "At": "HH:MM" local time the schedule is anchored to
+    keep: int = 7  # "Keep": complete backups kept; older ones are deleted
+    # "StorageMirror": a folder (an external disk) that receives a copy of every stored
+    # file not yet there, so that a backup plus the mirror can restore everything.
+    storage_mirror: Path | None = None
 
 
 def _empty_users() -> Mapping[str, str]:
@@ -185,6 +237,9 @@ class Config:
     maximum_storage_mode: str = "Recycle"  # "Recycle" | "Reject" (Orthanc >= 1.11.2)
     dicom_web: DicomWebConfig = field(default_factory=DicomWebConfig)
     worklists: WorklistsConfig = field(default_factory=WorklistsConfig)
+    mpps: MppsConfig = field(default_factory=MppsConfig)
+    disk_monitor: DiskMonitorConfig = field(default_factory=DiskMonitorConfig)
+    backups: BackupsConfig = field(default_factory=BackupsConfig)
     # Orthanc keys parsed for later modules (same meaning and default as Orthanc).
     stable_age: int = 60  # seconds without a new instance before a study is "stable"
     strict_aet_comparison: bool = False  # false = AE titles compared case-insensitively
@@ -273,12 +328,12 @@ _SUPPORTED_TOP = (
     "RegisteredUsers StorageCompression MaximumStorageSize MaximumPatientCount "
     "MaximumStorageMode DicomWeb Worklists StableAge StrictAetComparison DicomScuTimeout "
     "UnknownSopClassAccepted DefaultEncoding LimitFindResults LimitFindInstances "
-    "CaseSensitivePN HttpRequestTimeout HttpBindAddresses"
+    "CaseSensitivePN HttpRequestTimeout HttpBindAddresses Mpps DiskMonitor Backups"
 ).split()
 
 _DICOMWEB_SUPPORTED = (
     "Enable Root EnableWado WadoRoot PublicRoot Host Ssl QidoCaseSensitive "
-    "StudiesMetadata SeriesMetadata"
+    "StudiesMetadata SeriesMetadata MaximumStowBodySize"
 ).split()
 # DICOMweb client features (Servers...) and plugin performance knobs.
 _DICOMWEB_IGNORED = frozenset(
@@ -291,11 +346,11 @@ _DICOMWEB_IGNORED = frozenset(
 
 _WORKLISTS_SUPPORTED = (
     "Enable Database Directory FilterIssuerAet LimitAnswers DeleteWorklistsOnStableStudy "
-    "HousekeepingInterval SetStudyInstanceUidIfMissing SaveInOrthancDatabase"
+    "HousekeepingInterval SetStudyInstanceUidIfMissing SaveInOrthancDatabase DeleteWorklistsDelay"
 ).split()
-# DeleteWorklistsDelay only applies with SaveInOrthancDatabase (refused); the other is a
-# debug log switch.
-_WORKLISTS_IGNORED = frozenset({"DeleteWorklistsDelay", "LogMatchedWorklistIds"})
+# A debug log switch of the plugin.
+_WORKLISTS_IGNORED = frozenset({"LogMatchedWorklistIds"})
+_MPPS_SUPPORTED = ["Enable", "ArchiveFinishedWorklists"]
 
 _MODALITY_SUPPORTED = (
     "AET Host Port Manufacturer AllowEcho AllowStore AllowFind AllowFindWorklist AllowGet "
@@ -657,6 +712,7 @@ def _parse_dicom_web(
         qido_case_sensitive=obj.boolean("QidoCaseSensitive", True),
         studies_metadata=obj.choice("StudiesMetadata", "Full", _METADATA_MODES),
         series_metadata=obj.choice("SeriesMetadata", "Full", _METADATA_MODES),
+        maximum_stow_body_size=obj.integer("MaximumStowBodySize", 4096),
     )
 
 
@@ -690,6 +746,79 @@ def _parse_worklists(
         delete_worklists_on_stable_study=obj.boolean("DeleteWorklistsOnStableStudy", False),
         housekeeping_interval=obj.integer("HousekeepingInterval", 60, lo=1),
         set_study_instance_uid_if_missing=obj.boolean("SetStudyInstanceUidIfMissing", True),
+        delete_worklists_delay=obj.integer("DeleteWorklistsDelay", 0),
+    )
+
+
+def _parse_mpps(
+    data: Mapping[str, Any], fail: Callable[[str, str], NoReturn], ignored_out: list[str]
+) -> MppsConfig:
+    obj = _Object(data, "Mpps.", fail, ignored_out, _MPPS_SUPPORTED)
+    return MppsConfig(
+        enable=obj.boolean("Enable", True),
+        archive_finished_worklists=obj.boolean("ArchiveFinishedWorklists", True),
+    )
+
+
+_DISK_MONITOR_SUPPORTED = "IntervalSeconds WarnPercent CriticalPercent MinimumFreeMB".split()
+_BACKUPS_SUPPORTED = "Directory IntervalHours At Keep StorageMirror".split()
+_TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+
+
+def _parse_disk_monitor(
+    data: Mapping[str, Any], fail: Callable[[str, str], NoReturn], ignored_out: list[str]
+) -> DiskMonitorConfig:
+    obj = _Object(data, "DiskMonitor.", fail, ignored_out, _DISK_MONITOR_SUPPORTED)
+    warn = obj.integer("WarnPercent", 80, lo=1, hi=100)
+    critical = obj.integer("CriticalPercent", 90, lo=1, hi=100)
+    if critical < warn:
+        fail(obj.key("CriticalPercent"), f"must not be below WarnPercent ({warn}), got {critical}")
+    return DiskMonitorConfig(
+        interval_seconds=obj.integer("IntervalSeconds", 30, lo=1, hi=3600),
+        warn_percent=warn,
+        critical_percent=critical,
+        minimum_free_mb=obj.integer("MinimumFreeMB", 500),
+    )
+
+
+def _parse_backups(
+    data: Mapping[str, Any],
+    base: Path,
+    index: Path,
+    storage: Path,
+    fail: Callable[[str, str], NoReturn],
+    ignored_out: list[str],
+) -> BackupsConfig:
+    obj = _Object(data, "Backups.", fail, ignored_out, _BACKUPS_SUPPORTED)
+    interval = data.get("IntervalHours", 24)
+    if not isinstance(interval, (int, float)) or isinstance(interval, bool):
+        fail(obj.key("IntervalHours"), f"expected a number of hours, got {_show(interval)}")
+    if not 0 <= interval <= 24 * 366:
+        fail(obj.key("IntervalHours"), f"expected 0 (no scheduled backups) to 8784, got {_show(interval)}")
+    at = None
+    if obj.has("At") and data["At"] is not None:
+        text = obj.string("At", "")
+        m = _TIME_OF_DAY.match(text)
+        if not m:
+            fail(obj.key("At"), f'expected a time of day "HH:MM" (00:00-23:59), got {_show(text)}')
+        at = (int(m.group(1)), int(m.group(2)))
+        if interval == 0:
+            fail(obj.key("At"), "has no effect with IntervalHours 0 (no scheduled backups)")
+    mirror = None
+    if obj.has("StorageMirror") and data["StorageMirror"] is not None:
+        mirror = obj.path("StorageMirror", "", base)
+        if _is_within(mirror, storage) or _is_within(storage, mirror):
+            fail(obj.key("StorageMirror"), f'must be outside StorageDirectory ("{storage}")')
+    directory = obj.path("Directory", "", base) if obj.has("Directory") else index / "backups"
+    if mirror is not None and (_is_within(mirror, directory) or _is_within(directory, mirror)):
+        fail(obj.key("StorageMirror"), f'must be outside Backups.Directory ("{directory}")')
+    return BackupsConfig(
+        directory=directory,
+        directory_is_default=not obj.has("Directory"),
+        interval_hours=interval,
+        at=at,
+        keep=obj.integer("Keep", 7, lo=1, hi=1000),
+        storage_mirror=mirror,
     )
 
 
@@ -830,10 +959,15 @@ def parse_config(
 
     dicom_web = _parse_dicom_web(top.section("DicomWeb"), fail, ignored)
     worklists = _parse_worklists(top.section("Worklists"), base, fail, ignored)
+    mpps = _parse_mpps(top.section("Mpps"), fail, ignored)
+    disk_monitor = _parse_disk_monitor(top.section("DiskMonitor"), fail, ignored)
+    backups = _parse_backups(top.section("Backups"), base, index, storage, fail, ignored)
     for other_key, other in (
         ("StorageDirectory", storage),
         ("IndexDirectory", index),
         ("Worklists.Database", worklists.database),
+        ("Backups.Directory", backups.directory),
+        ("Backups.StorageMirror", backups.storage_mirror),
     ):
         # Temporary files are swept at start-up: that sweep must never reach kept data.
         if other is not None and _is_within(other, temporary):
@@ -870,6 +1004,9 @@ def parse_config(
         maximum_storage_mode=top.choice("MaximumStorageMode", "Recycle", ("Recycle", "Reject")),
         dicom_web=dicom_web,
         worklists=worklists,
+        mpps=mpps,
+        disk_monitor=disk_monitor,
+        backups=backups,
         stable_age=top.integer("StableAge", 60),
         strict_aet_comparison=top.boolean("StrictAetComparison", False),
         dicom_scu_timeout=top.integer("DicomScuTimeout", 10),

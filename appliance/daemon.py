@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -16,15 +17,23 @@ from aiohttp import web
 from appliance import __version__
 from appliance.config import Config, ConfigError, load_config
 from appliance.dicom.handlers import DicomHandlers, IncomingFiles
+from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy
 from appliance.dicom.scp import DicomServer
+from appliance.ops.backup import BackupScheduler, backup_directory
+from appliance.ops.disk import MB, DiskMonitor, Role
+from appliance.ops.quota import StorageMode, StoreAdmission
+from appliance.ops.runtime import RUNTIME_FILE
+from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
 from appliance.web.app import make_app
+from appliance.web.metrics import STATUS
+from appliance.worklist.housekeeping import CleanupRules, Housekeeper
+from appliance.worklist.mpps import MppsManager
+from appliance.worklist.source import WorklistFolder
 
 log = logging.getLogger(__name__)
-
-RUNTIME_FILE = "pacs-appliance.runtime.json"
 
 
 def runtime_path(config: Config) -> Path:
@@ -75,17 +84,33 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
                       overwrite_instances=config.overwrite_instances)
     await asyncio.to_thread(archive.open)
     incoming = IncomingFiles(archive)
-    handlers = DicomHandlers(archive, AccessPolicy.from_config(config), incoming)
-    loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers)
+    worklist = _build_worklist(config, archive)
+    handlers = DicomHandlers(archive, AccessPolicy.from_config(config), incoming,
+                             worklist=worklist.dimse)
+    loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist)
+    ops = _build_ops(config, archive, handlers, worklist)
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
         max_pdu=config.maximum_pdu_length,
     )
     runner = None
+    housekeeping = None
+    ops_tasks: list[asyncio.Task] = []
     try:
+        # Free space is known before the first store can arrive.
+        await asyncio.to_thread(ops.disk.measure)
+        await asyncio.to_thread(ops.board.refresh_counts, True)
+        if worklist.folder is not None:  # parsed before the first C-FIND can arrive
+            await worklist.folder.start()
+        if worklist.housekeeper is not None:
+            housekeeping = loop.create_task(worklist.housekeeper.run_forever())
         dicom.start()
-        runner, http_port = await _start_http(config, make_app(archive=archive, config=config))
+        app = make_app(archive=archive, config=config, dicom_port=dicom.port)
+        app[STATUS] = ops.board.snapshot
+        runner, http_port = await _start_http(config, app)
+        ops.board.ports.update(dicom=dicom.port, http=http_port)
+        ops_tasks = [loop.create_task(t.run()) for t in (ops.disk, ops.backups, ops.board)]
         _write_runtime(runtime_path(config), {
             "pid": os.getpid(), "dicom_port": dicom.port, "http_port": http_port,
             "dicom_aet": config.dicom_aet, "version": __version__,
@@ -100,18 +125,92 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
         log.info("stopping")
         notifier.stopping()
     finally:
+        for task in ops_tasks:
+            task.cancel()
+        await asyncio.gather(*ops_tasks, return_exceptions=True)
+        if housekeeping is not None:
+            housekeeping.cancel()
         await asyncio.to_thread(dicom.stop)
+        if worklist.folder is not None:
+            await worklist.folder.stop()
         if runner is not None:
             await runner.cleanup()
         await asyncio.to_thread(archive.close)
         runtime_path(config).unlink(missing_ok=True)
+        ops.board.remove()
+        logging.getLogger().removeHandler(ops.last_error)
     log.info("stopped: %d stored, %d failed since start",
              archive.stored_count, archive.failed_count)
     return 0
 
 
-def _reload(config: Config, handlers: DicomHandlers) -> None:
-    """SIGHUP: re-read the config file and apply the access rules."""
+@dataclass(frozen=True)
+class _Ops:
+    """Disk monitor, store admission, backup schedule and status (appliance.ops)."""
+
+    admission: StoreAdmission
+    disk: DiskMonitor
+    backups: BackupScheduler
+    board: StatusBoard
+    last_error: LastError
+
+
+def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
+               worklist: "_Worklist") -> _Ops:
+    dm = config.disk_monitor
+    admission = StoreAdmission(
+        archive, minimum_free_mb=dm.minimum_free_mb, maximum_storage_mb=config.maximum_storage_size,
+        maximum_patient_count=config.maximum_patient_count,
+        mode=StorageMode(config.maximum_storage_mode), spare_recent_seconds=config.stable_age)
+    archive.admission = admission
+    disk = DiskMonitor(
+        directories={Role.STORAGE: config.storage_directory, Role.INDEX: config.index_directory,
+                     Role.TEMPORARY: config.temporary_directory,
+                     Role.BACKUPS: backup_directory(config),
+                     Role.MIRROR: config.backups.storage_mirror},
+        created_later=(Role.TEMPORARY, Role.BACKUPS) if config.backups.directory_is_default
+        else (Role.TEMPORARY,),
+        index=archive.index, interval=dm.interval_seconds, warn_percent=dm.warn_percent,
+        critical_percent=dm.critical_percent, minimum_free_mb=dm.minimum_free_mb,
+        quota_bytes=config.maximum_storage_size * MB, stored_bytes=lambda: admission.stored_bytes,
+        on_state=admission.disk_changed)
+    backups = BackupScheduler(config)
+    last_error = LastError()
+    logging.getLogger().addHandler(last_error)
+    folder = worklist.folder
+    board = StatusBoard(config=config, archive=archive, admission=admission, disk=disk,
+                        backups=backups, associations=handlers.open_associations,
+                        last_error=last_error,
+                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None)
+    return _Ops(admission, disk, backups, board, last_error)
+
+
+@dataclass(frozen=True)
+class _Worklist:
+    """The worklist parts (each None when not configured)."""
+
+    folder: WorklistFolder | None
+    dimse: WorklistDimse | None
+    mpps: MppsManager | None
+    housekeeper: Housekeeper | None
+
+
+def _build_worklist(config: Config, archive: Archive) -> _Worklist:
+    wl = config.worklists
+    folder = WorklistFolder(wl.database) if wl.enable and wl.database is not None else None
+    mpps = (MppsManager(archive.index, folder,
+                        archive_finished_worklists=config.mpps.archive_finished_worklists)
+            if config.mpps.enable else None)
+    dimse = (WorklistDimse(folder, mpps, MwlOptions.from_config(config))
+             if folder is not None or mpps is not None else None)
+    housekeeper = (Housekeeper(folder, archive.index, CleanupRules.from_config(config))
+                   if folder is not None else None)
+    return _Worklist(folder, dimse, mpps, housekeeper)
+
+
+def _reload(config: Config, handlers: DicomHandlers, worklist: _Worklist) -> None:
+    """SIGHUP: re-read the config file and apply the access rules and worklist options
+    (the worklist folder and enabling services need a restart)."""
     if config.source is None:
         log.info("SIGHUP: running on embedded defaults, nothing to reload")
         return
@@ -121,4 +220,10 @@ def _reload(config: Config, handlers: DicomHandlers) -> None:
         log.error("SIGHUP: configuration not reloaded: %s", e)
         return
     handlers.set_policy(AccessPolicy.from_config(fresh))
+    if worklist.dimse is not None:
+        worklist.dimse.set_options(MwlOptions.from_config(fresh))
+    if worklist.housekeeper is not None:
+        worklist.housekeeper.set_rules(CleanupRules.from_config(fresh))
+    if worklist.mpps is not None:
+        worklist.mpps.archive_finished_worklists = fresh.mpps.archive_finished_worklists
     log.info("SIGHUP: DICOM access rules reloaded from %s", config.source)

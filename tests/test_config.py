@@ -14,6 +14,7 @@ from appliance.config import (
     Config,
     ConfigError,
     DicomWebConfig,
+    MppsConfig,
     Modality,
     WorklistsConfig,
     default_config,
@@ -239,7 +240,7 @@ def test_config_error_attributes_and_pickle():
     [
         ({"DicomPrt": 4242}, "DicomPrt", 'unknown key; did you mean "DicomPort"?'),
         ({"dicomport": 4242}, "dicomport", 'unknown key; did you mean "DicomPort"?'),
-        ({"Backups": {}}, "Backups", "unknown key"),
+        ({"Backup": {}}, "Backup", 'unknown key; did you mean "Backups"?'),
         ({"RemoteAccesAllowed": True}, "RemoteAccesAllowed", 'unknown key; did you mean "RemoteAccessAllowed"?'),
         ({"DicomWeb": {"Rot": "/x/"}}, "DicomWeb.Rot", 'unknown key; did you mean "Root"?'),
         ({"Worklists": {"Databse": "/w"}}, "Worklists.Databse", 'unknown key; did you mean "Database"?'),
@@ -273,7 +274,7 @@ def test_ignored_keys_are_reported_with_dotted_names(tmp_path):
             HttpThreadsCount=50,
             PostgreSQL={"EnableIndex": True},
             DicomWeb={"StowMaxInstances": 10, "Servers": {}},
-            Worklists={"Enable": False, "DeleteWorklistsDelay": 24},
+            Worklists={"Enable": False, "LogMatchedWorklistIds": True},
             DicomModalities={"us1": {"AET": "US1", "Host": "h", "Port": 104, "RetrieveMethod": "C-GET"}},
         ),
     )
@@ -284,7 +285,7 @@ def test_ignored_keys_are_reported_with_dotted_names(tmp_path):
         "DicomModalities.us1.RetrieveMethod",
         "DicomWeb.StowMaxInstances",
         "DicomWeb.Servers",
-        "Worklists.DeleteWorklistsDelay",
+        "Worklists.LogMatchedWorklistIds",
     )
 
 
@@ -593,6 +594,16 @@ def test_dicomweb_normalisation(tmp_path):
     assert load(tmp_path, with_base()).dicom_web == DicomWebConfig()
 
 
+def test_maximum_stow_body_size(tmp_path):
+    assert load(tmp_path, with_base()).dicom_web.maximum_stow_body_size == 4096  # MB
+    web = load(tmp_path, with_base(DicomWeb={"MaximumStowBodySize": 0})).dicom_web
+    assert web.maximum_stow_body_size == 0  # no limit
+    e = error(tmp_path, with_base(DicomWeb={"MaximumStowBodySize": -1}))
+    assert (e.key, e.why) == ("DicomWeb.MaximumStowBodySize", "expected integer >= 0, got -1")
+    e = error(tmp_path, with_base(DicomWeb={"MaximumStowBodySize": "1GB"}))
+    assert (e.key, e.why) == ("DicomWeb.MaximumStowBodySize", 'expected integer, got "1GB"')
+
+
 @pytest.mark.parametrize(
     ("key", "value", "why"),
     [
@@ -621,9 +632,26 @@ def test_worklists_directory_is_a_synonym_of_database(tmp_path):
     assert load(tmp_path, with_base()).worklists == WorklistsConfig()  # disabled by default, as in Orthanc
 
 
+def test_worklist_cleanup_and_mpps_options(tmp_path):
+    # DeleteWorklistsDelay: Orthanc's key (hours), applied to the folder here.
+    wl = load(tmp_path, with_base(Worklists={"Enable": True, "Directory": "/w",
+                                             "DeleteWorklistsDelay": 24})).worklists
+    assert wl.delete_worklists_delay == 24
+    assert load(tmp_path, with_base()).mpps == MppsConfig(enable=True, archive_finished_worklists=True)
+    mpps = load(tmp_path, with_base(Mpps={"Enable": False, "ArchiveFinishedWorklists": False})).mpps
+    assert mpps == MppsConfig(enable=False, archive_finished_worklists=False)
+    e = error(tmp_path, with_base(Mpps={"ArchiveFinished": True}))
+    assert (e.key, e.why) == ("Mpps.ArchiveFinished", 'unknown key; did you mean "ArchiveFinishedWorklists"?')
+    e = error(tmp_path, with_base(Mpps={"Enable": "yes"}))
+    assert (e.key, e.why) == ("Mpps.Enable", 'expected boolean, got "yes"')
+    e = error(tmp_path, with_base(Mpps=[]))
+    assert (e.key, e.why) == ("Mpps", "expected object, got []")
+
+
 @pytest.mark.parametrize(
     ("section", "key", "why"),
     [
+        ({"DeleteWorklistsDelay": -1}, "Worklists.DeleteWorklistsDelay", "expected integer >= 0, got -1"),
         ({"Enable": True}, "Worklists.Database", 'required when Worklists.Enable is true ("Directory" also accepted)'),
         ({"Database": "/a", "Directory": "/b"}, "Worklists.Directory",
          'differs from Worklists.Database ("/a"); keep one'),
@@ -769,3 +797,68 @@ def test_temporary_directory_must_not_contain_worklists(tmp_path):
 def test_http_bind_addresses_must_be_ip_addresses(tmp_path):
     e = error(tmp_path, with_base(HttpBindAddresses=["127.0.0.1", "localhost"]))
     assert (e.key, e.why) == ("HttpBindAddresses[1]", 'expected an IP address, got "localhost"')
+
+
+# --------------------------------------------------------------------------- DiskMonitor, Backups
+
+
+def test_disk_monitor_and_backups_defaults(tmp_path):
+    config = load(tmp_path, with_base(IndexDirectory="/srv/pacs/index"))
+    assert config.disk_monitor.interval_seconds == 30
+    assert (config.disk_monitor.warn_percent, config.disk_monitor.critical_percent) == (80, 90)
+    assert config.disk_monitor.minimum_free_mb == 500
+    b = config.backups
+    assert b.directory == Path("/srv/pacs/index/backups") and b.directory_is_default
+    assert (b.interval_hours, b.at, b.keep, b.storage_mirror) == (24, None, 7, None)
+
+
+def test_disk_monitor_and_backups_sections(tmp_path):
+    config = load(tmp_path, with_base(
+        DiskMonitor={"IntervalSeconds": 5, "WarnPercent": 70, "CriticalPercent": 70,
+                     "MinimumFreeMB": 0},
+        Backups={"Directory": "backups", "IntervalHours": 0.5, "At": "02:30", "Keep": 3,
+                 "StorageMirror": "/mnt/usb/mirror"}))
+    assert config.disk_monitor.interval_seconds == 5
+    assert config.disk_monitor.minimum_free_mb == 0
+    b = config.backups
+    assert b.directory == tmp_path / "backups" and not b.directory_is_default
+    assert (b.interval_hours, b.at, b.keep) == (0.5, (2, 30), 3)
+    assert b.storage_mirror == Path("/mnt/usb/mirror")
+    assert load(tmp_path, with_base(Backups={"At": None})).backups.at is None
+
+
+@pytest.mark.parametrize("section, value, key, why", [
+    ("DiskMonitor", {"WarnPercent": 0}, "DiskMonitor.WarnPercent", "expected 1-100, got 0"),
+    ("DiskMonitor", {"CriticalPercent": 101}, "DiskMonitor.CriticalPercent", "expected 1-100, got 101"),
+    ("DiskMonitor", {"WarnPercent": 95}, "DiskMonitor.CriticalPercent",
+     "must not be below WarnPercent (95), got 90"),
+    ("DiskMonitor", {"IntervalSeconds": 0}, "DiskMonitor.IntervalSeconds", "expected 1-3600, got 0"),
+    ("DiskMonitor", {"MinimumFreeMB": -1}, "DiskMonitor.MinimumFreeMB", "expected integer >= 0, got -1"),
+    ("DiskMonitor", {"MinimumFreeMb": 1}, "DiskMonitor.MinimumFreeMb",
+     'unknown key; did you mean "MinimumFreeMB"?'),
+    ("DiskMonitor", 5, "DiskMonitor", "expected object, got 5"),
+    ("Backups", {"IntervalHours": "24"}, "Backups.IntervalHours", 'expected a number of hours, got "24"'),
+    ("Backups", {"IntervalHours": -1}, "Backups.IntervalHours",
+     "expected 0 (no scheduled backups) to 8784, got -1"),
+    ("Backups", {"At": "2:30"}, "Backups.At", 'expected a time of day "HH:MM" (00:00-23:59), got "2:30"'),
+    ("Backups", {"At": "24:00"}, "Backups.At", 'expected a time of day "HH:MM" (00:00-23:59), got "24:00"'),
+    ("Backups", {"At": "02:00", "IntervalHours": 0}, "Backups.At",
+     "has no effect with IntervalHours 0 (no scheduled backups)"),
+    ("Backups", {"Keep": 0}, "Backups.Keep", "expected 1-1000, got 0"),
+    ("Backups", {"Directory": ""}, "Backups.Directory", "must not be empty"),
+    ("Backups", {"StorageMirror": "/srv/pacs/storage/mirror"}, "Backups.StorageMirror",
+     'must be outside StorageDirectory ("/srv/pacs/storage")'),
+    ("Backups", {"Directory": "/mnt/usb", "StorageMirror": "/mnt/usb/mirror"}, "Backups.StorageMirror",
+     'must be outside Backups.Directory ("/mnt/usb")'),
+    ("Backups", {"Interval": 1}, "Backups.Interval", 'unknown key; did you mean "IntervalHours"?'),
+])
+def test_bad_disk_monitor_and_backups(tmp_path, section, value, key, why):
+    e = error(tmp_path, with_base(**{section: value}))
+    assert (e.key, e.why) == (key, why)
+
+
+def test_temporary_directory_must_not_contain_backups(tmp_path):
+    e = error(tmp_path, with_base(TemporaryDirectory="/srv/tmp", Backups={"Directory": "/srv/tmp/b"}))
+    assert (e.key, e.why) == (
+        "TemporaryDirectory", 'must not contain Backups.Directory ("/srv/tmp/b"): it is emptied at start-up'
+    )

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom import events as evt
 
+from appliance.dicom.mwl import WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.store.archive import Archive, Origin, StoreOutcome
 from appliance.store.blobs import IncomingFile
@@ -96,10 +97,12 @@ class IncomingFiles:
 class DicomHandlers:
     """The event handlers of the DICOM server."""
 
-    def __init__(self, archive: Archive, policy: AccessPolicy, incoming: IncomingFiles) -> None:
+    def __init__(self, archive: Archive, policy: AccessPolicy, incoming: IncomingFiles,
+                 worklist: WorklistDimse | None = None) -> None:
         self.archive = archive
         self.policy = policy
         self.incoming = incoming
+        self.worklist = worklist  # MWL C-FIND and MPPS, when configured
         self._lock = threading.Lock()
         self._assocs: dict[int, _AssocStats] = {}
         self._in_flight = 0
@@ -118,7 +121,11 @@ class DicomHandlers:
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
             (evt.EVT_C_ECHO, self.handle_echo),
             (evt.EVT_C_STORE, self.handle_store),
-        ]
+        ] + ([
+            (evt.EVT_C_FIND, self.handle_find),
+            (evt.EVT_N_CREATE, self.handle_n_create),
+            (evt.EVT_N_SET, self.handle_n_set),
+        ] if self.worklist is not None else [])
 
     # -- association events ---------------------------------------------
 
@@ -224,6 +231,30 @@ class DicomHandlers:
         log.debug("%s: stored %s (%s)", peer, outcome.sop_instance_uid, outcome.result.label,
                   extra={"SOP_INSTANCE_UID": outcome.sop_instance_uid})
         return _status(outcome.result.dimse_status)
+
+    def handle_find(self, event):
+        """C-FIND (PS3.4 K): the Modality Worklist, answered from the worklist snapshot."""
+        host, peer, calling = self._who(event)
+        allowed = self.policy.allows(Service.FIND_WORKLIST, calling, host)
+        yield from self.worklist.find(event, allowed=allowed, peer=peer, calling=calling)
+
+    def _may_report(self, calling: str, host: str) -> bool:
+        # MPPS has no Allow* flag of its own in Orthanc's rules: an AE that may query the
+        # worklist or store its images may report the procedure it performs.
+        return (self.policy.allows(Service.FIND_WORKLIST, calling, host)
+                or self.policy.allows(Service.STORE, calling, host))
+
+    def handle_n_create(self, event):
+        """N-CREATE (PS3.4 F.7.2.1): a Modality Performed Procedure Step begins."""
+        host, peer, calling = self._who(event)
+        return self.worklist.n_create(event, allowed=self._may_report(calling, host), peer=peer,
+                                      calling=calling)
+
+    def handle_n_set(self, event):
+        """N-SET (PS3.4 F.7.2.2): a Modality Performed Procedure Step changes or ends."""
+        host, peer, calling = self._who(event)
+        return self.worklist.n_set(event, allowed=self._may_report(calling, host), peer=peer,
+                                   calling=calling)
 
     def _count(self, event, outcome: StoreOutcome | None, size: int) -> None:
         with self._lock:

@@ -60,6 +60,9 @@ class DicomServer:
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
         for uid in storage_sop_classes():
             self.ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+        if handlers.worklist is not None:  # MWL C-FIND, MPPS: small datasets, uncompressed
+            for uid in handlers.worklist.sop_classes():
+                self.ae.add_supported_context(uid, _UNCOMPRESSED)
         self._server = None
         self._saved_ntf = None
 

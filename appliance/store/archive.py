@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -87,11 +88,42 @@ class StoreOutcome:
     size: int = 0
 
 
+class AdmissionTicket:
+    """An admitted object: ``refusal`` is None; :meth:`close` once it is stored or not."""
+
+    refusal: str | None = None
+
+    def close(self, stored: bool) -> None:
+        """The store is over (``stored``: a new instance is in the archive)."""
+
+
+class Refusal(AdmissionTicket):
+    """A refused object: the reason goes to the sender (no patient data in it)."""
+
+    def __init__(self, reason: str) -> None:
+        self.refusal = reason
+
+
+class Admission:
+    """Decides whether a new object may be stored (free space, quotas).
+
+    This one admits everything; the daemon installs appliance.ops.quota's. It
+    is asked once per new object, after its header was read and before its
+    file is moved into place, so a refused object leaves nothing behind.
+    """
+
+    _OPEN = AdmissionTicket()
+
+    def admit(self, patient_id: str, size: int) -> AdmissionTicket:
+        """A ticket for storing ``size`` bytes of this patient, or a :class:`Refusal`."""
+        return self._OPEN
+
+
 class Archive:
     """Index + file store behind one thread-safe interface."""
 
     def __init__(self, storage_directory: Path, index_directory: Path, *,
-                 overwrite_instances: bool = False) -> None:
+                 overwrite_instances: bool = False, admission: Admission | None = None) -> None:
         # Incoming files live inside the storage directory so that moving one
         # into place is a rename on the same filesystem, never a copy.
         self.blobs = BlobStore(Path(storage_directory), Path(storage_directory) / ".incoming")
@@ -100,6 +132,9 @@ class Archive:
         self._stats_lock = threading.Lock()
         self.stored_count = 0
         self.failed_count = 0
+        # Outcomes since start by (Origin.source, StoreResult) for the metrics.
+        self.outcomes: Counter[tuple[str, StoreResult]] = Counter()
+        self.admission = admission or Admission()
 
     def open(self) -> None:
         """Sweep partial files left by a crash, open the index."""
@@ -135,10 +170,13 @@ class Archive:
                 self.stored_count += 1
             else:
                 self.failed_count += 1
+            self.outcomes[(origin.source, outcome.result)] += 1
         return outcome
 
     def _store(self, incoming: IncomingFile, origin: Origin,
                expected_class: str | None, expected_instance: str | None) -> StoreOutcome:
+        if incoming.error is not None:  # the receive itself failed (disk full)
+            return _io_failure(incoming.error, incoming.size)
         try:
             sealing = self.blobs.seal(incoming)
         except OSError as e:
@@ -155,13 +193,26 @@ class Archive:
         outcome, record = checked
         if seal_error is not None:
             return _io_failure(seal_error, incoming.size, outcome)
+        ticket = self.admission.admit(record.patient_id, incoming.size)
+        if ticket.refusal is not None:
+            return _with(outcome, StoreResult.OUT_OF_RESOURCES, ticket.refusal)
+        placed = None
+        try:
+            placed = self._place(incoming, outcome, replace(record, sha256=sha256))
+            return placed
+        finally:
+            ticket.close(placed is not None and placed.result is StoreResult.SUCCESS)
+
+    def _place(self, incoming: IncomingFile, outcome: StoreOutcome,
+               record: InstanceRecord) -> StoreOutcome:
+        """Move the file into place and commit its row (undoing the file on failure)."""
         try:
             rel, directory = self.blobs.adopt(incoming, BlobStore.new_id())
         except OSError as e:
             return _io_failure(e, incoming.size, outcome)
         try:
             done = self.index.insert_instance(
-                replace(record, file_path=rel, sha256=sha256), overwrite=self.overwrite_instances, dirs={directory}
+                replace(record, file_path=rel), overwrite=self.overwrite_instances, dirs={directory}
             )
         except Exception as e:  # noqa: BLE001 - compensate, then report
             self.blobs.remove(rel)
@@ -185,16 +236,10 @@ class Archive:
             return StoreOutcome(StoreResult.INVALID, str(e), size=incoming.size)
         except OSError as e:
             return _io_failure(e, incoming.size)
-        ds = header.dataset
-        uids = {}
-        for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
-            value = _text(ds, kw)
-            if not value:
-                return StoreOutcome(StoreResult.INVALID, f"missing {kw}", size=incoming.size)
-            if not is_valid_uid(value):
-                return StoreOutcome(StoreResult.INVALID, f"invalid {kw} {value[:70]!r}",
-                                    size=incoming.size)
-            uids[kw] = value
+        try:
+            uids = header_uids(header)
+        except InvalidObject as e:
+            return StoreOutcome(StoreResult.INVALID, str(e), size=incoming.size)
         described = StoreOutcome(
             StoreResult.SUCCESS, "", uids["SOPClassUID"], uids["SOPInstanceUID"],
             uids["StudyInstanceUID"], uids["SeriesInstanceUID"], incoming.size,
@@ -210,11 +255,7 @@ class Archive:
             return _with(described, StoreResult.ALREADY_STORED, "already stored")
 
         try:
-            metadata = json.dumps(
-                dicomjson.dataset_to_json(ds, pixel_data_vr=header.pixel_data_vr),
-                separators=(",", ":"), ensure_ascii=False,
-            )
-            record = _record(header, uids, incoming, origin, metadata)
+            record = instance_record(header, uids, incoming.size, origin)
         except Exception as e:  # noqa: BLE001 - odd values must fail this object only
             return _with(described, StoreResult.INVALID, f"unusable header: {type(e).__name__}: {e}")
         return described, record
@@ -259,8 +300,31 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _record(header: Header, uids: dict[str, str], incoming: IncomingFile,
-            origin: Origin, metadata: str) -> InstanceRecord:
+def header_uids(header: Header) -> dict[str, str]:
+    """The four UIDs every stored object needs, by keyword; InvalidObject if one is
+    missing or invalid (ingest and reindex apply the same rule)."""
+    uids = {}
+    for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+        value = _text(header.dataset, kw)
+        if not value:
+            raise InvalidObject(f"missing {kw}")
+        if not is_valid_uid(value):
+            raise InvalidObject(f"invalid {kw} {value[:70]!r}")
+        uids[kw] = value
+    return uids
+
+
+def instance_record(header: Header, uids: dict[str, str], size: int, origin: Origin, *,
+                    received_at: float | None = None, file_path: str = "",
+                    sha256: str = "") -> InstanceRecord:
+    """The index record of a parsed object: one function for ingest and reindex.
+
+    Raises whatever an odd value makes the DICOM JSON conversion raise.
+    """
+    metadata = json.dumps(
+        dicomjson.dataset_to_json(header.dataset, pixel_data_vr=header.pixel_data_vr),
+        separators=(",", ":"), ensure_ascii=False,
+    )
     ds = header.dataset
     return InstanceRecord(
         patient_id=_text(ds, "PatientID") or "",
@@ -286,10 +350,10 @@ def _record(header: Header, uids: dict[str, str], incoming: IncomingFile,
         columns=_int(ds, "Columns"),
         transfer_syntax_uid=header.transfer_syntax_uid,
         specific_character_set=_text(ds, "SpecificCharacterSet"),
-        file_path="",
-        file_size=incoming.size,
-        sha256="",  # filled in once the file is sealed
-        received_at=time.time(),
+        file_path=file_path,
+        file_size=size,
+        sha256=sha256,  # at ingest: filled in once the file is sealed
+        received_at=time.time() if received_at is None else received_at,
         source=origin.source,
         calling_aet=origin.calling_aet,
         peer=origin.peer,

@@ -79,14 +79,32 @@ class IncomingFile:
         self.size = 0
         self._sync_file_range = sync_file_range
         self._synced_to = 0
+        # A write error (disk full) is kept here rather than raised: raised, it
+        # would kill pynetdicom's receiving thread mid-PDU and leave this file
+        # behind; kept, the rest of the object is drained and dropped, and the
+        # store answers it (0xA700 for a full disk).
+        self.error: OSError | None = None
 
     def write(self, data: bytes) -> int:
-        """Write ``data`` (buffered)."""
+        """Write ``data`` (buffered); after a write error, count and drop it."""
         self.size += len(data)
-        n = self._raw.write(data)
-        if self._sync_file_range is not None and self.size - self._synced_to >= _WRITEBACK_EVERY:
-            self._start_writeback()
+        if self.error is not None:
+            return len(data)
+        try:
+            n = self._raw.write(data)
+            if self._sync_file_range is not None and self.size - self._synced_to >= _WRITEBACK_EVERY:
+                self._start_writeback()
+        except OSError as e:
+            self._failed(e)
+            return len(data)
         return n
+
+    def _failed(self, e: OSError) -> None:
+        self.error = e
+        try:
+            os.ftruncate(self._raw.fileno(), 0)  # give the space back now
+        except OSError:
+            pass
 
     def _start_writeback(self) -> None:
         self._raw.flush()
@@ -95,11 +113,15 @@ class IncomingFile:
 
     def flush(self) -> None:
         """Hand everything written to the OS and start writing it to disk."""
-        if self._raw.closed:
+        if self._raw.closed or self.error is not None:
             return
-        self._raw.flush()
-        if self._sync_file_range is not None and self.size > self._synced_to:
-            self._start_writeback()
+        try:
+            self._raw.flush()
+            if self._sync_file_range is not None and self.size > self._synced_to:
+                self._start_writeback()
+        except OSError as e:
+            self._failed(e)
+            raise
 
     def fileno(self) -> int:
         """The OS file descriptor."""
@@ -108,7 +130,11 @@ class IncomingFile:
     def close(self) -> None:
         """Close the file (idempotent)."""
         if not self._raw.closed:
-            self._raw.close()
+            try:
+                self._raw.close()
+            except OSError:
+                if self.error is None:
+                    raise
 
     @property
     def closed(self) -> bool:
@@ -117,7 +143,10 @@ class IncomingFile:
 
     def discard(self) -> None:
         """Close and delete the file; never raises for a missing file."""
-        self.close()
+        try:
+            self.close()
+        except OSError:
+            pass  # the unwritten rest (disk full): the file goes anyway
         try:
             os.unlink(self.name)
         except FileNotFoundError:

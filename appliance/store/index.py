@@ -538,6 +538,555 @@ def _delete(conn: apsw.Connection, sop_instance_uid: str) -> str | None:
 
 
 # -- QIDO-RS queries (the DICOMweb issue) ----------------------------------
+#
+# The web layer (appliance.web.qido) parses and validates a request into a
+# QidoSearch; the functions here turn it into one SQL statement over the
+# patients/studies/series/instances tables, so no file is ever read.
+#
+# Query levels: "study" (patient attributes belong to it, as in the Study
+# Root model), "series", "instance". A condition on an attribute of a lower
+# level than the query level (e.g. Modality in a study search), and any
+# condition on an attribute that is not a column (matched in the per-instance
+# DICOM JSON `metadata`), selects the resources having at least one
+# series/instance that matches.
+
+QIDO_LEVELS = ("study", "series", "instance")
+_LEVEL_RANK = {level: rank for rank, level in enumerate(QIDO_LEVELS)}
+
+
+@dataclass(frozen=True)
+class QidoColumn:
+    """An attribute kept as a column: its query level, VR and table column."""
+
+    level: str
+    vr: str
+    table: str   # alias: p (patients), st (studies), se (series), i (instances)
+    column: str
+
+
+QIDO_COLUMNS: dict[int, QidoColumn] = {
+    0x00100010: QidoColumn("study", "PN", "p", "patient_name"),
+    0x00100020: QidoColumn("study", "LO", "p", "patient_id"),
+    0x00100030: QidoColumn("study", "DA", "p", "patient_birth_date"),
+    0x00100040: QidoColumn("study", "CS", "p", "patient_sex"),
+    0x0020000D: QidoColumn("study", "UI", "st", "study_instance_uid"),
+    0x00080020: QidoColumn("study", "DA", "st", "study_date"),
+    0x00080030: QidoColumn("study", "TM", "st", "study_time"),
+    0x00080050: QidoColumn("study", "SH", "st", "accession_number"),
+    0x00081030: QidoColumn("study", "LO", "st", "study_description"),
+    0x00080090: QidoColumn("study", "PN", "st", "referring_physician_name"),
+    0x00200010: QidoColumn("study", "SH", "st", "study_id"),
+    0x0020000E: QidoColumn("series", "UI", "se", "series_instance_uid"),
+    0x00080060: QidoColumn("series", "CS", "se", "modality"),
+    0x00200011: QidoColumn("series", "IS", "se", "series_number"),
+    0x0008103E: QidoColumn("series", "LO", "se", "series_description"),
+    0x00080018: QidoColumn("instance", "UI", "i", "sop_instance_uid"),
+    0x00080016: QidoColumn("instance", "UI", "i", "sop_class_uid"),
+    0x00200013: QidoColumn("instance", "IS", "i", "instance_number"),
+    0x00280008: QidoColumn("instance", "IS", "i", "number_of_frames"),
+    0x00280010: QidoColumn("instance", "US", "i", "rows"),
+    0x00280011: QidoColumn("instance", "US", "i", "columns"),
+}
+
+# PS3.4 C.3.4 additional attributes, computed from the tables.
+MODALITIES_IN_STUDY = 0x00080061
+STUDY_RELATED_SERIES = 0x00201206
+STUDY_RELATED_INSTANCES = 0x00201208
+SERIES_RELATED_INSTANCES = 0x00201209
+QIDO_COMPUTED: dict[int, tuple[str, str]] = {   # tag: (level, VR)
+    MODALITIES_IN_STUDY: ("study", "CS"),
+    STUDY_RELATED_SERIES: ("study", "IS"),
+    STUDY_RELATED_INSTANCES: ("study", "IS"),
+    SERIES_RELATED_INSTANCES: ("series", "IS"),
+}
+_COMPUTED_SQL = {
+    # group_concat order is unspecified: the caller sorts.
+    MODALITIES_IN_STUDY:
+        "(SELECT group_concat(DISTINCT cse.modality) FROM series cse WHERE cse.study_pk = st.id)",
+    STUDY_RELATED_SERIES: "(SELECT count(*) FROM series cse WHERE cse.study_pk = st.id)",
+    STUDY_RELATED_INSTANCES:
+        "(SELECT count(*) FROM series cse JOIN instances ci ON ci.series_pk = cse.id "
+        "WHERE cse.study_pk = st.id)",
+    SERIES_RELATED_INSTANCES: "(SELECT count(*) FROM instances ci WHERE ci.series_pk = se.id)",
+}
+
+
+@dataclass(frozen=True)
+class QidoMatch:
+    """One validated matching condition (PS3.4 C.2.2.2 matching kinds).
+
+    ``kind``:
+      * ``"text"``: ``values`` are alternatives (a backslash list), each a
+        single value or a wildcard pattern with ``*`` and ``?`` (C.2.2.2.1/4);
+        ``fold_case`` makes it case-insensitive, non-ASCII letters included;
+      * ``"exact"``: ``values`` are a list of UIDs or integers (C.2.2.2.2);
+      * ``"range"``: ``values`` is ``(low, high)``, either may be ``""``
+        (C.2.2.2.5), for DA/TM/DT.
+    A tag that is neither in QIDO_COLUMNS nor ModalitiesInStudy is matched
+    on the values of that attribute in the instances' metadata JSON.
+    """
+
+    tag: int
+    vr: str
+    kind: str
+    values: tuple
+    fold_case: bool = False
+
+
+@dataclass(frozen=True)
+class QidoSearch:
+    """A validated QIDO-RS search, ready to run."""
+
+    level: str
+    study_uid: str | None = None     # from the target resource path
+    series_uid: str | None = None
+    matches: tuple[QidoMatch, ...] = ()
+    computed: tuple[int, ...] = ()   # QIDO_COMPUTED tags to return
+    metadata_tags: tuple[int, ...] = ()  # returned from a representative instance
+    whole_metadata: bool = False     # instance level: the full DICOM JSON too
+    limit: int = 100
+    offset: int = 0
+
+
+@dataclass
+class QidoRow:
+    """One matching resource: raw column values and metadata JSON fragments."""
+
+    values: dict[int, Any]            # QIDO_COLUMNS (up to the level) and computed tags
+    metadata: dict[int, str | None]   # tag -> JSON text of that attribute, or None
+    whole_metadata: str | None = None
+
+
+# The table of the level, then its parents.
+_TABLE = {"study": "studies st", "series": "series se", "instance": "instances i"}
+_PARENTS = {
+    "study": " JOIN patients p ON p.id = st.patient_pk",
+    "series": " JOIN studies st ON st.id = se.study_pk JOIN patients p ON p.id = st.patient_pk",
+    "instance": " JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = se.study_pk"
+                " JOIN patients p ON p.id = st.patient_pk",
+}
+_FROM = {level: _TABLE[level] + _PARENTS[level] for level in QIDO_LEVELS}
+_KEY = {"study": "st.id", "series": "se.id", "instance": "i.id"}
+# One instance whose metadata stands for its study or series (the first stored).
+_REPRESENTATIVE = {
+    "study": "(SELECT min(ri.id) FROM series rse JOIN instances ri ON ri.series_pk = rse.id "
+             "WHERE rse.study_pk = st.id)",
+    "series": "(SELECT min(ri.id) FROM instances ri WHERE ri.series_pk = se.id)",
+    "instance": "i.id",
+}
+# Aliases of the tables inside _children_exist's subqueries.
+_ALIASES = {"p": "p", "st": "st", "se": "xse", "i": "xi"}
+
+
+def _order(search: QidoSearch) -> str:
+    """Result order: stable across pages (PS3.18 8.3.4.4 paging needs that).
+
+    Within one study or series, series and instance numbers, as a viewer
+    lists them; across the archive, storage order, which the primary key
+    gives without sorting.
+    """
+    if search.level == "series" and search.study_uid:
+        return "se.series_number IS NULL, se.series_number, se.id"
+    if search.level == "instance" and search.series_uid:
+        return "i.instance_number IS NULL, i.instance_number, i.id"
+    if search.level == "instance" and search.study_uid:
+        return ("se.series_number IS NULL, se.series_number, se.id, "
+                "i.instance_number IS NULL, i.instance_number, i.id")
+    return _KEY[search.level]
+
+
+def _like_pattern(value: str) -> tuple[str, bool]:
+    """A LIKE pattern (escape ``\\``) for a DICOM value or wildcard pattern,
+    case-insensitive for ASCII (SQLite's LIKE); a cased non-ASCII letter
+    becomes ``_`` so LIKE is a superset, and the second result says that a
+    GLOB check must then follow."""
+    out, needs_glob = [], False
+    for ch in value:
+        if ch == "*":
+            out.append("%")
+        elif ch == "?":
+            out.append("_")
+        elif ch in "%_\\":
+            out.append("\\" + ch)
+        elif ord(ch) > 127 and ch.lower() != ch.upper():
+            out.append("_")
+            needs_glob = True
+        else:
+            out.append(ch)
+    return "".join(out), needs_glob
+
+
+def _glob_pattern(value: str, fold_case: bool) -> str:
+    """A GLOB pattern for a DICOM value or wildcard pattern; with
+    ``fold_case`` every cased letter becomes a ``[xX]`` class."""
+    out = []
+    for ch in value:
+        if ch in "*?":
+            out.append(ch)
+        elif ch == "[":
+            out.append("[[]")  # GLOB has no escape character; a class holds it
+        elif fold_case and len(ch.lower()) == 1 and len(ch.upper()) == 1 \
+                and ch.lower() != ch.upper():
+            out.append(f"[{ch.lower()}{ch.upper()}]")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _text_condition(expr: str, value: str, fold_case: bool) -> tuple[str, list]:
+    wildcard = "*" in value or "?" in value
+    if not fold_case:
+        if wildcard:
+            return f"{expr} GLOB ?", [_glob_pattern(value, False)]
+        return f"{expr} = ?", [value]
+    # LIKE first: with a literal prefix it can use an index (patients_name is
+    # NOCASE for that), then GLOB settles non-ASCII letters exactly.
+    like, needs_glob = _like_pattern(value)
+    if not needs_glob:
+        return f"{expr} LIKE ? ESCAPE '\\'", [like]
+    return (f"({expr} LIKE ? ESCAPE '\\' AND {expr} GLOB ?)",
+            [like, _glob_pattern(value, True)])
+
+
+def _value_condition(expr: str, match: QidoMatch) -> tuple[str, list]:
+    """The condition of ``match`` on the SQL expression ``expr``."""
+    if match.kind == "exact":
+        return f"{expr} IN ({', '.join('?' * len(match.values))})", list(match.values)
+    if match.kind == "range":
+        low, high = match.values
+        parts, args = [], []
+        if low:
+            parts.append(f"{expr} >= ?")
+            args.append(low)
+        if high:
+            # A DA is always 8 characters: compare whole (an index can serve
+            # it). TM/DT may be longer than the bound: compare the bound's
+            # precision, so "-1015" includes 10:15:30 (PS3.4 C.2.2.2.5).
+            parts.append(f"{expr} <= ?" if match.vr == "DA" else f"substr({expr}, 1, ?) <= ?")
+            args.extend([high] if match.vr == "DA" else [len(high), high])
+        return "(" + " AND ".join(parts) + ")", args
+    parts, args = [], []
+    for value in match.values:
+        sql, a = _text_condition(expr, value, match.fold_case)
+        parts.append(sql)
+        args.extend(a)
+    return "(" + " OR ".join(parts) + ")", args
+
+
+def _children_exist(level: str, child: str, cond: str) -> str:
+    """EXISTS over the series (``child`` "se", alias xse) or instances
+    (``child`` "i", alias xi) of the current study or series row."""
+    if child == "se":
+        return f"EXISTS (SELECT 1 FROM series xse WHERE xse.study_pk = st.id AND {cond})"
+    if level == "study":
+        return ("EXISTS (SELECT 1 FROM series xse JOIN instances xi ON xi.series_pk = xse.id "
+                f"WHERE xse.study_pk = st.id AND {cond})")
+    return f"EXISTS (SELECT 1 FROM instances xi WHERE xi.series_pk = se.id AND {cond})"
+
+
+def _condition(level: str, match: QidoMatch) -> tuple[str, list]:
+    """SQL for one match at the query ``level``."""
+    if match.tag == MODALITIES_IN_STUDY:
+        # PS3.4 C.3.4: the distinct Modality values of the study's series, so
+        # the study matches if any of its series does.
+        cond, args = _value_condition("xse.modality", match)
+        return _children_exist("study", "se", cond), args
+    column = QIDO_COLUMNS.get(match.tag)
+    if column is not None:
+        if _LEVEL_RANK[column.level] <= _LEVEL_RANK[level]:
+            return _value_condition(f"{column.table}.{column.column}", match)
+        cond, args = _value_condition(f"{_ALIASES[column.table]}.{column.column}", match)
+        return _children_exist(level, column.table, cond), args
+    # Not a column: the values of the attribute in the metadata JSON (every
+    # value of a multi-valued one; the Alphabetic group of a PN).
+    value = "json_extract(je.value, '$.Alphabetic')" if match.vr == "PN" else "je.value"
+    cond, args = _value_condition(value, match)
+    path = f'$."{match.tag:08X}".Value'
+    source = "i.metadata" if level == "instance" else "xi.metadata"
+    sql = f"EXISTS (SELECT 1 FROM json_each({source}, ?) je WHERE {cond})"
+    if level != "instance":
+        sql = _children_exist(level, "i", sql)
+    return sql, [path, *args]
+
+
+def _where(search: QidoSearch) -> tuple[str, list]:
+    parts, args = [], []
+    if search.study_uid is not None:
+        parts.append("st.study_instance_uid = ?")
+        args.append(search.study_uid)
+    if search.series_uid is not None:
+        parts.append("se.series_instance_uid = ?")
+        args.append(search.series_uid)
+    for match in search.matches:
+        sql, a = _condition(search.level, match)
+        parts.append(sql)
+        args.extend(a)
+    return (" WHERE " + " AND ".join(parts)) if parts else "", args
+
+
+def qido_search(index: Index, search: QidoSearch) -> list[QidoRow]:
+    """Run a QIDO-RS search: one page of matching resources, in a stable order.
+
+    The page of keys is selected first, so computed attributes and metadata
+    are only worked out for the rows returned (PS3.18 8.3.4.4 limit/offset).
+    """
+    level = search.level
+    where, args = _where(search)
+    order = _order(search)
+    columns = [(tag, f"{c.table}.{c.column}") for tag, c in QIDO_COLUMNS.items()
+               if _LEVEL_RANK[c.level] <= _LEVEL_RANK[level]]
+    columns += [(tag, _COMPUTED_SQL[tag]) for tag in search.computed]
+    select = [sql for _, sql in columns]
+    select += ["json_extract(rep.metadata, ?)"] * len(search.metadata_tags)
+    select_args = [f'$."{tag:08X}"' for tag in search.metadata_tags]
+    if search.whole_metadata:
+        select.append("rep.metadata")
+    sql = (
+        f"WITH page(k) AS MATERIALIZED (SELECT {_KEY[level]} FROM {_FROM[level]}{where} "
+        f"ORDER BY {order} LIMIT ? OFFSET ?) "
+        # CROSS JOIN: SQLite keeps the page as the outer loop.
+        f"SELECT {', '.join(select)} FROM page CROSS JOIN {_TABLE[level]} ON {_KEY[level]} = page.k"
+        f"{_PARENTS[level]} "
+        f"LEFT JOIN instances rep ON rep.id = {_REPRESENTATIVE[level]} "
+        f"ORDER BY {order}"
+    )
+    rows = index.read(sql, (*args, search.limit, search.offset, *select_args))
+    result = []
+    n_values, n_meta = len(columns), len(search.metadata_tags)
+    for row in rows:
+        values = {tag: row[k] for k, (tag, _) in enumerate(columns)}
+        metadata = dict(zip(search.metadata_tags, row[n_values:n_values + n_meta]))
+        whole = row[n_values + n_meta] if search.whole_metadata else None
+        result.append(QidoRow(values, metadata, whole))
+    return result
+
+
+def qido_count(index: Index, search: QidoSearch) -> int:
+    """How many resources match ``search`` (limit and offset ignored)."""
+    where, args = _where(search)
+    (row,) = index.read(f"SELECT count(*) FROM {_FROM[search.level]}{where}", tuple(args))
+    return row[0]
+
 
 
 # -- MPPS (the worklist issue) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class MppsRecord:
+    """One Modality Performed Procedure Step row (PS3.4 F.7)."""
+
+    sop_instance_uid: str
+    status: str
+    study_instance_uid: str | None
+    accession_number: str | None
+    requested_procedure_id: str | None
+    scheduled_procedure_step_id: str | None
+    worklist_item: str | None
+    calling_aet: str | None
+    peer: str | None
+    created_at: float
+    updated_at: float
+    dataset: str  # DICOM JSON
+
+
+_MPPS_COLS = ("sop_instance_uid", "status", "study_instance_uid", "accession_number",
+              "requested_procedure_id", "scheduled_procedure_step_id", "worklist_item",
+              "calling_aet", "peer", "created_at", "updated_at", "dataset")
+
+
+def mpps_insert(index: Index, record: MppsRecord) -> bool:
+    """Insert a new procedure step; False (nothing written) if its SOP Instance UID exists."""
+    def insert(conn: apsw.Connection) -> bool:
+        if conn.execute("SELECT 1 FROM mpps WHERE sop_instance_uid = ?",
+                        (record.sop_instance_uid,)).fetchone():
+            return False
+        conn.execute(f"INSERT INTO mpps ({', '.join(_MPPS_COLS)}) "
+                     f"VALUES ({', '.join('?' * len(_MPPS_COLS))})",
+                     tuple(getattr(record, c) for c in _MPPS_COLS))
+        return True
+
+    return index.run_write(insert)
+
+
+def mpps_get(index: Index, sop_instance_uid: str) -> MppsRecord | None:
+    """The procedure step with this SOP Instance UID, or None."""
+    rows = index.read(f"SELECT {', '.join(_MPPS_COLS)} FROM mpps WHERE sop_instance_uid = ?",
+                      (sop_instance_uid,))
+    return MppsRecord(*rows[0]) if rows else None
+
+
+def mpps_update(index: Index, previous: MppsRecord, *, status: str, dataset: str,
+                worklist_item: str | None, now: float) -> bool:
+    """Replace a step's status and attributes, only if it is still exactly ``previous``
+    (same status and ``updated_at``); False if it changed meanwhile (the caller re-reads)."""
+    def update(conn: apsw.Connection) -> bool:
+        conn.execute(
+            "UPDATE mpps SET status = ?, dataset = ?, worklist_item = ?, updated_at = ? "
+            "WHERE sop_instance_uid = ? AND status = ? AND updated_at = ?",
+            (status, dataset, worklist_item, now, previous.sop_instance_uid, previous.status,
+             previous.updated_at))
+        return conn.changes() == 1
+
+    return index.run_write(update)
+
+
+def studies_quiet_since(index: Index, study_instance_uids: Iterable[str],
+                        accession_numbers: Iterable[str], before: float) -> tuple[set[str], set[str]]:
+    """Which of these Study Instance UIDs and Accession Numbers belong to a received study
+    that has had no new instance since ``before`` (Orthanc's "stable study")."""
+    found_uids: set[str] = set()
+    found_accessions: set[str] = set()
+    for column, wanted, found in (("study_instance_uid", list(study_instance_uids), found_uids),
+                                  ("accession_number", list(accession_numbers), found_accessions)):
+        for start in range(0, len(wanted), 500):  # stay far below SQLite's variable limit
+            chunk = wanted[start:start + 500]
+            rows = index.read(
+                f"SELECT DISTINCT {column} FROM studies WHERE {column} IN "
+                f"({', '.join('?' * len(chunk))}) AND updated_at <= ?", (*chunk, before))
+            found.update(r[0] for r in rows)
+    return found_uids, found_accessions
+
+
+# -- operations (backup, reindex, recycling) -------------------------------
+#
+# Module-level functions for appliance.ops: the ones taking an apsw Connection
+# read a database that is not the live index (a backup being written or
+# verified) or a snapshot held open by the caller.
+
+_COUNTS_SQL = """SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM studies),
+                        (SELECT count(*) FROM series), (SELECT count(*) FROM instances),
+                        (SELECT coalesce(sum(file_size), 0) FROM instances)"""
+COUNT_NAMES = ("patients", "studies", "series", "instances", "bytes")
+
+
+def counts_of(conn: apsw.Connection) -> dict[str, int]:
+    """Index.counts() on another connection (a snapshot, a backup file)."""
+    return dict(zip(COUNT_NAMES, conn.execute(_COUNTS_SQL).fetchone()))
+
+
+def schema_version_of(conn: apsw.Connection) -> int:
+    """The schema version (PRAGMA user_version) of a database."""
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def files_of(conn: apsw.Connection) -> Iterator[tuple[str, str, int, str]]:
+    """(sop_instance_uid, file_path, file_size, sha256) of every instance, streamed."""
+    yield from conn.execute(
+        "SELECT sop_instance_uid, file_path, file_size, sha256 FROM instances ORDER BY id")
+
+
+def patient_exists(index: Index, patient_id: str) -> bool:
+    """True if the index holds this PatientID."""
+    return bool(index.read("SELECT 1 FROM patients WHERE patient_id = ?", (patient_id,)))
+
+
+@dataclass(frozen=True)
+class PatientUsage:
+    """A patient as recycling sees it: internal id, last store, what it holds."""
+
+    pk: int
+    updated_at: float
+    studies: int
+    instances: int
+    bytes: int
+
+
+def least_recently_stored(index: Index, *, spare: Iterable[str], stored_before: float,
+                          limit: int = 8) -> list[PatientUsage]:
+    """The patients stored longest ago (Orthanc's recycling order), oldest first,
+    except the PatientIDs in ``spare`` and those stored at or after ``stored_before``."""
+    spare = list(spare)
+    rows = index.read(
+        f"""SELECT p.id, p.updated_at,
+                   (SELECT count(*) FROM studies st WHERE st.patient_pk = p.id),
+                   (SELECT count(*) FROM instances i JOIN series se ON se.id = i.series_pk
+                      JOIN studies st ON st.id = se.study_pk WHERE st.patient_pk = p.id),
+                   (SELECT coalesce(sum(i.file_size), 0) FROM instances i
+                      JOIN series se ON se.id = i.series_pk
+                      JOIN studies st ON st.id = se.study_pk WHERE st.patient_pk = p.id)
+            FROM patients p
+            WHERE p.updated_at < ? AND p.patient_id NOT IN ({', '.join('?' * len(spare))})
+            ORDER BY p.updated_at, p.id LIMIT ?""",
+        (stored_before, *spare, limit))
+    return [PatientUsage(*r) for r in rows]
+
+
+def delete_patient(index: Index, patient_pk: int) -> list[tuple[str, int]]:
+    """Delete a patient with its studies, series and instances in one transaction;
+    return the (file_path, file_size) of the files to delete afterwards."""
+    def delete(conn: apsw.Connection) -> list[tuple[str, int]]:
+        files = list(conn.execute(
+            """SELECT i.file_path, i.file_size FROM instances i
+               JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = se.study_pk
+               WHERE st.patient_pk = ?""", (patient_pk,)))
+        conn.execute("""DELETE FROM instances WHERE series_pk IN (SELECT se.id FROM series se
+                        JOIN studies st ON st.id = se.study_pk WHERE st.patient_pk = ?)""",
+                     (patient_pk,))
+        conn.execute("DELETE FROM series WHERE study_pk IN "
+                     "(SELECT id FROM studies WHERE patient_pk = ?)", (patient_pk,))
+        conn.execute("DELETE FROM studies WHERE patient_pk = ?", (patient_pk,))
+        conn.execute("DELETE FROM patients WHERE id = ?", (patient_pk,))
+        return files
+
+    return index.run_write(delete)
+
+
+def ingest_since(index: Index, since: float) -> tuple[int, float | None]:
+    """(bytes of the instances received after ``since``, time of the oldest instance)."""
+    (row,) = index.read(
+        """SELECT (SELECT coalesce(sum(file_size), 0) FROM instances WHERE received_at > ?),
+                  (SELECT min(received_at) FROM instances)""", (since,))
+    return row[0], row[1]
+
+
+def insert_many(index: Index, records: Iterable[InstanceRecord], *,
+                overwrite: bool) -> list[InsertOutcome]:
+    """Insert a batch of instances in one transaction (reindex: one commit for many
+    files rather than one each)."""
+    batch = list(records)
+    return index.run_write(lambda conn: [_insert(conn, rec, overwrite) for rec in batch])
+
+
+def settle_timestamps(index: Index) -> None:
+    """Set the created/updated times of every patient, study and series from the
+    received_at of its instances (after a reindex, so recycling order and study
+    stability follow the files' ages rather than the time of the rebuild)."""
+    def settle(conn: apsw.Connection) -> None:
+        conn.execute("""UPDATE series SET
+            created_at = (SELECT min(received_at) FROM instances WHERE series_pk = series.id),
+            updated_at = (SELECT max(received_at) FROM instances WHERE series_pk = series.id)""")
+        conn.execute("""UPDATE studies SET
+            created_at = (SELECT min(created_at) FROM series WHERE study_pk = studies.id),
+            updated_at = (SELECT max(updated_at) FROM series WHERE study_pk = studies.id)""")
+        conn.execute("""UPDATE patients SET
+            created_at = (SELECT min(created_at) FROM studies WHERE patient_pk = patients.id),
+            updated_at = (SELECT max(updated_at) FROM studies WHERE patient_pk = patients.id)""")
+
+    index.run_write(settle)
+
+
+def delete_instances_at(index: Index, file_paths: Iterable[str]) -> int:
+    """Delete the instances stored at these paths (and parents left empty); the count."""
+    paths = list(file_paths)
+
+    def delete(conn: apsw.Connection) -> int:
+        done = 0
+        for path in paths:
+            row = conn.execute("SELECT sop_instance_uid FROM instances WHERE file_path = ?",
+                               (path,)).fetchone()
+            if row and _delete(conn, row[0]) is not None:
+                done += 1
+        return done
+
+    return index.run_write(delete)
+
+
+def checkpoint_file(path: Path) -> None:
+    """Fold the WAL of the closed database at ``path`` into the file itself, so the
+    file alone is the whole database (before it is moved or copied)."""
+    conn = apsw.Connection(str(path))
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()  # the last connection: SQLite removes the -wal and -shm files

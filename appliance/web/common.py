@@ -20,6 +20,9 @@ class WebContext:
 
     archive: Archive
     config: Config
+    # The DICOM port actually bound (DicomPort 0 lets the OS choose); 0: unknown,
+    # use the configured one.
+    dicom_port: int = 0
 
 
 CONTEXT = web.AppKey("context", WebContext)
@@ -34,7 +37,7 @@ def context(request: web.Request) -> WebContext:
     return request.app[CONTEXT]
 
 
-def http_error(status: int, message: str) -> web.HTTPException:
+def http_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPException:
     """An HTTP error with a small JSON body (never an HTML page, never a traceback)."""
     body = json.dumps({"HttpStatus": status, "Message": message})
     exc_class = web.HTTPException
@@ -42,15 +45,16 @@ def http_error(status: int, message: str) -> web.HTTPException:
         if cls.status_code == status:
             exc_class = cls
             break
-    exc = exc_class(text=body, content_type="application/json")
+    exc = exc_class(text=body, content_type="application/json", headers=headers)
     if exc_class is web.HTTPException:
         exc.set_status(status)
     return exc
 
 
+# Classes whose constructor takes just the body: 405 and 413 want more
+# arguments, so they (like any other status) go through the generic class.
 _ERRORS = (web.HTTPBadRequest, web.HTTPUnauthorized, web.HTTPForbidden, web.HTTPNotFound,
-           web.HTTPMethodNotAllowed, web.HTTPNotAcceptable, web.HTTPConflict,
-           web.HTTPRequestEntityTooLarge, web.HTTPUnsupportedMediaType,
+           web.HTTPNotAcceptable, web.HTTPConflict, web.HTTPUnsupportedMediaType,
            web.HTTPInternalServerError, web.HTTPServiceUnavailable, web.HTTPInsufficientStorage)
 
 
@@ -74,14 +78,37 @@ def is_loopback(host: str | None) -> bool:
     return ip.is_loopback
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def _is_loopback_name(host: str) -> bool:
+    """True for a loopback host name or address, with or without a port."""
+    name = host.strip().lower()
+    if name.startswith("["):                      # [::1]:8042
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:                    # localhost:8042, 127.0.0.1:8042
+        name = name.partition(":")[0]
+    return name in _LOOPBACK_NAMES or is_loopback(name)
+
+
 def base_url(request: web.Request) -> str:
     """``scheme://host[:port]`` as the client used it.
 
     X-Forwarded-Proto / X-Forwarded-Host / Forwarded (RFC 7239) are honoured
     only from a loopback peer (the local nginx), so a LAN client cannot make
     us write URLs pointing elsewhere.
+
+    ``DicomWeb.Host`` (with ``DicomWeb.Ssl`` for the scheme), when set, wins
+    over the request, as in Orthanc's DICOMweb plugin, except when it names
+    the loopback: Debian's and Docker's stock dicomweb.json carry
+    ``"Host": "localhost"``, which would send every client behind nginx to
+    its own machine. ``DicomWeb.Ssl`` alone makes ``https`` the default
+    scheme, which a forwarded proto still overrides.
     """
-    scheme, host = request.scheme, request.host
+    dicom_web = request.app[CONTEXT].config.dicom_web
+    if dicom_web.host and not _is_loopback_name(dicom_web.host):
+        return f"{'https' if dicom_web.ssl else 'http'}://{dicom_web.host}"
+    scheme, host = ("https" if dicom_web.ssl else request.scheme), request.host
     if is_loopback(request.remote):
         fwd = request.headers.get("Forwarded")
         if fwd:
@@ -99,4 +126,24 @@ def base_url(request: web.Request) -> str:
         fhost = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
         if fhost:
             host = fhost
+    if not _HOST.match(host):
+        # A Host header is the client's to choose: one that is not a plain
+        # host[:port] must not reach URLs we hand out (header/URL injection).
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        host = _format_host(sock[0], sock[1]) if sock else "localhost"
     return f"{scheme}://{host}"
+
+
+_HOST = re.compile(r"^(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
+
+
+def _format_host(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def dicomweb_url(request: web.Request) -> str:
+    """The DICOMweb service URL as the client sees it, without a trailing
+    slash (``{base_url}{DicomWeb.PublicRoot}``), the prefix of RetrieveURL
+    and of the PS3.18 8.4 Warning header's service name."""
+    public_root = request.app[CONTEXT].config.dicom_web.public_root.rstrip("/")
+    return base_url(request) + public_root

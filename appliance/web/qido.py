@@ -1,9 +1,432 @@
-"""(filled in by the DICOMweb issue)"""
+"""QIDO-RS: search for studies, series and instances (PS3.18 10.6).
+
+Every search runs as one SQL statement on the index
+(appliance.store.index.qido_search); no file is read.
+
+What is supported, and how (PS3.18 8.3.4, PS3.4 C.2.2.2):
+
+* Match keys by keyword or tag (``PatientID``, ``00100020``). Attributes
+  kept as index columns (patient, study, series and instance main
+  attributes; see ``QIDO_COLUMNS``) and ModalitiesInStudy are matched on
+  the columns; any other attribute with a text VR is matched on its values
+  in the instances' stored DICOM JSON. A key of a lower level than the
+  search (``/studies?Modality=US``), or not a column, selects the resources
+  having at least one series/instance that matches.
+* Single values, ``*``/``?`` wildcards, backslash lists of values (commas
+  too for CS), UID lists (comma or backslash), DA/TM/DT ranges
+  (``A-B``, ``A-``, ``-B``), integers for IS/US columns. An empty value or
+  ``*`` matches everything and asks for the attribute.
+* Case: PN values match case-insensitively, non-ASCII letters included
+  (Orthanc's ``CaseSensitivePN`` false; accents are significant, unlike
+  Orthanc's ASCII folding); other text values case-sensitively unless
+  ``DicomWeb.QidoCaseSensitive`` is false.
+* ``includefield`` (repeated and/or comma lists, keywords or tags, ``all``);
+  ``limit`` (1-10000) and ``offset``; ``fuzzymatching`` is accepted and
+  ignored, with the PS3.18 8.3.4.2 Warning header.
+* Not supported, answered 400 with a message: unknown keys, matching inside
+  sequences (``0040A370.00400009``), matching on binary, numeric (except the
+  integer columns), sequence or private attributes.
+
+Results come in a stable order, so ``limit``/``offset`` page through them.
+Without ``limit`` at most ``LimitFindResults``/``LimitFindInstances`` (or
+10000) results are returned, with a Warning header saying how many more
+there are (PS3.18 8.3.4.4).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+from typing import Any
+
 from aiohttp import web
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+
+from appliance.store.index import (
+    MODALITIES_IN_STUDY, QIDO_COLUMNS, QIDO_COMPUTED, QidoMatch, QidoRow, QidoSearch,
+    qido_count, qido_search,
+)
+from appliance.web.common import check_uid, context, dicomweb_url, http_error
+
+MAX_LIMIT = 10_000
+MAX_OFFSET = 100_000_000
+_MAX_VALUE_LENGTH = 1024
+_MAX_VALUES = 200          # alternatives in one match value (UID lists included)
+
+_LEVEL_RANK = {"study": 0, "series": 1, "instance": 2}
+
+# Attributes of the responses that are neither columns nor computed.
+RETRIEVE_URL = 0x00081190
+INSTANCE_AVAILABILITY = 0x00080056
+# Conditional ("shall be present if known") attributes kept as columns: left
+# out rather than returned empty when unknown (e.g. Rows of an SR).
+_IF_KNOWN = frozenset({0x00280008, 0x00280010, 0x00280011})
+_CONSTANT = frozenset({RETRIEVE_URL, INSTANCE_AVAILABILITY})
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag
+
+
+def _tags(*keywords: str) -> tuple[int, ...]:
+    return tuple(_tag(k) for k in keywords)
+
+
+# PS3.18 Tables 10.6.3-3, -4 and -5: the attributes every result carries.
+# StudyDescription is added for the EMR's study lists (an extra is allowed).
+DEFAULTS = {
+    "study": _tags(
+        "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
+        "ModalitiesInStudy", "ReferringPhysicianName", "TimezoneOffsetFromUTC", "RetrieveURL",
+        "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
+        "StudyID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+        "StudyDescription"),
+    "series": _tags(
+        "Modality", "TimezoneOffsetFromUTC", "SeriesDescription", "RetrieveURL",
+        "SeriesInstanceUID", "SeriesNumber", "NumberOfSeriesRelatedInstances",
+        "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
+        "RequestAttributesSequence"),
+    "instance": _tags(
+        "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "TimezoneOffsetFromUTC",
+        "RetrieveURL", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames"),
+}
+# includefield=all: the optional keys of PS3.4 C.6.1.1.2-4 we can return
+# (from the index or a representative instance); at the instance level the
+# whole stored DICOM JSON of each instance.
+ALL_EXTRAS = {
+    "study": _tags(
+        "IssuerOfPatientID", "OtherPatientIDs", "PatientAge", "PatientSize", "PatientWeight",
+        "PatientComments", "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription"),
+    "series": _tags(
+        "SeriesDate", "SeriesTime", "BodyPartExamined", "Laterality", "ProtocolName",
+        "PerformingPhysicianName", "OperatorsName", "StationName", "InstitutionName",
+        "Manufacturer", "ManufacturerModelName"),
+    "instance": (),
+}
+
+# VRs whose values match as text (PS3.4 C.2.2.2.1/4); dates and times
+# also take ranges.
+_TEXT_VRS = frozenset("AE AS CS LO LT PN SH ST UC UR UT".split())
+_DATE_VRS = frozenset("DA TM DT".split())
+_INT_VRS = frozenset("IS US".split())
+
+_DA = r"\d{8}"
+_TM = r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?"
+_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
+_DATE_FORMS = {
+    vr: (re.compile(f"^({p})$", re.ASCII), re.compile(f"^({p})?-({p})?$", re.ASCII))
+    for vr, p in (("DA", _DA), ("TM", _TM), ("DT", _DT))
+}
+_HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_RESERVED = frozenset({"includefield", "limit", "offset", "fuzzymatching", "accept", "charset"})
+_JSON_MEDIA = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
 
 
 def add_routes(router: web.UrlDispatcher, root: str) -> None:
     """Register this module's routes under root (no trailing slash)."""
+    router.add_get(f"{root}/studies", search_studies)
+    router.add_get(f"{root}/series", search_series)
+    router.add_get(f"{root}/instances", search_instances)
+    router.add_get(f"{root}/studies/{{study}}/series", search_series)
+    router.add_get(f"{root}/studies/{{study}}/instances", search_instances)
+    router.add_get(f"{root}/studies/{{study}}/series/{{series}}/instances", search_instances)
+
+
+async def search_studies(request: web.Request) -> web.Response:
+    """GET {root}/studies (PS3.18 10.6.1, Search for Studies)."""
+    return await _search(request, "study")
+
+
+async def search_series(request: web.Request) -> web.Response:
+    """GET {root}/series and {root}/studies/{study}/series."""
+    return await _search(request, "series")
+
+
+async def search_instances(request: web.Request) -> web.Response:
+    """GET {root}/instances, .../studies/{study}/instances and
+    .../studies/{study}/series/{series}/instances."""
+    return await _search(request, "instance")
+
+
+# -- request parsing ---------------------------------------------------------
+
+
+def _attribute(key: str, what: str) -> int:
+    """The tag named by a keyword or 8 hex digits; 400 otherwise."""
+    if "." in key:
+        raise http_error(400, f"{what} {key[:80]!r}: attributes inside sequences are not supported")
+    if _HEX_TAG.match(key):
+        return int(key, 16)
+    tag = tag_for_keyword(key)
+    if tag is None:
+        raise http_error(400, f"{what} {key[:80]!r}: not a DICOM keyword or tag (e.g. PatientID or 00100020)")
+    return tag
+
+
+def _name(tag: int) -> str:
+    return keyword_for_tag(tag) or f"{tag:08X}"
+
+
+def _vr(tag: int) -> str | None:
+    """The VR a tag has in our tables or the dictionary; None if unknown or ambiguous."""
+    if tag in QIDO_COLUMNS:
+        return QIDO_COLUMNS[tag].vr
+    if tag in QIDO_COMPUTED:
+        return QIDO_COMPUTED[tag][1]
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return vr if " or " not in vr else None
+
+
+def _level_of(tag: int) -> str | None:
+    """The query level of a tag we keep in the index; None for the others."""
+    if tag in QIDO_COLUMNS:
+        return QIDO_COLUMNS[tag].level
+    if tag in QIDO_COMPUTED:
+        return QIDO_COMPUTED[tag][0]
+    return None
+
+
+def _integer(name: str, text: str, low: int, high: int) -> int:
+    if not _DIGITS.match(text) or not low <= int(text) <= high:
+        raise http_error(400, f"{name}: expected an integer {low}-{high}, got {text[:40]!r}")
+    return int(text)
+
+
+def _split(value: str, separators: str) -> list[str]:
+    values = [v.strip() for v in re.split(f"[{re.escape(separators)}]", value)]
+    if len(values) > _MAX_VALUES:
+        raise http_error(400, f"more than {_MAX_VALUES} values in one match key")
+    return values
+
+
+def _match(tag: int, value: str, fold_text: bool, fold_pn: bool) -> QidoMatch | None:
+    """The QidoMatch for ``tag=value``; None for universal matching; 400 if unsupported."""
+    name = _name(tag)
+    if (tag in QIDO_COMPUTED and tag != MODALITIES_IN_STUDY) or tag in _CONSTANT:
+        raise http_error(400, f"{name}: computed attribute, cannot be matched")
+    vr = _vr(tag)
+    if vr is None:
+        raise http_error(400, f"{name}: matching on private or unknown attributes is not supported")
+    value = value.strip()
+    if value in ("", "*"):
+        return None  # PS3.4 C.2.2.2.3 universal matching
+    if len(value) > _MAX_VALUE_LENGTH or _CONTROL.search(value):
+        raise http_error(400, f"{name}: value too long or with control characters")
+    if vr == "UI":
+        uids = [check_uid(v, name) for v in _split(value, ",\\")]
+        return QidoMatch(tag, vr, "exact", tuple(uids))
+    if vr in _DATE_VRS:
+        single, interval = _DATE_FORMS[vr]
+        if single.match(value):
+            return QidoMatch(tag, vr, "text", (value,))
+        m = interval.match(value)
+        if m and (m.group(1) or m.group(2)):
+            return QidoMatch(tag, vr, "range", (m.group(1) or "", m.group(2) or ""))
+        raise http_error(400, f"{name}: expected a {vr} value or range (A-B, A-, -B), got {value[:40]!r}")
+    if vr in _INT_VRS and tag in QIDO_COLUMNS:
+        numbers = [_integer(name, v, 0, 2**31 - 1) for v in _split(value, "\\")]
+        return QidoMatch(tag, vr, "exact", tuple(numbers))
+    if vr in _TEXT_VRS:
+        # CS values cannot hold a comma: accept comma lists as backslash ones.
+        values = _split(value, ",\\" if vr == "CS" else "\\")
+        if "" in values:
+            raise http_error(400, f"{name}: empty value in a list")
+        return QidoMatch(tag, vr, "text", tuple(values), fold_pn if vr == "PN" else fold_text)
+    raise http_error(400, f"{name}: matching on {vr} attributes is not supported")
+
+
+def _acceptable(accept: str) -> bool:
+    """True if an Accept value admits DICOM JSON (PS3.18 8.7.4)."""
+    if not accept.strip():
+        return True
+    for item in accept.split(","):
+        media, *params = [p.strip() for p in item.split(";")]
+        q = 1.0
+        for param in params:
+            key, _, val = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(val)
+                except ValueError:
+                    q = 0.0
+        if media.lower() in _JSON_MEDIA and q > 0:
+            return True
+    return False
+
+
+def _parse(request: web.Request, level: str) -> tuple[QidoSearch, set[int], bool, bool]:
+    """(search, attributes to return, fuzzymatching asked, limit given)."""
+    config = context(request).config
+    query = request.query
+    accept = ",".join(query.getall("accept", [])) or request.headers.get("Accept", "")
+    if not _acceptable(accept):
+        raise http_error(406, "QIDO-RS answers application/dicom+json only")
+
+    study_uid = request.match_info.get("study")
+    series_uid = request.match_info.get("series")
+    if study_uid is not None:
+        check_uid(study_uid, "StudyInstanceUID")
+    if series_uid is not None:
+        check_uid(series_uid, "SeriesInstanceUID")
+
+    rank = _LEVEL_RANK[level]
+    # PS3.18 10.6.3.3: a search across all studies also returns the
+    # higher levels' attributes; one inside a study returns series ones.
+    top = 2 if series_uid else 1 if study_uid else 0
+    wanted: set[int] = set()
+    for lvl in ("study", "series", "instance")[top if level != "study" else 0:rank + 1]:
+        wanted.update(DEFAULTS[lvl])
+
+    for key in ("limit", "offset", "fuzzymatching"):
+        if len(query.getall(key, [])) > 1:
+            raise http_error(400, f"{key} given twice")
+    limit, offset, fuzzy, limit_given = None, 0, False, False
+    matches: dict[int, QidoMatch | None] = {}
+    whole = False
+    fold_text = not config.dicom_web.qido_case_sensitive
+    fold_pn = not config.case_sensitive_pn
+    for key, value in query.items():
+        if key == "includefield":
+            for item in value.split(","):
+                item = item.strip()
+                if item == "all":
+                    wanted.update(ALL_EXTRAS[level])
+                    whole = whole or level == "instance"
+                elif item:
+                    wanted.add(_attribute(item, "includefield"))
+        elif key == "limit":
+            limit = _integer("limit", value, 1, MAX_LIMIT)
+            limit_given = True
+        elif key == "offset":
+            offset = _integer("offset", value, 0, MAX_OFFSET)
+        elif key == "fuzzymatching":
+            if value.lower() not in ("true", "false"):
+                raise http_error(400, f"fuzzymatching: expected true or false, got {value[:20]!r}")
+            fuzzy = value.lower() == "true"
+        elif key in _RESERVED:
+            continue  # accept (handled above), charset: we answer UTF-8 JSON
+        else:
+            tag = _attribute(key, "query key")
+            if tag in matches:
+                raise http_error(400, f"query key {_name(tag)} given twice")
+            matches[tag] = _match(tag, value, fold_text, fold_pn)
+            wanted.add(tag)
+
+    # PS3.18 10.6.3.3: attributes of lower levels than the search are not returned.
+    wanted = {t for t in wanted
+              if _level_of(t) is None or _LEVEL_RANK[_level_of(t)] <= rank}
+    if limit is None:
+        cap = config.limit_find_instances if level == "instance" else config.limit_find_results
+        limit = min(cap, MAX_LIMIT) if cap else MAX_LIMIT
+    search = QidoSearch(
+        level=level, study_uid=study_uid, series_uid=series_uid,
+        matches=tuple(m for m in matches.values() if m is not None),
+        computed=tuple(sorted(t for t in wanted if t in QIDO_COMPUTED)),
+        metadata_tags=tuple(sorted(
+            t for t in wanted
+            if t not in QIDO_COLUMNS and t not in QIDO_COMPUTED and t not in _CONSTANT)),
+        whole_metadata=whole, limit=limit, offset=offset,
+    )
+    return search, wanted, fuzzy, limit_given
+
+
+# -- response ----------------------------------------------------------------
+
+
+def _element(vr: str, value: Any) -> dict[str, Any]:
+    """A PS3.18 F.2 attribute object for a column value."""
+    if value is None or value == "":
+        return {"vr": vr}  # F.2.5: present, empty
+    if vr == "PN":
+        groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), str(value).split("=")))
+        groups = {k: v for k, v in groups.items() if v}
+        return {"vr": vr, "Value": [groups]} if groups else {"vr": vr}
+    if vr in _INT_VRS:
+        return {"vr": vr, "Value": [int(value)]}
+    return {"vr": vr, "Value": [str(value)]}
+
+
+def _without_bulk(attribute: dict[str, Any]) -> dict[str, Any] | None:
+    """An attribute from stored metadata, without bulk data references (a
+    relative BulkDataURI means nothing in a search response)."""
+    if "BulkDataURI" in attribute or "InlineBinary" in attribute:
+        return None
+    if attribute.get("vr") == "SQ" and attribute.get("Value"):
+        items = []
+        for item in attribute["Value"]:
+            kept = {}
+            for key, sub in item.items():
+                sub = _without_bulk(sub)
+                if sub is not None:
+                    kept[key] = sub
+            items.append(kept)
+        return {"vr": "SQ", "Value": items}
+    return attribute
+
+
+def _retrieve_url(service: str, level: str, values: dict[int, Any]) -> str:
+    url = f"{service}/studies/{values[0x0020000D]}"
+    if level != "study":
+        url += f"/series/{values[0x0020000E]}"
+    if level == "instance":
+        url += f"/instances/{values[0x00080018]}"
+    return url
+
+
+def _render(row: QidoRow, level: str, wanted: set[int], service: str) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    if row.whole_metadata:
+        for key, attribute in json.loads(row.whole_metadata).items():
+            kept = _without_bulk(attribute)
+            if kept is not None:
+                result[key] = kept
+    for tag in wanted:
+        key = f"{tag:08X}"
+        if tag == RETRIEVE_URL:
+            result[key] = {"vr": "UR", "Value": [_retrieve_url(service, level, row.values)]}
+        elif tag == INSTANCE_AVAILABILITY:
+            result[key] = {"vr": "CS", "Value": ["ONLINE"]}  # everything is on disk
+        elif tag == MODALITIES_IN_STUDY:
+            modalities = sorted(set(filter(None, (row.values[tag] or "").split(","))))
+            result[key] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
+        elif tag in QIDO_COMPUTED:
+            result[key] = _element(QIDO_COMPUTED[tag][1], row.values[tag])
+        elif tag in QIDO_COLUMNS:
+            if row.values[tag] is not None or tag not in _IF_KNOWN:
+                result[key] = _element(QIDO_COLUMNS[tag].vr, row.values[tag])
+        elif row.metadata.get(tag) is not None:
+            kept = _without_bulk(json.loads(row.metadata[tag]))
+            if kept is not None:
+                result[key] = kept
+    return dict(sorted(result.items()))  # F.2.2: ascending tag order
+
+
+async def _search(request: web.Request, level: str) -> web.Response:
+    search, wanted, fuzzy, limit_given = _parse(request, level)
+    index = context(request).archive.index
+    rows = await asyncio.to_thread(qido_search, index, search)
+    service = dicomweb_url(request)
+    body = [_render(row, level, wanted, service) for row in rows]
+    response = web.Response(
+        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+        content_type="application/dicom+json")
+    # PS3.18 8.4.3 / 8.3.4: Warning header fields (RFC 7234 5.5 syntax).
+    if fuzzy:
+        response.headers.add("Warning", f'299 {service} "The fuzzymatching parameter is not '
+                                        'supported. Only literal matching has been performed."')
+    if not limit_given and len(rows) == search.limit:
+        total = await asyncio.to_thread(qido_count, index, search)
+        remaining = total - search.offset - len(rows)
+        if remaining > 0:
+            response.headers.add(
+                "Warning", f'299 {service} "There are {remaining} additional results '
+                           'that can be requested"')
+    return response

@@ -1,0 +1,1 @@
+"""Operations: disk monitoring and quotas, backups, reindex, status and metrics."""
