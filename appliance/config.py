@@ -331,6 +331,13 @@ _SUPPORTED_TOP = (
     "CaseSensitivePN HttpRequestTimeout HttpBindAddresses Mpps DiskMonitor Backups"
 ).split()
 
+# Orthanc keys checked like the others but not acted upon yet (listed in
+# Config.ignored, so the daemon's start-up log says so).
+_VALIDATED_NO_EFFECT = (
+    "DicomScuTimeout", "DefaultEncoding", "HttpRequestTimeout",
+    "DicomWeb.StudiesMetadata", "DicomWeb.SeriesMetadata",
+)
+
 _DICOMWEB_SUPPORTED = (
     "Enable Root EnableWado WadoRoot PublicRoot Host Ssl QidoCaseSensitive "
     "StudiesMetadata SeriesMetadata MaximumStowBodySize"
@@ -958,6 +965,13 @@ def parse_config(
         )
 
     dicom_web = _parse_dicom_web(top.section("DicomWeb"), fail, ignored)
+    # Validated (a wrong value is still an error) but without effect yet: say
+    # so at start-up rather than pretend.
+    for key in _VALIDATED_NO_EFFECT:
+        section, _, sub = key.partition(".")
+        where = top.data.get(section) if sub else top.data
+        if isinstance(where, Mapping) and (sub or section) in where:
+            ignored.append(key)
     worklists = _parse_worklists(top.section("Worklists"), base, fail, ignored)
     mpps = _parse_mpps(top.section("Mpps"), fail, ignored)
     disk_monitor = _parse_disk_monitor(top.section("DiskMonitor"), fail, ignored)

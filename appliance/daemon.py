@@ -42,6 +42,8 @@ def runtime_path(config: Config) -> Path:
 
 
 def _http_hosts(config: Config) -> list[str]:
+    if config.http_bind_addresses:  # Orthanc's HttpBindAddresses, when given
+        return list(config.http_bind_addresses)
     # Orthanc's RemoteAccessAllowed=false means loopback only.
     return ["0.0.0.0", "::"] if config.remote_access_allowed else ["127.0.0.1", "::1"]
 
@@ -93,6 +95,7 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
         max_pdu=config.maximum_pdu_length,
+        unknown_sop_classes=config.unknown_sop_class_accepted,
     )
     runner = None
     housekeeping = None

@@ -862,3 +862,21 @@ def test_temporary_directory_must_not_contain_backups(tmp_path):
     assert (e.key, e.why) == (
         "TemporaryDirectory", 'must not contain Backups.Directory ("/srv/tmp/b"): it is emptied at start-up'
     )
+
+
+def test_validated_keys_without_effect_are_reported_ignored(tmp_path):
+    config = load(tmp_path, {"DefaultEncoding": "Utf8", "DicomScuTimeout": 5,
+                             "DicomWeb": {"StudiesMetadata": "MainDicomTags"}})
+    assert {"DefaultEncoding", "DicomScuTimeout", "DicomWeb.StudiesMetadata"} <= set(config.ignored)
+    with pytest.raises(ConfigError):
+        load(tmp_path, {"DicomScuTimeout": "soon"})
+
+
+def test_shipped_config_template_loads(tmp_path):
+    """etc/config.json (the package's config, password placeholder filled in)."""
+    template = Path(__file__).resolve().parent.parent / "etc" / "config.json"
+    text = template.read_text().replace("@EMR_PASSWORD@", "s3cret-from-postinst")
+    config = load(tmp_path, text)
+    assert config.authentication_enabled and dict(config.registered_users) == {"emr": "s3cret-from-postinst"}
+    assert config.ignored == ()
+    assert config.worklists.enable and config.backups.keep == 7

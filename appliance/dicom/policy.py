@@ -12,8 +12,8 @@ service handlers. The rules follow Orthanc's ``OrthancApplicationEntityFilter``:
   or if a ``DicomModalities`` entry for the calling AE (and host, when
   checked) has ``Allow<Service>``.
 
-AE titles compare case-insensitively with surrounding spaces ignored
-(Orthanc's default, ``DicomStrictAetComparison`` false).
+AE titles compare case-insensitively with surrounding spaces ignored, as
+Orthanc does unless ``StrictAetComparison`` is true.
 """
 
 from __future__ import annotations
@@ -44,8 +44,11 @@ class Rejection(enum.Enum):
     CALLING_AET_NOT_RECOGNIZED = (0x01, 0x01, 0x03)
 
 
-def same_aet(a: str | None, b: str | None) -> bool:
-    """Orthanc's non-strict AE title comparison."""
+def same_aet(a: str | None, b: str | None, strict: bool = False) -> bool:
+    """Orthanc's AE title comparison: exact when ``strict``, else ignoring
+    case and surrounding spaces."""
+    if strict:
+        return (a or "") == (b or "")
     return (a or "").strip().upper() == (b or "").strip().upper()
 
 
@@ -69,6 +72,7 @@ class AccessPolicy:
     check_modality_host: bool
     modalities: tuple[Modality, ...]
     always: frozenset[Service]
+    strict_aet: bool = False
 
     @classmethod
     def from_config(cls, config: Config) -> "AccessPolicy":
@@ -87,11 +91,12 @@ class AccessPolicy:
             check_modality_host=config.dicom_check_modality_host,
             modalities=tuple(config.dicom_modalities),
             always=frozenset(s for s, on in always.items() if on),
+            strict_aet=config.strict_aet_comparison,
         )
 
     def _known(self, calling_aet: str, host: str) -> list[Modality]:
         """DicomModalities entries for this AE (and host, when checked)."""
-        found = [m for m in self.modalities if same_aet(m.aet, calling_aet)]
+        found = [m for m in self.modalities if same_aet(m.aet, calling_aet, self.strict_aet)]
         if self.check_modality_host:
             peer = normalise_host(host)
             found = [m for m in found if normalise_host(m.host) == peer]
@@ -99,7 +104,7 @@ class AccessPolicy:
 
     def check_association(self, calling_aet: str, called_aet: str, host: str) -> Rejection | None:
         """None to accept the association, else why it is refused."""
-        if self.check_called_aet and not same_aet(called_aet, self.our_aet):
+        if self.check_called_aet and not same_aet(called_aet, self.our_aet, self.strict_aet):
             return Rejection.CALLED_AET_NOT_RECOGNIZED
         if self.always:
             return None

@@ -44,8 +44,11 @@ class DicomServer:
 
     def __init__(self, *, aet: str, port: int, handlers: DicomHandlers,
                  incoming: IncomingFiles, max_associations: int, timeout: int,
-                 max_pdu: int, bind: str = "") -> None:
+                 max_pdu: int, bind: str = "", unknown_sop_classes: bool = False) -> None:
         self.handlers = handlers
+        # Orthanc's UnknownSopClassAccepted: take any SOP class proposed for
+        # storage, private ones included, not only those pynetdicom knows.
+        self._unrestricted = unknown_sop_classes
         self._incoming = incoming
         self._bind = bind
         self._port = port
@@ -76,6 +79,7 @@ class DicomServer:
     def start(self) -> None:
         """Bind and serve in pynetdicom's threads."""
         _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.UNRESTRICTED_STORAGE_SERVICE = self._unrestricted
         self._saved_ntf = dimse_messages.NamedTemporaryFile
         dimse_messages.NamedTemporaryFile = self._incoming.create
         self._server = self.ae.start_server(

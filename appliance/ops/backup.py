@@ -35,9 +35,11 @@ attempt and the last success are recorded in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import errno
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -48,6 +50,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -246,7 +249,7 @@ def backup_now(config: Config, *, trigger: Trigger = Trigger.MANUAL,
     started = time.time()
     try:
         directory = _usable_directory(config)
-        with _Lock(directory):
+        with _Lock(directory), _background_priority():
             result = _backup_locked(config, directory, trigger, cancel, pace, started)
     except BackupBusy:
         raise
@@ -264,6 +267,37 @@ def backup_now(config: Config, *, trigger: Trigger = Trigger.MANUAL,
     _record(config, trigger, started, ok=True, message=summary(result), name=result.backup.name)
     log.info("backup (%s) %s: %s", trigger.value, result.backup.name, summary(result))
     return result
+
+
+@contextlib.contextmanager
+def _background_priority():
+    """Run the calling thread at nice +10 and the lowest best-effort I/O priority
+    while it backs up, so the copy, the hashing and the integrity check yield the
+    CPU and the disk to ingest (Linux applies both to one thread). Restoring them
+    may need privileges: the daemon runs each backup in a thread of its own."""
+    tid = threading.get_native_id()
+    saved_nice = saved_io = None
+    try:
+        saved_nice = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, saved_nice + 10))
+    except OSError:
+        saved_nice = None
+    try:
+        thread = psutil.Process(tid)
+        saved_io = thread.ionice()
+        thread.ionice(psutil.IOPRIO_CLASS_BE, value=7)
+    except (psutil.Error, OSError, AttributeError):
+        saved_io = None
+    try:
+        yield
+    finally:
+        try:
+            if saved_nice is not None:
+                os.setpriority(os.PRIO_PROCESS, tid, saved_nice)
+            if saved_io is not None:
+                psutil.Process(tid).ionice(saved_io.ioclass, value=saved_io.value)
+        except (psutil.Error, OSError):
+            pass
 
 
 def summary(result: BackupResult) -> str:
@@ -631,14 +665,10 @@ def restore_backup(config: Config, backup: BackupInfo) -> RestoreReport:
         raise DaemonRunning(f"the daemon is running (pid {daemon['pid']}): stop it first "
                             "(systemctl stop pacs-appliance)")
     directory = backup_directory(config)
-    lock = _Lock(directory) if directory.is_dir() and os.access(directory, os.W_OK) else None
-    if lock is not None:
-        lock.__enter__()
-    try:
+    with contextlib.ExitStack() as stack:
+        if directory.is_dir() and os.access(directory, os.W_OK):
+            stack.enter_context(_Lock(directory))  # no backup of this index meanwhile
         return _restore_locked(config, backup)
-    finally:
-        if lock is not None:
-            lock.__exit__()
 
 
 def _restore_locked(config: Config, backup: BackupInfo) -> RestoreReport:
@@ -762,9 +792,12 @@ class BackupScheduler:
                 await asyncio.sleep(min(wait, REPLAN_EVERY))
                 continue
             self.running_since = time.time()
+            # A thread of its own (not the shared pool): its lowered priority dies with it.
+            pool = ThreadPoolExecutor(1, thread_name_prefix="backup")
             try:
-                await asyncio.to_thread(backup_now, self._config, trigger=Trigger.SCHEDULED,
-                                        cancel=self._cancel, pace=self._pace)
+                await asyncio.get_running_loop().run_in_executor(
+                    pool, functools.partial(backup_now, self._config, trigger=Trigger.SCHEDULED,
+                                            cancel=self._cancel, pace=self._pace))
             except asyncio.CancelledError:
                 self._cancel.set()
                 raise
@@ -775,6 +808,7 @@ class BackupScheduler:
             except Exception:  # noqa: BLE001 - the schedule goes on
                 log.exception("scheduled backup failed")
             finally:
+                pool.shutdown(wait=False)
                 self.running_since = None
             # A failed backup is retried after a while rather than at once.
             if read_state(self._config).get("last_attempt", {}).get("ok") is False:

@@ -98,7 +98,7 @@ class StatusBoard:
         """Everything ``status``, ``/metrics`` and the status page show (JSON-able)."""
         now = time.time()
         outcomes: dict[str, dict[str, int]] = {}
-        for (source, result), n in list(self._archive.outcomes.items()):
+        for (source, result), n in self._archive.outcome_counts().items():
             outcomes.setdefault(source, {})[result.label] = n
         disk = self._disk.state
         snap = {

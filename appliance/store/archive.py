@@ -148,6 +148,11 @@ class Archive:
         self.index.close()
         self.blobs.close()
 
+    def outcome_counts(self) -> dict[tuple[str, StoreResult], int]:
+        """Store outcomes since start by (Origin.source, StoreResult), a consistent copy."""
+        with self._stats_lock:
+            return dict(self.outcomes)
+
     def new_incoming(self) -> IncomingFile:
         """A file to receive one object into, to hand to :meth:`store_instance`."""
         return self.blobs.new_incoming()

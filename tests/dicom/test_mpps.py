@@ -157,7 +157,7 @@ def test_no_update_after_a_final_state(d):
 
 @pytest.mark.parametrize("link", ["accession", "requested_procedure"])
 def test_discontinued_links_by_accession_or_requested_procedure(d, link):
-    accession, rp_id = f"{link}-ACC", f"{link}-RP"
+    accession, rp_id = f"{link[:3]}-ACC", f"{link[:3]}-RP"  # SH: 16 characters at most
     write_wl(d.folder, f"{link}.wl", patient_id=link, accession=accession,
              requested_procedure_id=rp_id)
     poll(lambda: answered(d, accession) == [link])

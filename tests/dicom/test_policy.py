@@ -46,3 +46,12 @@ def test_modality_host_check():
     assert p.allows(Service.STORE, "US1", "10.0.0.5")
     assert p.allows(Service.STORE, "US1", "::ffff:10.0.0.5")  # IPv4-mapped IPv6
     assert not p.allows(Service.STORE, "US1", "10.0.0.99")
+
+
+def test_strict_aet_comparison():
+    p = policy(DicomCheckCalledAet=True, DicomAet="PACS", StrictAetComparison=True,
+               DicomAlwaysAllowStore=False, DicomModalities=MODS)
+    assert p.check_association("X", "pacs", "h") is Rejection.CALLED_AET_NOT_RECOGNIZED
+    assert p.check_association("X", "PACS", "h") is None
+    assert not p.allows(Service.STORE, "us1", "10.0.0.5")
+    assert p.allows(Service.STORE, "US1", "10.0.0.5")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -116,9 +115,3 @@ def leftovers(daemon: Daemon) -> list[Path]:
 def status_json(daemon: Daemon) -> dict:
     """The daemon's status file (what ``pacs-appliance status --json`` prints)."""
     return json.loads((Path(daemon.config["IndexDirectory"]) / "pacs-appliance.status.json").read_text())
-
-
-def umask_free(path: Path) -> int:
-    """Free bytes on the filesystem of ``path`` (as an unprivileged user sees it)."""
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
