@@ -4,7 +4,6 @@ them in order, serves until SIGTERM, and stops them in reverse order."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.config import Config, ConfigError, load_config
+from appliance.durable import write_json
 from appliance.dicom.handlers import DicomHandlers, IncomingFiles
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy
@@ -67,12 +67,6 @@ async def _start_http(config: Config, app: web.Application) -> tuple[web.AppRunn
     return runner, port
 
 
-def _write_runtime(path: Path, info: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)
-
-
 async def run(config: Config, notifier: Notifier | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the exit code."""
     notifier = notifier or Notifier()
@@ -114,7 +108,7 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run()) for t in (ops.disk, ops.backups, ops.board)]
-        _write_runtime(runtime_path(config), {
+        write_json(runtime_path(config), {
             "pid": os.getpid(), "dicom_port": dicom.port, "http_port": http_port,
             "dicom_aet": config.dicom_aet, "version": __version__,
         })

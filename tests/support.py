@@ -16,6 +16,8 @@ from pathlib import Path
 
 import apsw
 import pydicom.data
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parent.parent
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -153,3 +155,20 @@ def dataset_bytes(path: Path) -> bytes:
 def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     """Run a client tool, capturing its output as text."""
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def new_dataset(sop_class: str, sop_uid: str | None = None,
+                charset: str = "ISO_IR 192") -> Dataset:
+    """An Explicit VR Little Endian dataset with its file meta and SOP UIDs set,
+    for a test to add its attributes to."""
+    sop_uid = sop_uid or generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = charset
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    return ds

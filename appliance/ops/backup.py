@@ -61,13 +61,14 @@ import psutil
 from appliance import __version__
 from appliance.config import Config
 from appliance.ops.disk import MB, human_bytes
-from appliance.ops.files import copy_durably, fsync_file, match_owner, read_json, write_json
+from appliance.durable import copy_durably, fsync_dir, fsync_file, write_json
+from appliance.ops.files import match_owner, read_json
 from appliance.ops.reindex import (
     DaemonRunning, index_files, is_stored_relpath, replace_index, stored_files,
 )
 from appliance.ops.runtime import running_daemon
 from appliance.store import index as index_ops
-from appliance.store.blobs import BlobStore, file_sha256, fsync_dir
+from appliance.store.blobs import BlobStore, file_sha256
 from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index
 
 log = logging.getLogger(__name__)

@@ -1,36 +1,10 @@
-"""Small durable-file helpers shared by backups, restore and reindex."""
+"""Small file helpers shared by backups, restore and reindex."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
-
-from appliance.store.blobs import fsync_dir
-
-_CHUNK = 1 << 20
-
-
-def fsync_file(path: Path) -> None:
-    """fsync one file's data and metadata."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON to a temp name, fsync, rename over ``path`` (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> dict | None:
@@ -40,21 +14,6 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def copy_durably(src: Path, dest: Path) -> None:
-    """Copy ``src`` to ``dest`` through a temp name in the same folder, fsynced before
-    the rename (the caller fsyncs the folder once for a batch of copies)."""
-    tmp = dest.with_name(f".{dest.name}.part")
-    try:
-        with open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, _CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def match_owner(path: Path, like: Path) -> None:

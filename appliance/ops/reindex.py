@@ -33,7 +33,8 @@ from appliance.ops.files import match_owner
 from appliance.ops.runtime import running_daemon
 from appliance.store import index as index_ops
 from appliance.store.archive import Origin, header_uids, instance_record
-from appliance.store.blobs import BlobStore, file_sha256, fsync_dir
+from appliance.durable import fsync_dir
+from appliance.store.blobs import BlobStore, file_sha256
 from appliance.store.header import InvalidObject, read_header
 from appliance.store.index import DB_NAME, Index, InstanceRecord
 

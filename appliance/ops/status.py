@@ -22,7 +22,7 @@ from appliance import __version__
 from appliance.config import Config
 from appliance.ops.backup import BackupScheduler
 from appliance.ops.disk import DiskMonitor, DiskState
-from appliance.ops.files import write_json
+from appliance.durable import write_json
 from appliance.ops.quota import StoreAdmission
 from appliance.ops.runtime import STATUS_EVERY, STATUS_FILE
 from appliance.store.archive import Archive

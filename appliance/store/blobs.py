@@ -28,6 +28,8 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from appliance.durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".dcm"
@@ -157,15 +159,6 @@ class IncomingFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that renames and creations inside it are durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Sealing:

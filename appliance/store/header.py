@@ -12,7 +12,6 @@ import os
 import re
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset

@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from appliance.durable import write_atomic
 from appliance.worklist.matching import Attrs
 from appliance.worklist.source import SUFFIX, WorklistFileError, is_worklist_name, parse_worklist
 
@@ -283,29 +284,8 @@ def write_item(folder: Path, ds: Dataset, worklist_id: str | None = None) -> str
     worklist_id = check_id(worklist_id) if worklist_id else str(uuid.uuid4())
     folder.mkdir(parents=True, exist_ok=True)
     target = find_file(folder, worklist_id) or folder / (worklist_id + SUFFIX)
-    _atomic_write(target, encode_item(ds))
+    write_atomic(target, encode_item(ds))
     return worklist_id
-
-
-def _atomic_write(target: Path, data: bytes) -> None:
-    # A hidden temporary name without the .wl suffix: the watcher ignores it, and sees
-    # the complete file appear at once with the rename.
-    temp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def read_item(folder: Path, worklist_id: str) -> Attrs | None:

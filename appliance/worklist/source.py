@@ -38,6 +38,7 @@ from pydicom.datadict import dictionary_has_tag
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from appliance.durable import fsync_dir
 from appliance.worklist.matching import Attrs, Query, answer_charset, attrs_from_dataset
 
 log = logging.getLogger(__name__)
@@ -583,7 +584,7 @@ class WorklistFolder:
         try:
             if not archive:
                 source.unlink(missing_ok=True)
-                _fsync_dir(self.folder)
+                fsync_dir(self.folder)
                 return None
             target_dir = self.folder / ARCHIVE_FOLDER
             target_dir.mkdir(exist_ok=True)
@@ -591,8 +592,8 @@ class WorklistFolder:
             if target.exists():  # the same name archived before: keep both
                 target = target_dir / f"{item_id(name)}-{time.strftime('%Y%m%dT%H%M%S')}{SUFFIX}"
             os.replace(source, target)
-            _fsync_dir(target_dir)
-            _fsync_dir(self.folder)
+            fsync_dir(target_dir)
+            fsync_dir(self.folder)
             return target
         except FileNotFoundError:
             return None
@@ -609,9 +610,3 @@ def _gone(items: Mapping[str, WorklistItem], name: str, signature: tuple[int, in
     return item is None or item.signature != signature
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

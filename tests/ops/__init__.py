@@ -14,11 +14,10 @@ import sys
 from pathlib import Path
 
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from tests.support import Daemon, run
+from tests.support import Daemon, new_dataset, run
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 OUT_OF_RESOURCES = 0xA700
@@ -52,16 +51,7 @@ def write_config(path: Path, config: dict) -> Path:
 def image(folder: Path, patient: str, *, study: str | None = None, series: str | None = None,
           number: int = 1, pixels: int = 64) -> Path:
     """One small US image of ``patient`` (``pixels`` x ``pixels``, 8 bit)."""
-    sop = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = US_IMAGE
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID, ds.SOPInstanceUID = US_IMAGE, sop
+    ds = new_dataset(US_IMAGE)
     ds.StudyInstanceUID = study or generate_uid()
     ds.SeriesInstanceUID = series or generate_uid()
     ds.PatientID, ds.PatientName = patient, f"Name^{patient}"
@@ -75,7 +65,7 @@ def image(folder: Path, patient: str, *, study: str | None = None, series: str |
     ds.HighBit, ds.PixelRepresentation = 7, 0
     ds.PixelData = bytes(i % 251 for i in range(pixels * pixels))
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sop}.dcm"
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
 

@@ -8,10 +8,10 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
-from tests.support import Daemon, base_config
+from tests.support import Daemon, base_config, new_dataset
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
@@ -70,16 +70,7 @@ def sample_studies() -> list[Study]:
 def _dataset(study: Study, modality: str, series_uid: str, series_number: int,
              sop_uid: str, instance_number: int) -> Dataset:
     sop_class = _SOP_CLASS[modality]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = study.charset
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
+    ds = new_dataset(sop_class, sop_uid, study.charset)
     ds.StudyDate = study.date
     ds.StudyTime = study.time
     ds.AccessionNumber = study.accession

@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import generate_uid
 from pynetdicom import AE
+
+from tests.support import new_dataset
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -27,16 +29,7 @@ def us_dataset(*, frames: int = 1, rows: int = 64, columns: int = 64, rgb: bool 
     with an icon image in a sequence (its pixel data is bulk data at depth 1)."""
     rng = np.random.default_rng(seed)
     sop_class = US_MULTIFRAME if frames > 1 else US_IMAGE
-    sop = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop
+    ds = new_dataset(sop_class)
     ds.StudyDate, ds.StudyTime, ds.Modality = "20240315", "101500", "US"
     ds.PatientName, ds.PatientID = "Wado^Test", patient_id
     ds.StudyInstanceUID = study or generate_uid()
