@@ -27,7 +27,7 @@ from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
-from appliance.web.app import make_app
+from appliance.web.app import USERS, Users, make_app
 from appliance.web.metrics import STATUS
 from appliance.worklist.housekeeping import CleanupRules, Housekeeper
 from appliance.worklist.mpps import MppsManager
@@ -83,7 +83,6 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
     worklist = _build_worklist(config, archive)
     handlers = DicomHandlers(archive, AccessPolicy.from_config(config), incoming,
                              worklist=worklist.dimse)
-    loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist)
     ops = _build_ops(config, archive, handlers, worklist)
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
@@ -105,9 +104,14 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
         dicom.start()
         app = make_app(archive=archive, config=config, dicom_port=dicom.port)
         app[STATUS] = ops.board.snapshot
+        loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
+                                app[USERS], notifier)
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run()) for t in (ops.disk, ops.backups, ops.board)]
+        period = notifier.watchdog_period()
+        if period is not None:
+            ops_tasks.append(loop.create_task(_watchdog(notifier, period, dicom, archive, ops.board)))
         write_json(runtime_path(config), {
             "pid": os.getpid(), "dicom_port": dicom.port, "http_port": http_port,
             "dicom_aet": config.dicom_aet, "version": __version__,
@@ -205,9 +209,39 @@ def _build_worklist(config: Config, archive: Archive) -> _Worklist:
     return _Worklist(folder, dimse, mpps, housekeeper)
 
 
-def _reload(config: Config, handlers: DicomHandlers, worklist: _Worklist) -> None:
-    """SIGHUP: re-read the config file and apply the access rules and worklist options
-    (the worklist folder and enabling services need a restart)."""
+async def _watchdog(notifier: Notifier, period: float, dicom: DicomServer, archive: Archive,
+                    board: StatusBoard) -> None:
+    """WATCHDOG=1 every ``period`` seconds while healthy: this coroutine running
+    proves the event loop turns; the DICOM server must still accept and the
+    index writer still run. When one is dead no ping goes out, and systemd
+    restarts the service after WatchdogSec."""
+    while True:
+        if dicom.is_alive() and archive.index.is_alive():
+            notifier.watchdog()
+            snap = board.snapshot()
+            counts = snap.get("counts") or {}
+            notifier.status(f"{counts.get('instances', 0)} instances, "
+                            f"{snap.get('associations', 0)} associations open")
+        else:
+            log.error("health check failed (DICOM server %s, index writer %s): "
+                      "no watchdog ping", "up" if dicom.is_alive() else "DOWN",
+                      "up" if archive.index.is_alive() else "DOWN")
+        await asyncio.sleep(period)
+
+
+def _reload(config: Config, handlers: DicomHandlers, worklist: _Worklist, users: Users,
+            notifier: Notifier) -> None:
+    """SIGHUP: re-read the config file and apply the users, the access rules and the
+    worklist options (folders, ports and enabling services need a restart)."""
+    notifier.reloading()
+    try:
+        _apply_reload(config, handlers, worklist, users)
+    finally:
+        notifier.ready()
+
+
+def _apply_reload(config: Config, handlers: DicomHandlers, worklist: _Worklist,
+                  users: Users) -> None:
     if config.source is None:
         log.info("SIGHUP: running on embedded defaults, nothing to reload")
         return
@@ -216,6 +250,7 @@ def _reload(config: Config, handlers: DicomHandlers, worklist: _Worklist) -> Non
     except ConfigError as e:
         log.error("SIGHUP: configuration not reloaded: %s", e)
         return
+    users.load(fresh)
     handlers.set_policy(AccessPolicy.from_config(fresh))
     if worklist.dimse is not None:
         worklist.dimse.set_options(MwlOptions.from_config(fresh))
@@ -223,4 +258,5 @@ def _reload(config: Config, handlers: DicomHandlers, worklist: _Worklist) -> Non
         worklist.housekeeper.set_rules(CleanupRules.from_config(fresh))
     if worklist.mpps is not None:
         worklist.mpps.archive_finished_worklists = fresh.mpps.archive_finished_worklists
-    log.info("SIGHUP: DICOM access rules reloaded from %s", config.source)
+    log.info("SIGHUP: users, DICOM access rules and worklist options reloaded from %s",
+             config.source)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -34,6 +35,25 @@ class Notifier:
     def ready(self, status: str = "") -> bool:
         """READY=1 (and a STATUS line)."""
         return self.notify("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def reloading(self) -> bool:
+        """RELOADING=1 (with the MONOTONIC_USEC systemd 253+ wants); READY=1 follows."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
+    def watchdog(self) -> bool:
+        """WATCHDOG=1: the service is healthy."""
+        return self.notify("WATCHDOG=1")
+
+    @staticmethod
+    def watchdog_period() -> float | None:
+        """Seconds between WATCHDOG=1 pings (half of WatchdogSec), or None when
+        systemd expects none (sd_watchdog_enabled(3))."""
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        if not usec.isdigit() or int(usec) == 0 or (pid and pid != str(os.getpid())):
+            return None
+        return int(usec) / 1e6 / 2
 
     def stopping(self) -> bool:
         """STOPPING=1."""

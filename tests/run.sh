@@ -11,9 +11,9 @@ sudo=""
 # python3-venv for the virtualenv.
 $sudo apt-get update -qq
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    dcmtk curl python3-venv python3-dev gcc >/dev/null
+    dcmtk curl python3-venv python3-dev gcc pkg-config libsystemd-dev >/dev/null
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,systemd]'
 exec .venv/bin/python -m pytest "$@"

@@ -65,16 +65,33 @@ def _server_logger() -> logging.Logger:
     return logger
 
 
+class Users:
+    """Who may log in; the daemon swaps ``authenticator`` on SIGHUP (None: no
+    authentication, AuthenticationEnabled false)."""
+
+    def __init__(self, config: Config) -> None:
+        self.authenticator: Authenticator | None = None
+        self.load(config)
+
+    def load(self, config: Config) -> None:
+        """Take RegisteredUsers and AuthenticationEnabled from ``config``."""
+        self.authenticator = (Authenticator(config.registered_users)
+                              if config.authentication_enabled else None)
+
+
+USERS = web.AppKey("users", Users)
+
+
 def make_app(*, archive: Archive, config: Config, dicom_port: int = 0) -> web.Application:
     """Build the aiohttp application for one configuration.
 
     ``dicom_port`` is the DICOM port actually bound (for ``/system``).
     """
-    middlewares = [_errors, _access(config)]
-    if config.authentication_enabled:
-        middlewares.append(_authentication(Authenticator(config.registered_users)))
+    users = Users(config)
+    middlewares = [_errors, _access(config), _authentication(users)]
     app = web.Application(middlewares=middlewares,
                           handler_args={**_LIMITS, "logger": _server_logger()})
+    app[USERS] = users
     app[CONTEXT] = WebContext(archive=archive, config=config, dicom_port=dicom_port)
     if config.dicom_web.enable:
         root = config.dicom_web.root.rstrip("/")
@@ -123,12 +140,15 @@ def _access(config: Config):
     return access
 
 
-def _authentication(authenticator: Authenticator):
-    """HTTP Basic authentication (RFC 7617) for every route."""
+def _authentication(users: Users):
+    """HTTP Basic authentication (RFC 7617) for every route, when enabled."""
     challenge = {"WWW-Authenticate": f'Basic realm="{REALM}"'}
 
     @web.middleware
     async def authentication(request: web.Request, handler: Handler) -> web.StreamResponse:
+        authenticator = users.authenticator
+        if authenticator is None:
+            return await handler(request)
         header = request.headers.get("Authorization")
         user = await authenticator.check(header)
         if user is None:
