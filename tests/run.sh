@@ -7,11 +7,14 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 
-# Debian packages: DCMTK's echoscu/storescu are the reference DICOM clients;
-# python3-venv for the virtualenv.
+# Debian packages: DCMTK's echoscu/storescu/findscu are the reference DICOM
+# clients, curl and nginx (with openssl for a test certificate) the HTTP side;
+# libsystemd-dev and pkg-config build systemd-python; dpkg-dev, debhelper,
+# dh-virtualenv and lintian build and check the .deb (tests/test_debian.py).
 $sudo apt-get update -qq
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    dcmtk curl python3-venv python3-dev gcc pkg-config libsystemd-dev >/dev/null
+    dcmtk curl nginx openssl python3-venv python3-dev gcc pkg-config libsystemd-dev \
+    dpkg-dev debhelper dh-virtualenv lintian >/dev/null
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

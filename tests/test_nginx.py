@@ -1,0 +1,128 @@
+"""The shipped nginx site in front of the real daemon: HTTPS, streaming both ways,
+forwarded scheme and host in the URLs the daemon writes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import generate_uid
+
+from tests.support import REPO, new_dataset, run
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def site_config(https_port: int, daemon_port: int, cert: Path, key: Path) -> str:
+    """etc/nginx/pacs-appliance.conf with this test's ports and certificate."""
+    text = (REPO / "etc" / "nginx" / "pacs-appliance.conf").read_text()
+    https_server = text[:text.index("# Plain HTTP only redirects.")]
+    https_server = https_server.replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
+    https_server = re.sub(r"\n\s*listen \[::\]:443 ssl;", "", https_server)
+    https_server = https_server.replace("/etc/pacs-appliance/tls/pacs-appliance.crt", str(cert))
+    https_server = https_server.replace("/etc/pacs-appliance/tls/pacs-appliance.key", str(key))
+    assert "http://127.0.0.1:8042" in https_server
+    return https_server.replace("http://127.0.0.1:8042", f"http://127.0.0.1:{daemon_port}")
+
+
+@pytest.fixture
+def proxy(tmp_path, make_daemon):
+    """(https base URL, CA file, daemon) with nginx running the shipped site."""
+    daemon = make_daemon()
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    out = run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+               "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+               "-keyout", str(key), "-out", str(cert)])
+    assert out.returncode == 0, out.stderr
+    port = free_port()
+    prefix = tmp_path / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    {site_config(port, daemon.http_port, cert, key)}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.02)
+    try:
+        yield f"https://localhost:{port}", cert, daemon
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def big_cine(frames: int = 55):
+    """A 640x480 RGB US cine of ``frames`` frames (55 frames: about 50 MB)."""
+    ds = new_dataset(US_MULTIFRAME)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.PatientName, ds.Modality = "NGINX1", "Proxy^Test", "US"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 480, 640, frames
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    rng = np.random.default_rng(7)
+    ds.PixelData = rng.integers(0, 256, 480 * 640 * 3 * frames, dtype=np.uint8).tobytes()
+    return ds
+
+
+def test_stow_and_wado_through_https_proxy(proxy):
+    base, cert, daemon = proxy
+    session = requests.Session()
+    # Not the environment's CA bundle (requests lets $REQUESTS_CA_BUNDLE win
+    # over session.verify): this test's self-signed certificate.
+    session.trust_env = False
+    session.verify = str(cert)
+    client = DICOMwebClient(url=f"{base}/dicom-web", session=session)
+    ds = big_cine()
+    assert len(ds.PixelData) > 50_000_000
+    answer = client.store_instances([ds])
+    # The daemon wrote the URL the EMR used: https and nginx's host:port.
+    retrieve_url = answer.ReferencedSOPSequence[0].RetrieveURL
+    assert retrieve_url.startswith(f"{base}/dicom-web/studies/{ds.StudyInstanceUID}/"), retrieve_url
+    assert answer.RetrieveURL.startswith("https://")
+
+    stored = daemon.stored_path(ds.SOPInstanceUID)
+    response = session.get(retrieve_url, headers={
+        "Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'})
+    assert response.status_code == 200
+    boundary = re.search(r'boundary="?([^";]+)"?', response.headers["Content-Type"]).group(1)
+    part = response.content.split(b"--" + boundary.encode())[1]
+    body = part.split(b"\r\n\r\n", 1)[1].rstrip(b"\r\n")
+    assert body == stored.read_bytes()  # byte-exact, 50 MB through the proxy
+    got = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    assert got.PixelData == ds.PixelData
+    assert pydicom.dcmread(stored).PixelData == ds.PixelData  # a valid Part-10 file on disk
