@@ -58,9 +58,9 @@ def reload(daemon, **changes) -> None:
         config[key] = value
     daemon.config = config
     daemon.config_path.write_text(json.dumps(config))
-    count = daemon.log().count("SIGHUP: DICOM access rules reloaded")
+    count = daemon.log().count("SIGHUP: users, DICOM access rules and worklist options reloaded")
     daemon.proc.send_signal(signal.SIGHUP)
-    poll(lambda: daemon.log().count("SIGHUP: DICOM access rules reloaded") > count)
+    poll(lambda: daemon.log().count("SIGHUP: users, DICOM access rules and worklist options reloaded") > count)
 
 
 # --------------------------------------------------------------------------- the watched folder
