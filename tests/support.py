@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import apsw
+import pydicom
 import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
 
 REPO = Path(__file__).resolve().parent.parent
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -172,3 +174,25 @@ def new_dataset(sop_class: str, sop_uid: str | None = None,
     ds.SpecificCharacterSet = charset
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
     return ds
+
+
+def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int]:
+    """Send files as they are with pynetdicom over one association (with
+    STORE_SEND_CHUNKED_DATASET, byte for byte); return the statuses."""
+    ae = AE(ae_title=aet)
+    contexts = set()
+    for f in files:
+        meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
+        contexts.add((meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID))
+    for sop_class, ts in sorted(contexts):
+        ae.add_requested_context(sop_class, ts)
+    assoc = ae.associate("127.0.0.1", port, ae_title=aec)
+    assert assoc.is_established
+    try:
+        statuses = []
+        for f in files:
+            rsp = assoc.send_c_store(f)
+            statuses.append(rsp.Status if "Status" in rsp else None)
+        return statuses
+    finally:
+        assoc.release()

@@ -15,7 +15,7 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import Verification
 
 from tests.bench.datagen import generate_singles
-from tests.support import PYDICOM_FILES, dataset_bytes, pydicom_file, run
+from tests.support import PYDICOM_FILES, dataset_bytes, pydicom_file, run, scu_store
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
@@ -52,27 +52,6 @@ def store_responses(output: str) -> dict[str, str]:
             result[current] = m.group(1)
             current = None
     return result
-
-
-def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int]:
-    """Send files with pynetdicom over one association; return the statuses."""
-    ae = AE(ae_title=aet)
-    contexts = set()
-    for f in files:
-        meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
-        contexts.add((meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID))
-    for sop_class, ts in sorted(contexts):
-        ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate("127.0.0.1", port, ae_title=aec)
-    assert assoc.is_established
-    try:
-        statuses = []
-        for f in files:
-            rsp = assoc.send_c_store(f)
-            statuses.append(rsp.Status if "Status" in rsp else None)
-        return statuses
-    finally:
-        assoc.release()
 
 
 def meta_file(path: Path, body: bytes, sop_class: str, sop_instance: str,

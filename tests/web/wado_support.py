@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from pynetdicom import AE
 
-from tests.support import new_dataset
+from tests.support import new_dataset, scu_store
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -65,19 +63,7 @@ def write(ds: Dataset, path: Path) -> Path:
 
 def cstore(port: int, files: list[Path]) -> list[int]:
     """Send files as they are (any transfer syntax) with pynetdicom; the statuses."""
-    ae = AE(ae_title="WADOTEST")
-    contexts = set()
-    for f in files:
-        meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
-        contexts.add((meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID))
-    for sop_class, ts in sorted(contexts):
-        ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ORTHANC")
-    assert assoc.is_established
-    try:
-        return [assoc.send_c_store(f).Status for f in files]
-    finally:
-        assoc.release()
+    return scu_store(port, files, aet="WADOTEST")
 
 
 @dataclass
