@@ -92,13 +92,16 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
     )
     runner = None
     housekeeping = None
+    worklist_start: asyncio.Task | None = None
     ops_tasks: list[asyncio.Task] = []
     try:
         # Free space is known before the first store can arrive.
         await asyncio.to_thread(ops.disk.measure)
         await asyncio.to_thread(ops.board.refresh_counts, True)
-        if worklist.folder is not None:  # parsed before the first C-FIND can arrive
-            await worklist.folder.start()
+        if worklist.folder is not None:
+            # Parsed beside the rest of the start-up: stores need not wait for a
+            # large folder, and a C-FIND waits for the first snapshot (loaded).
+            worklist_start = loop.create_task(worklist.folder.start())
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
         dicom.start()
@@ -132,6 +135,9 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
         if housekeeping is not None:
             housekeeping.cancel()
         await asyncio.to_thread(dicom.stop)
+        if worklist_start is not None and not worklist_start.done():
+            worklist_start.cancel()
+            await asyncio.gather(worklist_start, return_exceptions=True)
         if worklist.folder is not None:
             await worklist.folder.stop()
         if runner is not None:

@@ -23,6 +23,9 @@ from appliance.worklist.source import WorklistFolder
 
 log = logging.getLogger(__name__)
 
+# How long a C-FIND arriving during the start-up parse of a large folder waits.
+_LOAD_WAIT = 120.0
+
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
 
@@ -118,6 +121,10 @@ class WorklistDimse:
             log.warning("%s: MWL C-FIND from %s refused: %s", peer, calling, e)
             yield _status(FindStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, e.why,
                           offending=(e.tag,)), None
+            return
+        if not self.worklists.loaded.wait(_LOAD_WAIT):
+            log.warning("%s: MWL C-FIND from %s refused: worklist folder still loading", peer, calling)
+            yield _status(FindStatus.UNABLE_TO_PROCESS, "worklist still loading, try again"), None
             return
         snapshot = self.worklists.snapshot  # one immutable view for the whole query
         sent = 0

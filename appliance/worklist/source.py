@@ -374,6 +374,9 @@ class WorklistFolder:
         self._hidden: dict[str, tuple[int, int, int]] = {}
         self._hidden_version = 0
         self._snapshot = Snapshot()
+        # Set once every file present at start-up has been parsed: a C-FIND
+        # arriving earlier waits for it rather than get a partial answer.
+        self.loaded = threading.Event()
         self._pending: set[str] = set()
         self._rescan = False
         self._timer: asyncio.TimerHandle | None = None
@@ -402,6 +405,7 @@ class WorklistFolder:
         await asyncio.to_thread(self._ensure_watched)
         await self._flush(set(), rescan=True)  # watching first: nothing written meanwhile is missed
         self._check_task = self._loop.create_task(self._check_folder_forever())
+        self.loaded.set()
         log.info("worklist folder %s: %d items", self.folder, len(self._snapshot))
 
     async def stop(self) -> None:

@@ -358,6 +358,10 @@ def bulk(tmp_path_factory):
 
 
 def test_two_thousand_files(bulk):
+    # The daemon is ready before the folder is parsed; a C-FIND arriving
+    # meanwhile waits for the whole snapshot rather than get part of it.
+    statuses, answers = find(bulk.dicom_port, mwl_query(PatientID="B1234", PatientName=""))
+    assert [str(a.PatientID) for a in answers] == ["B1234"] and statuses == [PENDING, SUCCESS]
     assert "2000 items" in bulk.log()
     started = time.monotonic()
     statuses, answers = find(bulk.dicom_port, mwl_query(PatientID="B1234", PatientName=""))
