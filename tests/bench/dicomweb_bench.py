@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from tests.bench import datagen  # noqa: E402
 from tests.bench.orthanc_install import InstallError, ensure_orthanc  # noqa: E402
 from tests.bench.run import STORESCU_CFG, Client, versions, warm_page_cache  # noqa: E402
 from tests.bench.servers import (  # noqa: E402
+    finish,
     LOOPBACK, ApplianceServer, OrthancServer, Server, ServerError, base_env, free_port,
     kill_all, orthanc_style_config,
 )
@@ -595,11 +595,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(), "table": rows, "results": results, "errors": errors,
         "interrupted": interrupted,
     }, indent=2))
-    print(f"results: {out}")
-    if args.keep:
-        print(f"server folders and logs kept under {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    finish(out, root, args.keep)
     if interrupted:
         return 130
     return 0 if any(r["appliance"] is not None or r["orthanc"] is not None for r in rows) else 1

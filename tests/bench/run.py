@@ -42,6 +42,7 @@ if __package__ in (None, ""):
 from tests.bench import datagen  # noqa: E402
 from tests.bench.orthanc_install import InstallError, ensure_orthanc  # noqa: E402
 from tests.bench.servers import (  # noqa: E402
+    finish,
     CALLED_AET, CALLING_AET, LOOPBACK, REPO_ROOT, SERVER_CLASSES, RssSampler, Server,
     ServerError, base_env, forget, kill_all, spawn, tail,
 )
@@ -595,11 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         "not_measured": runner.disabled,
         "interrupted": interrupted,
     }, indent=2))
-    print(f"results: {out}")
-    if args.keep:
-        print(f"server folders and logs kept under {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    finish(out, root, args.keep)
     if interrupted:
         return 130
     return 0 if any("error" not in s for s in runner.samples) else 1

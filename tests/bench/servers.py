@@ -334,3 +334,12 @@ __all__ = [
     "Server", "ServerError", "base_env", "echo_once", "free_port", "kill_all", "spawn",
     "forget", "tail",
 ]
+
+
+def finish(results: Path, root: Path, keep: bool) -> None:
+    """Say where the results are; keep the trial folders or remove them."""
+    print(f"results: {results}")
+    if keep:
+        print(f"server folders, configs and logs kept under {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import signal
 import socket
 import statistics
@@ -56,6 +55,7 @@ from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
 from tests.bench.servers import (  # noqa: E402
+    finish,
     CALLED_AET, CALLING_AET, LOOPBACK, ApplianceServer, OrthancServer, Server, ServerError,
     base_env, kill_all, orthanc_style_config, tail,
 )
@@ -591,11 +591,7 @@ def main(argv: list[str] | None = None) -> int:
                  "query_dates": {f: query_date(f) for f in sizes}},
         "table": rows, "samples": samples, "interrupted": interrupted,
     }, indent=2, default=str))
-    print(f"results: {out}")
-    if args.keep:
-        print(f"folders, configs and logs kept under {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
+    finish(out, root, args.keep)
     if interrupted:
         return 130
     return 0 if any("error" not in s for s in samples) else 1
