@@ -7,11 +7,14 @@ file or the new one, never a part of one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 _CHUNK = 1 << 20
 
@@ -40,19 +43,26 @@ def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
 
 
-def write_atomic(target: Path, data: bytes, *, mode: int = 0o644) -> None:
-    """Replace ``target`` with ``data`` durably (temp, fsync, rename, fsync folder)."""
+@contextlib.contextmanager
+def _replacing(target: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
+    """A new file under a temp name; on success fsynced and renamed over
+    ``target``, on failure removed."""
     temp = _temp_name(target)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(temp, "xb", opener=lambda path, flags: os.open(path, flags, mode)) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(target: Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``target`` with ``data`` durably (temp, fsync, rename, fsync folder)."""
+    with _replacing(target, mode) as f:
+        f.write(data)
     fsync_dir(target.parent)
 
 
@@ -65,13 +75,5 @@ def write_json(path: Path, data: dict) -> None:
 def copy_durably(src: Path, dest: Path) -> None:
     """Copy ``src`` to ``dest`` through a temp name in the same folder, fsynced before
     the rename (the caller fsyncs the folder once for a batch of copies)."""
-    temp = _temp_name(dest)
-    try:
-        with open(src, "rb") as fin, open(temp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, _CHUNK)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(temp, dest)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    with open(src, "rb") as fin, _replacing(dest) as fout:
+        shutil.copyfileobj(fin, fout, _CHUNK)

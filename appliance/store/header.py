@@ -115,7 +115,14 @@ def _check_pixel_data(f, size: int, tsuid: str) -> str | None:
                 f"truncated DICOM object: Pixel Data needs {length} bytes, {size - value_at} present"
             )
         return vr
-    pos = value_at
+    end_of_fragments(f, value_at, size)
+    return vr
+
+
+def end_of_fragments(f, pos: int, size: int) -> int:
+    """Offset just after the sequence delimiter of encapsulated pixel data whose
+    first item starts at ``pos`` (PS3.5 A.4): item headers are read, fragments
+    skipped. Raises InvalidObject if the framing is broken or cut short."""
     while True:
         f.seek(pos)
         item = f.read(8)
@@ -125,7 +132,7 @@ def _check_pixel_data(f, size: int, tsuid: str) -> str | None:
         g, e, item_len = struct.unpack("<HHL", item)
         tag = g << 16 | e
         if tag == _SEQ_DELIMITER:
-            return vr
+            return pos + 8
         if tag != _ITEM or item_len == _UNDEFINED:
             raise InvalidObject("malformed encapsulated Pixel Data")
         pos += 8 + item_len

@@ -35,6 +35,7 @@ from pydicom.pixels.utils import as_pixel_options
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
+from appliance.store.header import InvalidObject, end_of_fragments
 from appliance.web import media
 
 __all__ = [
@@ -54,8 +55,6 @@ __all__ = [
 # Pixel data elements (PS3.6): where pydicom's stop_before_pixels stops.
 _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData",
                0x7FE00009: "DoubleFloatPixelData"}
-_ITEM = 0xFFFEE000
-_SEQ_DELIMITER = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _TRAILING_PADDING = 0xFFFCFFFC
 _CHUNK = 1 << 20
@@ -189,17 +188,10 @@ def _locate(f: BinaryIO, ds: Dataset) -> PixelLayout | None:
 
 def _end_of_items(f: BinaryIO, pos: int) -> int:
     """Offset after the sequence delimiter of encapsulated pixel data (PS3.5 A.4)."""
-    while True:
-        f.seek(pos)
-        item = f.read(8)
-        if len(item) < 8:
-            raise PixelError("encapsulated pixel data has no end")
-        group, elem, length = struct.unpack("<HHL", item)
-        if (group << 16 | elem) == _SEQ_DELIMITER:
-            return pos + 8
-        if (group << 16 | elem) != _ITEM or length == _UNDEFINED:
-            raise PixelError("malformed encapsulated pixel data")
-        pos += 8 + length
+    try:
+        return end_of_fragments(f, pos, os.fstat(f.fileno()).st_size)
+    except InvalidObject as e:
+        raise PixelError(str(e)) from None
 
 
 def _decoder(layout: PixelLayout):
