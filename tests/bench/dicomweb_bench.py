@@ -3,13 +3,14 @@
 Run from the repository root with the venv's interpreter::
 
     .venv/bin/python -m tests.bench.dicomweb_bench [--studies 2000,20000] [--repeat 50]
+    .venv/bin/python -m tests.bench.dicomweb_bench --scenarios qido --studies 20000
 
 Both servers are started once (fresh data folders, free loopback ports, the same
 Orthanc-format config with the DICOMweb plugin enabled and auth off) and stay up for the
 whole run. They are filled by C-STORE (DCMTK storescu, TCP_NODELAY=1, 4 parallel
 associations) with small synthetic one-instance studies up to each ``--studies`` size in
 turn; QIDO-RS is measured at every size, WADO-RS and metadata at the largest, STOW-RS at
-the end. Every request is made through a keep-alive ``requests.Session``; each query is
+the end (``--scenarios`` picks a subset). Every request is made through a keep-alive ``requests.Session``; each query is
 warmed up before it is timed, and the timed repetitions alternate between the servers
 (order reversed every repetition) so drift on this shared machine hits both alike.
 
@@ -52,6 +53,7 @@ log = logging.getLogger("bench.dicomweb")
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVERS = ("orthanc", "appliance")
+SCENARIOS = ("qido", "wado", "stow")
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 ROOT = "/dicom-web"
 PARALLEL = 4
@@ -352,6 +354,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=50,
                         help="timed repetitions per request (default 50; the cine frame and "
                              "whole-study retrieve use at most 15)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
+                        help="comma-separated subset of qido, wado, stow (default: all); "
+                             "e.g. qido alone to iterate on search speed without the slow parts")
     parser.add_argument("--data", type=Path, default=datagen.DEFAULT_CACHE)
     parser.add_argument("--only", default=",".join(SERVERS))
     parser.add_argument("--keep", action="store_true")
@@ -365,6 +370,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--studies: sizes between 1100 (offset 1000 + limit 100) and 100000")
     if not 5 <= args.repeat <= 500:
         parser.error("--repeat must be 5-500")
+    args.scenarios = [s for s in args.scenarios.split(",") if s]
+    if not args.scenarios or any(s not in SCENARIOS for s in args.scenarios):
+        parser.error("--scenarios: comma-separated subset of " + ", ".join(SCENARIOS))
     args.only = [s for s in args.only.split(",") if s]
     if any(s not in SERVERS for s in args.only):
         parser.error("--only: orthanc, appliance")
@@ -449,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
                 if n != size + 2:  # + the 20-instance study and the cine's study
                     errors.append(f"{name}: {n} studies in the index, expected {size + 2}")
             filled = size
+            if "qido" not in args.scenarios:
+                continue
             # Queries whose answer size is known from the generator.
             pid = "P000500"
             lo = FIRST_DATE + timedelta(days=1000)
@@ -499,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"/studies/{cs}/series/{cse}/instances/{ci}/frames/75",
                      accept=ACCEPT_OCTET, check=min_bytes(frame_bytes)), heavy),
         ]
-        for req, reps in wado:
+        for req, reps in (wado if "wado" in args.scenarios else []):
             res = measure(servers, sessions, req, reps, warmup=2)
             results["wado"][req.key] = res
             log.info("%-36s %s", req.label, "  ".join(
@@ -507,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
                 else f"{n} ERROR {r['error']}" for n, r in res.items()))
 
         # STOW last: it adds the 200 single frames to the cine's study.
-        for name in (list(servers) if len(args.studies) % 2 else list(reversed(servers))):
+        stowing = servers if "stow" in args.scenarios else {}
+        for name in (list(stowing) if len(args.studies) % 2 else list(reversed(stowing))):
             try:
                 results["stow"][name] = stow(name, servers[name], sessions[name], data.singles)
                 log.info("%s STOW %.0f inst/s", name, results["stow"][name]["inst_s"])
