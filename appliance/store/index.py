@@ -122,8 +122,93 @@ CREATE INDEX mpps_study ON mpps(study_instance_uid);
 CREATE INDEX mpps_accession ON mpps(accession_number);
 """
 
+# What a study row keeps of its series (PS3.4 C.3.4 NumberOfStudyRelatedSeries,
+# NumberOfStudyRelatedInstances, ModalitiesInStudy), worked out from the series
+# rows: SET clause of an UPDATE on studies. group_concat order is unspecified:
+# readers sort the modalities.
+_STUDY_SUMMARY = """
+    number_of_series = (SELECT count(*) FROM series WHERE study_pk = studies.id),
+    number_of_instances = (SELECT coalesce(sum(number_of_instances), 0) FROM series
+                           WHERE study_pk = studies.id),
+    modalities = (SELECT group_concat(DISTINCT modality) FROM series WHERE study_pk = studies.id)"""
+
+# Attributes QIDO-RS returns at the study or series level by default or for
+# includefield=all that are not columns (PS3.18 10.6.3.3, PS3.4 C.6.1.1.2-4),
+# kept on the study/series row as DICOM JSON taken from its representative
+# instance (its first stored, _REPRESENTATIVE_OF): reading them from that
+# instance's whole metadata cost a JSON parse of every instance of a page.
+# Other attributes still come from the representative's metadata. Changing
+# these lists needs a migration that recomputes the attributes columns.
+QIDO_KEPT: dict[str, tuple[int, ...]] = {
+    "study": (
+        0x00080201,  # TimezoneOffsetFromUTC
+        0x00100021,  # IssuerOfPatientID
+        0x00101000,  # OtherPatientIDs
+        0x00101010,  # PatientAge
+        0x00101020,  # PatientSize
+        0x00101030,  # PatientWeight
+        0x00104000,  # PatientComments
+        0x00081060,  # NameOfPhysiciansReadingStudy
+        0x00081080,  # AdmittingDiagnosesDescription
+    ),
+    "series": (
+        0x00080201,  # TimezoneOffsetFromUTC
+        0x00400244,  # PerformedProcedureStepStartDate
+        0x00400245,  # PerformedProcedureStepStartTime
+        0x00400275,  # RequestAttributesSequence
+        0x00080021,  # SeriesDate
+        0x00080031,  # SeriesTime
+        0x00180015,  # BodyPartExamined
+        0x00200060,  # Laterality
+        0x00181030,  # ProtocolName
+        0x00081050,  # PerformingPhysicianName
+        0x00081070,  # OperatorsName
+        0x00081010,  # StationName
+        0x00080080,  # InstitutionName
+        0x00080070,  # Manufacturer
+        0x00081090,  # ManufacturerModelName
+    ),
+}
+# The representative instance of a study or series row (alias st / se, or the
+# table name in an UPDATE of that table): the first stored. New rows always
+# get a larger id than every existing one, so only a delete can change it.
+_REPRESENTATIVE_OF = {
+    "study": "(SELECT min(ri.id) FROM series rse JOIN instances ri ON ri.series_pk = rse.id "
+             "WHERE rse.study_pk = {row}.id)",
+    "series": "(SELECT min(ri.id) FROM instances ri WHERE ri.series_pk = {row}.id)",
+}
+
+
+def _kept_attributes(level: str, table: str) -> str:
+    """SET clause of an UPDATE on ``table`` (studies or series): its QIDO_KEPT
+    attributes, as a JSON object, from its representative instance's metadata."""
+    keys = ", ".join(f"'{tag:08X}'" for tag in QIDO_KEPT[level])
+    representative = _REPRESENTATIVE_OF[level].format(row=table)
+    return (f"attributes = (SELECT json_group_object(je.key, json(je.value)) "
+            f"FROM instances ai, json_each(ai.metadata) je "
+            f"WHERE ai.id = {representative} AND je.key IN ({keys}))")
+
+
+# v3: what QIDO-RS returns of a study or series that is not an attribute of
+# its row (counts, modalities, attributes from its first instance), kept on the
+# row by the writer at insert and delete, so a page of search results costs no
+# per-row subqueries over the series and instances. Existing rows are filled
+# in here.
+_SCHEMA_V3 = f"""
+ALTER TABLE series ADD COLUMN number_of_instances INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE series ADD COLUMN attributes TEXT;
+ALTER TABLE studies ADD COLUMN number_of_series INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE studies ADD COLUMN number_of_instances INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE studies ADD COLUMN modalities TEXT;
+ALTER TABLE studies ADD COLUMN attributes TEXT;
+UPDATE series SET number_of_instances =
+    (SELECT count(*) FROM instances WHERE series_pk = series.id),
+    {_kept_attributes("series", "series")};
+UPDATE studies SET {_STUDY_SUMMARY}, {_kept_attributes("study", "studies")};
+"""
+
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -462,8 +547,8 @@ class Index:
 
 
 def _upsert_parent(conn: apsw.Connection, table: str, key_col: str, key: str,
-                   values: dict[str, Any], now: float) -> int:
-    """Insert a patient/study/series row if new; return its id.
+                   values: dict[str, Any], now: float) -> tuple[int, bool]:
+    """Insert a patient/study/series row if new; return its id and whether it is new.
 
     Existing rows keep their attributes (Orthanc keeps the first instance's
     main tags too) but their updated_at moves, which recycling and
@@ -472,13 +557,13 @@ def _upsert_parent(conn: apsw.Connection, table: str, key_col: str, key: str,
     row = conn.execute(f"SELECT id FROM {table} WHERE {key_col} = ?", (key,)).fetchone()
     if row:
         conn.execute(f"UPDATE {table} SET updated_at = ? WHERE id = ?", (now, row[0]))
-        return row[0]
+        return row[0], False
     cols = [key_col, *values, "created_at", "updated_at"]
     conn.execute(
         f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
         (key, *values.values(), now, now),
     )
-    return conn.last_insert_rowid()
+    return conn.last_insert_rowid(), True
 
 
 _PATIENT_COLS = ("patient_name", "patient_birth_date", "patient_sex")
@@ -502,18 +587,39 @@ def _insert(conn: apsw.Connection, rec: InstanceRecord, overwrite: bool) -> Inse
             return InsertOutcome(inserted=False, replaced_file=None)
         replaced = _delete(conn, rec.sop_instance_uid)
     now = time.time()
-    patient = _upsert_parent(conn, "patients", "patient_id", rec.patient_id,
-                             {c: d[c] for c in _PATIENT_COLS}, now)
-    study = _upsert_parent(conn, "studies", "study_instance_uid", rec.study_instance_uid,
-                           {"patient_pk": patient, **{c: d[c] for c in _STUDY_COLS}}, now)
-    series = _upsert_parent(conn, "series", "series_instance_uid", rec.series_instance_uid,
-                            {"study_pk": study, **{c: d[c] for c in _SERIES_COLS}}, now)
+    patient, _ = _upsert_parent(conn, "patients", "patient_id", rec.patient_id,
+                                {c: d[c] for c in _PATIENT_COLS}, now)
+    study, _ = _upsert_parent(conn, "studies", "study_instance_uid", rec.study_instance_uid,
+                              {"patient_pk": patient, **{c: d[c] for c in _STUDY_COLS}}, now)
+    series, new_series = _upsert_parent(
+        conn, "series", "series_instance_uid", rec.series_instance_uid,
+        {"study_pk": study, **{c: d[c] for c in _SERIES_COLS}}, now)
     cols = ("series_pk", *_INSTANCE_COLS)
     conn.execute(
         f"INSERT INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
         (series, *(d[c] for c in _INSTANCE_COLS)),
     )
+    # A new series (of a new study, maybe) has this instance as representative;
+    # in an existing one the representative stays, the instance being newer.
+    _keep_summaries(conn, series, study, +1, representative_may_change=new_series)
     return InsertOutcome(inserted=True, replaced_file=replaced)
+
+
+def _keep_summaries(conn: apsw.Connection, series_pk: int, study_pk: int, delta: int, *,
+                    representative_may_change: bool) -> None:
+    """Keep the schema v3 summaries right after ``delta`` instances were added
+    to (or removed from) a series: the series' own count, then its study's
+    counts and modalities, recomputed from its series rows (a handful) so a
+    new or emptied series is accounted for too; and, when the representative
+    instance may have changed, the attributes kept from it (a JSON parse of
+    its metadata, so not on every insert)."""
+    kept_series = kept_study = ""
+    if representative_may_change:
+        kept_series = f", {_kept_attributes('series', 'series')}"
+        kept_study = f", {_kept_attributes('study', 'studies')}"
+    conn.execute(f"UPDATE series SET number_of_instances = number_of_instances + ?{kept_series} "
+                 "WHERE id = ?", (delta, series_pk))
+    conn.execute(f"UPDATE studies SET {_STUDY_SUMMARY}{kept_study} WHERE id = ?", (study_pk,))
 
 
 def _delete(conn: apsw.Connection, sop_instance_uid: str) -> str | None:
@@ -530,6 +636,7 @@ def _delete(conn: apsw.Connection, sop_instance_uid: str) -> str | None:
     # Parents left without children go too.
     conn.execute("DELETE FROM series WHERE id = ? AND NOT EXISTS "
                  "(SELECT 1 FROM instances WHERE series_pk = ?)", (series_pk, series_pk))
+    _keep_summaries(conn, series_pk, study_pk, -1, representative_may_change=True)
     conn.execute("DELETE FROM studies WHERE id = ? AND NOT EXISTS "
                  "(SELECT 1 FROM series WHERE study_pk = ?)", (study_pk, study_pk))
     conn.execute("DELETE FROM patients WHERE id = ? AND NOT EXISTS "
@@ -599,15 +706,13 @@ QIDO_COMPUTED: dict[int, tuple[str, str]] = {   # tag: (level, VR)
     STUDY_RELATED_INSTANCES: ("study", "IS"),
     SERIES_RELATED_INSTANCES: ("series", "IS"),
 }
+# Kept up to date on the rows since schema v3 (see _keep_summaries).
 _COMPUTED_SQL = {
-    # group_concat order is unspecified: the caller sorts.
-    MODALITIES_IN_STUDY:
-        "(SELECT group_concat(DISTINCT cse.modality) FROM series cse WHERE cse.study_pk = st.id)",
-    STUDY_RELATED_SERIES: "(SELECT count(*) FROM series cse WHERE cse.study_pk = st.id)",
-    STUDY_RELATED_INSTANCES:
-        "(SELECT count(*) FROM series cse JOIN instances ci ON ci.series_pk = cse.id "
-        "WHERE cse.study_pk = st.id)",
-    SERIES_RELATED_INSTANCES: "(SELECT count(*) FROM instances ci WHERE ci.series_pk = se.id)",
+    # Comma-separated, in no particular order: the caller sorts.
+    MODALITIES_IN_STUDY: "st.modalities",
+    STUDY_RELATED_SERIES: "st.number_of_series",
+    STUDY_RELATED_INSTANCES: "st.number_of_instances",
+    SERIES_RELATED_INSTANCES: "se.number_of_instances",
 }
 
 
@@ -669,11 +774,12 @@ _FROM = {level: _TABLE[level] + _PARENTS[level] for level in QIDO_LEVELS}
 _KEY = {"study": "st.id", "series": "se.id", "instance": "i.id"}
 # One instance whose metadata stands for its study or series (the first stored).
 _REPRESENTATIVE = {
-    "study": "(SELECT min(ri.id) FROM series rse JOIN instances ri ON ri.series_pk = rse.id "
-             "WHERE rse.study_pk = st.id)",
-    "series": "(SELECT min(ri.id) FROM instances ri WHERE ri.series_pk = se.id)",
+    "study": _REPRESENTATIVE_OF["study"].format(row="st"),
+    "series": _REPRESENTATIVE_OF["series"].format(row="se"),
     "instance": "i.id",
 }
+# Where the QIDO_KEPT attributes of a result row are.
+_KEPT_COLUMN = {"study": "st.attributes", "series": "se.attributes"}
 # Aliases of the tables inside _children_exist's subqueries.
 _ALIASES = {"p": "p", "st": "st", "se": "xse", "i": "xi"}
 
@@ -837,18 +943,24 @@ def qido_search(index: Index, search: QidoSearch) -> list[QidoRow]:
                if _LEVEL_RANK[c.level] <= _LEVEL_RANK[level]]
     columns += [(tag, _COMPUTED_SQL[tag]) for tag in search.computed]
     select = [sql for _, sql in columns]
-    select += ["json_extract(rep.metadata, ?)"] * len(search.metadata_tags)
+    # Attributes kept on the row are read from there; others, and the whole
+    # metadata, from the representative instance, joined only when needed.
+    kept = QIDO_KEPT.get(level, ())
+    sources = [_KEPT_COLUMN[level] if tag in kept else "rep.metadata"
+               for tag in search.metadata_tags]
+    select += [f"json_extract({source}, ?)" for source in sources]
     select_args = [f'$."{tag:08X}"' for tag in search.metadata_tags]
     if search.whole_metadata:
         select.append("rep.metadata")
+    representative = (f"LEFT JOIN instances rep ON rep.id = {_REPRESENTATIVE[level]} "
+                      if search.whole_metadata or "rep.metadata" in sources else "")
     sql = (
         f"WITH page(k) AS MATERIALIZED (SELECT {_KEY[level]} FROM {_FROM[level]}{where} "
         f"ORDER BY {order} LIMIT ? OFFSET ?) "
         # CROSS JOIN: SQLite keeps the page as the outer loop.
         f"SELECT {', '.join(select)} FROM page CROSS JOIN {_TABLE[level]} ON {_KEY[level]} = page.k"
         f"{_PARENTS[level]} "
-        f"LEFT JOIN instances rep ON rep.id = {_REPRESENTATIVE[level]} "
-        f"ORDER BY {order}"
+        f"{representative}ORDER BY {order}"
     )
     rows = index.read(sql, (*args, search.limit, search.offset, *select_args))
     result = []
