@@ -38,13 +38,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from aiohttp import web
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from appliance.store.index import (
-    MODALITIES_IN_STUDY, QIDO_COLUMNS, QIDO_COMPUTED, QidoMatch, QidoRow, QidoSearch,
+    MODALITIES_IN_STUDY, QIDO_COLUMNS, QIDO_COMPUTED, Index, QidoMatch, QidoRow, QidoSearch,
     qido_count, qido_search,
 )
 from appliance.web.common import check_uid, context, dicomweb_url, http_error
@@ -341,17 +343,26 @@ def _parse(request: web.Request, level: str) -> tuple[QidoSearch, set[int], bool
 # -- response ----------------------------------------------------------------
 
 
-def _element(vr: str, value: Any) -> dict[str, Any]:
-    """A PS3.18 F.2 attribute object for a column value."""
+# The response is written as JSON text directly, attribute by attribute: building
+# a dict per attribute and then json.dumps-ing the whole list cost most of a
+# large search's time. encode_basestring is json.dumps' own string encoder for
+# ensure_ascii=False, so the bytes are the same as json.dumps would write.
+def _string(value: Any) -> str:
+    return encode_basestring(str(value))
+
+
+def _element(vr: str, value: Any) -> str:
+    """A PS3.18 F.2 attribute object (JSON text) for a column value."""
     if value is None or value == "":
-        return {"vr": vr}  # F.2.5: present, empty
+        return f'{{"vr":"{vr}"}}'  # F.2.5: present, empty
     if vr == "PN":
-        groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), str(value).split("=")))
-        groups = {k: v for k, v in groups.items() if v}
-        return {"vr": vr, "Value": [groups]} if groups else {"vr": vr}
+        groups = [f'"{name}":{_string(text)}' for name, text
+                  in zip(("Alphabetic", "Ideographic", "Phonetic"), str(value).split("="))
+                  if text]
+        return f'{{"vr":"PN","Value":[{{{",".join(groups)}}}]}}' if groups else '{"vr":"PN"}'
     if vr in _INT_VRS:
-        return {"vr": vr, "Value": [int(value)]}
-    return {"vr": vr, "Value": [str(value)]}
+        return f'{{"vr":"{vr}","Value":[{int(value)}]}}'
+    return f'{{"vr":"{vr}","Value":[{_string(value)}]}}'
 
 
 def _without_bulk(attribute: dict[str, Any]) -> dict[str, Any] | None:
@@ -372,6 +383,12 @@ def _without_bulk(attribute: dict[str, Any]) -> dict[str, Any] | None:
     return attribute
 
 
+def _stored(attribute: dict[str, Any]) -> str | None:
+    """JSON text of an attribute from stored metadata, None if only bulk data."""
+    kept = _without_bulk(attribute)
+    return None if kept is None else json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
+
+
 def _retrieve_url(service: str, level: str, values: dict[int, Any]) -> str:
     url = f"{service}/studies/{values[0x0020000D]}"
     if level != "study":
@@ -381,50 +398,89 @@ def _retrieve_url(service: str, level: str, values: dict[int, Any]) -> str:
     return url
 
 
-def _render(row: QidoRow, level: str, wanted: set[int], service: str) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    if row.whole_metadata:
-        for key, attribute in json.loads(row.whole_metadata).items():
-            kept = _without_bulk(attribute)
-            if kept is not None:
-                result[key] = kept
-    for tag in wanted:
-        key = f"{tag:08X}"
-        if tag == RETRIEVE_URL:
-            result[key] = {"vr": "UR", "Value": [_retrieve_url(service, level, row.values)]}
-        elif tag == INSTANCE_AVAILABILITY:
-            result[key] = {"vr": "CS", "Value": ["ONLINE"]}  # everything is on disk
-        elif tag == MODALITIES_IN_STUDY:
-            modalities = sorted(set(filter(None, (row.values[tag] or "").split(","))))
-            result[key] = {"vr": "CS", "Value": modalities} if modalities else {"vr": "CS"}
-        elif tag in QIDO_COMPUTED:
-            result[key] = _element(QIDO_COMPUTED[tag][1], row.values[tag])
-        elif tag in QIDO_COLUMNS:
-            if row.values[tag] is not None or tag not in _IF_KNOWN:
-                result[key] = _element(QIDO_COLUMNS[tag].vr, row.values[tag])
-        elif row.metadata.get(tag) is not None:
-            kept = _without_bulk(json.loads(row.metadata[tag]))
-            if kept is not None:
-                result[key] = kept
-    return dict(sorted(result.items()))  # F.2.2: ascending tag order
+def _modalities(value: str | None) -> str:
+    modalities = sorted(set(filter(None, (value or "").split(","))))
+    if not modalities:
+        return '{"vr":"CS"}'
+    return f'{{"vr":"CS","Value":[{",".join(map(_string, modalities))}]}}'
+
+
+def _encoder(tag: int, level: str, service: str) -> Callable[[QidoRow], str | None]:
+    """How one wanted attribute of a result is written: JSON text, or None to leave it out."""
+    if tag == RETRIEVE_URL:
+        return lambda row: _element("UR", _retrieve_url(service, level, row.values))
+    if tag == INSTANCE_AVAILABILITY:
+        return lambda row: '{"vr":"CS","Value":["ONLINE"]}'  # everything is on disk
+    if tag == MODALITIES_IN_STUDY:
+        return lambda row: _modalities(row.values[tag])
+    if tag in QIDO_COMPUTED:
+        vr = QIDO_COMPUTED[tag][1]
+        return lambda row: _element(vr, row.values[tag])
+    if tag in QIDO_COLUMNS:
+        vr, if_known = QIDO_COLUMNS[tag].vr, tag in _IF_KNOWN
+        return lambda row: (None if if_known and row.values[tag] is None
+                            else _element(vr, row.values[tag]))
+
+    def from_metadata(row: QidoRow) -> str | None:
+        text = row.metadata.get(tag)
+        return None if text is None else _stored(json.loads(text))
+    return from_metadata
+
+
+def _renderer(level: str, wanted: set[int], service: str) -> Callable[[QidoRow], str]:
+    """A function writing one result (a DICOM JSON object, PS3.18 F.2) as JSON text.
+
+    The wanted attributes are sorted once per search, not once per result:
+    F.2.2 wants ascending tag order, and 8 hex digits sort like the tags.
+    """
+    encoders = [(f"{tag:08X}", _encoder(tag, level, service)) for tag in sorted(wanted)]
+
+    def render(row: QidoRow) -> str:
+        if row.whole_metadata:
+            # The stored attributes, with the wanted ones written over them.
+            parts = {}
+            for key, attribute in json.loads(row.whole_metadata).items():
+                text = _stored(attribute)
+                if text is not None:
+                    parts[key] = text
+            for key, encode in encoders:
+                text = encode(row)
+                if text is not None:
+                    parts[key] = text
+            return "{" + ",".join(f'"{key}":{text}' for key, text in sorted(parts.items())) + "}"
+        out = []
+        for key, encode in encoders:
+            text = encode(row)
+            if text is not None:
+                out.append(f'"{key}":{text}')
+        return "{" + ",".join(out) + "}"
+
+    return render
+
+
+def _answer(index: Index, search: QidoSearch,
+            render: Callable[[QidoRow], str]) -> tuple[bytes, int]:
+    """Run the search and write the response body (on a worker thread: both
+    the query and the writing of a large page would otherwise hold the event
+    loop); also the number of results."""
+    rows = qido_search(index, search)
+    return ("[" + ",".join(map(render, rows)) + "]").encode("utf-8"), len(rows)
 
 
 async def _search(request: web.Request, level: str) -> web.Response:
     search, wanted, fuzzy, limit_given = _parse(request, level)
     index = context(request).archive.index
-    rows = await asyncio.to_thread(qido_search, index, search)
     service = dicomweb_url(request)
-    body = [_render(row, level, wanted, service) for row in rows]
-    response = web.Response(
-        body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
-        content_type="application/dicom+json")
+    body, found = await asyncio.to_thread(
+        _answer, index, search, _renderer(level, wanted, service))
+    response = web.Response(body=body, content_type="application/dicom+json")
     # PS3.18 8.4.3 / 8.3.4: Warning header fields (RFC 7234 5.5 syntax).
     if fuzzy:
         response.headers.add("Warning", f'299 {service} "The fuzzymatching parameter is not '
                                         'supported. Only literal matching has been performed."')
-    if not limit_given and len(rows) == search.limit:
+    if not limit_given and found == search.limit:
         total = await asyncio.to_thread(qido_count, index, search)
-        remaining = total - search.offset - len(rows)
+        remaining = total - search.offset - found
         if remaining > 0:
             response.headers.add(
                 "Warning", f'299 {service} "There are {remaining} additional results '
