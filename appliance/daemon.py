@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+from pydicom import config as pydicom_config
 
 from appliance import __version__
 from appliance.config import Config, ConfigError, load_config
@@ -67,9 +68,22 @@ async def _start_http(config: Config, app: web.Application) -> tuple[web.AppRunn
     return runner, port
 
 
+def _quiet_pydicom() -> None:
+    """Turn off pydicom's value checks on read and on set.
+
+    They warn, never refuse, about values the archive keeps as received anyway
+    (stored byte-exact, answered as they are); where we must refuse a value
+    (worklist authoring) we validate explicitly. The checks cost about a
+    quarter of each received header's parse and of each response's encoding.
+    """
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
+
+
 async def run(config: Config, notifier: Notifier | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; return the exit code."""
     notifier = notifier or Notifier()
+    _quiet_pydicom()
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -326,12 +326,10 @@ def instance_record(header: Header, uids: dict[str, str], size: int, origin: Ori
 
     Raises whatever an odd value makes the DICOM JSON conversion raise.
     """
-    metadata = json.dumps(
-        dicomjson.dataset_to_json(header.dataset, pixel_data_vr=header.pixel_data_vr),
-        separators=(",", ":"), ensure_ascii=False,
-    )
     ds = header.dataset
-    return InstanceRecord(
+    # The index columns first: reading them converts those elements in the
+    # dataset once, and the DICOM JSON below reuses the converted values.
+    record = InstanceRecord(
         patient_id=_text(ds, "PatientID") or "",
         patient_name=_text(ds, "PatientName"),
         patient_birth_date=_text(ds, "PatientBirthDate"),
@@ -362,5 +360,10 @@ def instance_record(header: Header, uids: dict[str, str], size: int, origin: Ori
         source=origin.source,
         calling_aet=origin.calling_aet,
         peer=origin.peer,
-        metadata=metadata,
+        metadata="",
     )
+    metadata = json.dumps(
+        dicomjson.dataset_to_json(ds, pixel_data_vr=header.pixel_data_vr),
+        separators=(",", ":"), ensure_ascii=False,
+    )
+    return replace(record, metadata=metadata)
