@@ -162,18 +162,24 @@ class Snapshot:
         The query's exact-value keys on indexed attributes narrow the items to test; every
         candidate still passes the whole query, so the index never changes an answer.
         """
-        candidates: set[int] | None = None
+        # Only the most selective key's candidates are gathered (one day's items, not every
+        # US item of the folder): the query's tests check the other keys on far fewer items.
+        best: list[list[int]] | None = None
+        best_size = 0
         for path, wanted in query.lookups:
             if path not in INDEXED_PATHS:
                 continue
-            found: set[int] = set()
-            for key in wanted:
-                found.update(self._index.get((path, key), ()))
-            if candidates is None or len(found) < len(candidates):
-                candidates = found
-            if not candidates:
+            postings = [self._index.get((path, key), []) for key in wanted]
+            size = sum(len(p) for p in postings)
+            if best is None or size < best_size:
+                best, best_size = postings, size
+            if not size:
                 return iter(())
-        items = self.items if candidates is None else [self.items[i] for i in sorted(candidates)]
+        if best is None:
+            items: Iterable[WorklistItem] = self.items
+        else:
+            positions = best[0] if len(best) == 1 else sorted(set().union(*best))
+            items = [self.items[i] for i in positions]
         matches = query.matches
         return (item for item in items if matches(item.attrs))
 
