@@ -39,6 +39,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from appliance.durable import fsync_dir
+from appliance.worklist.encoded import ItemBytes, encode_item
 from appliance.worklist.matching import Attrs, Query, answer_charset, attrs_from_dataset
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,19 @@ class WorklistItem:
     charset: str | None  # the Specific Character Set its answers are written in
     signature: tuple[int, int, int]  # (mtime_ns, size, inode): unchanged file, no re-parse
     mtime: float
+    # Its elements encoded for answers, per transfer syntax (implicit VR or not), filled on
+    # first use. A changed file is a new item, so a cache never outlives its file version.
+    _encoded: dict[bool, ItemBytes | None] = field(default_factory=dict, init=False,
+                                                   compare=False, repr=False)
+
+    def encoded(self, implicit: bool) -> ItemBytes | None:
+        """The item's elements encoded in Little Endian, implicit or explicit VR, as its
+        C-FIND answers use them (None: answer it the pydicom way). Any thread: two threads
+        may both encode it once; the results are equal."""
+        try:
+            return self._encoded[implicit]
+        except KeyError:
+            return self._encoded.setdefault(implicit, encode_item(self.attrs, self.charset, implicit))
 
     @property
     def id(self) -> str:
