@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import enum
 import logging
+import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.pdu_primitives import P_DATA
 
 from appliance.config import Config
+from appliance.worklist.encoded import answer_bytes
 from appliance.worklist.matching import QueryError, answer, attrs_from_dataset, compile_query, restrict_to_station
 from appliance.worklist.mpps import MppsManager, Outcome
 from appliance.worklist.source import WorklistFolder
@@ -25,6 +29,13 @@ log = logging.getLogger(__name__)
 
 # How long a C-FIND arriving during the start-up parse of a large folder waits.
 _LOAD_WAIT = 120.0
+
+# Answers written straight to the DUL (see _DirectAnswers) up to this many bytes per query;
+# the rest go one by one through pynetdicom, whose DUL reads the peer's C-CANCEL only when it
+# has nothing queued to send.
+_DIRECT_WINDOW = 64 * 1024
+# The largest PDU sent to a peer that sets no maximum PDU length (0: unlimited).
+_UNLIMITED_PDU_FILL = 32 * 1024
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
@@ -72,6 +83,89 @@ def _status(code: int, comment: str = "", *, offending: tuple[int, ...] = (),
     if attribute_list:
         ds.AttributeIdentifierList = list(attribute_list)
     return ds
+
+
+def pending_command(message_id: int, sop_class_uid: str) -> bytes:
+    """The command set of a Pending C-FIND-RSP (PS3.7 9.3.2.2), encoded as every command
+    set is (Implicit VR Little Endian, PS3.7 6.3.1): the same elements, in the same order,
+    that pynetdicom's C-FIND SCP sends, built directly because pynetdicom's
+    primitive-to-message conversion and pydicom encoding take 0.3 ms."""
+    uid = str(sop_class_uid).encode("ascii")
+    uid += b"\0" * (len(uid) % 2)  # PS3.5 9.1: UIDs are padded with NUL
+
+    def us(element: int, value: int) -> bytes:
+        return struct.pack("<HHIH", 0x0000, element, 2, value)
+
+    body = (struct.pack("<HHI", 0x0000, 0x0002, len(uid)) + uid  # Affected SOP Class UID
+            + us(0x0100, 0x8020)  # Command Field: C-FIND-RSP
+            + us(0x0120, message_id)  # Message ID Being Responded To
+            + us(0x0800, 0x0001)  # Command Data Set Type: an identifier follows
+            + us(0x0900, FindStatus.PENDING))
+    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body  # Command Group Length
+
+
+class _DirectAnswers:
+    """Pending C-FIND responses handed straight to the association's DUL as ready-made
+    P-DATA primitives, instead of yielding a Dataset per answer to pynetdicom.
+
+    pynetdicom turns every yielded identifier into a C-FIND-RSP by building and encoding a
+    command set and the identifier with pydicom and queueing two PDUs: about 0.5 ms per
+    answer, most of a 50-answer query. Here the Pending command set is encoded once per
+    query (:func:`pending_command`), each identifier is
+    bytes assembled from the item's cached element bytes (:mod:`appliance.worklist.encoded`),
+    and each response travels as one P-DATA-TF PDU holding its command PDV and its data PDV
+    (PS3.8 9.3.5; more PDUs only if it exceeds the peer's maximum PDU length). Never two
+    responses in one PDU: the standard allows it, but pynetdicom's own receiver (and so
+    every SCU built on it) keeps only the first message of a PDU and drops the rest.
+
+    The PDUs are queued on the DUL exactly as pynetdicom's ``send_msg`` queues its own, from
+    the same thread, so the final response pynetdicom sends after the handler follows them.
+    """
+
+    def __init__(self, dul, context_id: int, max_pdu: int, command: bytes) -> None:
+        self._dul = dul
+        self._context_id = context_id
+        self._max_pdu = max_pdu or _UNLIMITED_PDU_FILL
+        self._command = command
+        self.bytes = 0  # identifier bytes sent so far
+
+    @classmethod
+    def open(cls, event) -> tuple["_DirectAnswers | None", bool]:
+        """(the writer for this C-FIND, implicit VR) or (None, _) when its transfer syntax
+        is not Little Endian Implicit or Explicit VR (Big Endian and Deflated answers are
+        left to pynetdicom)."""
+        syntax = event.context.transfer_syntax
+        if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+            return None, False
+        request = event.request
+        command = pending_command(request.MessageID, request.AffectedSOPClassUID)
+        assoc = event.assoc
+        writer = cls(assoc.dul, event.context.context_id, assoc.dimse.maximum_pdu_size, command)
+        return writer, syntax == ImplicitVRLittleEndian
+
+    def send(self, identifier: bytes) -> None:
+        """Queue one Pending response with this identifier for sending."""
+        pdvs: list[tuple[int, bytes]] = []
+        size = 0
+        # PS3.8 9.3.5.1: a PDV item costs 6 bytes besides its fragment. PS3.8 E.2: bit 0
+        # of its control header flags a command fragment, bit 1 the last fragment.
+        step = self._max_pdu - 6
+        for data, flags in ((self._command, 0x01), (identifier, 0x00)):
+            for start in range(0, len(data), step):
+                chunk = data[start:start + step]
+                if size + len(chunk) + 6 > self._max_pdu:
+                    self._send_pdu(pdvs)
+                    pdvs, size = [], 0
+                last = 0x02 if start + step >= len(data) else 0x00
+                pdvs.append((self._context_id, bytes((flags | last,)) + chunk))
+                size += len(chunk) + 6
+        self._send_pdu(pdvs)
+        self.bytes += len(identifier)
+
+    def _send_pdu(self, pdvs: list[tuple[int, bytes]]) -> None:
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.extend(pdvs)
+        self._dul.send_pdu(pdata)
 
 
 class WorklistDimse:
@@ -127,6 +221,7 @@ class WorklistDimse:
             yield _status(FindStatus.UNABLE_TO_PROCESS, "worklist still loading, try again"), None
             return
         snapshot = self.worklists.snapshot  # one immutable view for the whole query
+        direct, implicit = _DirectAnswers.open(event)
         sent = 0
         ending, final = "complete", None
         for item in snapshot.search(query):
@@ -137,7 +232,17 @@ class WorklistDimse:
                 ending = f"capped by LimitAnswers ({options.limit_answers})"
                 final = _status(FindStatus.CANCEL, "more matches than Worklists.LimitAnswers")
                 break
-            yield FindStatus.PENDING, answer(query, item.attrs, item.charset)
+            data = None
+            if direct is not None and direct.bytes < _DIRECT_WINDOW:
+                encoded = item.encoded(implicit)
+                if encoded is not None:
+                    data = answer_bytes(query, item.attrs, encoded, implicit)
+            if data is not None:
+                if not event.assoc.is_established:  # aborted meanwhile: nobody to answer
+                    return
+                direct.send(data)
+            else:
+                yield FindStatus.PENDING, answer(query, item.attrs, item.charset)
             sent += 1
         # Logged before the final status: pynetdicom stops reading the generator after it.
         log.info("%s: MWL C-FIND from %s: %d answer(s) of %d item(s), %s, %.1f ms", peer, calling,

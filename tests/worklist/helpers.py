@@ -118,13 +118,21 @@ def mwl_query(**keys: Any) -> Dataset:
 
 
 def find(port: int, query: Dataset, *, aet: str = "FINDSCU", aec: str = "ORTHANC",
-         cancel_after: int | None = None) -> tuple[list[int], list[Dataset]]:
+         cancel_after: int | None = None, transfer_syntax: str | None = None,
+         max_pdu: int | None = None) -> tuple[list[int], list[Dataset]]:
     """MWL C-FIND with pynetdicom: (every response status, the Pending identifiers).
 
-    With ``cancel_after`` the client sends C-CANCEL after that many answers.
+    With ``cancel_after`` the client sends C-CANCEL after that many answers; with
+    ``transfer_syntax`` it proposes only that one; with ``max_pdu`` it receives PDUs of at
+    most that length.
     """
     ae = AE(ae_title=aet)
-    ae.add_requested_context(MWL_FIND)
+    if max_pdu is not None:
+        ae.maximum_pdu_size = max_pdu
+    if transfer_syntax is None:
+        ae.add_requested_context(MWL_FIND)
+    else:
+        ae.add_requested_context(MWL_FIND, [transfer_syntax])
     assoc = ae.associate("127.0.0.1", port, ae_title=aec)
     assert assoc.is_established, "association refused"
     statuses, answers = [], []

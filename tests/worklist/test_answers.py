@@ -1,0 +1,256 @@
+"""C-FIND answers built from cached element bytes (appliance.worklist.encoded) and sent as
+ready-made PDUs (appliance.dicom.mwl): byte for byte what the pydicom path produces, only
+the requested keys, every character kept, never stale after a file changes, and intact
+whatever the transfer syntax, the peer's maximum PDU length or the number of answers.
+
+The first tests are pure (no daemon); the others query the real daemon over sockets."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.dimse_messages import C_FIND_RSP
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.dsutils import decode, encode
+
+from appliance.dicom.mwl import pending_command
+from appliance.worklist.encoded import answer_bytes, encode_item
+from appliance.worklist.matching import answer, answer_charset, attrs_from_dataset, compile_query
+from appliance.worklist.source import WorklistItem
+from tests.support import run
+from tests.worklist.helpers import (
+    MWL_FIND,
+    find,
+    mwl_query,
+    poll,
+    start_wl_daemon,
+    worklist_dataset,
+    write_wl,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PENDING, SUCCESS = 0xFF00, 0x0000
+LONG_COMMENT = "comment-" * 1250  # 10,000 characters
+
+
+def _step(modality: str, station: str, code: str) -> Dataset:
+    step = Dataset()
+    step.Modality = modality
+    step.ScheduledStationAETitle = station
+    step.ScheduledProcedureStepStartDate = "20240105"
+    step.ScheduledProcedureStepStartTime = "1015"
+    protocol = Dataset()
+    protocol.CodeValue = code
+    protocol.CodingSchemeDesignator = "99LOCAL"
+    protocol.CodeMeaning = f"{modality} protocol"
+    step.ScheduledProtocolCodeSequence = [protocol]
+    return step
+
+
+def _two_steps(**kw) -> Dataset:
+    ds = worklist_dataset(**kw)
+    ds.ScheduledProcedureStepSequence = [_step("US", "US1", "U1"), _step("CT", "CT1", "C1")]
+    return ds
+
+
+def _items() -> list[Dataset]:
+    numbers = worklist_dataset(patient_id="N1")
+    numbers.PatientWeight = "72.50"  # DS keeps its text
+    numbers.add_new(0x00280010, "US", 480)  # a binary VR
+    numbers.PatientComments = LONG_COMMENT  # LT, beyond one 4 KiB PDU
+    return [
+        worklist_dataset(patient_name="Ζαχαρίας^Γιάννης"),
+        worklist_dataset(charset="ISO_IR 100", patient_name="Dupré^Hélène"),
+        worklist_dataset(charset=None, patient_name="PLAIN^ASCII"),
+        worklist_dataset(charset=None, patient_name="Müller^Zoë"),  # read as Latin-1
+        worklist_dataset(charset=["ISO 2022 IR 6", "ISO 2022 IR 87"],  # answered in UTF-8
+                         patient_name="Yamada^Tarou=山田^太郎=やまだ^たろう"),
+        worklist_dataset(charset="ISO_IR 126", patient_name="Διονυσιος"),
+        worklist_dataset(station=["AA32", "AA33"], time_=None, study_uid="1.2.3.4"),
+        worklist_dataset(with_sps=False),
+        _two_steps(),
+        numbers,
+    ]
+
+
+def _queries() -> list[Dataset]:
+    typical = mwl_query(PatientName="", PatientID="", PatientBirthDate="", PatientSex="",
+                        AccessionNumber="", StudyInstanceUID="", RequestedProcedureID="",
+                        sps_Modality="US", sps_ScheduledStationAETitle="",
+                        sps_ScheduledProcedureStepStartDate="20240105",
+                        sps_ScheduledProcedureStepStartTime="")
+    whole = mwl_query(PatientID="", sps=False)
+    whole.ScheduledProcedureStepSequence = []  # universal: the whole sequence
+    absent = mwl_query(PatientID="", AdmissionID="", PatientWeight="", Rows=None,
+                       PatientComments="", OtherPatientIDsSequence=[], sps_Modality="",
+                       sps_ScheduledProcedureStepLocation="")
+    nested = mwl_query(PatientID="", sps_Modality="CT", sps_ScheduledProtocolCodeSequence=[])
+    code = Dataset()
+    code.CodeValue = ""
+    code.CodeMeaning = ""
+    nested_keys = mwl_query(PatientName="", sps_ScheduledProtocolCodeSequence=[code])
+    return [typical, whole, absent, nested, nested_keys]
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_assembled_answers_are_the_pydicom_encoding_byte_for_byte(implicit):
+    compared = 0
+    for query_ds in _queries():
+        query = compile_query(attrs_from_dataset(query_ds))
+        for item_ds in _items():
+            attrs = attrs_from_dataset(item_ds)
+            if not query.matches(attrs):
+                continue
+            charset = answer_charset(attrs)
+            expected = encode(answer(query, attrs, charset), implicit, True)
+            assert answer_bytes(query, attrs, encode_item(attrs, charset, implicit),
+                                implicit) == expected
+            compared += 1
+    assert compared >= 25  # the corpus really exercises every query
+
+
+def test_assembled_answer_holds_exactly_the_requested_keys():
+    query_ds = mwl_query(PatientName="", PatientID="", sps_Modality="US",
+                         sps_ScheduledStationAETitle="")
+    query = compile_query(attrs_from_dataset(query_ds))
+    attrs = attrs_from_dataset(_two_steps(patient_name="Ζαχαρίας^Γιάννης"))
+    data = answer_bytes(query, attrs, encode_item(attrs, answer_charset(attrs), False), False)
+    ds = decode(BytesIO(data), False, True)
+    assert {e.keyword for e in ds} == {"SpecificCharacterSet", "PatientName", "PatientID",
+                                       "ScheduledProcedureStepSequence"}
+    assert ds.SpecificCharacterSet == "ISO_IR 192" and ds.PatientName == "Ζαχαρίας^Γιάννης"
+    [step] = ds.ScheduledProcedureStepSequence  # only the US step matches
+    assert {e.keyword for e in step} == {"Modality", "ScheduledStationAETitle"}
+    assert (step.Modality, step.ScheduledStationAETitle) == ("US", "US1")
+
+
+@pytest.mark.parametrize("message_id", [1, 7, 0xFFFF])
+def test_pending_command_is_what_pynetdicom_encodes(message_id):
+    rsp = C_FIND()
+    rsp.MessageID = rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = MWL_FIND
+    rsp.Status = PENDING
+    rsp.Identifier = BytesIO(b"\0\0")
+    message = C_FIND_RSP()
+    message.primitive_to_message(rsp)
+    assert pending_command(message_id, MWL_FIND) == encode(message.command_set, True, True)
+
+
+def test_element_bytes_are_cached_per_item_version():
+    attrs = attrs_from_dataset(worklist_dataset())
+    item = WorklistItem("a.wl", attrs, "ISO_IR 192", (1, 2, 3), 0.0)
+    assert item.encoded(False) is item.encoded(False)  # encoded once
+    assert item.encoded(True) is not item.encoded(False)  # per transfer syntax
+    # a changed file is parsed into a new item: it starts with no cached bytes
+    changed = WorklistItem("a.wl", attrs, "ISO_IR 192", (4, 5, 6), 0.0)
+    assert changed.encoded(False) is not item.encoded(False)
+
+
+# --------------------------------------------------------------------------- the daemon
+
+
+@pytest.fixture(scope="module")
+def wl(tmp_path_factory):
+    """A daemon serving a worklist folder (each test uses its own accession numbers)."""
+    d = start_wl_daemon(tmp_path_factory.mktemp("answers"))
+    d.folder = d.root / "worklists"
+    yield d
+    d.stop()
+
+
+def _names(port: int, accession: str, **kw) -> list[tuple[str, str]]:
+    statuses, answers = find(port, mwl_query(AccessionNumber=accession, PatientName="", **kw))
+    assert statuses[-1] == SUCCESS
+    return [(str(a.get("SpecificCharacterSet", "")), str(a.PatientName)) for a in answers]
+
+
+def test_changed_file_is_answered_not_its_cached_bytes(wl):
+    port, folder = wl.dicom_port, wl.folder
+    write_wl(folder, "cache1.wl", accession="CACHE-1", charset="ISO_IR 100",
+             patient_name="Dupré^Hélène")
+    poll(lambda: _names(port, "CACHE-1") == [("ISO_IR 100", "Dupré^Hélène")])
+    for _ in range(3):  # answered from the cache now
+        assert _names(port, "CACHE-1") == [("ISO_IR 100", "Dupré^Hélène")]
+    # replaced (temp file + rename): new name and character set
+    write_wl(folder, "cache1.wl", accession="CACHE-1", charset="ISO_IR 192",
+             patient_name="Ζαχαρίας^Γιάννης")
+    poll(lambda: _names(port, "CACHE-1") == [("ISO_IR 192", "Ζαχαρίας^Γιάννης")])
+    # rewritten in place with a value of the same length
+    write_wl(folder, "cache1.wl", atomic=False, accession="CACHE-1", charset="ISO_IR 192",
+             patient_name="Ζαχαρίας^Γιάννηζ")
+    poll(lambda: _names(port, "CACHE-1") == [("ISO_IR 192", "Ζαχαρίας^Γιάννηζ")])
+    (folder / "cache1.wl").unlink()
+    poll(lambda: _names(port, "CACHE-1") == [])
+
+
+def test_answers_hold_exactly_the_requested_keys(wl):
+    write_wl(wl.folder, "keys1.wl", _two_steps(accession="KEYS-1", patient_name="山田^太郎"))
+    query = mwl_query(AccessionNumber="KEYS-1", PatientName="", sps_Modality="CT",
+                      sps_ScheduledProcedureStepStartDate="", sps_ScheduledProtocolCodeSequence=[])
+    statuses, answers = poll(lambda: (r := find(wl.dicom_port, query))[1] and r)
+    assert statuses == [PENDING, SUCCESS]
+    [ds] = answers
+    assert {e.keyword for e in ds} == {"SpecificCharacterSet", "AccessionNumber", "PatientName",
+                                       "ScheduledProcedureStepSequence"}
+    assert str(ds.PatientName) == "山田^太郎"
+    [step] = ds.ScheduledProcedureStepSequence  # the CT step only
+    assert {e.keyword for e in step} == {"Modality", "ScheduledProcedureStepStartDate",
+                                         "ScheduledProtocolCodeSequence"}
+    assert step.ScheduledProtocolCodeSequence[0].CodeValue == "C1"  # a whole nested sequence
+
+
+def _plain(ds: Dataset) -> dict:
+    """A dataset as comparable plain values (sequences recursively)."""
+    return {e.keyword or str(e.tag): [_plain(i) for i in e.value] if e.VR == "SQ" else str(e.value)
+            for e in ds}
+
+
+@pytest.fixture(scope="module")
+def many(wl):
+    """300 items of one accession whose answers total well over the 64 KiB sent directly."""
+    for n in range(300):
+        ds = worklist_dataset(patient_id=f"MANY{n:03d}", accession="MANY",
+                              patient_name=f"Ζαχαρίας^{n:03d}")
+        ds.PatientComments = f"comment {n:03d} " + "x" * 400
+        write_wl(wl.folder, f"many{n:03d}.wl", ds)
+    query = mwl_query(AccessionNumber="MANY", PatientID="", PatientName="", PatientComments="")
+    poll(lambda: len(find(wl.dicom_port, query)[1]) == 300, timeout=30)
+    return query
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                         ids=["explicit", "implicit"])
+def test_every_transfer_syntax_gets_the_same_answers_in_file_order(wl, many, syntax):
+    # Explicit VR Big Endian is answered the pydicom way: the reference.
+    statuses, reference = find(wl.dicom_port, many, transfer_syntax=ExplicitVRBigEndian)
+    assert statuses == [PENDING] * 300 + [SUCCESS]
+    assert [str(a.PatientID) for a in reference] == [f"MANY{n:03d}" for n in range(300)]
+    statuses, answers = find(wl.dicom_port, many, transfer_syntax=syntax)
+    assert statuses == [PENDING] * 300 + [SUCCESS]
+    assert [_plain(a) for a in answers] == [_plain(a) for a in reference]
+
+
+def test_small_maximum_pdu_gets_fragmented_answers(wl, many, tmp_path):
+    statuses, answers = find(wl.dicom_port, many, max_pdu=4096)
+    assert statuses[-1] == SUCCESS and len(answers) == 300
+    big = _items()[-1]  # a 10 KB comment
+    big.AccessionNumber = "BIG-1"
+    write_wl(wl.folder, "big1.wl", big)
+    query = mwl_query(AccessionNumber="BIG-1", PatientComments="", PatientWeight="")
+    statuses, answers = poll(lambda: (r := find(wl.dicom_port, query, max_pdu=4096))[1] and r)
+    assert statuses == [PENDING, SUCCESS]
+    assert answers[0].PatientComments == LONG_COMMENT and str(answers[0].PatientWeight) == "72.50"
+    # DCMTK reassembles the fragments too
+    out = tmp_path / "big"
+    out.mkdir()
+    result = run(["findscu", "-W", "-X", "-od", str(out), "--max-pdu", "4096", "-aec", "ORTHANC",
+                  "-k", "AccessionNumber=BIG-1", "-k", "PatientComments", "127.0.0.1",
+                  str(wl.dicom_port)])
+    assert result.returncode == 0, result.stderr
+    [answer_file] = list(out.iterdir())
+    assert pydicom.dcmread(answer_file).PatientComments == LONG_COMMENT
