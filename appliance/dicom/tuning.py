@@ -1,16 +1,14 @@
-"""Make pynetdicom answer without idle waits and accept without needless copies.
+"""Make pynetdicom receive, answer and accept with less waiting and less work.
 
-Wake-ups. pynetdicom 3 runs two polling loops per association. The DUL thread sleeps
-``_run_loop_delay`` (1 ms) whenever a pass found nothing to do, so a PDU that
-arrives, or a response the handler queued, waits for the rest of that sleep.
-The association thread sleeps 1 ms before every look at its DIMSE message
-queue. storescu sends the next object only after the C-STORE-RSP of the last,
-so these waits add up to about 2 ms to every instance (a fifth of a
-640x480 RGB image's time on one association), and a worklist query pays them
-between its request and its first answer.
-
-The tuning keeps the loops and their periods (an idle
-association costs no more CPU than before) but makes each sleep end early:
+Wake-ups. pynetdicom 3 runs two polling loops per association. The DUL
+thread sleeps ``_run_loop_delay`` (1 ms) whenever a pass found nothing to do,
+so a PDU that arrives, or a response the handler queued, waits for the rest of
+that sleep. The association thread sleeps 1 ms before every look at its DIMSE
+message queue. storescu sends the next object only after the C-STORE-RSP of
+the last, so these waits add about 2 ms to every instance, and a worklist
+query pays them between its request and its first answer. The loops and their
+periods stay (an idle association costs no more CPU than before), but each
+sleep ends early:
 
 - the DUL sleeps in ``select`` on its socket and on an eventfd that its
   to-provider queue signals on every ``put``, so incoming data and outgoing
@@ -19,27 +17,33 @@ association costs no more CPU than before) but makes each sleep end early:
   decoded message notifies.
 
 P-DATA. Each P-DATA-TF PDU (16 KB with Orthanc's default MaximumPduLength,
-about 60 per ultrasound image) goes through pynetdicom's generic path: read
-in 4 KB pieces, copied three times, decoded into item objects, queued as an
-FSM event, dequeued, turned into a primitive. While the association is
+about 60 per ultrasound image) goes through pynetdicom's generic path: read in
+4 KB pieces, copied three times, decoded into item objects, queued as an FSM
+event, dequeued, turned into a primitive. While the association is
 established (Sta6) and nothing else is queued, that path always ends in the
 same place (DT-2: hand the P-DATA primitive to the DIMSE provider), so
 :func:`_read_pdu_data` goes there directly: one ``recv_into`` of the whole PDU
-and a split into PDVs. Every other PDU, and any PDU in any other state, takes
-pynetdicom's own path. Together these cut the server's CPU time per image by
-about a third (see tests/bench).
+and a split into PDVs, and PDUs already waiting are read in the same pass.
+Every other PDU, and any PDU in any other state, takes pynetdicom's own path.
+
+Encoding. pynetdicom builds a pydicom dataset, and has pydicom encode it, for
+the File Meta Information of every received object and for every C-STORE-RSP
+(0.7 ms an image together). :class:`FileMeta` and :func:`_send_store_success`
+write the same bytes directly; any response other than a plain Success goes
+through pynetdicom.
 
 Context copies. For every association pynetdicom deep-copies the AE's
-supported contexts: here about 170 storage classes times 35 transfer syntaxes,
-each UID re-created and re-validated by pydicom, some 30 ms per association.
-pydicom's UID is an immutable str, so its deep copy can be the object itself,
-as it is for ``str``.
+supported contexts: about 170 storage classes times 35 transfer syntaxes, each
+UID re-created and re-validated by pydicom. pydicom's UID is an immutable
+str, so its deep copy can be the object itself, as it is for ``str``.
 
-This reaches into pynetdicom's internals (``pynetdicom.dul.time``,
-``pynetdicom.association.time``, the DUL's ``to_provider_queue``) and adds
-``UID.__deepcopy__`` to pydicom, like the
-chunked-receive hook in :mod:`appliance.dicom.scp`; pyproject pins the
-pynetdicom versions it was checked against.
+Together these halve the server's CPU time per received image (see the note
+in tests/bench/README.md). They reach into pynetdicom's internals (module
+globals of ``dul``, ``association`` and ``dimse_messages``, two methods of the
+DUL and DIMSE providers, the DUL's ``to_provider_queue``) and add
+``UID.__deepcopy__`` to pydicom, like the chunked-receive hook in
+:mod:`appliance.dicom.scp`; pyproject pins the pynetdicom minor version they
+were checked against, and tests/dicom/test_pdu.py drives them at the PDU level.
 """
 
 from __future__ import annotations
@@ -49,14 +53,19 @@ import os
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 import weakref
 
 from pydicom.uid import UID
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom import association as _association
+from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import dul as _dul
 from pynetdicom import evt
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
 log = logging.getLogger(__name__)
@@ -130,21 +139,53 @@ _PDU_HEADER = 6      # type, reserved, 4-byte length (PS3.8 9.3.1)
 _PDV_HEADER = 4      # 4-byte item length, then context ID and control header (PS3.8 9.3.5.1)
 
 
+# PDUs already waiting in the socket are read in one go, up to this many, before
+# the reactor looks at its queues again (a 0.9 MB image is ~60 PDUs).
+_BATCH = 16
+
+
+def _short_path_open(dul) -> bool:
+    """True when a P-DATA-TF PDU would only be handed to DIMSE (Sta6, DT-2)."""
+    return (dul.state_machine.current_state == "Sta6"
+            and not dul.assoc.get_handlers(evt.EVT_DATA_RECV)
+            and not dul.assoc.get_handlers(evt.EVT_PDU_RECV)
+            and _queues_empty(dul))
+
+
+def _queues_empty(dul) -> bool:
+    """Nothing waits for the reactor: no FSM event, PDU or primitive to send."""
+    return dul.event_queue.empty() and dul._recv_pdu.empty() and dul.to_provider_queue.empty()
+
+
 def _read_pdu_data(dul, original) -> None:
-    """Read one PDU; P-DATA-TF in Sta6 goes straight to the DIMSE provider."""
+    """Read PDUs; P-DATA-TF in Sta6 goes straight to the DIMSE provider."""
     raw = getattr(dul.socket, "socket", None)
-    if (raw is None or dul.state_machine.current_state != "Sta6"
-            or not dul.event_queue.empty() or not dul._recv_pdu.empty()
-            or dul.assoc.get_handlers(evt.EVT_DATA_RECV)
-            or dul.assoc.get_handlers(evt.EVT_PDU_RECV)):
+    if raw is None or not _short_path_open(dul):
         return original(dul)
     try:
-        head = raw.recv(_PDU_HEADER, socket.MSG_PEEK)
+        head = raw.recv(_PDU_HEADER, socket.MSG_PEEK)  # the reactor saw data arriving
     except OSError:
-        return original(dul)  # it reports the broken connection its own way
-    if len(head) < _PDU_HEADER or head[0] != _P_DATA_TF:
-        return original(dul)
-    pdu = bytearray(_PDU_HEADER + int.from_bytes(head[2:6], "big"))
+        return original(dul)  # pynetdicom reports a broken connection its own way
+    for n in range(_BATCH):
+        if len(head) < _PDU_HEADER or head[0] != _P_DATA_TF:
+            # Not P-DATA: pynetdicom's path, now if nothing was read yet, else
+            # on the reactor's next pass.
+            return original(dul) if n == 0 else None
+        if not _deliver_p_data(dul, raw, int.from_bytes(head[2:6], "big")):
+            return None
+        if not _queues_empty(dul):
+            return None
+        try:  # the next PDU, only if it is already there
+            head = raw.recv(_PDU_HEADER, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # BlockingIOError included: the reactor's next pass
+            return None
+    return None
+
+
+def _deliver_p_data(dul, raw: socket.socket, length: int) -> bool:
+    """Read one P-DATA-TF PDU of ``length`` and hand its PDVs to DIMSE, as DT-2
+    does; False (and the FSM event pynetdicom would raise) if that failed."""
+    pdu = bytearray(_PDU_HEADER + length)
     view = memoryview(pdu)
     got = 0
     try:
@@ -156,44 +197,139 @@ def _read_pdu_data(dul, original) -> None:
     except OSError as e:  # TimeoutError included
         log.error("connection lost in the middle of a PDU: %s", e)
         dul.event_queue.put("Evt17")  # transport connection closed
-        return None
+        return False
     if got != len(pdu):
         log.error("connection closed after %d of the %d bytes of a PDU", got, len(pdu))
         dul.event_queue.put("Evt17")
-        return None
+        return False
     pdvs = []
     pos, end = _PDU_HEADER, len(pdu)
     while pos < end:
-        length = int.from_bytes(view[pos:pos + _PDV_HEADER], "big")
-        if length < 2 or pos + _PDV_HEADER + length > end:
+        item = int.from_bytes(view[pos:pos + _PDV_HEADER], "big")
+        if item < 2 or pos + _PDV_HEADER + item > end:
             log.error("malformed P-DATA-TF PDU: a PDV item overruns the PDU")
             dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts (AA-8)
-            return None
+            return False
         start = pos + _PDV_HEADER
-        pdvs.append([pdu[start], bytes(view[start + 1:start + length])])
-        pos = start + length
+        pdvs.append([pdu[start], bytes(view[start + 1:start + item])])
+        pos = start + item
     primitive = P_DATA()
     primitive.presentation_data_value_list = pdvs
-    dul.assoc.dimse.receive_primitive(primitive)  # what DT-2 does in Sta6
-    return None
+    dul.assoc.dimse.receive_primitive(primitive)
+    return True
 
 
 def _same_uid(uid: UID, memo: dict) -> UID:
     return uid
 
 
+def _implicit(tag: int, value: bytes) -> bytes:
+    """One element, Implicit VR Little Endian (PS3.5 7.1.3)."""
+    return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _explicit(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One element, Explicit VR Little Endian (PS3.5 7.1.2)."""
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+        return struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+
+
+def _ui(uid: str) -> bytes:
+    value = str(uid).encode("ascii")
+    return value + b"\0" if len(value) % 2 else value
+
+
+def _sh(text: str) -> bytes:
+    value = text.encode("ascii")
+    return value + b" " if len(value) % 2 else value
+
+
+class FileMeta:
+    """Stands in for pynetdicom's ``create_file_meta``: the File Meta Information
+    (PS3.10 7.1) of a received C-STORE, encoded directly.
+
+    pynetdicom builds a pydicom FileMetaDataset and has pydicom write it for
+    every received object (0.3 ms); the bytes are the same.
+    """
+
+    def __init__(self, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
+                 implementation_uid: str = PYNETDICOM_IMPLEMENTATION_UID,
+                 implementation_version: str = PYNETDICOM_IMPLEMENTATION_VERSION) -> None:
+        body = b"".join((
+            _explicit(0x00020001, b"OB", b"\x00\x01"),
+            _explicit(0x00020002, b"UI", _ui(sop_class_uid)),
+            _explicit(0x00020003, b"UI", _ui(sop_instance_uid)),
+            _explicit(0x00020010, b"UI", _ui(transfer_syntax)),
+            _explicit(0x00020012, b"UI", _ui(implementation_uid)),
+            _explicit(0x00020013, b"SH", _sh(implementation_version)),
+        ))
+        self.encoded = _explicit(0x00020000, b"UL", struct.pack("<L", len(body))) + body
+
+
+def _write_file_meta(fp, file_meta: FileMeta) -> None:
+    fp.write(file_meta.encoded)
+
+
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101
+_LAST_COMMAND_FRAGMENT = b"\x03"   # PS3.8 E.2: command, last fragment
+
+
+def store_success_command(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
+    """The command set of a successful C-STORE-RSP (PS3.7 9.3.1.2), Implicit VR
+    Little Endian as every command set is (PS3.7 6.3.1)."""
+    body = b"".join((
+        _implicit(0x00000002, _ui(sop_class_uid)),
+        _implicit(0x00000100, struct.pack("<H", _C_STORE_RSP)),
+        _implicit(0x00000120, struct.pack("<H", message_id)),
+        _implicit(0x00000800, struct.pack("<H", _NO_DATA_SET)),
+        _implicit(0x00000900, struct.pack("<H", 0x0000)),
+        _implicit(0x00001000, _ui(sop_instance_uid)),
+    ))
+    return _implicit(0x00000000, struct.pack("<L", len(body))) + body
+
+
+def _send_store_success(dimse, rsp, context_id: int) -> bool:
+    """Send a plain successful C-STORE-RSP directly; False if pynetdicom must
+    (any other message, a status other than Success, an error comment, or
+    someone listening for sent messages)."""
+    if (not isinstance(rsp, C_STORE) or rsp.MessageIDBeingRespondedTo is None
+            or rsp.Status != 0x0000 or rsp.ErrorComment is not None
+            or rsp.OffendingElement is not None or rsp.AffectedSOPClassUID is None
+            or rsp.AffectedSOPInstanceUID is None
+            or dimse.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        return False
+    command = store_success_command(rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
+                                    rsp.AffectedSOPInstanceUID)
+    if dimse.maximum_pdu_size and len(command) + 6 > dimse.maximum_pdu_size:
+        return False  # needs fragments: pynetdicom's encoder makes them
+    p_data = P_DATA()
+    p_data.presentation_data_value_list = [[context_id, _LAST_COMMAND_FRAGMENT + command]]
+    dimse.dul.send_pdu(p_data)
+    return True
+
+
+_MISSING = object()
+
+
 class PynetdicomTuning:
-    """Installs (and removes) the wake-ups and the cheap UID copy for one server's lifetime."""
+    """Installs (and removes) all of the above for one server's lifetime."""
 
     def __init__(self) -> None:
-        self._saved: tuple | None = None
+        self._saved: list[tuple[object, str, object]] = []
+
+    def _patch(self, owner: object, name: str, value: object) -> None:
+        self._saved.append((owner, name, vars(owner).get(name, _MISSING)))
+        setattr(owner, name, value)
 
     def install(self) -> None:
-        """Patch pynetdicom; DULs created from now on get a wake-up eventfd."""
-        if self._saved is not None:
+        """Patch pynetdicom; associations accepted from now on use the patches."""
+        if self._saved:
             return
-        cls = _dul.DULServiceProvider
-        original_init = cls.__init__
+        dul_cls = _dul.DULServiceProvider
+        original_init, original_read = dul_cls.__init__, dul_cls._read_pdu_data
+        original_send = DIMSEServiceProvider.send_msg
 
         def __init__(dul, *args, **kwargs) -> None:
             original_init(dul, *args, **kwargs)
@@ -203,30 +339,27 @@ class PynetdicomTuning:
             dul.to_provider_queue = _WakingQueue(wake)
             weakref.finalize(dul, os.close, wake)
 
-        original_read = cls._read_pdu_data
-
         def read_pdu_data(dul) -> None:
             _read_pdu_data(dul, original_read)
 
-        self._saved = (original_init, original_read, _dul.time, _association.time,
-                       UID.__dict__.get("__deepcopy__"))
-        cls.__init__ = __init__
-        cls._read_pdu_data = read_pdu_data
-        UID.__deepcopy__ = _same_uid
-        _dul.time = _SleepProxy(_dul_sleep)
-        _association.time = _SleepProxy(_association_sleep)
+        def send_msg(dimse, primitive, context_id: int) -> None:
+            if not _send_store_success(dimse, primitive, context_id):
+                original_send(dimse, primitive, context_id)
+
+        self._patch(dul_cls, "__init__", __init__)
+        self._patch(dul_cls, "_read_pdu_data", read_pdu_data)
+        self._patch(DIMSEServiceProvider, "send_msg", send_msg)
+        self._patch(_dul, "time", _SleepProxy(_dul_sleep))
+        self._patch(_association, "time", _SleepProxy(_association_sleep))
+        self._patch(_dimse_messages, "create_file_meta", FileMeta)
+        self._patch(_dimse_messages, "write_file_meta_info", _write_file_meta)
+        self._patch(UID, "__deepcopy__", _same_uid)
 
     def remove(self) -> None:
         """Put pynetdicom back as it was."""
-        if self._saved is None:
-            return
-        original_init, original_read, dul_time, assoc_time, uid_copy = self._saved
-        _dul.DULServiceProvider.__init__ = original_init
-        _dul.DULServiceProvider._read_pdu_data = original_read
-        if uid_copy is None:
-            del UID.__deepcopy__
-        else:
-            UID.__deepcopy__ = uid_copy
-        _dul.time = dul_time
-        _association.time = assoc_time
-        self._saved = None
+        for owner, name, value in reversed(self._saved):
+            if value is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        self._saved = []
