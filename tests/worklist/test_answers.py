@@ -129,6 +129,16 @@ def test_assembled_answer_holds_exactly_the_requested_keys():
     assert (step.Modality, step.ScheduledStationAETitle) == ("US", "US1")
 
 
+def test_ambiguous_vr_is_left_to_the_pydicom_path():
+    # A query sent in Implicit VR is decoded with the dictionary's VR, here "US or SS":
+    # pydicom resolves it from the rest of the dataset, so the answer is not assembled.
+    query_attrs = attrs_from_dataset(mwl_query(PatientID=""))
+    query_attrs[0x00280106] = ("US or SS", (), ())  # Smallest Image Pixel Value
+    query = compile_query(query_attrs)
+    attrs = attrs_from_dataset(worklist_dataset())
+    assert answer_bytes(query, attrs, encode_item(attrs, "ISO_IR 192", True), True) is None
+
+
 @pytest.mark.parametrize("message_id", [1, 7, 0xFFFF])
 def test_pending_command_is_what_pynetdicom_encodes(message_id):
     rsp = C_FIND()
