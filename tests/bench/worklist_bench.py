@@ -3,7 +3,7 @@
 Run from the repository root with the venv's interpreter::
 
     .venv/bin/python -m tests.bench.worklist_bench [--files 1000,10000] [--repeat N]
-                                                   [--only orthanc,appliance] [--keep]
+                                                   [--only orthanc,appliance,ceiling] [--keep]
 
 For each folder size, a folder of that many .wl files is generated (deterministic; see
 ``generate``) and served by BOTH servers, one at a time, with the same Orthanc-format config
@@ -22,6 +22,11 @@ The query is "one day's US procedures": ScheduledProcedureStepSequence with Moda
 one ScheduledProcedureStepStartDate, plus the usual return keys. The folder spans
 ``files / 100`` days with 100 items a day, half of them US, so the query returns 50 answers at
 every folder size (the folder grows with days kept, not with the day's load).
+
+The *ceiling* is a bare pynetdicom SCP that has the 50 answers encoded before the first
+query and writes them all with one socket send per C-FIND: what the clients themselves cost
+(findscu printing 50 answers, pynetdicom's SCU decoding them), so the lowest latency any
+server could show here. It has no folder to watch: no change figures.
 
 DCMTK clients and Orthanc run with TCP_NODELAY=1 (Orthanc's best case; the appliance disables
 Nagle itself), and the in-process SCU sets TCP_NODELAY on its socket.
@@ -65,7 +70,7 @@ log = logging.getLogger("wlbench")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 MWL_FIND = "1.2.840.10008.5.1.4.31"
-SERVER_ORDER = ("orthanc", "appliance")
+SERVER_ORDER = ("orthanc", "appliance", "ceiling")
 PER_DAY = 100
 MODALITIES = ("US", "CT", "US", "MR")   # half of each day's items are US
 FIRST_DAY = date(2026, 12, 1)
@@ -206,7 +211,59 @@ class WlAppliance(ApplianceServer):
                 str(worklist_config(self, self.folder))], REPO_ROOT
 
 
-CLASSES = {"orthanc": WlOrthanc, "appliance": WlAppliance}
+class WlCeiling(ApplianceServer):
+    files: int
+
+    def command(self) -> tuple[list[str], Path | None]:
+        from tests.bench.servers import REPO_ROOT
+        return [self.python, "-m", "tests.bench.worklist_bench", "--serve-ceiling",
+                str(self.port), "--files", str(self.files)], REPO_ROOT
+
+
+CLASSES = {"orthanc": WlOrthanc, "appliance": WlAppliance, "ceiling": WlCeiling}
+
+
+def serve_ceiling(port: int, files: int) -> int:
+    """Run the ceiling SCP (see the module docstring) on ``port`` until killed."""
+    import struct
+
+    from pynetdicom import AE, evt
+    from pynetdicom import _config as pynetdicom_config
+
+    from appliance.dicom.mwl import pending_command
+    from appliance.worklist.encoded import answer_bytes, encode_item
+    from appliance.worklist.matching import answer_charset, attrs_from_dataset, compile_query
+
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    compiled = compile_query(attrs_from_dataset(query(files)))
+    matching = [attrs for attrs in (attrs_from_dataset(item(i, files)) for i in range(files))
+                if compiled.matches(attrs)]
+    answers = {implicit: [answer_bytes(compiled, attrs, encode_item(
+        attrs, answer_charset(attrs), implicit), implicit) for attrs in matching]
+        for implicit in (False, True)}
+
+    def pdu(context_id: int, command: bytes, identifier: bytes) -> bytes:
+        # PS3.8 9.3.5: a P-DATA-TF PDU with the command PDV and the data PDV.
+        body = b"".join(struct.pack(">IB", len(data) + 1, context_id) + data
+                        for data in (b"\x03" + command, b"\x02" + identifier))
+        return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+    def on_find(event):
+        command = pending_command(event.request.MessageID, MWL_FIND)
+        implicit = event.context.transfer_syntax == "1.2.840.10008.1.2"
+        event.assoc.dul.socket.send(b"".join(pdu(event.context.context_id, command, data)
+                                             for data in answers[implicit]))
+        return iter(())  # then pynetdicom sends the final Success
+
+    def on_open(event):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    ae = AE(ae_title=CALLED_AET)
+    ae.add_supported_context(MWL_FIND, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    ae.add_supported_context("1.2.840.10008.1.1", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    ae.start_server((LOOPBACK, port), block=True,
+                    evt_handlers=[(evt.EVT_C_FIND, on_find), (evt.EVT_CONN_OPEN, on_open)])
+    return 0
 
 
 # --------------------------------------------------------------------------- clients
@@ -298,6 +355,7 @@ def trial(name: str, files: int, folder: Path, expected: list[int], qfile: Path,
           args: argparse.Namespace, env: dict[str, str], change_seq: list[int]) -> dict:
     server = CLASSES[name](name=name, root=root, keep=args.keep)
     server.folder = folder
+    server.files = files
     ident = query(files)
     n_expected = len(expected)
     m: dict[str, float] = {}
@@ -373,7 +431,7 @@ def trial(name: str, files: int, folder: Path, expected: list[int], qfile: Path,
         changes = []
         scu = Scu(server.port)
         try:
-            for c in range(args.changes):
+            for c in range(args.changes if name != "ceiling" else 0):
                 change_seq[0] += 1
                 i = expected[(change_seq[0] * 7) % n_expected]
                 new = f"CHANGED^N{change_seq[0]:04d}"
@@ -392,9 +450,10 @@ def trial(name: str, files: int, folder: Path, expected: list[int], qfile: Path,
                 changes.append(seen)
         finally:
             scu.close()
-        m["change_median_s"] = statistics.median(changes)
-        m["change_max_s"] = max(changes)
-        sample["change_s"] = changes
+        if changes:
+            m["change_median_s"] = statistics.median(changes)
+            m["change_max_s"] = max(changes)
+            sample["change_s"] = changes
     except ServerError as exc:
         sample["error"] = f"{exc}\n{tail(server.log_path, 5)}"
     except subprocess.TimeoutExpired as exc:
@@ -455,18 +514,20 @@ def report(samples: list[dict], sizes: list[int]) -> tuple[str, list[dict]]:
     med = {k: (max(v) if k[1] == "change_max_s" else statistics.median(v))
            for k, v in values.items()}
     rows, out = [], []
-    header = ["metric", "files", "unit", "orthanc", "appliance", "orth/app", "target", "met"]
+    header = ["metric", "files", "unit", "orthanc", "appliance", "ceiling", "orth/app", "target",
+              "met"]
     for files in sizes:
         for metric, label, unit in METRICS:
             o, a = med.get((files, metric, "orthanc")), med.get((files, metric, "appliance"))
-            if o is None and a is None:
+            c = med.get((files, metric, "ceiling"))
+            if o is None and a is None and c is None:
                 continue
             ratio = o / a if o is not None and a else None
             desc, met = target(metric, files, o, a, max(sizes))
             rows.append({"metric": metric, "label": label, "files": files, "unit": unit,
-                         "orthanc": o, "appliance": a, "orthanc_over_appliance": ratio,
+                         "orthanc": o, "appliance": a, "ceiling": c, "orthanc_over_appliance": ratio,
                          "target": desc, "met": met})
-            out.append([label, str(files), unit, fmt(o, unit), fmt(a, unit),
+            out.append([label, str(files), unit, fmt(o, unit), fmt(a, unit), fmt(c, unit),
                         "-" if ratio is None else f"{ratio:.1f}", desc,
                         "" if not desc else {True: "yes", False: "NO", None: "?"}[met]])
     widths = [max(len(r[i]) for r in [header, *out]) for i in range(len(header))]
@@ -491,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--files", default="1000,10000", help="folder sizes (default 1000,10000)")
     p.add_argument("--repeat", type=int, default=2, help="trials per server and size (2)")
-    p.add_argument("--only", default="orthanc,appliance")
+    p.add_argument("--only", default="orthanc,appliance,ceiling")
     p.add_argument("--cli-runs", type=int, default=20, help="findscu and echoscu runs (20)")
     p.add_argument("--scu-queries", type=int, default=200,
                    help="in-process C-FINDs per trial, at most (200)")
@@ -500,7 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--changes", type=int, default=3, help="changed files per trial (3)")
     p.add_argument("--change-timeout", type=float, default=10.0)
     p.add_argument("--keep", action="store_true", help="keep folders, configs and logs")
+    p.add_argument("--serve-ceiling", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.serve_ceiling:  # the ceiling server's own process (WlCeiling)
+        return serve_ceiling(args.serve_ceiling, int(args.files))
     try:
         sizes = sorted({int(x) for x in args.files.split(",") if x.strip()})
         servers = [s for s in SERVER_ORDER if s in args.only.split(",")]
@@ -572,7 +636,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"worklist benchmark, {started:%Y-%m-%d %H:%M}, {args.repeat} repetition(s), medians "
           f"(change max: max); {elapsed:.0f} s; load {load_before[0]:.2f} -> {load_after[0]:.2f}")
     print(text)
-    print(f"orth/app = orthanc / appliance (speed-up for ms/s). Query: Modality US on one day, "
+    print(f"orth/app = orthanc / appliance (speed-up for ms/s); ceiling = pynetdicom writing "
+          f"pre-encoded answers in one send (the clients' own cost). Query: Modality US on one day, "
           f"{PER_DAY // 2} answers; findscu-echoscu = medians of {args.cli_runs} runs each.")
     for s in samples:
         if "error" in s:
