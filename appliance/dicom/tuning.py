@@ -7,12 +7,12 @@ that sleep. The association thread sleeps 1 ms before every look at its DIMSE
 message queue. storescu sends the next object only after the C-STORE-RSP of
 the last, so these waits add about 2 ms to every instance, and a worklist
 query pays them between its request and its first answer. The loops and their
-periods stay (an idle association costs no more CPU than before), but each
-sleep ends early:
+periods stay, but each sleep ends early:
 
 - the DUL sleeps in ``select`` on its socket and on an eventfd that its
-  to-provider queue signals on every ``put``, so incoming data and outgoing
-  responses are handled at once;
+  to-provider queue signals on every ``put`` (and ``kill_dul`` too), so
+  incoming data, outgoing responses and a stop are handled at once, and an
+  idle DUL wakes every 50 ms rather than every 1 ms;
 - the association thread waits on its message queue's condition, which a
   decoded message notifies.
 
@@ -101,8 +101,15 @@ class _SleepProxy:
         return getattr(time, name)
 
 
+# How long an idle DUL waits for its socket or its eventfd. Nothing else needs
+# it sooner: the ARTIM timer counts tens of seconds, and kill_dul signals the
+# eventfd. Waking every 1 ms instead costs each idle association a thousand
+# GIL round trips a second, which slows every other association's work.
+_DUL_IDLE_WAIT = 0.05
+
+
 def _dul_sleep(delay: float) -> None:
-    """The DUL's idle sleep, cut short by socket data or a queued primitive."""
+    """The DUL's idle sleep, cut short by socket data, a queued primitive or a kill."""
     dul = threading.current_thread()
     wake = getattr(dul, "_appliance_wake", None)
     transport = getattr(dul, "socket", None)
@@ -111,7 +118,7 @@ def _dul_sleep(delay: float) -> None:
         time.sleep(delay)  # another thread waiting for the DUL (stop_dul), or no socket
         return
     try:
-        ready, _, _ = select.select([sock, wake], [], [], delay)
+        ready, _, _ = select.select([sock, wake], [], [], max(delay, _DUL_IDLE_WAIT))
     except (OSError, ValueError):  # the socket closed under us: plain sleep
         time.sleep(delay)
         return
@@ -329,6 +336,7 @@ class PynetdicomTuning:
             return
         dul_cls = _dul.DULServiceProvider
         original_init, original_read = dul_cls.__init__, dul_cls._read_pdu_data
+        original_kill = dul_cls.kill_dul
         original_send = DIMSEServiceProvider.send_msg
 
         def __init__(dul, *args, **kwargs) -> None:
@@ -342,12 +350,20 @@ class PynetdicomTuning:
         def read_pdu_data(dul) -> None:
             _read_pdu_data(dul, original_read)
 
+        def kill_dul(dul) -> None:
+            original_kill(dul)
+            try:
+                os.eventfd_write(dul._appliance_wake, 1)  # stop waiting now
+            except (AttributeError, OSError):
+                pass
+
         def send_msg(dimse, primitive, context_id: int) -> None:
             if not _send_store_success(dimse, primitive, context_id):
                 original_send(dimse, primitive, context_id)
 
         self._patch(dul_cls, "__init__", __init__)
         self._patch(dul_cls, "_read_pdu_data", read_pdu_data)
+        self._patch(dul_cls, "kill_dul", kill_dul)
         self._patch(DIMSEServiceProvider, "send_msg", send_msg)
         self._patch(_dul, "time", _SleepProxy(_dul_sleep))
         self._patch(_association, "time", _SleepProxy(_association_sleep))
