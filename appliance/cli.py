@@ -78,7 +78,7 @@ def _hash_password(iterations: int | None) -> int:
     """Read a password (no echo on a terminal) and print its RegisteredUsers hash."""
     import getpass
 
-    from appliance.web.auth import DEFAULT_ITERATIONS, hash_password
+    from appliance.passwords import DEFAULT_ITERATIONS, hash_password
 
     iterations = DEFAULT_ITERATIONS if iterations is None else iterations
     if sys.stdin.isatty():

@@ -30,6 +30,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NoReturn
 
+from appliance.passwords import password_entry_problem
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -841,6 +843,8 @@ def _parse_users(obj: _Object) -> Mapping[str, str]:
             obj.fail(key, f"expected string (the password), got {_show(password)}")
         if not password:
             obj.fail(key, "empty password")
+        if (problem := password_entry_problem(password)) is not None:
+            obj.fail(key, f"unusable password hash: {problem}")
         result[username] = password
     return MappingProxyType(result)
 

@@ -55,6 +55,17 @@ def test_config_error_is_one_line_exit_2(tmp_path):
         assert "Traceback" not in out.stderr
 
 
+def test_malformed_password_hash_is_a_config_error(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{ "RegisteredUsers": { "emr": "pbkdf2_sha256$many$c2FsdA==$aGFzaA==" } }')
+    for command in ("check-config", "serve"):
+        out = cli(command, "--config", str(cfg))
+        assert out.returncode == 2
+        assert out.stderr.strip().splitlines() == [
+            f"pacs-appliance: {cfg}: RegisteredUsers.emr: unusable password hash: "
+            "iterations must be a number 10000-10000000, got 'many'"]
+
+
 def test_missing_config_file(tmp_path):
     out = cli("check-config", "--config", str(tmp_path / "nope.json"))
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1

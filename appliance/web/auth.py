@@ -25,80 +25,16 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from appliance.passwords import SALT_BYTES, Hashed, PasswordFormatError, is_hashed, parse_hash
 
 log = logging.getLogger(__name__)
 
-SCHEME = "pbkdf2_sha256"
-DEFAULT_ITERATIONS = 600_000       # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
-MIN_ITERATIONS = 10_000
-MAX_ITERATIONS = 10_000_000        # a typo must not make every login take minutes
 REALM = "pacs-appliance"
-_SALT_BYTES = 16
 _CACHE_SIZE = 256
 _PBKDF2_CONCURRENCY = 2
-
-
-class PasswordFormatError(ValueError):
-    """A RegisteredUsers value that looks like a hash but is not a valid one."""
-
-
-def hash_password(password: str, iterations: int = DEFAULT_ITERATIONS,
-                  salt: bytes | None = None) -> str:
-    """The ``pbkdf2_sha256$...`` form of ``password`` with a random salt."""
-    if not MIN_ITERATIONS <= iterations <= MAX_ITERATIONS:
-        raise ValueError(f"iterations must be {MIN_ITERATIONS}-{MAX_ITERATIONS}, got {iterations}")
-    salt = os.urandom(_SALT_BYTES) if salt is None else salt
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
-    return "$".join((SCHEME, str(iterations), _b64(salt), _b64(digest)))
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-@dataclass(frozen=True)
-class _Hashed:
-    iterations: int
-    salt: bytes
-    digest: bytes
-
-
-def is_hashed(value: str) -> bool:
-    """True if a RegisteredUsers value is meant as a hash (not a plain password)."""
-    return value.startswith(SCHEME + "$")
-
-
-def parse_hash(value: str) -> _Hashed:
-    """Parse a ``pbkdf2_sha256$...`` value; PasswordFormatError says what is wrong."""
-    parts = value.split("$")
-    if len(parts) != 4 or parts[0] != SCHEME:
-        raise PasswordFormatError(f"expected {SCHEME}$<iterations>$<salt>$<hash>")
-    if not re.fullmatch(r"[0-9]{1,9}", parts[1]) or not MIN_ITERATIONS <= int(parts[1]) <= MAX_ITERATIONS:
-        raise PasswordFormatError(
-            f"iterations must be a number {MIN_ITERATIONS}-{MAX_ITERATIONS}, got {parts[1][:20]!r}")
-    try:
-        salt = base64.b64decode(parts[2], validate=True)
-        digest = base64.b64decode(parts[3], validate=True)
-    except (binascii.Error, ValueError):
-        raise PasswordFormatError("salt and hash must be base64") from None
-    if not salt or len(digest) != hashlib.sha256().digest_size:
-        raise PasswordFormatError("empty salt or hash of the wrong length (32 bytes expected)")
-    return _Hashed(int(parts[1]), salt, digest)
-
-
-def password_entry_problem(value: str) -> str | None:
-    """Why a RegisteredUsers value cannot be used, or None (for config checks)."""
-    if not is_hashed(value):
-        return None
-    try:
-        parse_hash(value)
-    except PasswordFormatError as e:
-        return str(e)
-    return None
 
 
 def _sha(data: bytes) -> bytes:
@@ -109,9 +45,9 @@ class Authenticator:
     """Checks HTTP Basic credentials against RegisteredUsers."""
 
     def __init__(self, users: Mapping[str, str]) -> None:
-        self._users: list[tuple[bytes, bytes | _Hashed | None]] = []
+        self._users: list[tuple[bytes, bytes | Hashed | None]] = []
         for name, value in users.items():
-            entry: bytes | _Hashed | None
+            entry: bytes | Hashed | None
             if is_hashed(value):
                 try:
                     entry = parse_hash(value)
@@ -123,11 +59,11 @@ class Authenticator:
             else:
                 entry = _sha(value.encode("utf-8"))
             self._users.append((_sha(name.encode("utf-8")), entry))
-        hashed = [e for _, e in self._users if isinstance(e, _Hashed)]
+        hashed = [e for _, e in self._users if isinstance(e, Hashed)]
         # An unknown user is checked against this, so that the time taken
         # does not tell which user names exist.
-        self._decoy: bytes | _Hashed = (
-            _Hashed(max(e.iterations for e in hashed), os.urandom(_SALT_BYTES), os.urandom(32))
+        self._decoy: bytes | Hashed = (
+            Hashed(max(e.iterations for e in hashed), os.urandom(SALT_BYTES), os.urandom(32))
             if hashed else os.urandom(32))
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._slow = asyncio.Semaphore(_PBKDF2_CONCURRENCY)
