@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from appliance import __version__
 from tests.support import run
 
@@ -44,26 +46,20 @@ def test_check_config_clinic_file(tmp_path):
     assert "OK" in out.stdout and "2 Orthanc keys ignored" in out.stdout
 
 
-def test_config_error_is_one_line_exit_2(tmp_path):
+@pytest.mark.parametrize("text, error", [
+    ('{ "DicomPort": "abc" }', 'DicomPort: expected 0-65535, got "abc"'),
+    ('{ "RegisteredUsers": { "emr": "pbkdf2_sha256$many$c2FsdA==$aGFzaA==" } }',
+     "RegisteredUsers.emr: unusable password hash: "
+     "iterations must be a number 10000-10000000, got 'many'"),
+], ids=["wrong type", "malformed password hash"])
+def test_config_error_is_one_line_exit_2(tmp_path, text, error):
     cfg = tmp_path / "config.json"
-    cfg.write_text('{ "DicomPort": "abc" }')
+    cfg.write_text(text)
     for command in ("check-config", "serve"):
         out = cli(command, "--config", str(cfg))
         assert out.returncode == 2
-        assert out.stderr.strip().splitlines() == [
-            f'pacs-appliance: {cfg}: DicomPort: expected 0-65535, got "abc"']
+        assert out.stderr.strip().splitlines() == [f"pacs-appliance: {cfg}: {error}"]
         assert "Traceback" not in out.stderr
-
-
-def test_malformed_password_hash_is_a_config_error(tmp_path):
-    cfg = tmp_path / "config.json"
-    cfg.write_text('{ "RegisteredUsers": { "emr": "pbkdf2_sha256$many$c2FsdA==$aGFzaA==" } }')
-    for command in ("check-config", "serve"):
-        out = cli(command, "--config", str(cfg))
-        assert out.returncode == 2
-        assert out.stderr.strip().splitlines() == [
-            f"pacs-appliance: {cfg}: RegisteredUsers.emr: unusable password hash: "
-            "iterations must be a number 10000-10000000, got 'many'"]
 
 
 def test_missing_config_file(tmp_path):
