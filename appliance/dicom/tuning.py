@@ -77,18 +77,24 @@ _ASSOC_REACTOR_DELAY = 0.001
 
 
 class _WakingQueue(queue.Queue):
-    """A queue that signals an eventfd on every put (the DUL's to-provider queue)."""
+    """The DUL's to-provider queue: a put signals the eventfd while the DUL sleeps.
+
+    Only then: a C-FIND queues 50 answers in a row, and a wake-up syscall for
+    each one made the DUL thread fight the answering thread for the GIL.
+    """
 
     def __init__(self, wake_fd: int) -> None:
         super().__init__()
         self._wake_fd = wake_fd
+        self.sleeping = False
 
     def _put(self, item) -> None:
         super()._put(item)
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:  # closed with its DUL: nobody is waiting any more
-            pass
+        if self.sleeping:
+            try:
+                os.eventfd_write(self._wake_fd, 1)
+            except OSError:  # closed with its DUL: nobody is waiting any more
+                pass
 
 
 class _SleepProxy:
@@ -117,11 +123,19 @@ def _dul_sleep(delay: float) -> None:
     if wake is None or sock is None or delay <= 0:
         time.sleep(delay)  # another thread waiting for the DUL (stop_dul), or no socket
         return
+    outgoing = dul.to_provider_queue
+    # Say we sleep, then look once more: a put that came before this look is
+    # seen here, one after it sees ``sleeping`` and signals.
+    outgoing.sleeping = True
     try:
+        if not outgoing.empty():
+            return
         ready, _, _ = select.select([sock, wake], [], [], max(delay, _DUL_IDLE_WAIT))
     except (OSError, ValueError):  # the socket closed under us: plain sleep
         time.sleep(delay)
         return
+    finally:
+        outgoing.sleeping = False
     if wake in ready:
         try:
             os.eventfd_read(wake)
