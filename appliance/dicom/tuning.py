@@ -22,9 +22,10 @@ about 60 per ultrasound image) goes through pynetdicom's generic path: read in
 event, dequeued, turned into a primitive. While the association is
 established (Sta6) and nothing else is queued, that path always ends in the
 same place (DT-2: hand the P-DATA primitive to the DIMSE provider), so
-:func:`_read_pdu_data` goes there directly: one ``recv_into`` of the whole PDU
-and a split into PDVs, and PDUs already waiting are read in the same pass.
-Every other PDU, and any PDU in any other state, takes pynetdicom's own path.
+:class:`_Receiver` goes there directly: the socket is read in pieces of up to
+1 MiB, every whole PDU in them is split into PDVs, and the data fragments of
+an object being received go straight into its file. Every other PDU is decoded
+and queued for pynetdicom's state machine exactly as its own reader does.
 
 Encoding. pynetdicom builds a pydicom dataset, and has pydicom encode it, for
 the File Meta Information of every received object and for every C-STORE-RSP
@@ -52,7 +53,6 @@ import logging
 import os
 import queue
 import select
-import socket
 import struct
 import threading
 import time
@@ -160,84 +160,139 @@ _PDU_HEADER = 6      # type, reserved, 4-byte length (PS3.8 9.3.1)
 _PDV_HEADER = 4      # 4-byte item length, then context ID and control header (PS3.8 9.3.5.1)
 
 
-# PDUs already waiting in the socket are read in one go, up to this many, before
-# the reactor looks at its queues again (a 0.9 MB image is ~60 PDUs).
-_BATCH = 16
+_RX_BUFFER = 1 << 20   # a 0.9 MB image arrives in a few reads
+_MAX_PDU = 64 << 20    # a longer PDU is refused rather than buffered
+_DATA_FRAGMENT = 0b00  # PS3.8 E.2 control header: data set, not the last fragment
 
 
-def _short_path_open(dul) -> bool:
-    """True when a P-DATA-TF PDU would only be handed to DIMSE (Sta6, DT-2)."""
+def _fast_p_data(dul) -> bool:
+    """True when a P-DATA-TF PDU would only be handed to DIMSE (Sta6, DT-2)
+    and nothing waits for the reactor before it."""
     return (dul.state_machine.current_state == "Sta6"
             and not dul.assoc.get_handlers(evt.EVT_DATA_RECV)
             and not dul.assoc.get_handlers(evt.EVT_PDU_RECV)
-            and _queues_empty(dul))
+            and _nothing_queued(dul))
 
 
-def _queues_empty(dul) -> bool:
-    """Nothing waits for the reactor: no FSM event, PDU or primitive to send."""
+def _nothing_queued(dul) -> bool:
+    """No FSM event, decoded PDU or primitive to send waits for the reactor."""
     return dul.event_queue.empty() and dul._recv_pdu.empty() and dul.to_provider_queue.empty()
 
 
-def _read_pdu_data(dul, original) -> None:
-    """Read PDUs; P-DATA-TF in Sta6 goes straight to the DIMSE provider."""
-    raw = getattr(dul.socket, "socket", None)
-    if raw is None or not _short_path_open(dul):
-        return original(dul)
-    try:
-        head = raw.recv(_PDU_HEADER, socket.MSG_PEEK)  # the reactor saw data arriving
-    except OSError:
-        return original(dul)  # pynetdicom reports a broken connection its own way
-    for n in range(_BATCH):
-        if len(head) < _PDU_HEADER or head[0] != _P_DATA_TF:
-            # Not P-DATA: pynetdicom's path, now if nothing was read yet, else
-            # on the reactor's next pass.
-            return original(dul) if n == 0 else None
-        if not _deliver_p_data(dul, raw, int.from_bytes(head[2:6], "big")):
-            return None
-        if not _queues_empty(dul):
-            return None
-        try:  # the next PDU, only if it is already there
-            head = raw.recv(_PDU_HEADER, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        except OSError:  # BlockingIOError included: the reactor's next pass
-            return None
-    return None
+class _Receiver:
+    """Reads an established association's socket in large pieces.
+
+    From Sta6 on it replaces pynetdicom's reader for the rest of the
+    association (it may hold the start of the next PDU). Each complete PDU is
+    either a P-DATA-TF taken the short way, its data fragments written
+    straight into the object's file, or, like anything else (or anything after
+    a PDU that went the FSM's way), decoded and queued exactly as pynetdicom's
+    reader does.
+    """
+
+    def __init__(self) -> None:
+        self.buf = bytearray(_RX_BUFFER)
+        self.filled = 0
+
+    def receive(self, dul) -> None:
+        """Read what the socket has (it is readable) and dispatch whole PDUs."""
+        raw = getattr(dul.socket, "socket", None)
+        if raw is None:
+            return
+        try:
+            with memoryview(self.buf) as view:
+                n = raw.recv_into(view[self.filled:])
+        except OSError as e:  # TimeoutError included
+            log.error("connection lost while receiving: %s", e)
+            dul.event_queue.put("Evt17")  # transport connection closed
+            return
+        if not n:
+            if self.filled:
+                log.error("connection closed in the middle of a PDU (%d bytes)", self.filled)
+            dul.event_queue.put("Evt17")
+            return
+        self.filled += n
+        self._dispatch(dul)
+
+    def _dispatch(self, dul) -> None:
+        buf, pos, end = self.buf, 0, self.filled
+        fast = _fast_p_data(dul)
+        with memoryview(buf) as view:
+            while end - pos >= _PDU_HEADER:
+                length = int.from_bytes(view[pos + 2:pos + 6], "big")
+                if length > _MAX_PDU:
+                    log.error("a PDU of %d bytes: refused", length)
+                    dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts (AA-8)
+                    self.filled = 0
+                    return
+                total = _PDU_HEADER + length
+                if end - pos < total:
+                    break
+                pdu = view[pos:pos + total]
+                pos += total
+                if fast and buf[pos - total] == _P_DATA_TF:
+                    if not _deliver_pdvs(dul, pdu):
+                        self.filled = 0  # Evt19 queued: the association ends
+                        return
+                    fast = _nothing_queued(dul)
+                else:
+                    fast = False  # what follows keeps its place behind this one
+                    _to_fsm(dul, pdu)
+        rest = end - pos
+        if rest and pos:
+            buf[:rest] = buf[pos:end]
+        self.filled = rest
+        if rest >= _PDU_HEADER:
+            total = _PDU_HEADER + int.from_bytes(buf[2:6], "big")
+            if total > len(buf):  # a PDU larger than the buffer: make room for all of it
+                buf.extend(bytes(total - len(buf)))
 
 
-def _deliver_p_data(dul, raw: socket.socket, length: int) -> bool:
-    """Read one P-DATA-TF PDU of ``length`` and hand its PDVs to DIMSE, as DT-2
-    does; False (and the FSM event pynetdicom would raise) if that failed."""
-    pdu = bytearray(_PDU_HEADER + length)
-    view = memoryview(pdu)
-    got = 0
+def _to_fsm(dul, pdu: memoryview) -> None:
+    """Queue a PDU for pynetdicom's state machine, as its own reader does."""
     try:
-        while got < len(pdu):
-            n = raw.recv_into(view[got:])
-            if not n:
-                break
-            got += n
-    except OSError as e:  # TimeoutError included
-        log.error("connection lost in the middle of a PDU: %s", e)
-        dul.event_queue.put("Evt17")  # transport connection closed
-        return False
-    if got != len(pdu):
-        log.error("connection closed after %d of the %d bytes of a PDU", got, len(pdu))
-        dul.event_queue.put("Evt17")
-        return False
-    pdvs = []
+        decoded, event = dul._decode_pdu(bytearray(pdu))
+    except Exception as e:  # noqa: BLE001 - whatever the decoder raises
+        log.error("unable to decode a received PDU: %s", e)
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(decoded)
+
+
+def _deliver_pdvs(dul, pdu: memoryview) -> bool:
+    """Hand a P-DATA-TF's PDVs to DIMSE, as DT-2 does; a data fragment of an object
+    being received into a file goes straight into it. False (Evt19 queued) if an
+    item overruns the PDU."""
+    dimse = dul.assoc.dimse
     pos, end = _PDU_HEADER, len(pdu)
     while pos < end:
-        item = int.from_bytes(view[pos:pos + _PDV_HEADER], "big")
+        item = int.from_bytes(pdu[pos:pos + _PDV_HEADER], "big")
         if item < 2 or pos + _PDV_HEADER + item > end:
             log.error("malformed P-DATA-TF PDU: a PDV item overruns the PDU")
             dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts (AA-8)
             return False
         start = pos + _PDV_HEADER
-        pdvs.append([pdu[start], bytes(view[start + 1:start + item])])
         pos = start + item
-    primitive = P_DATA()
-    primitive.presentation_data_value_list = pdvs
-    dul.assoc.dimse.receive_primitive(primitive)
+        target = getattr(dimse.message, "_data_set_file", None)
+        if target is not None and pdu[start + 1] & 0b11 == _DATA_FRAGMENT:
+            target.write(pdu[start + 2:pos])  # what decode_msg would do with it
+            continue
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = [[pdu[start], bytes(pdu[start + 1:pos])]]
+        dimse.receive_primitive(primitive)
     return True
+
+
+def _read_pdu_data(dul, original) -> None:
+    """pynetdicom's reader until the association is established, ours after."""
+    rx = getattr(dul, "_appliance_rx", None)
+    if rx is None:
+        if dul.state_machine.current_state != "Sta6":
+            return original(dul)
+        rx = dul._appliance_rx = _Receiver()
+    rx.receive(dul)
+    return None
 
 
 def _same_uid(uid: UID, memo: dict) -> UID:

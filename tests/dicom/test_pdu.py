@@ -167,6 +167,25 @@ def test_one_pdv_per_pdu_and_several_messages(raw, daemon):
     assert all(daemon.stored_path(ds.SOPInstanceUID) for ds in datasets)
 
 
+def test_release_request_right_behind_the_last_p_data(raw):
+    """A-RELEASE-RQ in the same segment as a request: both are answered, in order."""
+    assoc = raw()
+    release_rq = struct.pack(">BBL", 0x05, 0, 4) + bytes(4)
+    assoc.sock.sendall(p_data_tf(echo_pdvs()) + release_rq)
+    assert assoc.response_status() == 0x0000
+    kind, _ = assoc.read_pdu()
+    assert kind == 0x06  # A-RELEASE-RP
+
+
+def test_several_requests_in_one_segment(raw, daemon):
+    datasets = [minimal_sc() for _ in range(3)]
+    assoc = raw()
+    assoc.sock.sendall(b"".join(p_data_tf(store_pdvs(ds, message_id=n + 1))
+                                for n, ds in enumerate(datasets)))
+    assert [assoc.response_status() for _ in datasets] == [0x0000] * 3
+    assert all(daemon.stored_path(ds.SOPInstanceUID) for ds in datasets)
+
+
 def test_pdv_overrunning_its_pdu_aborts_that_association_only(raw, daemon):
     assoc = raw()
     pdu = bytearray(p_data_tf(echo_pdvs()))
