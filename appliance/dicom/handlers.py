@@ -74,7 +74,7 @@ class IncomingFiles:
 
     def create(self, *args: object, **kwargs: object) -> IncomingFile:
         """Stand-in for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")."""
-        f = self._archive.new_incoming()
+        f = self._archive.new_incoming(early_header=True)
         with self._lock:
             self._files[f.name] = (f, threading.current_thread())
         return f

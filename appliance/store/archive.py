@@ -4,7 +4,10 @@
 follows Orthanc's order — file first, then index, undo the file if the index
 fails — with the durability of DESIGN.md's store contract: the file is
 fsynced and renamed into place, its directory fsynced, and the index row
-committed, before the caller hears Success.
+committed, before the caller hears Success. A C-STORE's header is parsed
+(and its index record built) on the receiving thread once the first 64 KiB
+are in, while the pixel data still arrives; the finished file's pixel data
+framing is checked before it is placed, as for any other object.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from pydicom.dataset import Dataset
 
 from appliance import dicomjson
 from appliance.store.blobs import BlobStore, IncomingFile
-from appliance.store.header import Header, InvalidObject, is_valid_uid, read_header
+from appliance.store.header import (
+    Header, InvalidObject, PixelElement, check_pixel_extent, is_valid_uid, read_header,
+    read_header_start,
+)
 from appliance.store.index import Index, InstanceRecord
 
 log = logging.getLogger(__name__)
@@ -153,9 +159,17 @@ class Archive:
         with self._stats_lock:
             return dict(self.outcomes)
 
-    def new_incoming(self) -> IncomingFile:
-        """A file to receive one object into, to hand to :meth:`store_instance`."""
-        return self.blobs.new_incoming()
+    def new_incoming(self, *, early_header: bool = False) -> IncomingFile:
+        """A file to receive one object into, to hand to :meth:`store_instance`.
+
+        ``early_header``: parse its header on the receiving thread as soon as
+        it is in (C-STORE: the pixel data is still on its way meanwhile, so
+        the store after the last byte has less to do before answering).
+        """
+        f = self.blobs.new_incoming()
+        if early_header:
+            f.on_header = _parse_early
+        return f
 
     def store_instance(self, incoming: IncomingFile, origin: Origin, *,
                        expected_sop_class: str | None = None,
@@ -235,16 +249,18 @@ class Archive:
     def _check(self, incoming: IncomingFile, origin: Origin, expected_class: str | None,
                expected_instance: str | None) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
         """Parse and check the header: a refusal, or (success outcome, index record)."""
+        early = incoming.header if isinstance(incoming.header, _Early) else None
         try:
-            header = read_header(incoming.name)
+            if early is not None:
+                check_pixel_extent(incoming.name, early.pixel, incoming.size)
+                header, uids = early.header, early.uids
+            else:
+                header = read_header(incoming.name)
+                uids = header_uids(header)
         except InvalidObject as e:
             return StoreOutcome(StoreResult.INVALID, str(e), size=incoming.size)
         except OSError as e:
             return _io_failure(e, incoming.size)
-        try:
-            uids = header_uids(header)
-        except InvalidObject as e:
-            return StoreOutcome(StoreResult.INVALID, str(e), size=incoming.size)
         described = StoreOutcome(
             StoreResult.SUCCESS, "", uids["SOPClassUID"], uids["SOPInstanceUID"],
             uids["StudyInstanceUID"], uids["SeriesInstanceUID"], incoming.size,
@@ -259,11 +275,41 @@ class Archive:
             # Cheap early answer; the insert below re-checks inside the transaction.
             return _with(described, StoreResult.ALREADY_STORED, "already stored")
 
+        if early is not None:
+            return described, with_receipt(early.record, incoming.size, origin)
         try:
             record = instance_record(header, uids, incoming.size, origin)
         except Exception as e:  # noqa: BLE001 - odd values must fail this object only
             return _with(described, StoreResult.INVALID, f"unusable header: {type(e).__name__}: {e}")
         return described, record
+
+
+@dataclass(frozen=True)
+class _Early:
+    """A header parsed while its object was still arriving."""
+
+    header: Header
+    uids: dict[str, str]
+    record: InstanceRecord      # without the receipt (size, time, origin)
+    pixel: PixelElement
+
+
+_NOBODY = Origin("")
+
+
+def _parse_early(incoming: IncomingFile) -> _Early | None:
+    """IncomingFile.on_header: the parse, checks and record of a header that is
+    whole, or None (the finished file is parsed then, and any problem with it
+    reported). Never raises: it runs in the middle of a receive."""
+    try:
+        started = read_header_start(incoming.name)
+        if started is None:
+            return None
+        header, pixel = started
+        uids = header_uids(header)
+        return _Early(header, uids, instance_record(header, uids, 0, _NOBODY), pixel)
+    except Exception:  # noqa: BLE001 - see above
+        return None
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:
@@ -356,14 +402,22 @@ def instance_record(header: Header, uids: dict[str, str], size: int, origin: Ori
         file_path=file_path,
         file_size=size,
         sha256=sha256,  # at ingest: filled in once the file is sealed
-        received_at=time.time() if received_at is None else received_at,
-        source=origin.source,
-        calling_aet=origin.calling_aet,
-        peer=origin.peer,
+        received_at=0.0,
+        source="",
+        calling_aet=None,
+        peer=None,
         metadata="",
     )
     metadata = json.dumps(
         dicomjson.dataset_to_json(ds, pixel_data_vr=header.pixel_data_vr),
         separators=(",", ":"), ensure_ascii=False,
     )
-    return replace(record, metadata=metadata)
+    return with_receipt(replace(record, metadata=metadata), size, origin, received_at)
+
+
+def with_receipt(record: InstanceRecord, size: int, origin: Origin,
+                 received_at: float | None = None) -> InstanceRecord:
+    """``record`` with what the receipt, not the header, tells: size, time, origin."""
+    return replace(record, file_size=size,
+                   received_at=time.time() if received_at is None else received_at,
+                   source=origin.source, calling_aet=origin.calling_aet, peer=origin.peer)

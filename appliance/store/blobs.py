@@ -53,6 +53,9 @@ _SYNC_FILE_RANGE_WRITE = 2
 # not pile up dirty pages in memory.
 _WRITEBACK_EVERY = 256 << 10
 _BUFFER = 256 << 10
+# Once this much of an object is in, its header (a few KB for an ultrasound
+# image) is almost always whole: IncomingFile.on_header runs then.
+_HEADER_AT = 64 << 10
 
 
 class _NoFlush:
@@ -86,6 +89,10 @@ class IncomingFile:
         # behind; kept, the rest of the object is drained and dropped, and the
         # store answers it (0xA700 for a full disk).
         self.error: OSError | None = None
+        # Called once, on the receiving thread, when _HEADER_AT bytes are in
+        # the file; what it returns is kept in ``header`` for the store.
+        self.on_header = None
+        self.header = None
 
     def write(self, data: bytes) -> int:
         """Write ``data`` (buffered); after a write error, count and drop it."""
@@ -96,6 +103,10 @@ class IncomingFile:
             n = self._raw.write(data)
             if self._sync_file_range is not None and self.size - self._synced_to >= _WRITEBACK_EVERY:
                 self._start_writeback()
+            if self.on_header is not None and self.size >= _HEADER_AT:
+                self._raw.flush()
+                hook, self.on_header = self.on_header, None
+                self.header = hook(self)
         except OSError as e:
             self._failed(e)
             return len(data)

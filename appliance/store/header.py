@@ -52,43 +52,83 @@ def is_valid_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_LOOSE.match(value))
 
 
+@dataclass(frozen=True)
+class PixelElement:
+    """Where the Pixel Data element of a file starts, and how it is framed."""
+
+    vr: str
+    length: int        # _UNDEFINED for encapsulated (fragments) data
+    value_at: int      # file offset of its value
+
+
 def read_header(path: str | os.PathLike) -> Header:
     """Parse the header of the Part-10 file at ``path``; raise InvalidObject."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=DEFER_SIZE)
-        except InvalidDicomError as e:
-            raise InvalidObject(f"not a DICOM object: {e}") from None
-        except RecursionError:
-            raise InvalidObject("sequences nested too deeply") from None
-        except (EOFError, struct.error) as e:
-            raise InvalidObject(f"truncated DICOM object: {e}") from None
-        except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on garbage
-            raise InvalidObject(f"unreadable DICOM object: {type(e).__name__}: {e}") from None
-        try:
-            # Sequences and text values longer than DEFER_SIZE were deferred
-            # too; they belong in the metadata, so read them while the file is open.
-            for tag in dicomjson.deferred_inline_tags(ds):
-                ds[tag]
-        except Exception as e:  # noqa: BLE001 - a damaged sequence
-            raise InvalidObject(f"unreadable DICOM object: {type(e).__name__}: {e}") from None
-        meta = getattr(ds, "file_meta", None)
-        tsuid = str(getattr(meta, "TransferSyntaxUID", "") or "")
-        if not is_valid_uid(tsuid):
-            raise InvalidObject("missing or invalid TransferSyntaxUID in the file meta")
-        pixel_vr = _check_pixel_data(f, size, tsuid)
-    return Header(ds, tsuid, pixel_vr is not None, pixel_vr)
+        ds, tsuid = _parse(f)
+        pixel = _pixel_element(f, tsuid)
+        if pixel is not None:
+            _check_extent(f, pixel, size)
+    return Header(ds, tsuid, pixel is not None, pixel.vr if pixel else None)
 
 
-def _check_pixel_data(f, size: int, tsuid: str) -> str | None:
-    """Check the framing of the Pixel Data element at f's position.
+def read_header_start(path: str | os.PathLike) -> tuple[Header, PixelElement] | None:
+    """Parse the header of a file still being received, if it is all there.
 
-    Returns its VR (None when the object has no pixel data). Defined
-    length: the value must fit in the file. Undefined length (encapsulated,
-    PS3.5 A.4): walk the item headers, seeking over each fragment, to the
-    sequence delimiter; nothing is read but 8 bytes per fragment.
+    It is known to be whole only once the Pixel Data element has begun (what
+    follows is pixel data); otherwise, or if the part received does not parse
+    (yet), None: the caller parses the finished file with :func:`read_header`.
     """
+    try:
+        with open(path, "rb") as f:
+            ds, tsuid = _parse(f)
+            pixel = _pixel_element(f, tsuid)
+    except (InvalidObject, OSError):
+        return None
+    if pixel is None:
+        return None
+    return Header(ds, tsuid, True, pixel.vr), pixel
+
+
+def check_pixel_extent(path: str | os.PathLike, pixel: PixelElement, size: int) -> None:
+    """The rest of :func:`read_header`'s checks for a header parsed by
+    :func:`read_header_start`, once the file is whole: InvalidObject if the
+    pixel data is cut short."""
+    with open(path, "rb") as f:
+        _check_extent(f, pixel, size)
+
+
+def _parse(f) -> tuple[Dataset, str]:
+    """The dataset up to Pixel Data, deferred values it needs inline loaded, and
+    the transfer syntax; f is left at the first element not parsed."""
+    try:
+        ds = pydicom.dcmread(f, stop_before_pixels=True, defer_size=DEFER_SIZE)
+    except InvalidDicomError as e:
+        raise InvalidObject(f"not a DICOM object: {e}") from None
+    except RecursionError:
+        raise InvalidObject("sequences nested too deeply") from None
+    except (EOFError, struct.error) as e:
+        raise InvalidObject(f"truncated DICOM object: {e}") from None
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds on garbage
+        raise InvalidObject(f"unreadable DICOM object: {type(e).__name__}: {e}") from None
+    at = f.tell()
+    try:
+        # Sequences and text values longer than DEFER_SIZE were deferred
+        # too; they belong in the metadata, so read them while the file is open.
+        for tag in dicomjson.deferred_inline_tags(ds):
+            ds[tag]
+    except Exception as e:  # noqa: BLE001 - a damaged sequence
+        raise InvalidObject(f"unreadable DICOM object: {type(e).__name__}: {e}") from None
+    f.seek(at)
+    meta = getattr(ds, "file_meta", None)
+    tsuid = str(getattr(meta, "TransferSyntaxUID", "") or "")
+    if not is_valid_uid(tsuid):
+        raise InvalidObject("missing or invalid TransferSyntaxUID in the file meta")
+    return ds, tsuid
+
+
+def _pixel_element(f, tsuid: str) -> PixelElement | None:
+    """The Pixel Data element at f's position (None when the object has none)."""
     start = f.tell()
     head = f.read(12)
     if len(head) < 8:
@@ -103,20 +143,26 @@ def _check_pixel_data(f, size: int, tsuid: str) -> str | None:
     # Decide the encoding from the bytes, as pydicom does: some writers mix
     # implicit elements into an explicit-VR dataset.
     if tsuid == _IMPLICIT or not head[4:6].isalpha():
-        vr, length, value_at = "OW", struct.unpack(endian + "L", head[4:8])[0], start + 8
-    else:
-        if len(head) < 12:
-            raise InvalidObject("truncated DICOM object: partial Pixel Data header")
-        vr = head[4:6].decode("ascii", "replace")
-        length, value_at = struct.unpack(endian + "L", head[8:12])[0], start + 12
-    if length != _UNDEFINED:
-        if value_at + length > size:
+        return PixelElement("OW", struct.unpack(endian + "L", head[4:8])[0], start + 8)
+    if len(head) < 12:
+        raise InvalidObject("truncated DICOM object: partial Pixel Data header")
+    return PixelElement(head[4:6].decode("ascii", "replace"),
+                        struct.unpack(endian + "L", head[8:12])[0], start + 12)
+
+
+def _check_extent(f, pixel: PixelElement, size: int) -> None:
+    """Check the framing of the Pixel Data value. Defined length: the value
+    must fit in the file. Undefined length (encapsulated, PS3.5 A.4): walk the
+    item headers, seeking over each fragment, to the sequence delimiter;
+    nothing is read but 8 bytes per fragment."""
+    if pixel.length != _UNDEFINED:
+        if pixel.value_at + pixel.length > size:
             raise InvalidObject(
-                f"truncated DICOM object: Pixel Data needs {length} bytes, {size - value_at} present"
+                f"truncated DICOM object: Pixel Data needs {pixel.length} bytes, "
+                f"{size - pixel.value_at} present"
             )
-        return vr
-    end_of_fragments(f, value_at, size)
-    return vr
+        return
+    end_of_fragments(f, pixel.value_at, size)
 
 
 def end_of_fragments(f, pos: int, size: int) -> int:
