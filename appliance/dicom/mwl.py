@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import enum
 import logging
-import struct
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom.pdu_primitives import P_DATA
 
 from appliance.config import Config
+from appliance.dicom.tuning import C_FIND_RSP, response_command, send_message
 from appliance.worklist.encoded import answer_bytes
 from appliance.worklist.matching import QueryError, answer, attrs_from_dataset, compile_query, restrict_to_station
 from appliance.worklist.mpps import MppsManager, Outcome
@@ -34,8 +33,6 @@ _LOAD_WAIT = 120.0
 # the rest go one by one through pynetdicom, whose DUL reads the peer's C-CANCEL only when it
 # has nothing queued to send.
 _DIRECT_WINDOW = 64 * 1024
-# The largest PDU sent to a peer that sets no maximum PDU length (0: unlimited).
-_UNLIMITED_PDU_FILL = 32 * 1024
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
@@ -86,22 +83,10 @@ def _status(code: int, comment: str = "", *, offending: tuple[int, ...] = (),
 
 
 def pending_command(message_id: int, sop_class_uid: str) -> bytes:
-    """The command set of a Pending C-FIND-RSP (PS3.7 9.3.2.2), encoded as every command
-    set is (Implicit VR Little Endian, PS3.7 6.3.1): the same elements, in the same order,
-    that pynetdicom's C-FIND SCP sends, built directly because pynetdicom's
-    primitive-to-message conversion and pydicom encoding take 0.3 ms."""
-    uid = str(sop_class_uid).encode("ascii")
-    uid += b"\0" * (len(uid) % 2)  # PS3.5 9.1: UIDs are padded with NUL
-
-    def us(element: int, value: int) -> bytes:
-        return struct.pack("<HHIH", 0x0000, element, 2, value)
-
-    body = (struct.pack("<HHI", 0x0000, 0x0002, len(uid)) + uid  # Affected SOP Class UID
-            + us(0x0100, 0x8020)  # Command Field: C-FIND-RSP
-            + us(0x0120, message_id)  # Message ID Being Responded To
-            + us(0x0800, 0x0001)  # Command Data Set Type: an identifier follows
-            + us(0x0900, FindStatus.PENDING))
-    return struct.pack("<HHII", 0x0000, 0x0000, 4, len(body)) + body  # Command Group Length
+    """The command set of a Pending C-FIND-RSP (PS3.7 9.3.2.2), built directly because
+    pynetdicom's primitive-to-message conversion and pydicom encoding take 0.3 ms."""
+    return response_command(C_FIND_RSP, message_id, sop_class_uid, FindStatus.PENDING,
+                            data_set=True)
 
 
 class _DirectAnswers:
@@ -114,7 +99,8 @@ class _DirectAnswers:
     query (:func:`pending_command`), each identifier is
     bytes assembled from the item's cached element bytes (:mod:`appliance.worklist.encoded`),
     and each response travels as one P-DATA-TF PDU holding its command PDV and its data PDV
-    (PS3.8 9.3.5; more PDUs only if it exceeds the peer's maximum PDU length). Never two
+    (:func:`appliance.dicom.tuning.send_message`; more PDUs only if it exceeds the peer's
+    maximum PDU length). Never two
     responses in one PDU: the standard allows it, but pynetdicom's own receiver (and so
     every SCU built on it) keeps only the first message of a PDU and drops the rest.
 
@@ -125,7 +111,7 @@ class _DirectAnswers:
     def __init__(self, dul, context_id: int, max_pdu: int, command: bytes) -> None:
         self._dul = dul
         self._context_id = context_id
-        self._max_pdu = max_pdu or _UNLIMITED_PDU_FILL
+        self._max_pdu = max_pdu
         self._command = command
         self.bytes = 0  # identifier bytes sent so far
 
@@ -145,27 +131,8 @@ class _DirectAnswers:
 
     def send(self, identifier: bytes) -> None:
         """Queue one Pending response with this identifier for sending."""
-        pdvs: list[tuple[int, bytes]] = []
-        size = 0
-        # PS3.8 9.3.5.1: a PDV item costs 6 bytes besides its fragment. PS3.8 E.2: bit 0
-        # of its control header flags a command fragment, bit 1 the last fragment.
-        step = self._max_pdu - 6
-        for data, flags in ((self._command, 0x01), (identifier, 0x00)):
-            for start in range(0, len(data), step):
-                chunk = data[start:start + step]
-                if size + len(chunk) + 6 > self._max_pdu:
-                    self._send_pdu(pdvs)
-                    pdvs, size = [], 0
-                last = 0x02 if start + step >= len(data) else 0x00
-                pdvs.append((self._context_id, bytes((flags | last,)) + chunk))
-                size += len(chunk) + 6
-        self._send_pdu(pdvs)
+        send_message(self._dul, self._context_id, self._max_pdu, self._command, identifier)
         self.bytes += len(identifier)
-
-    def _send_pdu(self, pdvs: list[tuple[int, bytes]]) -> None:
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.extend(pdvs)
-        self._dul.send_pdu(pdata)
 
 
 class WorklistDimse:

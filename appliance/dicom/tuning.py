@@ -347,23 +347,59 @@ def _write_file_meta(fp, file_meta: FileMeta) -> None:
     fp.write(file_meta.encoded)
 
 
-_C_STORE_RSP = 0x8001
-_NO_DATA_SET = 0x0101
-_LAST_COMMAND_FRAGMENT = b"\x03"   # PS3.8 E.2: command, last fragment
+C_STORE_RSP = 0x8001
+C_FIND_RSP = 0x8020
+_DATA_SET_PRESENT, _NO_DATA_SET = 0x0001, 0x0101   # PS3.7 E.1: Command Data Set Type
+# The largest PDU sent to a peer that sets no maximum PDU length (0: unlimited).
+_UNLIMITED_PDU_FILL = 32 * 1024
 
 
-def store_success_command(message_id: int, sop_class_uid: str, sop_instance_uid: str) -> bytes:
-    """The command set of a successful C-STORE-RSP (PS3.7 9.3.1.2), Implicit VR
-    Little Endian as every command set is (PS3.7 6.3.1)."""
-    body = b"".join((
+def response_command(command_field: int, message_id: int, sop_class_uid: str, status: int, *,
+                     data_set: bool = False, sop_instance_uid: str | None = None) -> bytes:
+    """The command set of a DIMSE-C response (PS3.7 9.3) with the elements, in the
+    order, pynetdicom sends, encoded Implicit VR Little Endian as every command set
+    is (PS3.7 6.3.1)."""
+    elements = [
         _implicit(0x00000002, _ui(sop_class_uid)),
-        _implicit(0x00000100, struct.pack("<H", _C_STORE_RSP)),
+        _implicit(0x00000100, struct.pack("<H", command_field)),
         _implicit(0x00000120, struct.pack("<H", message_id)),
-        _implicit(0x00000800, struct.pack("<H", _NO_DATA_SET)),
-        _implicit(0x00000900, struct.pack("<H", 0x0000)),
-        _implicit(0x00001000, _ui(sop_instance_uid)),
-    ))
+        _implicit(0x00000800, struct.pack("<H", _DATA_SET_PRESENT if data_set else _NO_DATA_SET)),
+        _implicit(0x00000900, struct.pack("<H", status)),
+    ]
+    if sop_instance_uid is not None:
+        elements.append(_implicit(0x00001000, _ui(sop_instance_uid)))
+    body = b"".join(elements)
     return _implicit(0x00000000, struct.pack("<L", len(body))) + body
+
+
+def send_message(dul, context_id: int, max_pdu: int, command: bytes, data: bytes = b"") -> None:
+    """Queue an encoded DIMSE message on the DUL, as pynetdicom's ``send_msg`` does.
+
+    The command PDV, then the data set's, packed into as few P-DATA-TF PDUs as
+    the peer's maximum PDU length (``max_pdu``, 0: unlimited) allows (PS3.8
+    9.3.5: a PDV item costs 6 bytes besides its fragment; PS3.8 E.2: bit 0 of
+    its control header flags a command fragment, bit 1 the last fragment).
+    """
+    limit = max_pdu or _UNLIMITED_PDU_FILL
+    step = limit - 6
+    pdvs: list[list] = []
+    size = 0
+    for part, flags in ((command, 0x01), (data, 0x00)):
+        for start in range(0, len(part), step):
+            chunk = part[start:start + step]
+            if size + len(chunk) + 6 > limit:
+                _send_pdu(dul, pdvs)
+                pdvs, size = [], 0
+            last = 0x02 if start + step >= len(part) else 0x00
+            pdvs.append([context_id, bytes((flags | last,)) + chunk])
+            size += len(chunk) + 6
+    _send_pdu(dul, pdvs)
+
+
+def _send_pdu(dul, pdvs: list[list]) -> None:
+    p_data = P_DATA()
+    p_data.presentation_data_value_list = pdvs
+    dul.send_pdu(p_data)
 
 
 def _send_store_success(dimse, rsp, context_id: int) -> bool:
@@ -376,13 +412,10 @@ def _send_store_success(dimse, rsp, context_id: int) -> bool:
             or rsp.AffectedSOPInstanceUID is None
             or dimse.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
         return False
-    command = store_success_command(rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
-                                    rsp.AffectedSOPInstanceUID)
-    if dimse.maximum_pdu_size and len(command) + 6 > dimse.maximum_pdu_size:
-        return False  # needs fragments: pynetdicom's encoder makes them
-    p_data = P_DATA()
-    p_data.presentation_data_value_list = [[context_id, _LAST_COMMAND_FRAGMENT + command]]
-    dimse.dul.send_pdu(p_data)
+    command = response_command(C_STORE_RSP, rsp.MessageIDBeingRespondedTo,
+                               rsp.AffectedSOPClassUID, 0x0000,
+                               sop_instance_uid=rsp.AffectedSOPInstanceUID)
+    send_message(dimse.dul, context_id, dimse.maximum_pdu_size, command)
     return True
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
-from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom import dimse_messages
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import create_file_meta, encode
 
-from appliance.dicom.tuning import FileMeta, store_success_command
+from appliance.dicom.tuning import C_STORE_RSP, FileMeta, response_command
 
 CASES = [  # odd and even UID lengths, both little-endian transfer syntaxes
     ("1.2.840.10008.5.1.4.1.1.6.1", "1.2.3.4.5", "1.2.840.10008.1.2.1"),
@@ -35,7 +35,8 @@ def test_store_success_as_pynetdicom_encodes_it(sop_class, sop_instance, ts, mes
     rsp.AffectedSOPClassUID = sop_class
     rsp.AffectedSOPInstanceUID = sop_instance
     rsp.Status = 0x0000
-    msg = C_STORE_RSP()
+    msg = dimse_messages.C_STORE_RSP()
     msg.primitive_to_message(rsp)
-    assert store_success_command(message_id, sop_class, sop_instance) == encode(
+    assert response_command(C_STORE_RSP, message_id, sop_class, 0x0000,
+                            sop_instance_uid=sop_instance) == encode(
         msg.command_set, True, True)
