@@ -26,6 +26,7 @@ import apsw
 from pydicom.dataset import Dataset
 
 from appliance import dicomjson
+from appliance.store import fastheader
 from appliance.store.blobs import BlobStore, IncomingFile
 from appliance.store.header import (
     Header, InvalidObject, PixelElement, check_pixel_extent, is_valid_uid, read_header,
@@ -249,11 +250,13 @@ class Archive:
     def _check(self, incoming: IncomingFile, origin: Origin, expected_class: str | None,
                expected_instance: str | None) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
         """Parse and check the header: a refusal, or (success outcome, index record)."""
-        early = incoming.header if isinstance(incoming.header, _Early) else None
         try:
+            # The header read on arrival (C-STORE), else read now: without
+            # pydicom when fastheader can, with it otherwise.
+            early = incoming.header if isinstance(incoming.header, _Early) else _read_start(incoming)
             if early is not None:
                 check_pixel_extent(incoming.name, early.pixel, incoming.size)
-                header, uids = early.header, early.uids
+                uids = early.uids
             else:
                 header = read_header(incoming.name)
                 uids = header_uids(header)
@@ -286,15 +289,17 @@ class Archive:
 
 @dataclass(frozen=True)
 class _Early:
-    """A header parsed while its object was still arriving."""
+    """A header read before the store itself, typically while its object
+    was still arriving."""
 
-    header: Header
     uids: dict[str, str]
     record: InstanceRecord      # without the receipt (size, time, origin)
     pixel: PixelElement
 
 
 _NOBODY = Origin("")
+# A header longer than this is left to pydicom, which reads it from the file.
+_FAST_HEADER_LIMIT = 256 << 10
 
 
 def _parse_early(incoming: IncomingFile) -> _Early | None:
@@ -302,14 +307,29 @@ def _parse_early(incoming: IncomingFile) -> _Early | None:
     whole, or None (the finished file is parsed then, and any problem with it
     reported). Never raises: it runs in the middle of a receive."""
     try:
+        early = _read_start(incoming)
+        if early is not None:
+            return early
         started = read_header_start(incoming.name)
         if started is None:
             return None
         header, pixel = started
         uids = header_uids(header)
-        return _Early(header, uids, instance_record(header, uids, 0, _NOBODY), pixel)
+        return _Early(uids, instance_record(header, uids, 0, _NOBODY), pixel)
     except Exception:  # noqa: BLE001 - see above
         return None
+
+
+def _read_start(incoming: IncomingFile) -> _Early | None:
+    """The header read by fastheader from what has arrived so far, or None
+    (pydicom decides then); raises OSError only."""
+    with open(incoming.name, "rb") as f:
+        plain = fastheader.read(f.read(min(incoming.size, _FAST_HEADER_LIMIT)))
+    if plain is None:
+        return None
+    metadata = json.dumps(plain.metadata, separators=(",", ":"), ensure_ascii=False)
+    record = _record(plain.text.get, plain.ints.get, plain.uids(), plain.transfer_syntax_uid, metadata)
+    return _Early(plain.uids(), record, plain.pixel)
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:
@@ -375,44 +395,63 @@ def instance_record(header: Header, uids: dict[str, str], size: int, origin: Ori
     ds = header.dataset
     # The index columns first: reading them converts those elements in the
     # dataset once, and the DICOM JSON below reuses the converted values.
-    record = InstanceRecord(
-        patient_id=_text(ds, "PatientID") or "",
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
-        patient_sex=_text(ds, "PatientSex"),
+    text, number = (lambda kw: _text(ds, kw)), (lambda kw: _int(ds, kw))
+    text_values = {kw: text(kw) for kw in _RECORD_TEXT}
+    metadata = json.dumps(
+        dicomjson.dataset_to_json(ds, pixel_data_vr=header.pixel_data_vr),
+        separators=(",", ":"), ensure_ascii=False,
+    )
+    record = _record(text_values.get, number, uids, header.transfer_syntax_uid, metadata,
+                     file_path=file_path, sha256=sha256)
+    return with_receipt(record, size, origin, received_at)
+
+
+# The string and integer index columns, by keyword: _record reads them.
+_RECORD_TEXT = (
+    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "AccessionNumber", "StudyDescription", "ReferringPhysicianName", "StudyID", "Modality",
+    "SeriesDescription", "SpecificCharacterSet",
+)  # fmt: skip
+
+
+def _record(text, number, uids: dict[str, str], transfer_syntax_uid: str, metadata: str, *,
+            file_path: str = "", sha256: str = "") -> InstanceRecord:
+    """The index record from its column values, however they were read:
+    ``text(keyword)`` and ``number(keyword)`` give the string and integer
+    columns (None when absent), ``metadata`` is the DICOM JSON text."""
+    return InstanceRecord(
+        patient_id=text("PatientID") or "",
+        patient_name=text("PatientName"),
+        patient_birth_date=text("PatientBirthDate"),
+        patient_sex=text("PatientSex"),
         study_instance_uid=uids["StudyInstanceUID"],
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician_name=_text(ds, "ReferringPhysicianName"),
-        study_id=_text(ds, "StudyID"),
+        study_date=text("StudyDate"),
+        study_time=text("StudyTime"),
+        accession_number=text("AccessionNumber"),
+        study_description=text("StudyDescription"),
+        referring_physician_name=text("ReferringPhysicianName"),
+        study_id=text("StudyID"),
         series_instance_uid=uids["SeriesInstanceUID"],
-        modality=_text(ds, "Modality"),
-        series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription"),
+        modality=text("Modality"),
+        series_number=number("SeriesNumber"),
+        series_description=text("SeriesDescription"),
         sop_instance_uid=uids["SOPInstanceUID"],
         sop_class_uid=uids["SOPClassUID"],
-        instance_number=_int(ds, "InstanceNumber"),
-        number_of_frames=_int(ds, "NumberOfFrames"),
-        rows=_int(ds, "Rows"),
-        columns=_int(ds, "Columns"),
-        transfer_syntax_uid=header.transfer_syntax_uid,
-        specific_character_set=_text(ds, "SpecificCharacterSet"),
+        instance_number=number("InstanceNumber"),
+        number_of_frames=number("NumberOfFrames"),
+        rows=number("Rows"),
+        columns=number("Columns"),
+        transfer_syntax_uid=transfer_syntax_uid,
+        specific_character_set=text("SpecificCharacterSet"),
         file_path=file_path,
-        file_size=size,
+        file_size=0,
         sha256=sha256,  # at ingest: filled in once the file is sealed
         received_at=0.0,
         source="",
         calling_aet=None,
         peer=None,
-        metadata="",
+        metadata=metadata,
     )
-    metadata = json.dumps(
-        dicomjson.dataset_to_json(ds, pixel_data_vr=header.pixel_data_vr),
-        separators=(",", ":"), ensure_ascii=False,
-    )
-    return with_receipt(replace(record, metadata=metadata), size, origin, received_at)
 
 
 def with_receipt(record: InstanceRecord, size: int, origin: Origin,
