@@ -302,14 +302,16 @@ _NOBODY = Origin("")
 _FAST_HEADER_LIMIT = 256 << 10
 
 
-def _parse_early(incoming: IncomingFile) -> _Early | None:
+def _parse_early(incoming: IncomingFile, start: bytes) -> _Early | None:
     """IncomingFile.on_header: the parse, checks and record of a header that is
-    whole, or None (the finished file is parsed then, and any problem with it
-    reported). Never raises: it runs in the middle of a receive."""
+    whole in ``start`` (the object's first bytes), or None (the finished file
+    is parsed then, and any problem with it reported). Never raises: it runs
+    in the middle of a receive."""
     try:
-        early = _read_start(incoming)
+        early = _fast_early(start)
         if early is not None:
             return early
+        incoming.flush()  # pydicom reads the file
         started = read_header_start(incoming.name)
         if started is None:
             return None
@@ -321,10 +323,15 @@ def _parse_early(incoming: IncomingFile) -> _Early | None:
 
 
 def _read_start(incoming: IncomingFile) -> _Early | None:
-    """The header read by fastheader from what has arrived so far, or None
-    (pydicom decides then); raises OSError only."""
+    """:func:`_fast_early` of a received file's start; raises OSError only."""
     with open(incoming.name, "rb") as f:
-        plain = fastheader.read(f.read(min(incoming.size, _FAST_HEADER_LIMIT)))
+        return _fast_early(f.read(min(incoming.size, _FAST_HEADER_LIMIT)))
+
+
+def _fast_early(start: bytes) -> _Early | None:
+    """The header that ``start`` begins with, read by fastheader, or None
+    (pydicom decides then)."""
+    plain = fastheader.read(start)
     if plain is None:
         return None
     metadata = json.dumps(plain.metadata, separators=(",", ":"), ensure_ascii=False)

@@ -24,7 +24,9 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 import uuid
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -52,15 +54,21 @@ _SYNC_FILE_RANGE_WRITE = 2
 # fsync before acknowledging has little left to do and a large object does
 # not pile up dirty pages in memory.
 _WRITEBACK_EVERY = 256 << 10
-_BUFFER = 256 << 10
+# What arrives is collected in blocks of this size, each hashed and written
+# by a writer thread while the receiving thread goes on receiving.
+_BLOCK = 256 << 10
+# At most this much of one object waits for its writer; beyond it the
+# receiving thread waits (a disk slower than the network slows the sender).
+_MAX_QUEUED = 8 << 20
 # Once this much of an object is in, its header (a few KB for an ultrasound
 # image) is almost always whole: IncomingFile.on_header runs then.
 _HEADER_AT = 64 << 10
+assert _HEADER_AT <= _BLOCK  # on_header gets the start from memory
 
 
 class _NoFlush:
     """The ``file`` attribute pynetdicom flushes after every PDV: a no-op, so
-    the 1 MiB buffer turns 57 small writes per 0.9 MB image into one."""
+    the received pieces are collected into blocks rather than written one by one."""
 
     def flush(self) -> None:
         pass
@@ -73,48 +81,100 @@ class IncomingFile:
     writes a chunked C-STORE dataset to (``name``, ``write``, ``file.flush``,
     ``close``), so the file lands in our incoming directory rather than the
     system temp dir, on the filesystem of the storage, where a rename into
-    place is atomic. Writeback to disk starts while the object arrives.
+    place is atomic.
+
+    The receiving thread only copies what arrives into a block; full blocks
+    are hashed, written and started on their way to disk by a writer thread
+    (``writers``: hashing, writing and sync_file_range all release the GIL),
+    in order, one block at a time per file. :meth:`flush` waits for them and
+    writes the rest. Without ``writers`` the caller's thread does it all.
     """
 
-    def __init__(self, directory: Path, sync_file_range=None) -> None:
+    def __init__(self, directory: Path, sync_file_range=None,
+                 writers: ThreadPoolExecutor | None = None) -> None:
         fd, name = tempfile.mkstemp(dir=directory, suffix=_PART)
         self.name = name
-        self._raw = os.fdopen(fd, "wb", buffering=_BUFFER)
+        self._raw = os.fdopen(fd, "wb", buffering=0)  # blocks are written whole
         self.file = _NoFlush()
         self.size = 0
         self._sync_file_range = sync_file_range
+        self._written = 0
         self._synced_to = 0
         # A write error (disk full) is kept here rather than raised: raised, it
         # would kill pynetdicom's receiving thread mid-PDU and leave this file
         # behind; kept, the rest of the object is drained and dropped, and the
         # store answers it (0xA700 for a full disk).
         self.error: OSError | None = None
-        # Called once, on the receiving thread, when _HEADER_AT bytes are in
-        # the file; what it returns is kept in ``header`` for the store.
+        # Called once, on the receiving thread, with the first _HEADER_AT bytes
+        # (or more) once they are in; what it returns is kept in ``header``.
         self.on_header = None
         self.header = None
-        # Hashed as it arrives: the receiving thread mostly waits for the
-        # network, and hashlib releases the GIL for the large pieces.
         self._sha = hashlib.sha256()
+        self._block = bytearray()         # received, not handed to the writer yet
+        self._writers = writers
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._queue: deque[bytearray] = deque()
+        self._queued = 0                  # bytes handed over, not written yet
+        self._writing = False             # a writer task runs for this file
 
     def write(self, data: bytes) -> int:
-        """Write ``data`` (buffered); after a write error, count and drop it."""
-        self.size += len(data)
+        """Take ``data`` (written later, in order); after a write error, count and drop it."""
+        n = len(data)
+        self.size += n
         if self.error is not None:
-            return len(data)
-        self._sha.update(data)
+            return n
+        self._block += data
+        if self.on_header is not None and self.size >= _HEADER_AT:
+            # Nothing was handed over yet (_HEADER_AT <= _BLOCK): the block is the start.
+            hook, self.on_header = self.on_header, None
+            self.header = hook(self, bytes(self._block))
+        if len(self._block) >= _BLOCK:
+            self._hand_over()
+        return n
+
+    def _hand_over(self) -> None:
+        block, self._block = self._block, bytearray()
+        if self._writers is None:
+            self._write_out(block)
+            return
+        with self._lock:
+            while self._queued >= _MAX_QUEUED and self.error is None:
+                self._changed.wait()
+            self._queue.append(block)
+            self._queued += len(block)
+            if self._writing:
+                return
+            self._writing = True
+        self._writers.submit(self._drain)
+
+    def _drain(self) -> None:
+        """Writer thread: write the queued blocks in order, until none is left."""
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._writing = False
+                    self._changed.notify_all()
+                    return
+                block = self._queue.popleft()
+            self._write_out(block)
+            with self._lock:
+                self._queued -= len(block)
+                self._changed.notify_all()
+
+    def _write_out(self, block: bytearray) -> None:
+        if self.error is not None:
+            return
         try:
-            n = self._raw.write(data)
-            if self._sync_file_range is not None and self.size - self._synced_to >= _WRITEBACK_EVERY:
+            self._sha.update(block)
+            with memoryview(block) as view:
+                while view:
+                    view = view[self._raw.write(view):]
+            self._written += len(block)
+            if self._sync_file_range is not None and self._written - self._synced_to >= _WRITEBACK_EVERY:
                 self._start_writeback()
-            if self.on_header is not None and self.size >= _HEADER_AT:
-                self._raw.flush()
-                hook, self.on_header = self.on_header, None
-                self.header = hook(self)
         except OSError as e:
             self._failed(e)
-            return len(data)
-        return n
 
     def _failed(self, e: OSError) -> None:
         self.error = e
@@ -124,24 +184,35 @@ class IncomingFile:
             pass
 
     def _start_writeback(self) -> None:
-        self._raw.flush()
         self._sync_file_range(self._raw.fileno(), self._synced_to, 0, _SYNC_FILE_RANGE_WRITE)
-        self._synced_to = self.size
+        self._synced_to = self._written
+
+    def _settle(self) -> None:
+        """Wait until the writer has written every block handed to it."""
+        with self._lock:
+            while self._writing:
+                self._changed.wait()
 
     def flush(self) -> None:
-        """Hand everything written to the OS and start writing it to disk."""
+        """Write everything received and start it on its way to disk; the
+        OSError of a write that failed meanwhile is raised."""
         if self._raw.closed or self.error is not None:
             return
-        try:
-            self._raw.flush()
-            if self._sync_file_range is not None and self.size > self._synced_to:
+        self._settle()
+        if self._block:
+            block, self._block = self._block, bytearray()
+            self._write_out(block)
+        if self.error is not None:
+            raise self.error
+        if self._sync_file_range is not None and self._written > self._synced_to:
+            try:
                 self._start_writeback()
-        except OSError as e:
-            self._failed(e)
-            raise
+            except OSError as e:
+                self._failed(e)
+                raise
 
     def sha256(self) -> str:
-        """SHA-256 (hex) of everything written so far."""
+        """SHA-256 (hex) of everything written so far (after :meth:`flush`: all of it)."""
         return self._sha.hexdigest()
 
     def fileno(self) -> int:
@@ -149,8 +220,12 @@ class IncomingFile:
         return self._raw.fileno()
 
     def close(self) -> None:
-        """Close the file (idempotent)."""
+        """Write what was received and close the file (idempotent)."""
         if not self._raw.closed:
+            try:
+                self.flush()
+            except OSError:
+                pass  # kept in self.error
             try:
                 self._raw.close()
             except OSError:
@@ -164,6 +239,8 @@ class IncomingFile:
 
     def discard(self) -> None:
         """Close and delete the file; never raises for a missing file."""
+        self._block = bytearray()  # not worth writing
+        self._settle()
         try:
             self.close()
         except OSError:
@@ -212,6 +289,8 @@ class BlobStore:
         self._sync_file_range = _libc_sync_file_range()
         # fsync releases the GIL; a few threads let concurrent stores overlap.
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+        # The writers of files being received (IncomingFile).
+        self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="incoming")
 
     def open(self) -> int:
         """Create the directories and sweep leftovers of a crash.
@@ -245,11 +324,12 @@ class BlobStore:
 
     def close(self) -> None:
         """Stop the I/O pool (after the last store)."""
+        self._writers.shutdown(wait=True)
         self._io.shutdown(wait=True)
 
     def new_incoming(self) -> IncomingFile:
         """A new file to receive an object into."""
-        return IncomingFile(self.incoming, self._sync_file_range)
+        return IncomingFile(self.incoming, self._sync_file_range, self._writers)
 
     @staticmethod
     def new_id() -> str:
