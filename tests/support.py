@@ -140,9 +140,19 @@ class Daemon:
         return self.storage / rows[0][0] if rows else None
 
     def incoming_files(self) -> list[Path]:
-        """Files left in the incoming directory."""
+        """Files left in the incoming directory (but the empty spares the
+        daemon makes ahead: appliance.store.blobs.BlobStore.partial_files)."""
         d = self.storage / ".incoming"
-        return sorted(d.iterdir()) if d.exists() else []
+        if not d.exists():
+            return []
+        return [p for p in sorted(d.iterdir()) if not _empty_spare(p)]
+
+
+def _empty_spare(path: Path) -> bool:
+    try:
+        return path.suffix == ".spare" and path.stat().st_size == 0
+    except FileNotFoundError:
+        return True  # deleted meanwhile: not left over
 
 
 def dataset_bytes(path: Path) -> bytes:

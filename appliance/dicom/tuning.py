@@ -53,6 +53,7 @@ import logging
 import os
 import queue
 import select
+import socket
 import struct
 import threading
 import time
@@ -212,6 +213,13 @@ class _Receiver:
             dul.event_queue.put("Evt17")
             return
         self.filled += n
+        try:
+            # Acknowledge at once (Linux leaves quick-ack mode on its own): a
+            # scanner with Nagle's algorithm on (DCMTK's default) holds back
+            # the short last piece of every object until its data is acknowledged.
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
         self._dispatch(dul)
 
     def _dispatch(self, dul) -> None:

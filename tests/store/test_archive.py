@@ -54,7 +54,7 @@ def test_store_and_find(archive, images):
     found = archive.index.find_instance(out.sop_instance_uid)
     assert found.study_instance_uid == pydicom.dcmread(images[0]).StudyInstanceUID
     assert archive.blobs.path(found.file_path).read_bytes() == images[0].read_bytes()
-    assert list(archive.blobs.incoming.iterdir()) == []
+    assert archive.blobs.partial_files() == []
 
 
 def test_concurrent_stores_share_commits(archive, images):
@@ -98,7 +98,7 @@ def test_index_failure_removes_the_file(archive, images):
     out = store(archive, images[1])
     assert out.result is StoreResult.FAILURE and "boom" in out.reason
     assert len(stored_files(archive)) == 1
-    assert list(archive.blobs.incoming.iterdir()) == []
+    assert archive.blobs.partial_files() == []
     assert archive.index.counts()["instances"] == 1
 
 
@@ -107,7 +107,7 @@ def test_not_dicom_is_invalid_and_leaves_nothing(archive, tmp_path):
     junk.write_bytes(b"hello" * 1000)
     out = store(archive, junk)
     assert out.result is StoreResult.INVALID and "not a DICOM object" in out.reason
-    assert stored_files(archive) == [] and list(archive.blobs.incoming.iterdir()) == []
+    assert stored_files(archive) == [] and archive.blobs.partial_files() == []
 
 
 def test_expected_uids_checked(archive):
@@ -129,7 +129,7 @@ def test_partial_files_swept_at_open(tmp_path, images):
     a.close()
     b = Archive(tmp_path / "storage", tmp_path / "index")
     b.open()
-    assert list(b.blobs.incoming.iterdir()) == []
+    assert b.blobs.partial_files() == []
     b.close()
 
 
