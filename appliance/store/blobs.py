@@ -6,10 +6,11 @@ Layout under the storage root::
 
 and under the incoming directory (same filesystem, so a rename is atomic)::
 
-    <incoming>/<random>.part            objects being received
+    <incoming>/<random>.part|.spare     objects being received, empty spares
 
 A stored path never comes from client input: ids are generated here
-(``uuid4().hex``) and only ever joined under the root.
+(:meth:`BlobStore.new_id`, random but for the folder) and only ever joined
+under the root.
 
 Durability (the store contract in DESIGN.md): a received file is fsynced,
 then renamed into place; the rename is made durable by fsyncing the
@@ -25,6 +26,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -418,9 +420,17 @@ class BlobStore:
         return IncomingFile(self.incoming, self._sync_file_range, self._writers, self._spares.take())
 
     @staticmethod
-    def new_id() -> str:
-        """A fresh internal file id."""
-        return uuid.uuid4().hex
+    def new_id(now: float | None = None) -> str:
+        """A fresh internal file id: 120 random bits behind a two-digit prefix
+        that names the fan-out folder and changes every minute.
+
+        The files stored in the same minute share one folder, so the group
+        commit that acknowledges them fsyncs one folder rather than one per
+        file (four parallel associations: four fsyncs, each a journal commit,
+        per commit); over days the 256 folders still fill evenly.
+        """
+        minute = int((time.time() if now is None else now) // 60)
+        return f"{minute % 256:02x}{uuid.uuid4().hex[2:]}"
 
     @staticmethod
     def relpath(file_id: str) -> str:

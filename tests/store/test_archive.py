@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from appliance.store.archive import Archive, Origin, StoreResult
+from appliance.store.blobs import BlobStore
 from appliance.store.index import SCHEMA_VERSION
 from tests.bench.datagen import generate_singles
 from tests.support import pydicom_file
@@ -189,3 +190,12 @@ def test_a_crash_leaves_spares_that_are_swept_but_not_reported(tmp_path, images,
     assert not (b.blobs.incoming / "made-ahead.spare").exists()
     assert not (b.blobs.incoming / "half.spare").exists()
     b.blobs.close()
+
+
+def test_files_stored_in_the_same_minute_share_a_folder():
+    """One folder to fsync for a group commit of parallel stores; all 256
+    folders in turn; ids otherwise random."""
+    ids = [BlobStore.new_id(now=600.0 + i) for i in range(60)]
+    assert {i[:2] for i in ids} == {"0a"} and len(set(ids)) == 60
+    assert {BlobStore.new_id(now=60.0 * m)[:2] for m in range(256)} == {f"{i:02x}" for i in range(256)}
+    assert all(BlobStore.relpath(i) == f"0a/{i}.dcm" for i in ids)
