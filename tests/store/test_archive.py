@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import random
 import shutil
 import threading
 import time
@@ -199,3 +201,31 @@ def test_files_stored_in_the_same_minute_share_a_folder():
     assert {i[:2] for i in ids} == {"0a"} and len(set(ids)) == 60
     assert {BlobStore.new_id(now=60.0 * m)[:2] for m in range(256)} == {f"{i:02x}" for i in range(256)}
     assert all(BlobStore.relpath(i) == f"0a/{i}.dcm" for i in ids)
+
+
+def test_incoming_files_write_what_they_were_given(archive):
+    """Pieces of any size, with and without a writer thread (the first of two
+    receives at once gets one, the second writes on its own thread): the file
+    holds exactly the bytes, in order, and the hash is theirs."""
+    rng = random.Random(7)
+    data = [rng.randbytes(3_000_000) for _ in range(2)]
+    first, second = archive.new_incoming(), archive.new_incoming()
+    assert first._writers is not None and second._writers is None
+    for f, payload in ((first, data[0]), (second, data[1])):
+        pos, buffer = 0, bytearray(300_000)  # reused, as the receiving thread's is
+        while pos < len(payload):
+            n = min(rng.choice((1, 100, 16_372, 70_000, 300_000)), len(payload) - pos)
+            buffer[:n] = payload[pos:pos + n]
+            with memoryview(buffer) as view:
+                f.write(view[:n])
+            buffer[:n] = bytes(n)  # overwritten before the writer may have run
+            pos += n
+    for f, payload in ((first, data[0]), (second, data[1])):
+        f.flush()
+        assert f.size == len(payload)
+        assert Path(f.name).read_bytes() == payload
+        assert f.sha256() == hashlib.sha256(payload).hexdigest()
+        f.discard()
+    third = archive.new_incoming()  # both ended: a receive alone again
+    assert third._writers is not None
+    third.discard()
