@@ -94,6 +94,9 @@ def check_pixel_extent(path: str | os.PathLike, pixel: PixelElement, size: int) 
     """The rest of :func:`read_header`'s checks for a header parsed by
     :func:`read_header_start`, once the file is whole: InvalidObject if the
     pixel data is cut short."""
+    if pixel.length != _UNDEFINED:
+        _check_extent(None, pixel, size)  # arithmetic only: no need to open the file
+        return
     with open(path, "rb") as f:
         _check_extent(f, pixel, size)
 
