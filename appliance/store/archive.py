@@ -27,10 +27,10 @@ from pydicom.dataset import Dataset
 
 from appliance import dicomjson
 from appliance.store import fastheader
-from appliance.store.blobs import BlobStore, IncomingFile
+from appliance.store.blobs import BlobStore, IncomingFile, Sealing
 from appliance.store.header import (
-    Header, InvalidObject, PixelElement, check_pixel_extent, is_valid_uid, read_header,
-    read_header_start,
+    UNDEFINED_LENGTH, Header, InvalidObject, PixelElement, check_pixel_extent, is_valid_uid,
+    read_header, read_header_start,
 )
 from appliance.store.index import Index, InstanceRecord
 
@@ -197,12 +197,9 @@ class Archive:
                expected_class: str | None, expected_instance: str | None) -> StoreOutcome:
         if incoming.error is not None:  # the receive itself failed (disk full)
             return _io_failure(incoming.error, incoming.size)
+        sealing = self.blobs.seal(incoming)  # beside the checks
         try:
-            sealing = self.blobs.seal(incoming)
-        except OSError as e:
-            return _io_failure(e, incoming.size)
-        try:
-            checked = self._check(incoming, origin, expected_class, expected_instance)
+            checked = self._check(incoming, sealing, origin, expected_class, expected_instance)
         finally:
             try:
                 sha256, seal_error = sealing.wait(), None
@@ -247,13 +244,19 @@ class Archive:
             self.blobs.remove(done.replaced_file)
         return outcome
 
-    def _check(self, incoming: IncomingFile, origin: Origin, expected_class: str | None,
-               expected_instance: str | None) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
+    def _check(self, incoming: IncomingFile, sealing: Sealing, origin: Origin,
+               expected_class: str | None, expected_instance: str | None,
+               ) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
         """Parse and check the header: a refusal, or (success outcome, index record)."""
         try:
             # The header read on arrival (C-STORE), else read now: without
-            # pydicom when fastheader can, with it otherwise.
-            early = incoming.header if isinstance(incoming.header, _Early) else _read_start(incoming)
+            # pydicom when fastheader can, with it otherwise. Only what
+            # reads the file waits for the rest of it to be written.
+            early = incoming.header if isinstance(incoming.header, _Early) else None
+            if early is None or early.pixel.length == UNDEFINED_LENGTH:
+                sealing.wait_written()
+            if early is None:
+                early = _read_start(incoming)
             if early is not None:
                 check_pixel_extent(incoming.name, early.pixel, incoming.size)
                 uids = early.uids

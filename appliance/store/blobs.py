@@ -346,15 +346,30 @@ class _Spares:
 
 
 class Sealing:
-    """The fsync of one received file, running."""
+    """Writing out the rest of one received file and fsyncing it, running."""
 
-    def __init__(self, synced: Future, sha256: str) -> None:
-        self._synced, self._sha256 = synced, sha256
+    def __init__(self, incoming: IncomingFile, pool: ThreadPoolExecutor) -> None:
+        self._flushed: Future = Future()
+        self._synced = pool.submit(self._seal, incoming)
+
+    def _seal(self, incoming: IncomingFile) -> str:
+        try:
+            incoming.flush()
+        except BaseException as e:
+            self._flushed.set_exception(e)
+            raise
+        self._flushed.set_result(None)
+        os.fsync(incoming.fileno())
+        return incoming.sha256()
+
+    def wait_written(self) -> None:
+        """Block until the whole file is written (readable by name, not yet
+        durable); raises the OSError of a failed write."""
+        self._flushed.result()
 
     def wait(self) -> str:
         """Block until the file is durable; its SHA-256, or the OSError raised."""
-        self._synced.result()
-        return self._sha256
+        return self._synced.result()
 
 
 def file_sha256(path: Path) -> tuple[str, int]:
@@ -468,10 +483,10 @@ class BlobStore:
         return self.root / relpath
 
     def seal(self, incoming: IncomingFile) -> "Sealing":
-        """Flush ``incoming`` and fsync it on the I/O pool, while the caller
-        checks the header; its hash was computed as it arrived."""
-        incoming.flush()
-        return Sealing(self._io.submit(os.fsync, incoming.fileno()), incoming.sha256())
+        """Write out the rest of ``incoming`` and fsync it on the I/O pool,
+        while the caller checks the header (its hash is computed as it is
+        written). The caller reads the file only after :meth:`Sealing.wait_written`."""
+        return Sealing(incoming, self._io)
 
     def adopt(self, incoming: IncomingFile, file_id: str) -> tuple[str, Path]:
         """Move a received (and fsynced) file into place under ``file_id``.

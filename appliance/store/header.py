@@ -24,7 +24,8 @@ DEFER_SIZE = 1024
 _PIXEL_DATA_TAG = 0x7FE00010
 _ITEM = 0xFFFEE000
 _SEQ_DELIMITER = 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
+#: A Value Length of 0xFFFFFFFF: encapsulated Pixel Data, delimited items (PS3.5 7.1).
+UNDEFINED_LENGTH = _UNDEFINED = 0xFFFFFFFF
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _IMPLICIT = "1.2.840.10008.1.2"
 # PS3.5 9.1: digits and dots, components without leading zeros, <= 64 chars.
