@@ -134,9 +134,10 @@ class Archive:
         # Incoming files live inside the storage directory so that moving one
         # into place is a rename on the same filesystem, never a copy.
         self.blobs = BlobStore(Path(storage_directory), Path(storage_directory) / ".incoming")
-        self.index = Index(Path(index_directory), BlobStore.sync_dirs)
+        self.index = Index(Path(index_directory), BlobStore.sync_dirs, lambda: self._placing)
         self.overwrite_instances = overwrite_instances
         self._stats_lock = threading.Lock()
+        self._placing = 0  # stores past their receive, before their index write is done
         self.stored_count = 0
         self.failed_count = 0
         # Outcomes since start by (Origin.source, StoreResult) for the metrics.
@@ -181,9 +182,13 @@ class Archive:
         command's Affected SOP Class/Instance UID); the dataset must agree.
         Returns only once the instance is durable (or refused).
         """
+        with self._stats_lock:
+            self._placing += 1
         try:
             outcome = self._store(incoming, origin, expected_sop_class, expected_sop_instance)
         finally:
+            with self._stats_lock:
+                self._placing -= 1
             incoming.discard()  # a no-op once the file has been renamed into place
         with self._stats_lock:
             if outcome.result.stored:

@@ -32,6 +32,8 @@ DB_NAME = "pacs-appliance.sqlite"
 # Largest number of jobs folded into one transaction: bounds the latency of
 # the first job in a batch when many stores arrive at once.
 _MAX_BATCH = 256
+# Longest wait for a store on its way to join a group commit (seconds).
+_GATHER = 0.004
 
 _SCHEMA_V1 = """
 CREATE TABLE patients (
@@ -338,9 +340,13 @@ class Index:
     never durable before the file it names.
     """
 
-    def __init__(self, directory: Path, sync_dirs: Callable[[set[Path]], None]) -> None:
+    def __init__(self, directory: Path, sync_dirs: Callable[[set[Path]], None],
+                 coming: Callable[[], int] = lambda: 0) -> None:
         self.path = Path(directory) / DB_NAME
         self._sync_dirs = sync_dirs
+        # How many writes are on their way (stores past their receive): while
+        # a batch is smaller, the writer waits a little for them to join it.
+        self._coming = coming
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._writer: threading.Thread | None = None
         self._idle: list[apsw.Connection] = []
@@ -402,11 +408,25 @@ class Index:
                     return
                 batch = [job]
                 stop = False
+                deadline = None
                 while len(batch) < _MAX_BATCH:
                     try:
                         nxt = self._queue.get_nowait()
                     except queue.Empty:
-                        break
+                        # Parallel stores: a commit (a folder fsync and a WAL
+                        # fsync) shared by more of them is cheaper than the
+                        # short wait for the next one to arrive.
+                        if len(batch) >= self._coming():
+                            break
+                        if deadline is None:
+                            deadline = time.monotonic() + _GATHER
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        try:
+                            nxt = self._queue.get(timeout=remaining)
+                        except queue.Empty:
+                            break
                     if nxt is None:
                         stop = True
                         break
