@@ -319,7 +319,7 @@ def _parse_early(incoming: IncomingFile, start: bytes) -> _Early | None:
         early = _fast_early(start)
         if early is not None:
             return early
-        incoming.flush()  # pydicom reads the file
+        incoming.flush(last=False)  # pydicom reads the file; more is coming
         started = read_header_start(incoming.name)
         if started is None:
             return None

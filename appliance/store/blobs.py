@@ -200,10 +200,13 @@ class IncomingFile:
             while self._writing:
                 self._changed.wait()
 
-    def flush(self) -> None:
+    def flush(self, *, last: bool = True) -> None:
         """Write everything received and start it on its way to disk; the
-        OSError of a write that failed meanwhile is raised."""
-        self._ended()
+        OSError of a write that failed meanwhile is raised. ``last``: the
+        receive is over (False: more is coming, the file is only wanted
+        readable now)."""
+        if last:
+            self._ended()
         if self._raw.closed or self.error is not None:
             return
         self._settle()
