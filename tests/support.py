@@ -21,6 +21,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
+from appliance.store.blobs import partial_files
+
 REPO = Path(__file__).resolve().parent.parent
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
 
@@ -141,18 +143,11 @@ class Daemon:
 
     def incoming_files(self) -> list[Path]:
         """Files left in the incoming directory (but the empty spares the
-        daemon makes ahead: appliance.store.blobs.BlobStore.partial_files)."""
+        daemon makes ahead: appliance.store.blobs.partial_files)."""
         d = self.storage / ".incoming"
         if not d.exists():
             return []
-        return [p for p in sorted(d.iterdir()) if not _empty_spare(p)]
-
-
-def _empty_spare(path: Path) -> bool:
-    try:
-        return path.suffix == ".spare" and path.stat().st_size == 0
-    except FileNotFoundError:
-        return True  # deleted meanwhile: not left over
+        return partial_files(d)
 
 
 def dataset_bytes(path: Path) -> bytes:

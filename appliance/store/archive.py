@@ -343,8 +343,9 @@ def _fast_early(start: bytes) -> _Early | None:
     if plain is None:
         return None
     metadata = json.dumps(plain.metadata, separators=(",", ":"), ensure_ascii=False)
-    record = _record(plain.text.get, plain.ints.get, plain.uids(), plain.transfer_syntax_uid, metadata)
-    return _Early(plain.uids(), record, plain.pixel)
+    uids = plain.uids()
+    record = _record(plain.text.get, plain.ints.get, uids, plain.transfer_syntax_uid, metadata)
+    return _Early(uids, record, plain.pixel)
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:

@@ -274,6 +274,12 @@ class IncomingFile:
         self.close()
 
 
+def partial_files(incoming: Path) -> list[Path]:
+    """The files in an incoming directory but the empty spares made ahead:
+    objects being received, or left by a crash until the next start."""
+    return [p for p in sorted(incoming.iterdir()) if not _empty_spare(p)]
+
+
 def _empty_spare(path: Path) -> bool:
     try:
         return path.suffix == _SPARE and path.stat().st_size == 0
@@ -440,9 +446,8 @@ class BlobStore:
         self._io.shutdown(wait=True)
 
     def partial_files(self) -> list[Path]:
-        """The files in the incoming directory but the empty spares made ahead:
-        objects being received, or left by a crash until the next start."""
-        return [p for p in sorted(self.incoming.iterdir()) if not _empty_spare(p)]
+        """:func:`partial_files` of this store's incoming directory."""
+        return partial_files(self.incoming)
 
     def new_incoming(self) -> IncomingFile:
         """A new file to receive an object into."""

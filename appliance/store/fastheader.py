@@ -31,7 +31,9 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 
 from appliance import dicomjson
-from appliance.store.header import PixelElement, is_valid_uid
+from appliance.store.header import (
+    DEFER_SIZE, PIXEL_DATA_TAG, UNDEFINED_LENGTH, PixelElement, is_valid_uid,
+)
 
 __all__ = ["MAX_DEPTH", "Plain", "read"]
 
@@ -39,12 +41,10 @@ __all__ = ["MAX_DEPTH", "Plain", "read"]
 MAX_DEPTH = 16
 
 _PREAMBLE = 128
-_PIXEL_DATA = 0x7FE00010
 _FLOAT_PIXEL_TAGS = (0x7FE00008, 0x7FE00009)
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
 _CHARSET = 0x00080005
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -82,7 +82,7 @@ _KNOWN_VRS = (_LONG_VRS | _DEFAULT_CHARSET_VRS | _MULTI_TEXT_VRS | _SINGLE_TEXT_
 # (0008,0005) values pydicom maps to one Python codec (pydicom.charset).
 _CODECS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
 _DEFAULT_CODEC = "latin_1"  # pydicom's default_encoding, "iso8859"
-_BULK_THRESHOLD = 1024      # dicomjson.dataset_to_json's default, header.DEFER_SIZE
+_BULK_THRESHOLD = DEFER_SIZE  # also dicomjson.dataset_to_json's default
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 # Index columns read from the top level: keyword -> (tag, VR the value must have).
@@ -108,7 +108,7 @@ _PIXEL_REPRESENTATION = 0x00280103
 _US_OR_SS_TAGS = frozenset({0x00280104, 0x00280105, 0x00280106, 0x00280107, 0x00280108,
                             0x00280109, 0x00280110, 0x00280111, 0x00280120, 0x00280121})
 _UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_COLUMN_TAGS = {tag: vr for tag, vr in (*_TEXT_COLUMNS.values(), *_INT_COLUMNS.values())}
+_COLUMN_TAGS = frozenset(tag for tag, _ in (*_TEXT_COLUMNS.values(), *_INT_COLUMNS.values()))
 
 
 class _Unsupported(Exception):
@@ -167,7 +167,7 @@ class _Walker:
         metadata, pixel, _, _ = self._dataset(pos, len(buf), (), 0, top=True)
         if pixel is None:
             return None
-        metadata["7FE00010"] = {"vr": pixel.vr, "BulkDataURI": dicomjson.default_bulk_uri((_PIXEL_DATA,))}
+        metadata["7FE00010"] = {"vr": pixel.vr, "BulkDataURI": dicomjson.default_bulk_uri((PIXEL_DATA_TAG,))}
         text = {kw: self._text(tag, vr) for kw, (tag, vr) in _TEXT_COLUMNS.items()}
         if not all(is_valid_uid(text[kw]) for kw in _UID_KEYWORDS):
             return None
@@ -182,7 +182,7 @@ class _Walker:
         buf = self.buf
         while pos + 8 <= len(buf) and buf[pos:pos + 2] == b"\x02\x00":
             tag, vr, length, pos = self._element_header(pos, explicit=True)
-            if length == _UNDEFINED:
+            if length == UNDEFINED_LENGTH:
                 raise _Unsupported
             if tag == 0x00020010:
                 tsuid = buf[pos:pos + length].decode(_DEFAULT_CODEC).rstrip("\0 ")
@@ -235,7 +235,7 @@ class _Walker:
             if top:
                 group, element = struct.unpack_from("<HH", buf, pos)
                 tag = group << 16 | element
-                if tag == _PIXEL_DATA:
+                if tag == PIXEL_DATA_TAG:
                     return result, self._pixel(pos), pos, False
                 if tag in _FLOAT_PIXEL_TAGS:
                     raise _Unsupported
@@ -248,8 +248,8 @@ class _Walker:
             if vr == "SQ":
                 result[f"{tag:08X}"], pos = self._sequence(at, length, path + (tag,), depth + 1)
                 continue
-            if length == _UNDEFINED or at + length > len(buf):
-                if top and length != _UNDEFINED:
+            if length == UNDEFINED_LENGTH or at + length > len(buf):
+                if top and length != UNDEFINED_LENGTH:
                     return result, None, pos, False  # not whole yet
                 raise _Unsupported
             pos = at + length
@@ -270,7 +270,7 @@ class _Walker:
         """(JSON, end) of a sequence whose first item is at ``pos``."""
         if depth > MAX_DEPTH:
             raise _Unsupported
-        undefined = length == _UNDEFINED
+        undefined = length == UNDEFINED_LENGTH
         end = len(self.buf) if undefined else pos + length
         if end > len(self.buf):
             raise _Unsupported
@@ -286,7 +286,7 @@ class _Walker:
                 break
             if tag != _ITEM:
                 raise _Unsupported
-            open_ended = item_length == _UNDEFINED
+            open_ended = item_length == UNDEFINED_LENGTH
             item_end = end if open_ended else at + item_length
             if item_end > end:
                 raise _Unsupported

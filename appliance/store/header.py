@@ -21,11 +21,11 @@ from appliance import dicomjson
 
 # Values at least this long are not read at ingest (they stay in the file).
 DEFER_SIZE = 1024
-_PIXEL_DATA_TAG = 0x7FE00010
+PIXEL_DATA_TAG = 0x7FE00010
 _ITEM = 0xFFFEE000
 _SEQ_DELIMITER = 0xFFFEE0DD
 #: A Value Length of 0xFFFFFFFF: encapsulated Pixel Data, delimited items (PS3.5 7.1).
-UNDEFINED_LENGTH = _UNDEFINED = 0xFFFFFFFF
+UNDEFINED_LENGTH = 0xFFFFFFFF
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _IMPLICIT = "1.2.840.10008.1.2"
 # PS3.5 9.1: digits and dots, components without leading zeros, <= 64 chars.
@@ -58,7 +58,7 @@ class PixelElement:
     """Where the Pixel Data element of a file starts, and how it is framed."""
 
     vr: str
-    length: int        # _UNDEFINED for encapsulated (fragments) data
+    length: int        # UNDEFINED_LENGTH for encapsulated (fragments) data
     value_at: int      # file offset of its value
 
 
@@ -95,7 +95,7 @@ def check_pixel_extent(path: str | os.PathLike, pixel: PixelElement, size: int) 
     """The rest of :func:`read_header`'s checks for a header parsed by
     :func:`read_header_start`, once the file is whole: InvalidObject if the
     pixel data is cut short."""
-    if pixel.length != _UNDEFINED:
+    if pixel.length != UNDEFINED_LENGTH:
         _check_extent(None, pixel, size)  # arithmetic only: no need to open the file
         return
     with open(path, "rb") as f:
@@ -141,7 +141,7 @@ def _pixel_element(f, tsuid: str) -> PixelElement | None:
         return None
     endian = ">" if tsuid == _BIG_ENDIAN else "<"
     group, elem = struct.unpack(endian + "HH", head[:4])
-    if (group << 16 | elem) != _PIXEL_DATA_TAG:
+    if (group << 16 | elem) != PIXEL_DATA_TAG:
         # The header parse stopped for another reason (end of data): nothing to check.
         return None
     # Decide the encoding from the bytes, as pydicom does: some writers mix
@@ -159,7 +159,7 @@ def _check_extent(f, pixel: PixelElement, size: int) -> None:
     must fit in the file. Undefined length (encapsulated, PS3.5 A.4): walk the
     item headers, seeking over each fragment, to the sequence delimiter;
     nothing is read but 8 bytes per fragment."""
-    if pixel.length != _UNDEFINED:
+    if pixel.length != UNDEFINED_LENGTH:
         if pixel.value_at + pixel.length > size:
             raise InvalidObject(
                 f"truncated DICOM object: Pixel Data needs {pixel.length} bytes, "
@@ -183,7 +183,7 @@ def end_of_fragments(f, pos: int, size: int) -> int:
         tag = g << 16 | e
         if tag == _SEQ_DELIMITER:
             return pos + 8
-        if tag != _ITEM or item_len == _UNDEFINED:
+        if tag != _ITEM or item_len == UNDEFINED_LENGTH:
             raise InvalidObject("malformed encapsulated Pixel Data")
         pos += 8 + item_len
         if pos > size:
