@@ -6,8 +6,9 @@ fails — with the durability of DESIGN.md's store contract: the file is
 fsynced and renamed into place, its directory fsynced, and the index row
 committed, before the caller hears Success. A C-STORE's header is parsed
 (and its index record built) on the receiving thread once the first 64 KiB
-are in, while the pixel data still arrives; the finished file's pixel data
-framing is checked before it is placed, as for any other object.
+are in, while the pixel data still arrives. Every object, however its header
+was read, is walked whole (appliance.dicomfile.structure) before it is placed:
+one cut short or damaged anywhere, or an image without its pixels, is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import enum
 import errno
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -26,11 +28,11 @@ import apsw
 from pydicom.dataset import Dataset
 
 from appliance import dicomjson
+from appliance.dicomfile import structure
 from appliance.store import fastheader
 from appliance.store.blobs import BlobStore, IncomingFile, Sealing
 from appliance.store.header import (
-    UNDEFINED_LENGTH, Header, InvalidObject, PixelElement, check_pixel_extent, is_valid_uid,
-    read_header, read_header_start,
+    Header, InvalidObject, is_valid_uid, read_header, read_header_start,
 )
 from appliance.store.index import Index, InstanceRecord
 
@@ -55,6 +57,9 @@ class StoreResult(enum.Enum):
     OUT_OF_RESOURCES = ("OutOfResources", 0xA700, 507)
     # Dataset's SOP Class differs from the command's (PS3.4 B.2.3).
     SOP_CLASS_MISMATCH = ("SopClassMismatch", 0xA900, 409)
+    # Dataset lacks what its SOP Class requires, e.g. an image without Pixel
+    # Data (PS3.4 B.2.3: Data Set does not match SOP Class).
+    DATASET_MISMATCH = ("DataSetMismatch", 0xA900, 409)
     # Not DICOM, truncated, missing or invalid UIDs (PS3.4 B.2.3: Cannot Understand).
     INVALID = ("Invalid", 0xC000, 400)
     # Dataset's SOP Instance UID differs from the command's.
@@ -252,23 +257,33 @@ class Archive:
     def _check(self, incoming: IncomingFile, sealing: Sealing, origin: Origin,
                expected_class: str | None, expected_instance: str | None,
                ) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
-        """Parse and check the header: a refusal, or (success outcome, index record)."""
+        """Check the object is whole and parse its header: a refusal, or
+        (success outcome, index record)."""
         try:
             # The header read on arrival (C-STORE), else read now: without
             # pydicom when fastheader can, with it otherwise. Only what
             # reads the file waits for the rest of it to be written.
             early = incoming.header if isinstance(incoming.header, _Early) else None
-            if early is None or early.pixel.length == UNDEFINED_LENGTH:
-                sealing.wait_written()
             if early is None:
-                early = _read_start(incoming)
+                sealing.wait_written()
+                head = _read_head(incoming)
+                early = _fast_early(head)
+            else:
+                head = early.head
+            # Whole, whichever reader builds the record: pydicom would take
+            # an object cut inside its header for a short one.
+            with _Rest(incoming, sealing) as rest:
+                try:
+                    structure.check(structure.Reader(head, incoming.size, rest.read_at))
+                    unlike = None
+                except structure.NotItsSopClass as e:
+                    unlike = str(e)  # well framed: reported after the UIDs are checked
             if early is not None:
-                check_pixel_extent(incoming.name, early.pixel, incoming.size)
                 uids = early.uids
             else:
                 header = read_header(incoming.name)
                 uids = header_uids(header)
-        except InvalidObject as e:
+        except (InvalidObject, structure.Malformed) as e:
             return StoreOutcome(StoreResult.INVALID, str(e), size=incoming.size)
         except OSError as e:
             return _io_failure(e, incoming.size)
@@ -282,6 +297,8 @@ class Archive:
         if expected_instance and expected_instance != uids["SOPInstanceUID"]:
             return _with(described, StoreResult.UID_MISMATCH,
                          f"dataset SOP Instance {uids['SOPInstanceUID']} but command {expected_instance}")
+        if unlike is not None:
+            return _with(described, StoreResult.DATASET_MISMATCH, unlike)
         if not self.overwrite_instances and self.index.find_instance(uids["SOPInstanceUID"]):
             # Cheap early answer; the insert below re-checks inside the transaction.
             return _with(described, StoreResult.ALREADY_STORED, "already stored")
@@ -302,7 +319,7 @@ class _Early:
 
     uids: dict[str, str]
     record: InstanceRecord      # without the receipt (size, time, origin)
-    pixel: PixelElement
+    head: bytes                 # the object's first bytes, the header among them
 
 
 _NOBODY = Origin("")
@@ -323,17 +340,42 @@ def _parse_early(incoming: IncomingFile, start: bytes) -> _Early | None:
         started = read_header_start(incoming.name)
         if started is None:
             return None
-        header, pixel = started
+        header, _ = started
         uids = header_uids(header)
-        return _Early(uids, instance_record(header, uids, 0, _NOBODY), pixel)
+        return _Early(uids, instance_record(header, uids, 0, _NOBODY), start)
     except Exception:  # noqa: BLE001 - see above
         return None
 
 
-def _read_start(incoming: IncomingFile) -> _Early | None:
-    """:func:`_fast_early` of a received file's start; raises OSError only."""
+def _read_head(incoming: IncomingFile) -> bytes:
+    """The first bytes of a received (and written) file, its header among them
+    unless that is longer than _FAST_HEADER_LIMIT; raises OSError only."""
     with open(incoming.name, "rb") as f:
-        return _fast_early(f.read(min(incoming.size, _FAST_HEADER_LIMIT)))
+        return f.read(min(incoming.size, _FAST_HEADER_LIMIT))
+
+
+class _Rest:
+    """The part of a received file beyond the head in memory, for
+    structure.Reader: the file is opened on the first read, once it is
+    written (an object whose last element ends the head is never opened)."""
+
+    def __init__(self, incoming: IncomingFile, sealing: Sealing) -> None:
+        self._incoming = incoming
+        self._sealing = sealing
+        self._fd: int | None = None
+
+    def read_at(self, pos: int, n: int) -> bytes:
+        if self._fd is None:
+            self._sealing.wait_written()
+            self._fd = os.open(self._incoming.name, os.O_RDONLY)
+        return os.pread(self._fd, n, pos)
+
+    def __enter__(self) -> "_Rest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
 
 
 def _fast_early(start: bytes) -> _Early | None:
@@ -345,7 +387,7 @@ def _fast_early(start: bytes) -> _Early | None:
     metadata = json.dumps(plain.metadata, separators=(",", ":"), ensure_ascii=False)
     uids = plain.uids()
     record = _record(plain.text.get, plain.ints.get, uids, plain.transfer_syntax_uid, metadata)
-    return _Early(uids, record, plain.pixel)
+    return _Early(uids, record, start)
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:

@@ -91,17 +91,6 @@ def read_header_start(path: str | os.PathLike) -> tuple[Header, PixelElement] | 
     return Header(ds, tsuid, True, pixel.vr), pixel
 
 
-def check_pixel_extent(path: str | os.PathLike, pixel: PixelElement, size: int) -> None:
-    """The rest of :func:`read_header`'s checks for a header parsed by
-    :func:`read_header_start`, once the file is whole: InvalidObject if the
-    pixel data is cut short."""
-    if pixel.length != UNDEFINED_LENGTH:
-        _check_extent(None, pixel, size)  # arithmetic only: no need to open the file
-        return
-    with open(path, "rb") as f:
-        _check_extent(f, pixel, size)
-
-
 def _parse(f) -> tuple[Dataset, str]:
     """The dataset up to Pixel Data, deferred values it needs inline loaded, and
     the transfer syntax; f is left at the first element not parsed."""

@@ -1,7 +1,7 @@
 """fastheader reads a header without pydicom: it must agree with pydicom.
 
 Each case writes a real Part-10 file, then compares what ingest gets from
-fastheader (``archive._read_start``: record and DICOM JSON) with what it gets
+fastheader (``archive._fast_early``: record and DICOM JSON) with what it gets
 from pydicom (``read_header`` + ``instance_record``).  Headers fastheader does
 not read must give None (pydicom then decides), never a different answer.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +20,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 
 from appliance.daemon import _quiet_pydicom
 from appliance.store import archive, fastheader
-from appliance.store.header import InvalidObject, check_pixel_extent, read_header
+from appliance.dicomfile import structure
+from appliance.store.header import read_header
 from tests.support import PYDICOM_FILES, new_dataset
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -42,19 +42,20 @@ _REFUSED = "refused"
 
 def _both(path: Path):
     """What ingest makes of the file at path: (through fastheader, through
-    pydicom), each a record, None (fastheader declined) or _REFUSED."""
-    size = path.stat().st_size
-    early = archive._read_start(SimpleNamespace(name=str(path), size=size))
-    fast = None if early is None else early.record
-    if early is not None:
-        try:
-            check_pixel_extent(path, early.pixel, size)  # as Archive._check does
-        except InvalidObject:
-            fast = _REFUSED
+    pydicom), each a record, None (fastheader declined) or _REFUSED. The
+    structure check is the same for both, as in Archive._check."""
+    data = path.read_bytes()
+    try:
+        structure.check(structure.Reader(data, len(data)))
+        whole = True
+    except structure.Malformed:
+        whole = False
+    early = archive._fast_early(data[:archive._FAST_HEADER_LIMIT])
+    fast = None if early is None else early.record if whole else _REFUSED
     try:
         header = read_header(path)
         uids = archive.header_uids(header)
-        slow = archive.instance_record(header, uids, 0, archive._NOBODY)
+        slow = archive.instance_record(header, uids, 0, archive._NOBODY) if whole else _REFUSED
     except Exception:  # noqa: BLE001 - Archive._check refuses the object then
         slow = _REFUSED
     return fast, slow
