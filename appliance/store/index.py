@@ -382,17 +382,24 @@ class Index:
             log.info("index schema migrated to version %d", v + 1)
 
     def close(self) -> None:
-        """Finish queued jobs, stop the writer, close every connection."""
+        """Finish queued jobs, stop the writer, close every connection.
+
+        The writer's connection closes last, after folding the WAL into the
+        database file (:meth:`_checkpoint`): once stopped, the .sqlite file
+        alone holds everything (a copy of it, a backup tool that skips -wal).
+        """
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
-        if self._writer is not None:
-            self._writer.join()
+        # Readers first: a read-only connection closing last cannot checkpoint
+        # and would leave the -wal file behind.
         with self._readers_lock:
             for c in self._idle:
                 c.close()
             self._idle.clear()
+        self._queue.put(None)
+        if self._writer is not None:
+            self._writer.join()
 
     def is_alive(self) -> bool:
         """True while the writer thread runs (a health check)."""
@@ -405,6 +412,7 @@ class Index:
             while True:
                 job = self._queue.get()
                 if job is None:
+                    self._checkpoint(conn)
                     return
                 batch = [job]
                 stop = False
@@ -433,9 +441,21 @@ class Index:
                     batch.append(nxt)
                 self._commit_batch(conn, batch)
                 if stop:
+                    self._checkpoint(conn)
                     return
         finally:
             conn.close()
+
+    def _checkpoint(self, conn: apsw.Connection) -> None:
+        """After the last write: copy the whole WAL into the database file and
+        truncate the WAL to zero bytes (closing this last connection then
+        deletes it). A reader still in a transaction makes it wait (busy
+        timeout), then give up: the WAL stays and SQLite replays it at the
+        next open, so nothing is lost either way."""
+        try:
+            conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.Error as e:
+            log.warning("index WAL not checkpointed at close (%s): the next start replays it", e)
 
     def _commit_batch(self, conn: apsw.Connection, batch: list[_Job]) -> None:
         try:
