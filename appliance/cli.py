@@ -14,6 +14,7 @@ from appliance.worklist import commands as worklist_commands
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+EXIT_IN_USE = 2   # another pacs-appliance holds the data folders (appliance.ops.lock)
 
 log = logging.getLogger("appliance")
 
@@ -102,17 +103,15 @@ def _hash_password(iterations: int | None) -> int:
 def _serve(config, *, debug: bool) -> int:
     from appliance.daemon import run
     from appliance.logs import setup_logging
+    from appliance.ops.lock import FolderInUse
 
     setup_logging(logging.DEBUG if debug else logging.INFO)
-    if config.embedded_defaults:
-        log.warning("no --config given: running on EMBEDDED DEFAULTS, data in %s, "
-                    "HTTP on localhost only, no authentication", config.storage_directory.parent)
-    else:
-        log.info("configuration: %s", config.source)
-    for key in config.ignored:
-        log.info("configuration key %s is an Orthanc option with no meaning here: ignored", key)
     try:
         return asyncio.run(run(config))
+    except FolderInUse as e:
+        # One line, as for a config error: nothing was started or touched.
+        print(f"pacs-appliance: {e}", file=sys.stderr)
+        return EXIT_IN_USE
     except KeyboardInterrupt:
         return EXIT_OK
     except OSError as e:

@@ -23,6 +23,7 @@ from appliance.dicom.policy import AccessPolicy
 from appliance.dicom.scp import DicomServer
 from appliance.ops.backup import BackupScheduler, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
+from appliance.ops.lock import data_folders_locked
 from appliance.ops.quota import StorageMode, StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.status import LastError, StatusBoard
@@ -80,8 +81,31 @@ def _quiet_pydicom() -> None:
     pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
 
 
+def _log_configuration(config: Config) -> None:
+    if config.embedded_defaults:
+        log.warning("no --config given: running on EMBEDDED DEFAULTS, data in %s, "
+                    "HTTP on localhost only, no authentication", config.storage_directory.parent)
+    else:
+        log.info("configuration: %s", config.source)
+    for key in config.ignored:
+        log.info("configuration key %s is an Orthanc option with no meaning here: ignored", key)
+
+
 async def run(config: Config, notifier: Notifier | None = None) -> int:
-    """Run the daemon until SIGTERM/SIGINT; return the exit code."""
+    """Run the daemon until SIGTERM/SIGINT; return the exit code.
+
+    Raises appliance.ops.lock.FolderInUse, having touched nothing, when another
+    pacs-appliance holds the data folders.
+    """
+    # First of all: a second daemon on these folders must not sweep the first
+    # one's incoming files, open its index or write its runtime file. Held until
+    # the runtime file is gone, so the next holder finds a clean folder.
+    with data_folders_locked(config.storage_directory, config.index_directory):
+        _log_configuration(config)
+        return await _run_locked(config, notifier)
+
+
+async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     notifier = notifier or Notifier()
     _quiet_pydicom()
     started = time.monotonic()
