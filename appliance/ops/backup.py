@@ -64,9 +64,9 @@ from appliance.ops.disk import MB, human_bytes
 from appliance.durable import copy_durably, fsync_dir, fsync_file, write_json
 from appliance.ops.files import match_owner, read_json
 from appliance.ops.reindex import (
-    DaemonRunning, index_files, is_stored_relpath, replace_index, stored_files,
+    index_files, is_stored_relpath, replace_index, stored_files,
 )
-from appliance.ops.runtime import running_daemon
+from appliance.ops.lock import data_folders_locked
 from appliance.store import index as index_ops
 from appliance.store.blobs import BlobStore, file_sha256
 from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index
@@ -659,14 +659,14 @@ class RestoreReport:
 def restore_backup(config: Config, backup: BackupInfo) -> RestoreReport:
     """Make ``backup`` the index again; see the module docstring.
 
-    Raises DaemonRunning, BackupDamaged (nothing changed), BackupBusy, BackupError.
+    Raises appliance.ops.lock.FolderInUse (a daemon uses the data folders),
+    BackupDamaged (nothing changed), BackupBusy, BackupError. Holds the data
+    folders' lock meanwhile, so that no daemon starts on the index being replaced.
     """
-    daemon = running_daemon(config.index_directory)
-    if daemon is not None:
-        raise DaemonRunning(f"the daemon is running (pid {daemon['pid']}): stop it first "
-                            "(systemctl stop pacs-appliance)")
     directory = backup_directory(config)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(data_folders_locked(config.storage_directory, config.index_directory,
+                                                create_storage=False))
         if directory.is_dir() and os.access(directory, os.W_OK):
             stack.enter_context(_Lock(directory))  # no backup of this index meanwhile
         return _restore_locked(config, backup)

@@ -19,6 +19,7 @@ from pathlib import Path
 from appliance.config import Config
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import read_json
+from appliance.ops.lock import FolderInUse
 from appliance.ops.runtime import STATUS_EVERY, STATUS_FILE, running_daemon
 
 # The implementations (and pydicom behind them) are imported by the commands that
@@ -33,6 +34,7 @@ class Exit(enum.IntEnum):
     OK = 0
     FAILED = 1        # could not do it (message on stderr)
     CONFIG = 2        # configuration error (from the CLI itself)
+    IN_USE = 2        # reindex/restore: a daemon uses the data folders (as a second serve)
     NOT_RUNNING = 3   # status: the daemon is not running (LSB's "program is not running")
     DAMAGED = 4       # verify/restore: the backup is damaged; reindex: unreadable files
     BUSY = 75         # another backup is running: try again later (sysexits' EX_TEMPFAIL)
@@ -183,13 +185,12 @@ def _verify_text(report) -> str:
 
 def _restore(config: Config, args: argparse.Namespace) -> int:
     from appliance.ops import backup as backups
-    from appliance.ops.reindex import DaemonRunning
 
     try:
         info = backups.find_backup(config, args.backup)
         result = backups.restore_backup(config, info)
-    except DaemonRunning as e:
-        return _fail("restore", str(e))
+    except FolderInUse as e:
+        return _fail("restore", str(e), Exit.IN_USE)
     except backups.BackupBusy as e:
         return _fail("restore", str(e), Exit.BUSY)
     except backups.BackupDamaged as e:
@@ -213,12 +214,12 @@ def _restore(config: Config, args: argparse.Namespace) -> int:
 
 
 def _reindex(config: Config) -> int:
-    from appliance.ops.reindex import DaemonRunning, reindex
+    from appliance.ops.reindex import reindex
 
     try:
         report = reindex(config)
-    except DaemonRunning as e:
-        return _fail("reindex", str(e))
+    except FolderInUse as e:
+        return _fail("reindex", str(e), Exit.IN_USE)
     except OSError as e:
         return _fail("reindex", f"{e.filename or ''}: {e.strerror or e}")
     c = report.counts

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from appliance.config import Config
 from appliance.ops.files import match_owner
-from appliance.ops.runtime import running_daemon
+from appliance.ops.lock import data_folders_locked
 from appliance.store import index as index_ops
 from appliance.store.archive import Origin, header_uids, instance_record
 from appliance.durable import fsync_dir
@@ -45,10 +45,6 @@ _STORED = re.compile(r"([0-9a-f]{2})/\1[0-9a-f]{30}\.dcm\Z")
 REINDEX_ORIGIN = Origin("reindex")
 REPLACED_DIR = "replaced"
 _BATCH = 500
-
-
-class DaemonRunning(Exception):
-    """The daemon runs on this index: the operation needs it stopped."""
 
 
 def is_stored_relpath(rel: str) -> bool:
@@ -180,12 +176,16 @@ def replace_index(index_directory: Path, new_file: Path, reason: str) -> Path | 
 def reindex(config: Config, progress: Callable[[int], None] | None = None) -> ReindexReport:
     """Rebuild the index of ``config`` from its stored files; see the module docstring.
 
-    Raises DaemonRunning while the daemon runs on this index.
+    Raises appliance.ops.lock.FolderInUse while a daemon (or another offline
+    command) uses the data folders; holds their lock meanwhile, so that no
+    daemon starts on the index being replaced.
     """
-    daemon = running_daemon(config.index_directory)
-    if daemon is not None:
-        raise DaemonRunning(f"the daemon is running (pid {daemon['pid']}): stop it first "
-                            "(systemctl stop pacs-appliance)")
+    with data_folders_locked(config.storage_directory, config.index_directory,
+                             create_storage=False):
+        return _reindex_locked(config, progress)
+
+
+def _reindex_locked(config: Config, progress: Callable[[int], None] | None) -> ReindexReport:
     t0 = time.monotonic()
     index_dir = Path(config.index_directory)
     index_dir.mkdir(parents=True, exist_ok=True)

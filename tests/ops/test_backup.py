@@ -204,7 +204,8 @@ def test_verify_finds_corrupt_backups_and_missing_files(site):
 def test_restore(site):
     d = site.daemon
     out = cli(d.config_path, "backup", "restore", site.backup_names()[0])
-    _one_line_error(out, 1, f"the daemon is running (pid {d.proc.pid}): stop it first")
+    _one_line_error(out, 2, f"another pacs-appliance (pid {d.proc.pid}) is using "
+                            f"{d.config['IndexDirectory']}; stop it first")
 
     before = {r[0]: r[1:] for r in d.rows(
         "SELECT sop_instance_uid, file_path, file_size, sha256 FROM instances")}

@@ -44,7 +44,7 @@ def test_reindex_rebuilds_the_same_index(tmp_path):
     assert len(original["instances"]) == 18 and len(original["patients"]) == 3
 
     out = cli(daemon.config_path, "reindex")
-    assert out.returncode == 1 and f"the daemon is running (pid {daemon.proc.pid})" in out.stderr
+    assert out.returncode == 2 and f"another pacs-appliance (pid {daemon.proc.pid})" in out.stderr
     assert daemon.stop() == 0
 
     # The index is lost; the storage holds junk too.
