@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pynetdicom import _config
 
 from tests.support import Daemon, base_config
 
@@ -30,3 +31,10 @@ def make_daemon(tmp_path):
 def daemon(make_daemon):
     """A daemon on the default test config."""
     return make_daemon()
+
+
+@pytest.fixture
+def chunked_send(monkeypatch):
+    """pynetdicom sends files' data set bytes as they are (no decode and
+    re-encode), so a test can send any bytes, broken ones included."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)

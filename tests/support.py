@@ -18,7 +18,12 @@ import apsw
 import pydicom
 import pydicom.data
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_dataset, write_file_meta_info
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid,
+)
 from pynetdicom import AE
 
 from appliance.store.blobs import partial_files
@@ -159,6 +164,28 @@ def dataset_bytes(path: Path) -> bytes:
     return data[144 + group_length:]
 
 
+def meta_file(path: Path, body: bytes, sop_class: str, sop_instance: str,
+              ts: str = ExplicitVRLittleEndian) -> Path:
+    """A Part-10 file with a correct file meta and ``body``, any bytes, as its
+    data set (sent as they are by :func:`scu_store`)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = ts
+    buf = DicomBytesIO()
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    path.write_bytes(b"\0" * 128 + b"DICM" + buf.getvalue() + body)
+    return path
+
+
+def encode(ds: Dataset, ts: str = ExplicitVRLittleEndian) -> bytes:
+    """A data set's bytes alone (no file meta) in ``ts``, little endian."""
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, ts == ImplicitVRLittleEndian
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
 def run(cmd: list[str], timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     """Run a client tool, capturing its output as text."""
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
@@ -187,7 +214,7 @@ def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int]:
     ae = AE(ae_title=aet)
     contexts = set()
     for f in files:
-        meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
+        meta = read_file_meta_info(f)  # the file meta only: the data set may be anything
         contexts.add((meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID))
     for sop_class, ts in sorted(contexts):
         ae.add_requested_context(sop_class, ts)

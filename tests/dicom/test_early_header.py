@@ -14,7 +14,8 @@ from pydicom.uid import generate_uid
 
 from appliance.store.archive import Origin, header_uids, instance_record
 from appliance.store.header import read_header
-from tests.dicom.test_scp import US_IMAGE, chunked_send, meta_file, encode  # noqa: F401
+from tests.dicom.test_scp import US_IMAGE
+from tests.support import encode, meta_file
 from tests.support import scu_store
 
 EARLY_WINDOW = 64 << 10  # appliance.store.blobs._HEADER_AT

@@ -14,7 +14,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE
 
-from tests.dicom.test_scp import minimal_sc, scu_store
+from tests.dicom.test_scp import minimal_sc
+from tests.support import scu_store
 from tests.worklist.helpers import MPPS, find, mwl_query, poll, start_wl_daemon, write_wl
 
 PENDING, SUCCESS = 0xFF00, 0x0000

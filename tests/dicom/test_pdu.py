@@ -19,7 +19,8 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode
 
-from tests.dicom.test_scp import SC_IMAGE, echo, encode, minimal_sc
+from tests.dicom.test_scp import SC_IMAGE, echo, minimal_sc
+from tests.support import encode
 
 VERIFICATION = "1.2.840.10008.1.1"
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"

@@ -9,22 +9,18 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from tests.bench.datagen import generate_singles
-from tests.support import PYDICOM_FILES, dataset_bytes, pydicom_file, run, scu_store
+from tests.support import (
+    PYDICOM_FILES, dataset_bytes, encode, meta_file, pydicom_file, run, scu_store,
+)
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
-
-
-@pytest.fixture
-def chunked_send(monkeypatch):
-    """pynetdicom sends files' dataset bytes as they are (no decode/re-encode)."""
-    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
 
 
 @pytest.fixture(scope="module")
@@ -54,33 +50,6 @@ def store_responses(output: str) -> dict[str, str]:
     return result
 
 
-def meta_file(path: Path, body: bytes, sop_class: str, sop_instance: str,
-              ts: str = ExplicitVRLittleEndian) -> Path:
-    """A Part-10 file with correct file meta and an arbitrary dataset body."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ts
-    from pydicom.filewriter import write_file_meta_info
-    from pydicom.filebase import DicomBytesIO
-
-    buf = DicomBytesIO()
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    path.write_bytes(b"\0" * 128 + b"DICM" + buf.getvalue() + body)
-    return path
-
-
-def encode(ds: Dataset) -> bytes:
-    """A dataset's Explicit VR Little Endian body."""
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_dataset(buf, ds)
-    return buf.getvalue()
-
-
 def minimal_sc(**kw) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID = SC_IMAGE
@@ -89,6 +58,11 @@ def minimal_sc(**kw) -> Dataset:
     ds.SeriesInstanceUID = generate_uid()
     ds.PatientID = "P1"
     ds.Modality = "OT"
+    # The smallest image: one 8-bit pixel (an image without pixels is refused, 0xA900).
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows = ds.Columns = 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = b"\0\0"
     for k, v in kw.items():
         if v is None:
             delattr(ds, k)

@@ -20,6 +20,7 @@ BOUNDARY = "stow-test-boundary"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 # FailureReason values (PS3.18 Table I.2-2 and appliance.web.stow).
 CANNOT_UNDERSTAND = 0xC000
+NOT_ITS_SOP_CLASS = 0xA900
 STUDY_MISMATCH = 0xC409
 
 
@@ -139,6 +140,23 @@ def test_a_broken_part_fails_alone(stow):
     reasons = [item["00081197"]["Value"][0] for item in failed(payload)]
     assert reasons == [CANNOT_UNDERSTAND, CANNOT_UNDERSTAND]
     assert stow.count() == before + 2
+    assert stow.daemon.incoming_files() == []
+
+
+def test_a_part_cut_inside_its_header_fails_alone(stow):
+    """Issue 15.1 for STOW-RS: a part whose data set ends inside an element of
+    its header is failed (pydicom alone would read it as a shorter object)."""
+    good = stow.new_file(seed=40, rows=16, columns=16)
+    pixel_at = good.rfind(b"\xe0\x7f\x10\x00")
+    cut = good[: pixel_at - 3]  # inside the last element before Pixel Data
+    lone_header = good[:pixel_at]  # cut between elements: an image without its pixels
+    before = stow.count()
+    status, payload = stow.post(body_of([cut, good, lone_header]))
+    assert status == 202, payload
+    assert len(referenced(payload)) == 1
+    reasons = [item["00081197"]["Value"][0] for item in failed(payload)]
+    assert reasons == [CANNOT_UNDERSTAND, NOT_ITS_SOP_CLASS]
+    assert stow.count() == before + 1
     assert stow.daemon.incoming_files() == []
 
 
