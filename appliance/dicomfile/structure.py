@@ -50,7 +50,7 @@ _PREAMBLE = 128
 _PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = frozenset({_PIXEL_DATA, 0x7FE00008, 0x7FE00009})  # also Float/Double Float
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_TRANSFER_SYNTAX = 0x00020010
+_MEDIA_SOP_CLASS, _TRANSFER_SYNTAX = 0x00020002, 0x00020010
 _IMPLICIT_LE = "1.2.840.10008.1.2"
 _EXPLICIT_BE = "1.2.840.10008.1.2.2"
 # PS3.5 A.5 (Deflated Explicit VR Little Endian) and A.7 (JPIP Referenced Deflate).
@@ -192,7 +192,7 @@ def check(reader: Reader) -> Whole:
     else:
         walk = _Walk(reader.get, reader.size, tsuid, reader.head)
         walk.dataset(at, reader.size, 0, top=True)
-    _check_pixels(walk, tsuid)
+    _check_pixels(walk, tsuid, meta.text(_SOP_CLASS))
     return Whole(tsuid, at, walk.elements + meta.elements,
                  walk.pixel[0] if walk.pixel else None, walk.fragments)
 
@@ -231,6 +231,8 @@ class _Walk:
             stop = self._fits(tag, at, length, self.size, True)
             if tag == _TRANSFER_SYNTAX:
                 tsuid = self.read(at, length).decode("ascii", "replace").rstrip("\0 ")
+            elif tag == _MEDIA_SOP_CLASS and length <= 64:
+                self.values[_SOP_CLASS] = ("UI", self.read(at, length))
             self.elements += 1
             pos = stop
         if not tsuid:
@@ -414,9 +416,10 @@ class _Walk:
         return int(text) if text else None  # ValueError: not a number
 
 
-def _check_pixels(walk: _Walk, tsuid: str) -> None:
-    """The Pixel Data rules of the module docstring."""
-    sop_class = walk.text(_SOP_CLASS)
+def _check_pixels(walk: _Walk, tsuid: str, media_sop_class: str | None) -> None:
+    """The Pixel Data rules of the module docstring; the file meta's Media
+    Storage SOP Class stands in for a data set that lacks its own."""
+    sop_class = walk.text(_SOP_CLASS) or media_sop_class
     image = _is_image_class(sop_class)
     if walk.pixel is None:
         if image:
