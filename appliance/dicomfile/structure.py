@@ -39,6 +39,9 @@ from typing import Callable
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
+from appliance.dicomfile.syntax import DEFLATED, EXPLICIT_BE, IMPLICIT_LE, is_encapsulated
+from appliance.dicomfile.vr import LONG_VRS, SHORT_VRS, UNIT_SIZES
+
 __all__ = ["Malformed", "NotItsSopClass", "Reader", "Truncated", "Whole", "check", "MAX_DEPTH"]
 
 #: Deepest sequence nesting accepted (real objects nest a handful deep).
@@ -51,23 +54,10 @@ _PIXEL_DATA = 0x7FE00010
 _PIXEL_TAGS = frozenset({_PIXEL_DATA, 0x7FE00008, 0x7FE00009})  # also Float/Double Float
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _MEDIA_SOP_CLASS, _TRANSFER_SYNTAX = 0x00020002, 0x00020010
-_IMPLICIT_LE = "1.2.840.10008.1.2"
-_EXPLICIT_BE = "1.2.840.10008.1.2.2"
-# PS3.5 A.5 (Deflated Explicit VR Little Endian) and A.7 (JPIP Referenced Deflate).
-_DEFLATED = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.4.95"})
-
-# PS3.5 7.1.2: explicit VRs with a 2-byte reserved field and a 4-byte length ...
-LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-# ... and those with a 2-byte length.
-SHORT_VRS = frozenset({"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT",
-                       "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"})
 _LONG = frozenset(vr.encode() for vr in LONG_VRS)
 _SHORT = frozenset(vr.encode() for vr in SHORT_VRS)
 _SHORT_NAMES = {vr.encode(): vr for vr in SHORT_VRS}
 _SHORT_LE = struct.Struct("<HH2sH")  # tag, VR, 2-byte length (PS3.5 7.1.2)
-# PS3.5 6.2: values of these VRs are a whole number of fixed-size numbers.
-_UNIT = {"US": 2, "SS": 2, "OW": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "OF": 4, "OL": 4,
-         "FD": 8, "OD": 8, "SV": 8, "UV": 8, "OV": 8}  # fmt: skip
 
 # The top-level values the rules read: SOP Class UID and the Image Pixel Module.
 _SOP_CLASS = 0x00080016
@@ -77,7 +67,7 @@ _WANTED = frozenset({_SOP_CLASS, _SAMPLES, _PHOTOMETRIC, _FRAMES, _ROWS, _COLUMN
 _TOP_TAGS = _WANTED | _PIXEL_TAGS
 # Values with nothing to check but that they fit (every VR has a defined
 # length; binary ones must also be whole numbers of values).
-_PLAIN = frozenset(LONG_VRS | SHORT_VRS) - {"SQ", "UN"} - set(_UNIT)
+_PLAIN = frozenset(LONG_VRS | SHORT_VRS) - {"SQ", "UN"} - set(UNIT_SIZES)
 # Image storage SOP classes whose names do not say "Image Storage".
 _MORE_IMAGE_CLASSES = frozenset({"1.2.840.10008.5.1.4.1.1.6.2"})  # Enhanced US Volume
 
@@ -185,7 +175,7 @@ def check(reader: Reader) -> Whole:
         raise Malformed("not a DICOM object: no DICM prefix or file meta")
     meta = _Walk(reader.get, reader.size, "1.2.840.10008.1.2.1")
     tsuid, at = meta.file_meta(pos)
-    if tsuid in _DEFLATED:
+    if tsuid in DEFLATED:
         inflated = _Inflated(reader, at)
         walk = _Walk(inflated.get, None, tsuid)
         walk.dataset(0, None, 0, top=True)
@@ -205,8 +195,8 @@ class _Walk:
         self.read = read
         self.buf = buf                   # the object's first bytes, if in memory
         self.size = size                 # None: not known up front (inflated)
-        self.endian = ">" if tsuid == _EXPLICIT_BE else "<"
-        self.implicit = tsuid == _IMPLICIT_LE
+        self.endian = ">" if tsuid == EXPLICIT_BE else "<"
+        self.implicit = tsuid == IMPLICIT_LE
         self.elements = 0
         self.values: dict[int, tuple[str | None, bytes]] = {}  # top-level _WANTED
         self.pixel: tuple[int, str | None, int] | None = None  # (tag, VR, length)
@@ -327,7 +317,7 @@ class _Walk:
             # Read before _fits: an inflated data set is only read forwards.
             self.values[tag] = (vr, self.read(at, length))
         stop = self._fits(tag, at, length, end, top)
-        unit = _UNIT.get(vr)  # type: ignore[arg-type]
+        unit = UNIT_SIZES.get(vr)  # type: ignore[arg-type]
         if unit and length % unit:
             raise Malformed(f"{_name(tag)} {vr} of {length} bytes is not a whole number of values")
         if top and tag in _PIXEL_TAGS:
@@ -430,7 +420,7 @@ def _check_pixels(walk: _Walk, tsuid: str, media_sop_class: str | None) -> None:
         if walk.fragments < 1:
             raise Malformed("encapsulated Pixel Data without a fragment")
         return
-    if UID(tsuid).is_compressed:
+    if is_encapsulated(tsuid):
         return  # a defined length under an encapsulated syntax: nothing to count
     try:
         rows, columns = walk.number(_ROWS), walk.number(_COLUMNS)

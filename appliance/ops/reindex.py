@@ -4,7 +4,7 @@ The stored files are plain DICOM Part-10 files named by internal id in 256 fan-o
 folders (``StorageDirectory/ab/<32 hex>.dcm``). A reindex walks exactly those (so
 ``.incoming``, the default ``.tmp``, backups or Orthanc's own files in a shared
 folder are never touched), reads each header with the same code and record
-building as ingest (appliance.store.header.read_header,
+building as ingest (appliance.dicomfile.header.read_header,
 appliance.store.archive.instance_record), hashes the file, and inserts the rows
 in batches into a new index beside the old one. Once every file was seen, the new
 index is moved into place and the old one kept aside under
@@ -35,7 +35,7 @@ from appliance.store import index as index_ops
 from appliance.store.archive import Origin, header_uids, instance_record
 from appliance.durable import fsync_dir
 from appliance.store.blobs import BlobStore, file_sha256
-from appliance.store.header import InvalidObject, read_header
+from appliance.dicomfile.header import InvalidObject, read_header
 from appliance.store.index import DB_NAME, Index, InstanceRecord
 
 log = logging.getLogger(__name__)

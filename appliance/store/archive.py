@@ -27,13 +27,10 @@ from pathlib import Path
 import apsw
 from pydicom.dataset import Dataset
 
-from appliance import dicomjson
-from appliance.dicomfile import structure
-from appliance.store import fastheader
+from appliance.dicomfile import dicomjson, fastheader, structure
+from appliance.dicomfile.header import Header, InvalidObject, read_header, read_header_start
+from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.blobs import BlobStore, IncomingFile, Sealing
-from appliance.store.header import (
-    Header, InvalidObject, is_valid_uid, read_header, read_header_start,
-)
 from appliance.store.index import Index, InstanceRecord
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from appliance.config import Config
+from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.archive import Archive
 
 
@@ -27,9 +28,6 @@ class WebContext:
 
 CONTEXT = web.AppKey("context", WebContext)
 
-# PS3.5 9.1 UID grammar (digits and dots, no empty component, <= 64 chars);
-# leading zeros tolerated as at ingest (appliance.store.header.is_valid_uid).
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def context(request: web.Request) -> WebContext:
@@ -60,7 +58,7 @@ _ERRORS = (web.HTTPBadRequest, web.HTTPUnauthorized, web.HTTPForbidden, web.HTTP
 
 def check_uid(value: str, what: str) -> str:
     """``value`` if it is a valid UID, else 400 naming ``what``."""
-    if not (0 < len(value) <= 64 and _UID.match(value)):
+    if not is_valid_uid(value):  # the rule ingest applies
         raise http_error(400, f"{what}: not a valid UID: {value[:80]!r}")
     return value
 

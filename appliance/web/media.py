@@ -10,6 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from appliance.dicomfile.syntax import (
+    EXPLICIT_LE, IMPLICIT_LE, is_encapsulated, is_lossy, is_video,
+)
+
 __all__ = [
     "EXPLICIT_LE",
     "IMPLICIT_LE",
@@ -28,10 +32,6 @@ __all__ = [
     "parse_media_type",
 ]
 
-EXPLICIT_LE = "1.2.840.10008.1.2.1"
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
-DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 OCTET_STREAM = "application/octet-stream"
 DICOM = "application/dicom"
 
@@ -62,32 +62,6 @@ _FRAME_MEDIA = {
     "1.2.840.10008.1.2.4.107": "video/H265",
     "1.2.840.10008.1.2.4.108": "video/H265",
 }
-_VIDEO = frozenset(ts for ts, media in _FRAME_MEDIA.items() if media.startswith("video/"))
-# Transfer syntaxes whose pixel data may have been through a lossy compression:
-# PS3.18 8.7.3.4 Note 2 lets the origin server return them as they are when the
-# client named no transfer syntax.
-_LOSSY = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203",
-}) | _VIDEO
-_NATIVE = frozenset({EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE, DEFLATED_LE})
-
-
-def is_lossy(ts: str) -> bool:
-    """True for transfer syntaxes that may carry lossy-compressed pixel data."""
-    return ts in _LOSSY
-
-
-def is_video(ts: str) -> bool:
-    """True for MPEG-2, MPEG-4/H.264 and HEVC transfer syntaxes."""
-    return ts in _VIDEO
-
-
-def is_encapsulated(ts: str) -> bool:
-    """True when pixel data is encapsulated (PS3.5 A.4): anything but native."""
-    return ts not in _NATIVE
-
-
 def frame_media_type(ts: str) -> str:
     """The media type of one stored frame: its bitstream type, or octet-stream."""
     return _FRAME_MEDIA.get(ts, OCTET_STREAM)

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from appliance import dicomjson
+from appliance.dicomfile import dicomjson, pixels, render, syntax
 from appliance.store.index import StoredInstance
-from appliance.web import media, pixels, render
+from appliance.web import media, render_params
 from appliance.web.common import WebContext, check_uid, context, dicomweb_url, http_error
 from appliance.web.multipart import Part, file_chunks, send_parts, thread_chunks
 
@@ -313,7 +313,7 @@ async def _pixel_bulk(request: web.Request, ranges: list[media.MediaRange],
     rep = _choose_frames(ranges, row)
     layout = await _layout(request, path)
     if not rep.stored or not layout.encapsulated:
-        if not layout.encapsulated and layout.transfer_syntax != media.EXPLICIT_BE:
+        if not layout.encapsulated and layout.transfer_syntax != syntax.EXPLICIT_BE:
             part = Part(rep.content_type,
                         lambda: file_chunks(path, layout.value_offset, layout.length),
                         layout.length)
@@ -354,11 +354,11 @@ def render_options(request: web.Request, *, thumbnail: bool) -> render.RenderOpt
     quality, window = render.DEFAULT_QUALITY, None
     try:
         if "viewport" in query:
-            viewport, source = render.parse_viewport(query["viewport"])
+            viewport, source = render_params.parse_viewport(query["viewport"])
         if "quality" in query:
-            quality = render.parse_quality(query["quality"])
+            quality = render_params.parse_quality(query["quality"])
         if "window" in query and not thumbnail:
-            window = render.parse_window(query["window"])
+            window = render_params.parse_window(query["window"])
     except ValueError as e:
         raise http_error(400, str(e)) from None
     return render.RenderOptions(media_type=media_type, viewport=viewport, source=source,

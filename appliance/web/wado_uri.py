@@ -16,7 +16,8 @@ import logging
 
 from aiohttp import web
 
-from appliance.web import media, render
+from appliance.dicomfile import render
+from appliance.web import media, render_params
 from appliance.web.common import check_uid, context, http_error
 from appliance.web.wado import can_transcode, instance_part, render_instance, send
 
@@ -73,7 +74,7 @@ def _float(query, name: str) -> float | None:
     if text is None:
         return None
     try:
-        return render.parse_number(text)
+        return render_params.parse_number(text)
     except ValueError:
         raise http_error(400, f"{name}: expected a number") from None
 
@@ -82,7 +83,7 @@ def _region(text: str | None) -> tuple[float, float, float, float] | None:
     if text is None:
         return None
     try:
-        x1, y1, x2, y2 = (render.parse_number(v) for v in text.split(","))
+        x1, y1, x2, y2 = (render_params.parse_number(v) for v in text.split(","))
     except ValueError:
         raise http_error(400, "region: expected x1,y1,x2,y2 between 0.0 and 1.0") from None
     if not (0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1):

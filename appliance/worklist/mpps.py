@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from appliance.dicomjson import dataset_to_json
+from appliance.dicomfile.dicomjson import dataset_to_json
 from appliance.store.index import Index, MppsRecord, mpps_get, mpps_insert, mpps_update
 from appliance.worklist.source import WorklistFolder
 

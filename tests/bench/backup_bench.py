@@ -49,7 +49,7 @@ if __package__ in (None, ""):
 from appliance.store import index as index_ops  # noqa: E402
 from appliance.store.archive import Origin, header_uids, instance_record  # noqa: E402
 from appliance.store.blobs import BlobStore  # noqa: E402
-from appliance.store.header import read_header  # noqa: E402
+from appliance.dicomfile.header import read_header  # noqa: E402
 from appliance.store.index import DB_NAME, Index  # noqa: E402
 from tests.bench import datagen  # noqa: E402
 from tests.bench.run import STORESCU_CFG, Client, warm_page_cache  # noqa: E402

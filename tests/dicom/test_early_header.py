@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from appliance.store.archive import Origin, header_uids, instance_record
-from appliance.store.header import read_header
+from appliance.dicomfile.header import read_header
 from tests.dicom.test_scp import US_IMAGE
 from tests.support import encode, meta_file
 from tests.support import scu_store

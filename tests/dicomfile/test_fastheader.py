@@ -19,9 +19,10 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from appliance.daemon import _quiet_pydicom
-from appliance.store import archive, fastheader
+from appliance.dicomfile import fastheader
+from appliance.store import archive
 from appliance.dicomfile import structure
-from appliance.store.header import read_header
+from appliance.dicomfile.header import read_header
 from tests.support import PYDICOM_FILES, new_dataset
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"

@@ -12,8 +12,8 @@ same JSON directly, for the headers it fully understands: little endian
 (explicit or implicit VR), the default, Latin-1 or UTF-8 character sets, no
 escape sequences, no UN elements, tags in ascending order, nesting at most
 :data:`MAX_DEPTH` deep.  For anything else it returns None and the caller uses
-pydicom (:mod:`appliance.store.header`), which remains the reference: every
-rule below mirrors what pydicom 3 and :mod:`appliance.dicomjson` do with the
+pydicom (:mod:`appliance.dicomfile.header`), which remains the reference: every
+rule below mirrors what pydicom 3 and :mod:`appliance.dicomfile.dicomjson` do with the
 same bytes (the value converters in ``pydicom.values``), and
 ``tests/store/test_fastheader.py`` checks the two agree, record and JSON, on
 every test file.
@@ -30,10 +30,10 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 
-from appliance import dicomjson
-from appliance.store.header import (
-    DEFER_SIZE, PIXEL_DATA_TAG, UNDEFINED_LENGTH, PixelElement, is_valid_uid,
-)
+from appliance.dicomfile import dicomjson
+from appliance.dicomfile.header import DEFER_SIZE, PIXEL_DATA_TAG, UNDEFINED_LENGTH, PixelElement
+from appliance.dicomfile.syntax import EXPLICIT_LE, IMPLICIT_LE
+from appliance.dicomfile.vr import BINARY_VRS, LONG_VRS, is_valid_uid
 
 __all__ = ["MAX_DEPTH", "Plain", "read"]
 
@@ -46,13 +46,11 @@ _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
 _SEQUENCE_END = 0xFFFEE0DD
 _CHARSET = 0x00080005
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_IMPLICIT_LE = "1.2.840.10008.1.2"
 # Little-endian transfer syntaxes whose data set is plain explicit VR
 # (the encapsulated ones differ only in the pixel data).  Deflated and big
 # endian are left to pydicom.
 _EXPLICIT_SYNTAXES = frozenset({
-    _EXPLICIT_LE,
+    EXPLICIT_LE,
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
     "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
     "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.92",
@@ -64,9 +62,6 @@ _EXPLICIT_SYNTAXES = frozenset({
     "1.2.840.10008.1.2.4.203", "1.2.840.10008.1.2.5",
 })  # fmt: skip
 
-# PS3.5 7.1.2: explicit VRs with a 2-byte reserved field and a 4-byte length.
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-_BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW"})
 # pydicom decodes these with its default encoding whatever (0008,0005) says.
 _DEFAULT_CHARSET_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR", "IS", "DS"})
 # Text VRs decoded with (0008,0005): split on backslash ...
@@ -77,7 +72,7 @@ _NUMBERS = {
     "US": ("H", 2), "SS": ("h", 2), "UL": ("L", 4), "SL": ("l", 4),
     "UV": ("Q", 8), "SV": ("q", 8), "FL": ("f", 4), "FD": ("d", 8),
 }  # fmt: skip
-_KNOWN_VRS = (_LONG_VRS | _DEFAULT_CHARSET_VRS | _MULTI_TEXT_VRS | _SINGLE_TEXT_VRS
+_KNOWN_VRS = (LONG_VRS | _DEFAULT_CHARSET_VRS | _MULTI_TEXT_VRS | _SINGLE_TEXT_VRS
               | set(_NUMBERS) | {"PN", "AT"}) - {"UN"}
 # (0008,0005) values pydicom maps to one Python codec (pydicom.charset).
 _CODECS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
@@ -160,7 +155,7 @@ class _Walker:
         if buf[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
             raise _Unsupported
         tsuid, pos = self._file_meta(_PREAMBLE + 4)
-        if tsuid == _IMPLICIT_LE:
+        if tsuid == IMPLICIT_LE:
             self.implicit = True
         elif tsuid not in _EXPLICIT_SYNTAXES:
             raise _Unsupported
@@ -202,7 +197,7 @@ class _Walker:
             vr = buf[pos + 4:pos + 6].decode("ascii")
             if vr not in _KNOWN_VRS:
                 raise _Unsupported  # UN (pydicom may re-read it by dictionary) or garbage
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 return tag, vr, struct.unpack_from("<L", buf, pos + 8)[0], pos + 12
             return tag, vr, struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
         length = struct.unpack_from("<L", buf, pos + 4)[0]
@@ -324,7 +319,7 @@ class _Walker:
         list of them, or a list of numbers) of one non-SQ element."""
         if length == 0:
             return {"vr": vr}, ""  # F.2.5: present but empty
-        if vr in _BINARY_VRS or (vr in dicomjson._BULK_ALLOWED_VRS and length > _BULK_THRESHOLD):
+        if vr in BINARY_VRS or (vr in dicomjson._BULK_ALLOWED_VRS and length > _BULK_THRESHOLD):
             return {"vr": vr, "BulkDataURI": dicomjson.default_bulk_uri(path)}, None
         raw = self.buf[at:at + length]
         number = _NUMBERS.get(vr)

@@ -9,7 +9,6 @@ truncated object is refused rather than archived.
 from __future__ import annotations
 
 import os
-import re
 import struct
 from dataclasses import dataclass
 
@@ -17,7 +16,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from appliance import dicomjson
+from appliance.dicomfile import dicomjson
+from appliance.dicomfile.syntax import EXPLICIT_BE, IMPLICIT_LE
+from appliance.dicomfile.vr import is_valid_uid
 
 # Values at least this long are not read at ingest (they stay in the file).
 DEFER_SIZE = 1024
@@ -26,12 +27,6 @@ _ITEM = 0xFFFEE000
 _SEQ_DELIMITER = 0xFFFEE0DD
 #: A Value Length of 0xFFFFFFFF: encapsulated Pixel Data, delimited items (PS3.5 7.1).
 UNDEFINED_LENGTH = 0xFFFFFFFF
-_BIG_ENDIAN = "1.2.840.10008.1.2.2"
-_IMPLICIT = "1.2.840.10008.1.2"
-# PS3.5 9.1: digits and dots, components without leading zeros, <= 64 chars.
-# Leading zeros are tolerated (many scanners emit them and Orthanc keeps such
-# objects); an empty component, other characters or > 64 chars are refused.
-_UID_LOOSE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 class InvalidObject(Exception):
@@ -46,11 +41,6 @@ class Header:
     transfer_syntax_uid: str
     has_pixel_data: bool
     pixel_data_vr: str | None
-
-
-def is_valid_uid(value: object) -> bool:
-    """True if ``value`` is a usable UID (PS3.5 9.1, leading zeros tolerated)."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and bool(_UID_LOOSE.match(value))
 
 
 @dataclass(frozen=True)
@@ -128,14 +118,14 @@ def _pixel_element(f, tsuid: str) -> PixelElement | None:
         if head:
             raise InvalidObject("truncated DICOM object: partial element at the end")
         return None
-    endian = ">" if tsuid == _BIG_ENDIAN else "<"
+    endian = ">" if tsuid == EXPLICIT_BE else "<"
     group, elem = struct.unpack(endian + "HH", head[:4])
     if (group << 16 | elem) != PIXEL_DATA_TAG:
         # The header parse stopped for another reason (end of data): nothing to check.
         return None
     # Decide the encoding from the bytes, as pydicom does: some writers mix
     # implicit elements into an explicit-VR dataset.
-    if tsuid == _IMPLICIT or not head[4:6].isalpha():
+    if tsuid == IMPLICIT_LE or not head[4:6].isalpha():
         return PixelElement("OW", struct.unpack(endian + "L", head[4:8])[0], start + 8)
     if len(head) < 12:
         raise InvalidObject("truncated DICOM object: partial Pixel Data header")

@@ -35,8 +35,8 @@ from pydicom.pixels.utils import as_pixel_options
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from appliance.store.header import InvalidObject, end_of_fragments
-from appliance.web import media
+from appliance.dicomfile.header import InvalidObject, end_of_fragments
+from appliance.dicomfile import syntax
 
 __all__ = [
     "PixelError",
@@ -118,9 +118,9 @@ def _int(ds: Dataset, keyword: str, default: int) -> int:
 
 def can_decode(ts: str) -> bool:
     """True if a decoder for this transfer syntax's pixel data is installed."""
-    if not media.is_encapsulated(ts):
+    if not syntax.is_encapsulated(ts):
         return True
-    if media.is_video(ts):
+    if syntax.is_video(ts):
         return False
     try:
         return get_decoder(UID(ts)).is_available
@@ -130,8 +130,8 @@ def can_decode(ts: str) -> bool:
 
 def can_transcode(ts: str) -> bool:
     """True if an instance stored in ``ts`` can be sent in Explicit VR Little Endian."""
-    return ts in (media.IMPLICIT_LE, media.EXPLICIT_LE, media.EXPLICIT_BE,
-                  media.DEFLATED_LE) or can_decode(ts)
+    return ts in (syntax.IMPLICIT_LE, syntax.EXPLICIT_LE, syntax.EXPLICIT_BE,
+                  syntax.DEFLATED_LE) or can_decode(ts)
 
 
 # --------------------------------------------------------------------------- layout
@@ -160,18 +160,18 @@ def _locate(f: BinaryIO, ds: Dataset) -> PixelLayout | None:
     """The layout of the pixel data element at ``f``'s position (just after
     ``ds``, the header read with stop_before_pixels), or None if there is none."""
     ts = UID(str(ds.file_meta.get("TransferSyntaxUID", "")))
-    if ts == media.DEFLATED_LE:
+    if ts == syntax.DEFLATED_LE:
         raise PixelError("pixel data of a deflated object cannot be read by offset")
     start = f.tell()
     head = f.read(12)
-    endian = ">" if ts == media.EXPLICIT_BE else "<"
+    endian = ">" if ts == syntax.EXPLICIT_BE else "<"
     if len(head) < 8:
         return None
     group, elem = struct.unpack(endian + "HH", head[:4])
     tag = group << 16 | elem
     if tag not in _PIXEL_TAGS:
         return None
-    if ts == media.IMPLICIT_LE or not head[4:6].isalpha():
+    if ts == syntax.IMPLICIT_LE or not head[4:6].isalpha():
         length = struct.unpack(endian + "L", head[4:8])[0]
         value_at = start + 8
         vr = {0x7FE00008: "OF", 0x7FE00009: "OD"}.get(
@@ -271,7 +271,7 @@ def decoded_frame(f: BinaryIO, layout: PixelLayout, index: int, *,
 def uncompressed_frame(f: BinaryIO, layout: PixelLayout, index: int) -> bytes:
     """Frame ``index`` as uncompressed little endian bytes (PS3.18 8.7.3.3.1):
     read at its offset when the stored data already is that, else decoded."""
-    if not layout.encapsulated and layout.transfer_syntax != media.EXPLICIT_BE \
+    if not layout.encapsulated and layout.transfer_syntax != syntax.EXPLICIT_BE \
             and layout.frame_length() is not None:
         return stored_frame(f, layout, index)
     arr, _ = decoded_frame(f, layout, index, as_rgb=layout.encapsulated)
@@ -298,7 +298,7 @@ def transcode_to_explicit_le(path: str | os.PathLike) -> Iterator[bytes]:
     """
     with open(path, "rb") as f:
         ds = _read_header(f)
-        if ds.file_meta.get("TransferSyntaxUID") == media.DEFLATED_LE:
+        if ds.file_meta.get("TransferSyntaxUID") == syntax.DEFLATED_LE:
             yield _deflated_to_explicit_le(path)
             return
         layout = _locate(f, ds)
@@ -320,7 +320,7 @@ def _encode_header(ds: Dataset, changes: dict[str, Any]) -> bytes:
     ds.walk(lambda _ds, _elem: None)
     for keyword, value in changes.items():
         setattr(ds, keyword, value)
-    ds.file_meta.TransferSyntaxUID = media.EXPLICIT_LE
+    ds.file_meta.TransferSyntaxUID = syntax.EXPLICIT_LE
     buf = io.BytesIO()
     dcmwrite(buf, ds, enforce_file_format=True)
     return buf.getvalue()
@@ -336,7 +336,7 @@ def _native(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
     assert layout.length is not None
     yield _encode_header(layout.header, {}) + _element_header(layout.tag, layout.vr, layout.length)
     swap = 0
-    if layout.transfer_syntax == media.EXPLICIT_BE and layout.vr != "OB":
+    if layout.transfer_syntax == syntax.EXPLICIT_BE and layout.vr != "OB":
         bits = {"OF": 32, "OD": 64}.get(layout.vr, _int(layout.header, "BitsAllocated", 8))
         if bits not in (8, 16, 32, 64):
             raise PixelError(f"big endian pixel data of {bits} bits cannot be byte-swapped")
@@ -397,7 +397,7 @@ def _trailing_elements(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
         return
     f.seek(layout.end_offset)
     ts = layout.transfer_syntax
-    trailing = read_dataset(f, ts == media.IMPLICIT_LE, ts != media.EXPLICIT_BE)
+    trailing = read_dataset(f, ts == syntax.IMPLICIT_LE, ts != syntax.EXPLICIT_BE)
     if _TRAILING_PADDING in trailing:
         del trailing[_TRAILING_PADDING]
     if len(trailing):
@@ -418,11 +418,11 @@ def _deflated_to_explicit_le(path: str | os.PathLike) -> bytes:
 
 def element_value(path: str | os.PathLike, tag_path: tuple[int, ...]) -> bytes | None:
     """The value bytes of the element at ``tag_path`` (tags and 0-based item
-    indexes, as in :func:`appliance.dicomjson.parse_bulk_uri`), little endian
+    indexes, as in :func:`appliance.dicomfile.dicomjson.parse_bulk_uri`), little endian
     (PS3.18 8.7.3.3.1); None when there is no such element. Pixel data is not
     read here (see :func:`read_layout`)."""
     ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size=4096)
-    little = ds.file_meta.get("TransferSyntaxUID") != media.EXPLICIT_BE
+    little = ds.file_meta.get("TransferSyntaxUID") != syntax.EXPLICIT_BE
     current = ds
     for position in range(0, len(tag_path) - 1, 2):
         tag, index = Tag(tag_path[position]), tag_path[position + 1]

@@ -1,4 +1,4 @@
-"""Tests for appliance.dicomjson (Dataset <-> PS3.18 Annex F DICOM JSON)."""
+"""Tests for appliance.dicomfile.dicomjson (Dataset <-> PS3.18 Annex F DICOM JSON)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from appliance.dicomjson import (
+from appliance.dicomfile.dicomjson import (
     BULK_URI_PREFIX,
     DEFAULT_MAX_DEPTH,
     dataset_to_json,
