@@ -31,6 +31,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR
 
 from appliance.dicomfile import dicomjson
+from appliance.dicomfile.columns import COLUMNS, INTEGER_COLUMNS, TEXT_COLUMNS, UID_KEYWORDS
 from appliance.dicomfile.header import DEFER_SIZE, PIXEL_DATA_TAG, UNDEFINED_LENGTH, PixelElement
 from appliance.dicomfile.syntax import EXPLICIT_LE, IMPLICIT_LE
 from appliance.dicomfile.vr import BINARY_VRS, LONG_VRS, is_valid_uid
@@ -81,29 +82,14 @@ _BULK_THRESHOLD = DEFER_SIZE  # also dicomjson.dataset_to_json's default
 _PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
 
 # Index columns read from the top level: keyword -> (tag, VR the value must have).
-_TEXT_COLUMNS = {
-    "PatientID": (0x00100020, "LO"), "PatientName": (0x00100010, "PN"),
-    "PatientBirthDate": (0x00100030, "DA"), "PatientSex": (0x00100040, "CS"),
-    "StudyDate": (0x00080020, "DA"), "StudyTime": (0x00080030, "TM"),
-    "AccessionNumber": (0x00080050, "SH"), "StudyDescription": (0x00081030, "LO"),
-    "ReferringPhysicianName": (0x00080090, "PN"), "StudyID": (0x00200010, "SH"),
-    "Modality": (0x00080060, "CS"), "SeriesDescription": (0x0008103E, "LO"),
-    "SpecificCharacterSet": (0x00080005, "CS"),
-    "SOPClassUID": (0x00080016, "UI"), "SOPInstanceUID": (0x00080018, "UI"),
-    "StudyInstanceUID": (0x0020000D, "UI"), "SeriesInstanceUID": (0x0020000E, "UI"),
-}  # fmt: skip
-_INT_COLUMNS = {
-    "SeriesNumber": (0x00200011, "IS"), "InstanceNumber": (0x00200013, "IS"),
-    "NumberOfFrames": (0x00280008, "IS"), "Rows": (0x00280010, "US"),
-    "Columns": (0x00280011, "US"),
-}  # fmt: skip
+_TEXT_COLUMNS = {c.keyword: (c.tag, c.vr) for c in TEXT_COLUMNS}
+_INT_COLUMNS = {c.keyword: (c.tag, c.vr) for c in INTEGER_COLUMNS}
 # Implicit VR "US or SS" elements that pydicom resolves with the Pixel
 # Representation (filewriter._AMBIGUOUS_US_SS_TAGS); only these are read here.
 _PIXEL_REPRESENTATION = 0x00280103
 _US_OR_SS_TAGS = frozenset({0x00280104, 0x00280105, 0x00280106, 0x00280107, 0x00280108,
                             0x00280109, 0x00280110, 0x00280111, 0x00280120, 0x00280121})
-_UID_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
-_COLUMN_TAGS = frozenset(tag for tag, _ in (*_TEXT_COLUMNS.values(), *_INT_COLUMNS.values()))
+_COLUMN_TAGS = frozenset(c.tag for c in COLUMNS)
 
 
 class _Unsupported(Exception):
@@ -122,7 +108,7 @@ class Plain:
 
     def uids(self) -> dict[str, str]:
         """The four UIDs by keyword (all present and valid, or read() said None)."""
-        return {kw: self.text[kw] for kw in _UID_KEYWORDS}  # type: ignore[misc]
+        return {kw: self.text[kw] for kw in UID_KEYWORDS}  # type: ignore[misc]
 
 
 def read(buf: bytes | memoryview) -> Plain | None:
@@ -164,7 +150,7 @@ class _Walker:
             return None
         metadata["7FE00010"] = {"vr": pixel.vr, "BulkDataURI": dicomjson.default_bulk_uri((PIXEL_DATA_TAG,))}
         text = {kw: self._text(tag, vr) for kw, (tag, vr) in _TEXT_COLUMNS.items()}
-        if not all(is_valid_uid(text[kw]) for kw in _UID_KEYWORDS):
+        if not all(is_valid_uid(text[kw]) for kw in UID_KEYWORDS):
             return None
         ints = {kw: self._int(tag, vr) for kw, (tag, vr) in _INT_COLUMNS.items()}
         return Plain(tsuid, text, ints, metadata, pixel)

@@ -28,6 +28,7 @@ import apsw
 from pydicom.dataset import Dataset
 
 from appliance.dicomfile import dicomjson, fastheader, structure
+from appliance.dicomfile.columns import INTEGER_COLUMNS, TEXT_COLUMNS, UID_KEYWORDS
 from appliance.dicomfile.header import Header, InvalidObject, read_header, read_header_start
 from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.blobs import BlobStore, IncomingFile, Sealing
@@ -430,7 +431,7 @@ def header_uids(header: Header) -> dict[str, str]:
     """The four UIDs every stored object needs, by keyword; InvalidObject if one is
     missing or invalid (ingest and reindex apply the same rule)."""
     uids = {}
-    for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
+    for kw in UID_KEYWORDS:
         value = _text(header.dataset, kw)
         if not value:
             raise InvalidObject(f"missing {kw}")
@@ -451,7 +452,7 @@ def instance_record(header: Header, uids: dict[str, str], size: int, origin: Ori
     # The index columns first: reading them converts those elements in the
     # dataset once, and the DICOM JSON below reuses the converted values.
     text, number = (lambda kw: _text(ds, kw)), (lambda kw: _int(ds, kw))
-    text_values = {kw: text(kw) for kw in _RECORD_TEXT}
+    text_values = {c.keyword: text(c.keyword) for c in TEXT_COLUMNS if c.keyword not in uids}
     metadata = json.dumps(
         dicomjson.dataset_to_json(ds, pixel_data_vr=header.pixel_data_vr),
         separators=(",", ":"), ensure_ascii=False,
@@ -461,43 +462,17 @@ def instance_record(header: Header, uids: dict[str, str], size: int, origin: Ori
     return with_receipt(record, size, origin, received_at)
 
 
-# The string and integer index columns, by keyword: _record reads them.
-_RECORD_TEXT = (
-    "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-    "AccessionNumber", "StudyDescription", "ReferringPhysicianName", "StudyID", "Modality",
-    "SeriesDescription", "SpecificCharacterSet",
-)  # fmt: skip
-
-
 def _record(text, number, uids: dict[str, str], transfer_syntax_uid: str, metadata: str, *,
             file_path: str = "", sha256: str = "") -> InstanceRecord:
     """The index record from its column values, however they were read:
     ``text(keyword)`` and ``number(keyword)`` give the string and integer
     columns (None when absent), ``metadata`` is the DICOM JSON text."""
+    values = {c.field: uids[c.keyword] if c.keyword in uids else text(c.keyword) for c in TEXT_COLUMNS}
+    values.update((c.field, number(c.keyword)) for c in INTEGER_COLUMNS)
+    values["patient_id"] = values["patient_id"] or ""
     return InstanceRecord(
-        patient_id=text("PatientID") or "",
-        patient_name=text("PatientName"),
-        patient_birth_date=text("PatientBirthDate"),
-        patient_sex=text("PatientSex"),
-        study_instance_uid=uids["StudyInstanceUID"],
-        study_date=text("StudyDate"),
-        study_time=text("StudyTime"),
-        accession_number=text("AccessionNumber"),
-        study_description=text("StudyDescription"),
-        referring_physician_name=text("ReferringPhysicianName"),
-        study_id=text("StudyID"),
-        series_instance_uid=uids["SeriesInstanceUID"],
-        modality=text("Modality"),
-        series_number=number("SeriesNumber"),
-        series_description=text("SeriesDescription"),
-        sop_instance_uid=uids["SOPInstanceUID"],
-        sop_class_uid=uids["SOPClassUID"],
-        instance_number=number("InstanceNumber"),
-        number_of_frames=number("NumberOfFrames"),
-        rows=number("Rows"),
-        columns=number("Columns"),
+        **values,
         transfer_syntax_uid=transfer_syntax_uid,
-        specific_character_set=text("SpecificCharacterSet"),
         file_path=file_path,
         file_size=0,
         sha256=sha256,  # at ingest: filled in once the file is sealed
