@@ -67,9 +67,8 @@ from appliance.ops.reindex import (
     index_files, is_stored_relpath, replace_index, stored_files,
 )
 from appliance.ops.lock import data_folders_locked
-from appliance.store import index as index_ops
 from appliance.store.blobs import BlobStore, file_sha256
-from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index
+from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -410,8 +409,8 @@ def _copy_index(source: Path, dest: Path, cancel: threading.Event | None,
     try:
         src.execute("BEGIN")
         # The first read starts the transaction: this snapshot is what every step copies.
-        counts = index_ops.counts_of(src)
-        version = index_ops.schema_version_of(src)
+        counts = Snapshot(src).counts()
+        version = Snapshot(src).schema_version()
         page_size = src.execute("PRAGMA page_size").fetchone()[0]
         pages = src.execute("PRAGMA page_count").fetchone()[0]
         need, free = page_size * pages, _free(dest.parent)
@@ -479,7 +478,7 @@ def mirror_storage(storage: Path, mirror: Path, backup_index: Path,
     touched: set[Path] = set()
     conn = _open_backup(backup_index)
     try:
-        for _sop, rel, size, _sha in index_ops.files_of(conn):
+        for _sop, rel, size, _sha in Snapshot(conn).files():
             if not is_stored_relpath(rel):
                 continue
             dest = mirror / rel
@@ -601,11 +600,11 @@ def verify_backup(config: Config, backup: BackupInfo,
             rows = [r[0] for r in conn.execute("PRAGMA integrity_check")]
             if rows != ["ok"]:
                 report.problems.append(f"PRAGMA integrity_check: {rows[0]}")
-            version = index_ops.schema_version_of(conn)
+            version = Snapshot(conn).schema_version()
             if version > SCHEMA_VERSION:
                 report.problems.append(f"index schema version {version} is newer than this "
                                        f"program's ({SCHEMA_VERSION})")
-            report.counts = index_ops.counts_of(conn)
+            report.counts = Snapshot(conn).counts()
             if manifest is not None and manifest.get("counts") not in (None, report.counts):
                 report.problems.append("the counts differ from the manifest")
             if report.problems:
@@ -624,7 +623,7 @@ def _check_files(config: Config, conn: apsw.Connection, report: VerifyReport,
                  progress: Callable[[int], None] | None) -> None:
     storage = Path(config.storage_directory)
     mirror = config.backups.storage_mirror
-    for n, (_sop, rel, size, sha256) in enumerate(index_ops.files_of(conn), 1):
+    for n, (_sop, rel, size, sha256) in enumerate(Snapshot(conn).files(), 1):
         if not is_stored_relpath(rel):
             report.damaged.append(rel)
             continue
@@ -706,7 +705,7 @@ def _restore_locked(config: Config, backup: BackupInfo) -> RestoreReport:
     index.open()  # migrates a backup made by an older version
     try:
         gone = report.missing + report.damaged
-        dropped = index_ops.delete_instances_at(index, gone) if gone else 0
+        dropped = index.delete_instances_at(gone) if gone else 0
         listed = {rel for _sop, rel, _size, _sha in index.all_files()}
         newer = index_files(index, storage, (r for r in stored_files(storage) if r not in listed))
         counts = index.counts()

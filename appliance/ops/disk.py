@@ -25,7 +25,6 @@ from pathlib import Path
 
 import psutil
 
-from appliance.store import index as index_ops
 from appliance.store.index import Index
 
 log = logging.getLogger(__name__)
@@ -229,7 +228,7 @@ class DiskMonitor:
 
     def _compute_forecast(self, now: float, free: int) -> Forecast:
         try:
-            received, oldest = index_ops.ingest_since(self._index, now - FORECAST_WINDOW_DAYS * DAY)
+            received, oldest = self._index.ingest_since(now - FORECAST_WINDOW_DAYS * DAY)
         except Exception as e:  # noqa: BLE001 - a forecast is never worth a crash
             log.warning("growth forecast not computed: %s", e)
             return self._forecast

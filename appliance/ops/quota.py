@@ -31,7 +31,6 @@ import time
 from collections import Counter
 
 from appliance.ops.disk import MB, DiskState, human_bytes
-from appliance.store import index as index_ops
 from appliance.store.archive import Admission, AdmissionTicket, Archive, Refusal
 
 log = logging.getLogger(__name__)
@@ -158,7 +157,7 @@ class StoreAdmission(Admission):
         with self._lock:
             pending_new = self._pending_new[patient_id] > 0
         new_patient = bool(self.maximum_patients) and not pending_new and \
-            not index_ops.patient_exists(self._archive.index, patient_id)
+            not self._archive.index.patient_exists(patient_id)
         while True:
             stored, patients = self._totals()
             over = []
@@ -183,12 +182,12 @@ class StoreAdmission(Admission):
         """Delete the patient stored longest ago (never one being received); False if none."""
         with self._lock:
             spare = {patient_id, *self._in_flight}
-        candidates = index_ops.least_recently_stored(
-            self._archive.index, spare=spare, stored_before=time.time() - self._spare_recent, limit=1)
+        candidates = self._archive.index.least_recently_stored(
+            spare=spare, stored_before=time.time() - self._spare_recent, limit=1)
         if not candidates:
             return False
         victim = candidates[0]
-        files = index_ops.delete_patient(self._archive.index, victim.pk)
+        files = self._archive.index.delete_patient(victim.pk)
         for path, _ in files:
             self._archive.blobs.remove(path)
         freed = sum(size for _, size in files)

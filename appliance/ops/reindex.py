@@ -31,12 +31,11 @@ from pathlib import Path
 from appliance.config import Config
 from appliance.ops.files import match_owner
 from appliance.ops.lock import data_folders_locked
-from appliance.store import index as index_ops
 from appliance.store.archive import Origin, header_uids, instance_record
 from appliance.durable import fsync_dir
 from appliance.store.blobs import BlobStore, file_sha256
 from appliance.dicomfile.header import InvalidObject, read_header
-from appliance.store.index import DB_NAME, Index, InstanceRecord
+from appliance.store.index import DB_NAME, Index, InstanceRecord, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def index_files(index: Index, root: Path, rels: Iterable[str],
     batch: list[InstanceRecord] = []
 
     def flush() -> None:
-        outcomes = index_ops.insert_many(index, batch, overwrite=False)
+        outcomes = index.insert_many(batch, overwrite=False)
         for rec, outcome in zip(batch, outcomes):
             if outcome.inserted:
                 done.indexed += 1
@@ -108,7 +107,7 @@ def index_files(index: Index, root: Path, rels: Iterable[str],
             kept = index.find_instance(rec.sop_instance_uid)
             kept_at = index.read("SELECT received_at FROM instances WHERE id = ?", (kept.id,))[0][0]
             if rec.received_at > kept_at:
-                (outcome,) = index_ops.insert_many(index, [rec], overwrite=True)
+                (outcome,) = index.insert_many([rec], overwrite=True)
                 done.duplicates.append(kept.file_path)
             else:
                 done.duplicates.append(rec.file_path)
@@ -198,12 +197,12 @@ def _reindex_locked(config: Config, progress: Callable[[int], None] | None) -> R
         try:
             root = Path(config.storage_directory)
             done = index_files(index, root, stored_files(root), progress)
-            index_ops.settle_timestamps(index)
+            index.settle_timestamps()
             counts = index.counts()
         finally:
             index.close()
         # Its last connection was a read-only one, which leaves the WAL unmerged.
-        index_ops.checkpoint_file(work / DB_NAME)
+        Snapshot.checkpoint(work / DB_NAME)
         match_owner(work / DB_NAME, index_dir)
         aside = replace_index(index_dir, work / DB_NAME, "reindex")
     finally:

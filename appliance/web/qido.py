@@ -1,13 +1,14 @@
 """QIDO-RS: search for studies, series and instances (PS3.18 10.6).
 
-Every search runs as one SQL statement on the index
-(appliance.store.index.qido_search); no file is read.
+A request is parsed into the protocol-neutral search model (appliance.query),
+which the store runs as one SQL statement on the index; no file is read.
 
 What is supported, and how (PS3.18 8.3.4, PS3.4 C.2.2.2):
 
 * Match keys by keyword or tag (``PatientID``, ``00100020``). Attributes
   kept as index columns (patient, study, series and instance main
-  attributes; see ``QIDO_COLUMNS``) and ModalitiesInStudy are matched on
+  attributes; see ``appliance.query.keys.INDEXED``), ModalitiesInStudy and
+  SOPClassesInStudy are matched on
   the columns; any other attribute with a text VR is matched on its values
   in the instances' stored DICOM JSON. A key of a lower level than the
   search (``/studies?Modality=US``), or not a column, selects the resources
@@ -45,10 +46,10 @@ from typing import Any
 from aiohttp import web
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
-from appliance.store.index import (
-    MODALITIES_IN_STUDY, QIDO_COLUMNS, QIDO_COMPUTED, Index, QidoMatch, QidoRow, QidoSearch,
-    qido_count, qido_search,
-)
+from appliance.query import grammar, keys
+from appliance.query.keys import COMPUTED, INDEXED, MATCHABLE_COMPUTED
+from appliance.query.model import Level, Match, MatchKind, Row, Search
+from appliance.store.index import Index
 from appliance.web.common import check_uid, context, dicomweb_url, http_error
 
 MAX_LIMIT = 10_000
@@ -56,7 +57,8 @@ MAX_OFFSET = 100_000_000
 _MAX_VALUE_LENGTH = 1024
 _MAX_VALUES = 200          # alternatives in one match value (UID lists included)
 
-_LEVEL_RANK = {"study": 0, "series": 1, "instance": 2}
+# The QIDO-RS resources and the levels they search.
+_LEVELS = (Level.STUDY, Level.SERIES, Level.IMAGE)
 
 # Attributes of the responses that are neither columns nor computed.
 RETRIEVE_URL = 0x00081190
@@ -80,18 +82,18 @@ def _tags(*keywords: str) -> tuple[int, ...]:
 # PS3.18 Tables 10.6.3-3, -4 and -5: the attributes every result carries.
 # StudyDescription is added for the EMR's study lists (an extra is allowed).
 DEFAULTS = {
-    "study": _tags(
+    Level.STUDY: _tags(
         "StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability",
         "ModalitiesInStudy", "ReferringPhysicianName", "TimezoneOffsetFromUTC", "RetrieveURL",
         "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID",
         "StudyID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
         "StudyDescription"),
-    "series": _tags(
+    Level.SERIES: _tags(
         "Modality", "TimezoneOffsetFromUTC", "SeriesDescription", "RetrieveURL",
         "SeriesInstanceUID", "SeriesNumber", "NumberOfSeriesRelatedInstances",
         "PerformedProcedureStepStartDate", "PerformedProcedureStepStartTime",
         "RequestAttributesSequence"),
-    "instance": _tags(
+    Level.IMAGE: _tags(
         "SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "TimezoneOffsetFromUTC",
         "RetrieveURL", "InstanceNumber", "Rows", "Columns", "BitsAllocated", "NumberOfFrames"),
 }
@@ -99,29 +101,21 @@ DEFAULTS = {
 # (from the index or a representative instance); at the instance level the
 # whole stored DICOM JSON of each instance.
 ALL_EXTRAS = {
-    "study": _tags(
+    Level.STUDY: _tags(
         "IssuerOfPatientID", "OtherPatientIDs", "PatientAge", "PatientSize", "PatientWeight",
         "PatientComments", "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription"),
-    "series": _tags(
+    Level.SERIES: _tags(
         "SeriesDate", "SeriesTime", "BodyPartExamined", "Laterality", "ProtocolName",
         "PerformingPhysicianName", "OperatorsName", "StationName", "InstitutionName",
         "Manufacturer", "ManufacturerModelName"),
-    "instance": (),
+    Level.IMAGE: (),
 }
 
 # VRs whose values match as text (PS3.4 C.2.2.2.1/4); dates and times
 # also take ranges.
 _TEXT_VRS = frozenset("AE AS CS LO LT PN SH ST UC UR UT".split())
-_DATE_VRS = frozenset("DA TM DT".split())
 _INT_VRS = frozenset("IS US".split())
 
-_DA = r"\d{8}"
-_TM = r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?"
-_DT = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?"
-_DATE_FORMS = {
-    vr: (re.compile(f"^({p})$", re.ASCII), re.compile(f"^({p})?-({p})?$", re.ASCII))
-    for vr, p in (("DA", _DA), ("TM", _TM), ("DT", _DT))
-}
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -141,18 +135,18 @@ def add_routes(router: web.UrlDispatcher, root: str) -> None:
 
 async def search_studies(request: web.Request) -> web.Response:
     """GET {root}/studies (PS3.18 10.6.1, Search for Studies)."""
-    return await _search(request, "study")
+    return await _search(request, Level.STUDY)
 
 
 async def search_series(request: web.Request) -> web.Response:
     """GET {root}/series and {root}/studies/{study}/series."""
-    return await _search(request, "series")
+    return await _search(request, Level.SERIES)
 
 
 async def search_instances(request: web.Request) -> web.Response:
     """GET {root}/instances, .../studies/{study}/instances and
     .../studies/{study}/series/{series}/instances."""
-    return await _search(request, "instance")
+    return await _search(request, Level.IMAGE)
 
 
 # -- request parsing ---------------------------------------------------------
@@ -176,24 +170,14 @@ def _name(tag: int) -> str:
 
 def _vr(tag: int) -> str | None:
     """The VR a tag has in our tables or the dictionary; None if unknown or ambiguous."""
-    if tag in QIDO_COLUMNS:
-        return QIDO_COLUMNS[tag].vr
-    if tag in QIDO_COMPUTED:
-        return QIDO_COMPUTED[tag][1]
+    known = keys.vr_of(tag)
+    if known is not None:
+        return known
     try:
         vr = dictionary_VR(tag)
     except KeyError:
         return None
     return vr if " or " not in vr else None
-
-
-def _level_of(tag: int) -> str | None:
-    """The query level of a tag we keep in the index; None for the others."""
-    if tag in QIDO_COLUMNS:
-        return QIDO_COLUMNS[tag].level
-    if tag in QIDO_COMPUTED:
-        return QIDO_COMPUTED[tag][0]
-    return None
 
 
 def _integer(name: str, text: str, low: int, high: int) -> int:
@@ -209,10 +193,10 @@ def _split(value: str, separators: str) -> list[str]:
     return values
 
 
-def _match(tag: int, value: str, fold_text: bool, fold_pn: bool) -> QidoMatch | None:
-    """The QidoMatch for ``tag=value``; None for universal matching; 400 if unsupported."""
+def _match(tag: int, value: str, fold_text: bool, fold_pn: bool) -> Match | None:
+    """The Match for ``tag=value``; None for universal matching; 400 if unsupported."""
     name = _name(tag)
-    if (tag in QIDO_COMPUTED and tag != MODALITIES_IN_STUDY) or tag in _CONSTANT:
+    if (tag in COMPUTED and tag not in MATCHABLE_COMPUTED) or tag in _CONSTANT:
         raise http_error(400, f"{name}: computed attribute, cannot be matched")
     vr = _vr(tag)
     if vr is None:
@@ -224,24 +208,23 @@ def _match(tag: int, value: str, fold_text: bool, fold_pn: bool) -> QidoMatch | 
         raise http_error(400, f"{name}: value too long or with control characters")
     if vr == "UI":
         uids = [check_uid(v, name) for v in _split(value, ",\\")]
-        return QidoMatch(tag, vr, "exact", tuple(uids))
-    if vr in _DATE_VRS:
-        single, interval = _DATE_FORMS[vr]
-        if single.match(value):
-            return QidoMatch(tag, vr, "text", (value,))
-        m = interval.match(value)
-        if m and (m.group(1) or m.group(2)):
-            return QidoMatch(tag, vr, "range", (m.group(1) or "", m.group(2) or ""))
+        return Match(tag, vr, MatchKind.EXACT, tuple(uids))
+    if vr in grammar.DATE_TIME_VRS:
+        if grammar.is_value(vr, value):
+            return Match(tag, vr, MatchKind.VALUES, (value,))
+        bounds = grammar.parse_range(vr, value)
+        if bounds is not None:
+            return Match(tag, vr, MatchKind.RANGE, bounds)
         raise http_error(400, f"{name}: expected a {vr} value or range (A-B, A-, -B), got {value[:40]!r}")
-    if vr in _INT_VRS and tag in QIDO_COLUMNS:
+    if vr in _INT_VRS and tag in INDEXED:
         numbers = [_integer(name, v, 0, 2**31 - 1) for v in _split(value, "\\")]
-        return QidoMatch(tag, vr, "exact", tuple(numbers))
+        return Match(tag, vr, MatchKind.EXACT, tuple(numbers))
     if vr in _TEXT_VRS:
         # CS values cannot hold a comma: accept comma lists as backslash ones.
         values = _split(value, ",\\" if vr == "CS" else "\\")
         if "" in values:
             raise http_error(400, f"{name}: empty value in a list")
-        return QidoMatch(tag, vr, "text", tuple(values), fold_pn if vr == "PN" else fold_text)
+        return Match(tag, vr, MatchKind.VALUES, tuple(values), fold_pn if vr == "PN" else fold_text)
     raise http_error(400, f"{name}: matching on {vr} attributes is not supported")
 
 
@@ -264,7 +247,7 @@ def _acceptable(accept: str) -> bool:
     return False
 
 
-def _parse(request: web.Request, level: str) -> tuple[QidoSearch, set[int], bool, bool]:
+def _parse(request: web.Request, level: Level) -> tuple[Search, set[int], bool, bool]:
     """(search, attributes to return, fuzzymatching asked, limit given)."""
     config = context(request).config
     query = request.query
@@ -279,19 +262,18 @@ def _parse(request: web.Request, level: str) -> tuple[QidoSearch, set[int], bool
     if series_uid is not None:
         check_uid(series_uid, "SeriesInstanceUID")
 
-    rank = _LEVEL_RANK[level]
     # PS3.18 10.6.3.3: a search across all studies also returns the
     # higher levels' attributes; one inside a study returns series ones.
     top = 2 if series_uid else 1 if study_uid else 0
     wanted: set[int] = set()
-    for lvl in ("study", "series", "instance")[top if level != "study" else 0:rank + 1]:
+    for lvl in _LEVELS[top if level is not Level.STUDY else 0:_LEVELS.index(level) + 1]:
         wanted.update(DEFAULTS[lvl])
 
     for key in ("limit", "offset", "fuzzymatching"):
         if len(query.getall(key, [])) > 1:
             raise http_error(400, f"{key} given twice")
     limit, offset, fuzzy, limit_given = None, 0, False, False
-    matches: dict[int, QidoMatch | None] = {}
+    matches: dict[int, Match | None] = {}
     whole = False
     fold_text = not config.dicom_web.qido_case_sensitive
     fold_pn = not config.case_sensitive_pn
@@ -301,7 +283,7 @@ def _parse(request: web.Request, level: str) -> tuple[QidoSearch, set[int], bool
                 item = item.strip()
                 if item == "all":
                     wanted.update(ALL_EXTRAS[level])
-                    whole = whole or level == "instance"
+                    whole = whole or level is Level.IMAGE
                 elif item:
                     wanted.add(_attribute(item, "includefield"))
         elif key == "limit":
@@ -324,17 +306,16 @@ def _parse(request: web.Request, level: str) -> tuple[QidoSearch, set[int], bool
 
     # PS3.18 10.6.3.3: attributes of lower levels than the search are not returned.
     wanted = {t for t in wanted
-              if _level_of(t) is None or _LEVEL_RANK[_level_of(t)] <= rank}
+              if keys.level_of(t) is None or keys.level_of(t).rank <= level.rank}
     if limit is None:
-        cap = config.limit_find_instances if level == "instance" else config.limit_find_results
+        cap = config.limit_find_instances if level is Level.IMAGE else config.limit_find_results
         limit = min(cap, MAX_LIMIT) if cap else MAX_LIMIT
-    search = QidoSearch(
+    search = Search(
         level=level, study_uid=study_uid, series_uid=series_uid,
         matches=tuple(m for m in matches.values() if m is not None),
-        computed=tuple(sorted(t for t in wanted if t in QIDO_COMPUTED)),
+        computed=tuple(sorted(t for t in wanted if t in COMPUTED)),
         metadata_tags=tuple(sorted(
-            t for t in wanted
-            if t not in QIDO_COLUMNS and t not in QIDO_COMPUTED and t not in _CONSTANT)),
+            t for t in wanted if t not in INDEXED and t not in COMPUTED and t not in _CONSTANT)),
         whole_metadata=whole, limit=limit, offset=offset,
     )
     return search, wanted, fuzzy, limit_given
@@ -389,45 +370,48 @@ def _stored(attribute: dict[str, Any]) -> str | None:
     return None if kept is None else json.dumps(kept, ensure_ascii=False, separators=(",", ":"))
 
 
-def _retrieve_url(service: str, level: str, values: dict[int, Any]) -> str:
+def _retrieve_url(service: str, level: Level, values: dict[int, Any]) -> str:
     url = f"{service}/studies/{values[0x0020000D]}"
-    if level != "study":
+    if level is not Level.STUDY:
         url += f"/series/{values[0x0020000E]}"
-    if level == "instance":
+    if level is Level.IMAGE:
         url += f"/instances/{values[0x00080018]}"
     return url
 
 
-def _modalities(value: str | None) -> str:
-    modalities = sorted(set(filter(None, (value or "").split(","))))
-    if not modalities:
-        return '{"vr":"CS"}'
-    return f'{{"vr":"CS","Value":[{",".join(map(_string, modalities))}]}}'
+def _value_list(vr: str, value: str | None) -> str:
+    """A multi-valued computed attribute (ModalitiesInStudy, SOPClassesInStudy)
+    from its comma-separated distinct values, sorted."""
+    values = sorted(set(filter(None, (value or "").split(","))))
+    if not values:
+        return f'{{"vr":"{vr}"}}'
+    return f'{{"vr":"{vr}","Value":[{",".join(map(_string, values))}]}}'
 
 
-def _encoder(tag: int, level: str, service: str) -> Callable[[QidoRow], str | None]:
+def _encoder(tag: int, level: Level, service: str) -> Callable[[Row], str | None]:
     """How one wanted attribute of a result is written: JSON text, or None to leave it out."""
     if tag == RETRIEVE_URL:
         return lambda row: _element("UR", _retrieve_url(service, level, row.values))
     if tag == INSTANCE_AVAILABILITY:
         return lambda row: '{"vr":"CS","Value":["ONLINE"]}'  # everything is on disk
-    if tag == MODALITIES_IN_STUDY:
-        return lambda row: _modalities(row.values[tag])
-    if tag in QIDO_COMPUTED:
-        vr = QIDO_COMPUTED[tag][1]
+    if tag in MATCHABLE_COMPUTED:
+        vr = COMPUTED[tag].vr
+        return lambda row: _value_list(vr, row.values[tag])
+    if tag in COMPUTED:
+        vr = COMPUTED[tag].vr
         return lambda row: _element(vr, row.values[tag])
-    if tag in QIDO_COLUMNS:
-        vr, if_known = QIDO_COLUMNS[tag].vr, tag in _IF_KNOWN
+    if tag in INDEXED:
+        vr, if_known = INDEXED[tag].vr, tag in _IF_KNOWN
         return lambda row: (None if if_known and row.values[tag] is None
                             else _element(vr, row.values[tag]))
 
-    def from_metadata(row: QidoRow) -> str | None:
+    def from_metadata(row: Row) -> str | None:
         text = row.metadata.get(tag)
         return None if text is None else _stored(json.loads(text))
     return from_metadata
 
 
-def _renderer(level: str, wanted: set[int], service: str) -> Callable[[QidoRow], str]:
+def _renderer(level: Level, wanted: set[int], service: str) -> Callable[[Row], str]:
     """A function writing one result (a DICOM JSON object, PS3.18 F.2) as JSON text.
 
     The wanted attributes are sorted once per search, not once per result:
@@ -435,7 +419,7 @@ def _renderer(level: str, wanted: set[int], service: str) -> Callable[[QidoRow],
     """
     encoders = [(f"{tag:08X}", _encoder(tag, level, service)) for tag in sorted(wanted)]
 
-    def render(row: QidoRow) -> str:
+    def render(row: Row) -> str:
         if row.whole_metadata:
             # The stored attributes, with the wanted ones written over them.
             parts = {}
@@ -458,16 +442,15 @@ def _renderer(level: str, wanted: set[int], service: str) -> Callable[[QidoRow],
     return render
 
 
-def _answer(index: Index, search: QidoSearch,
-            render: Callable[[QidoRow], str]) -> tuple[bytes, int]:
+def _answer(index: Index, search: Search, render: Callable[[Row], str]) -> tuple[bytes, int]:
     """Run the search and write the response body (on a worker thread: both
     the query and the writing of a large page would otherwise hold the event
     loop); also the number of results."""
-    rows = qido_search(index, search)
+    rows = index.search(search)
     return ("[" + ",".join(map(render, rows)) + "]").encode("utf-8"), len(rows)
 
 
-async def _search(request: web.Request, level: str) -> web.Response:
+async def _search(request: web.Request, level: Level) -> web.Response:
     search, wanted, fuzzy, limit_given = _parse(request, level)
     index = context(request).archive.index
     service = dicomweb_url(request)
@@ -479,7 +462,7 @@ async def _search(request: web.Request, level: str) -> web.Response:
         response.headers.add("Warning", f'299 {service} "The fuzzymatching parameter is not '
                                         'supported. Only literal matching has been performed."')
     if not limit_given and found == search.limit:
-        total = await asyncio.to_thread(qido_count, index, search)
+        total = await asyncio.to_thread(index.count, search)
         remaining = total - search.offset - found
         if remaining > 0:
             response.headers.add(

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.config import Config
-from appliance.store.index import Index, studies_quiet_since
+from appliance.store.index import Index
 from appliance.worklist.source import WorklistFolder, WorklistItem
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ class Housekeeper:
         accessions: set[str] = set()
         if rules.delete_on_stable_study and items:
             uids, accessions = await asyncio.to_thread(
-                studies_quiet_since, self.index,
+                self.index.studies_quiet_since,
                 {i.study_instance_uid for i in items if i.study_instance_uid},
                 {i.accession_number for i in items if i.accession_number},
                 now - rules.stable_age)

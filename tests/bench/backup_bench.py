@@ -46,11 +46,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from appliance.store import index as index_ops  # noqa: E402
 from appliance.store.archive import Origin, header_uids, instance_record  # noqa: E402
 from appliance.store.blobs import BlobStore  # noqa: E402
 from appliance.dicomfile.header import read_header  # noqa: E402
-from appliance.store.index import DB_NAME, Index  # noqa: E402
+from appliance.store.index import DB_NAME, Index, Snapshot  # noqa: E402
 from tests.bench import datagen  # noqa: E402
 from tests.bench.run import STORESCU_CFG, Client, warm_page_cache  # noqa: E402
 from tests.bench.servers import ServerError, base_env  # noqa: E402
@@ -84,13 +83,13 @@ def build_index(folder: Path, instances: int, template: Path) -> Path:
                 "instance_number": i % 20 + 1, "file_path": BlobStore.relpath(f"{i:032x}"),
                 "sha256": f"{i:064x}", "received_at": now - (instances - i) * 6.0}))
             if len(batch) == 2000:
-                index_ops.insert_many(index, batch, overwrite=False)
+                index.insert_many(batch, overwrite=False)
                 batch = []
         if batch:
-            index_ops.insert_many(index, batch, overwrite=False)
+            index.insert_many(batch, overwrite=False)
     finally:
         index.close()
-    index_ops.checkpoint_file(folder / DB_NAME)
+    Snapshot.checkpoint(folder / DB_NAME)
     return folder / DB_NAME
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from appliance.store import index as index_module
+from appliance.store.index import engine as index_module
 from appliance.store.index import Index
 
 

@@ -9,8 +9,7 @@ import json
 import apsw
 import pytest
 
-from appliance.store import index as index_ops
-from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index
+from appliance.store.index import DB_NAME, QIDO_KEPT, SCHEMA_VERSION, Index
 from tests.store import BODY_PART, IMAGE_TYPE, TIMEZONE, create_v2_index, record
 
 # The summaries as the previous release computed them at query time: an
@@ -37,7 +36,7 @@ _SERIES_KEPT = "SELECT series_instance_uid, number_of_instances, attributes FROM
 
 def _kept_of(metadata: str, level: str) -> dict:
     """What the row must keep of a representative instance's metadata."""
-    keys = {f"{tag:08X}" for tag in index_ops.QIDO_KEPT[level]}
+    keys = {f"{tag:08X}" for tag in QIDO_KEPT[level]}
     return {k: v for k, v in json.loads(metadata).items() if k in keys}
 
 
@@ -84,7 +83,7 @@ def test_counts_and_modalities_follow_every_insert(index):
     index.insert_instance(record("1.1", "1.1.1", "1.1.1.2"), overwrite=False, dirs=())
     index.insert_instance(record("1.1", "1.1.1", "1.1.1.2"), overwrite=True, dirs=())
     # A second study in one batch (the reindex path).
-    index_ops.insert_many(index, [record("1.2", "1.2.1", "1.2.1.1", patient="PAT2"),
+    index.insert_many([record("1.2", "1.2.1", "1.2.1.1", patient="PAT2"),
                                   record("1.2", "1.2.1", "1.2.1.2", patient="PAT2")],
                           overwrite=False)
     assert study_row(index, "1.1")[:3] == (3, 4, ["SR", "US"])
@@ -101,13 +100,13 @@ def test_counts_and_modalities_follow_every_delete(index):
     assert study_row(index, "1.1")[:3] == (2, 2, ["SR", "US"])
     assert_summaries_right(index)
     # The last instance of a series: the series and its modality go.
-    assert index_ops.delete_instances_at(index, ["cd/sr.dcm"]) == 1
+    assert index.delete_instances_at(["cd/sr.dcm"]) == 1
     assert study_row(index, "1.1")[:3] == (1, 1, ["US"])
     assert_summaries_right(index)
     index.delete_instance("1.1.1.1")
     assert study_row(index, "1.1") == ()
     (patient,) = index.read("SELECT id FROM patients WHERE patient_id = 'PAT2'")
-    index_ops.delete_patient(index, patient[0])
+    index.delete_patient(patient[0])
     assert index.read("SELECT count(*) FROM studies") == [(0,)]
 
 

@@ -9,7 +9,9 @@ import dataclasses
 
 import requests
 
-from appliance.store.index import QIDO_COLUMNS, QIDO_COMPUTED, QIDO_KEPT
+from appliance.query.keys import COMPUTED, INDEXED
+from appliance.query.model import Level
+from appliance.store.index import QIDO_KEPT
 from appliance.web.qido import _CONSTANT, ALL_EXTRAS, DEFAULTS
 from tests.store import BODY_PART, TIMEZONE, create_v2_index, record
 from tests.web import Study, store, write_studies
@@ -83,9 +85,9 @@ def test_a_v2_index_is_migrated_with_its_counts_and_attributes(make_daemon, tmp_
 def test_attributes_returned_by_default_or_for_all_are_kept_on_the_rows():
     """What a study or series search returns without includefield naming it is
     read from the row, not parsed out of an instance's whole metadata."""
-    for level in ("study", "series"):
+    for level, kept in ((Level.STUDY, "study"), (Level.SERIES, "series")):
         returned = {*DEFAULTS[level], *ALL_EXTRAS[level]}
-        if level == "series":
-            returned |= set(DEFAULTS["study"])  # a search across studies returns both
-        from_metadata = returned - set(QIDO_COLUMNS) - set(QIDO_COMPUTED) - _CONSTANT
-        assert from_metadata <= set(QIDO_KEPT[level]), level
+        if level is Level.SERIES:
+            returned |= set(DEFAULTS[Level.STUDY])  # a search across studies returns both
+        from_metadata = returned - set(INDEXED) - set(COMPUTED) - _CONSTANT
+        assert from_metadata <= set(QIDO_KEPT[kept]), level

@@ -1,0 +1,36 @@
+"""Date and time values in queries (PS3.5 6.2 DA, TM, DT; PS3.4 C.2.2.2.5 ranges).
+
+One grammar for every matcher: QIDO-RS, C-FIND and the worklist.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["DATE_TIME_VRS", "PATTERNS", "parse_range", "is_value"]
+
+#: VRs that take range matching (PS3.4 C.2.2.2.5).
+DATE_TIME_VRS = frozenset({"DA", "TM", "DT"})
+
+# One value of each VR, as a regular expression without anchors.
+PATTERNS = {
+    "DA": r"\d{8}",
+    "TM": r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?",
+    "DT": r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?",
+}
+_VALUE = {vr: re.compile(f"({p})\\Z", re.ASCII) for vr, p in PATTERNS.items()}
+_RANGE = {vr: re.compile(f"({p})?-({p})?\\Z", re.ASCII) for vr, p in PATTERNS.items()}
+
+
+def is_value(vr: str, text: str) -> bool:
+    """True if ``text`` is one value of ``vr`` (DA, TM or DT)."""
+    return bool(_VALUE[vr].match(text))
+
+
+def parse_range(vr: str, text: str) -> tuple[str, str] | None:
+    """``(low, high)`` of a range ``A-B``, ``A-`` or ``-B`` ("" for an open
+    end), or None if ``text`` is no range of ``vr``."""
+    m = _RANGE[vr].match(text)
+    if not m or not (m.group(1) or m.group(2)):
+        return None
+    return m.group(1) or "", m.group(2) or ""
