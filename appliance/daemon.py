@@ -157,7 +157,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             "pid": os.getpid(), "dicom_port": dicom.port, "http_port": http_port,
             "dicom_aet": config.dicom_aet, "version": __version__,
         })
-        counts = await asyncio.to_thread(archive.index.counts)
+        counts = await asyncio.to_thread(archive.counts)
         log.info("ready in %.2f s: DICOM %s on port %d, HTTP on %s port %d, %d instances",
                  time.monotonic() - started, config.dicom_aet, dicom.port,
                  "all interfaces" if config.remote_access_allowed else "localhost",
@@ -215,7 +215,7 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                      Role.MIRROR: config.backups.storage_mirror},
         created_later=(Role.TEMPORARY, Role.BACKUPS) if config.backups.directory_is_default
         else (Role.TEMPORARY,),
-        index=archive.index, interval=dm.interval_seconds, warn_percent=dm.warn_percent,
+        archive=archive, interval=dm.interval_seconds, warn_percent=dm.warn_percent,
         critical_percent=dm.critical_percent, minimum_free_mb=dm.minimum_free_mb,
         quota_bytes=config.maximum_storage_size * MB, stored_bytes=lambda: admission.stored_bytes,
         on_state=admission.disk_changed)
@@ -243,12 +243,12 @@ class _Worklist:
 def _build_worklist(config: Config, archive: Archive) -> _Worklist:
     wl = config.worklists
     folder = WorklistFolder(wl.database) if wl.enable and wl.database is not None else None
-    mpps = (MppsManager(archive.index, folder,
+    mpps = (MppsManager(archive, folder,
                         archive_finished_worklists=config.mpps.archive_finished_worklists)
             if config.mpps.enable else None)
     dimse = (WorklistDimse(folder, mpps, MwlOptions.from_config(config))
              if folder is not None or mpps is not None else None)
-    housekeeper = (Housekeeper(folder, archive.index, CleanupRules.from_config(config))
+    housekeeper = (Housekeeper(folder, archive, CleanupRules.from_config(config))
                    if folder is not None else None)
     return _Worklist(folder, dimse, mpps, housekeeper)
 
@@ -260,7 +260,7 @@ async def _watchdog(notifier: Notifier, period: float, dicom: DicomServer, archi
     index writer still run. When one is dead no ping goes out, and systemd
     restarts the service after WatchdogSec."""
     while True:
-        if dicom.is_alive() and archive.index.is_alive():
+        if dicom.is_alive() and archive.is_alive():
             notifier.watchdog()
             snap = board.snapshot()
             counts = snap.get("counts") or {}
@@ -269,7 +269,7 @@ async def _watchdog(notifier: Notifier, period: float, dicom: DicomServer, archi
         else:
             log.error("health check failed (DICOM server %s, index writer %s): "
                       "no watchdog ping", "up" if dicom.is_alive() else "DOWN",
-                      "up" if archive.index.is_alive() else "DOWN")
+                      "up" if archive.is_alive() else "DOWN")
         await asyncio.sleep(period)
 
 

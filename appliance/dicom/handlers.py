@@ -20,8 +20,7 @@ from pynetdicom import events as evt
 
 from appliance.dicom.mwl import WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
-from appliance.store.archive import Archive, Origin, StoreOutcome
-from appliance.store.blobs import IncomingFile
+from appliance.store import Archive, IncomingFile, Origin, StoreOutcome
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from appliance.store.index import Index
+from appliance.store import Archive
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def human_bytes(n: float | None) -> str:
 class DiskMonitor:
     """Measures the filesystems every ``interval`` seconds; see the module docstring."""
 
-    def __init__(self, *, directories: Mapping[Role, Path | None], index: Index,
+    def __init__(self, *, directories: Mapping[Role, Path | None], archive: Archive,
                  created_later: Iterable[Role] = (), interval: float, warn_percent: int, critical_percent: int,
                  minimum_free_mb: int, quota_bytes: int = 0,
                  stored_bytes: Callable[[], int] | None = None,
@@ -162,7 +162,7 @@ class DiskMonitor:
         # Directories made on first use (the temporary folder, the default backup
         # folder) are measured at their nearest existing parent until then.
         self._created_later = frozenset(created_later)
-        self._index = index
+        self._archive = archive
         self.interval = interval
         self._warn = warn_percent
         self._critical = critical_percent
@@ -228,7 +228,7 @@ class DiskMonitor:
 
     def _compute_forecast(self, now: float, free: int) -> Forecast:
         try:
-            received, oldest = self._index.ingest_since(now - FORECAST_WINDOW_DAYS * DAY)
+            received, oldest = self._archive.ingest_since(now - FORECAST_WINDOW_DAYS * DAY)
         except Exception as e:  # noqa: BLE001 - a forecast is never worth a crash
             log.warning("growth forecast not computed: %s", e)
             return self._forecast

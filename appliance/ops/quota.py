@@ -147,7 +147,7 @@ class StoreAdmission(Admission):
 
     def _totals(self) -> tuple[int, int]:
         if self._bytes is None:
-            self.totals_changed(self._archive.index.counts())
+            self.totals_changed(self._archive.counts())
         with self._lock:
             return self._bytes + self._pending_bytes, self._patients + len(self._pending_new)
 
@@ -157,7 +157,7 @@ class StoreAdmission(Admission):
         with self._lock:
             pending_new = self._pending_new[patient_id] > 0
         new_patient = bool(self.maximum_patients) and not pending_new and \
-            not self._archive.index.patient_exists(patient_id)
+            not self._archive.patient_exists(patient_id)
         while True:
             stored, patients = self._totals()
             over = []
@@ -182,15 +182,12 @@ class StoreAdmission(Admission):
         """Delete the patient stored longest ago (never one being received); False if none."""
         with self._lock:
             spare = {patient_id, *self._in_flight}
-        candidates = self._archive.index.least_recently_stored(
+        candidates = self._archive.least_recently_stored(
             spare=spare, stored_before=time.time() - self._spare_recent, limit=1)
         if not candidates:
             return False
         victim = candidates[0]
-        files = self._archive.index.delete_patient(victim.pk)
-        for path, _ in files:
-            self._archive.blobs.remove(path)
-        freed = sum(size for _, size in files)
+        deleted, freed = self._archive.delete_patient(victim.pk)
         with self._lock:
             if self._bytes is not None:
                 self._bytes -= freed
@@ -201,7 +198,7 @@ class StoreAdmission(Admission):
         log.info("recycled patient #%d (least recently stored, last at %s): %d studies, "
                  "%d instances, %s freed (%s, MaximumStorageMode Recycle)",
                  victim.pk, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(victim.updated_at)),
-                 victim.studies, len(files), human_bytes(freed), self._limits())
+                 victim.studies, deleted, human_bytes(freed), self._limits())
         return True
 
     def _limits(self) -> str:

@@ -89,7 +89,7 @@ class StatusBoard:
                           now - self._counted_at < max(COUNTS_MIN_EVERY, 20 * self._count_cost)):
             return
         t0 = time.monotonic()
-        counts = self._archive.index.counts()
+        counts = self._archive.counts()
         self._count_cost = time.monotonic() - t0
         self.counts, self._counted_at, self._counted_after = counts, now, marker
         self._admission.totals_changed(counts)

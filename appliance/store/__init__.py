@@ -1,0 +1,19 @@
+"""The store: the only door to the index and the stored files (docs/DESIGN.md).
+
+Everything outside this package goes through :class:`Archive` and the names
+exported here; appliance.store.index and appliance.store.blobs are its
+insides.
+"""
+
+from __future__ import annotations
+
+from appliance.store.archive import (
+    Admission, AdmissionTicket, Archive, Origin, Refusal, StoreOutcome, StoreResult,
+)
+from appliance.store.blobs import IncomingFile
+from appliance.store.index import SCHEMA_VERSION, MppsRecord, PatientUsage, StoredInstance
+
+__all__ = [
+    "SCHEMA_VERSION", "Admission", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
+    "Origin", "PatientUsage", "Refusal", "StoreOutcome", "StoreResult", "StoredInstance",
+]

@@ -32,7 +32,10 @@ from appliance.dicomfile.columns import INTEGER_COLUMNS, TEXT_COLUMNS, UID_KEYWO
 from appliance.dicomfile.header import Header, InvalidObject, read_header, read_header_start
 from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.blobs import BlobStore, IncomingFile, Sealing
-from appliance.store.index import Index, InstanceRecord
+from appliance.query.model import Row, Search
+from appliance.store.index import (
+    Index, InstanceRecord, MppsRecord, PatientUsage, StoredInstance,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +203,97 @@ class Archive:
                 self.failed_count += 1
             self.outcomes[(origin.source, outcome.result)] += 1
         return outcome
+
+    # -- reads and searches ------------------------------------------------
+    #
+    # What the protocol adapters read goes through here, so none of them
+    # knows the index or the file layout (docs/DESIGN.md, the store is the
+    # only door).
+
+    def is_alive(self) -> bool:
+        """True while the index can write (a health check)."""
+        return self.index.is_alive()
+
+    def counts(self) -> dict[str, int]:
+        """Numbers of patients, studies, series, instances and stored bytes."""
+        return self.index.counts()
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        """The stored instance with this SOP Instance UID, or None."""
+        return self.index.find_instance(sop_instance_uid)
+
+    def instances_in(self, study_uid: str, series_uid: str | None = None,
+                     sop_uid: str | None = None) -> list[StoredInstance]:
+        """The instances of a study (or of one series in it, or one instance in
+        that), in viewing order; none when a parent named does not hold them."""
+        return self.index.instances_in(study_uid, series_uid, sop_uid)
+
+    def metadata_in(self, study_uid: str, series_uid: str | None = None,
+                    sop_uid: str | None = None) -> list[str]:
+        """The DICOM JSON texts of the same instances as :meth:`instances_in`."""
+        return self.index.metadata_in(study_uid, series_uid, sop_uid)
+
+    def instance_metadata(self, sop_instance_uid: str) -> str | None:
+        """The DICOM JSON text of one instance, or None."""
+        return self.index.instance_metadata(sop_instance_uid)
+
+    def file_of(self, instance: StoredInstance) -> Path:
+        """Where the stored file of ``instance`` is (read it, never write it)."""
+        return self.blobs.path(instance.file_path)
+
+    def search(self, search: Search) -> list[Row]:
+        """One page of the resources matching ``search`` (appliance.query)."""
+        return self.index.search(search)
+
+    def count(self, search: Search) -> int:
+        """How many resources match ``search``, limit and offset ignored."""
+        return self.index.count(search)
+
+    def studies_quiet_since(self, study_instance_uids, accession_numbers,
+                            before: float) -> tuple[set[str], set[str]]:
+        """Which of these Study Instance UIDs and Accession Numbers belong to a
+        stored study without a new instance since ``before`` (a stable study)."""
+        return self.index.studies_quiet_since(study_instance_uids, accession_numbers, before)
+
+    # -- procedure steps (MPPS) ------------------------------------------------
+
+    def mpps_insert(self, record: MppsRecord) -> bool:
+        """Keep a new procedure step; False if its SOP Instance UID exists."""
+        return self.index.mpps_insert(record)
+
+    def mpps_get(self, sop_instance_uid: str) -> MppsRecord | None:
+        """The procedure step with this SOP Instance UID, or None."""
+        return self.index.mpps_get(sop_instance_uid)
+
+    def mpps_update(self, previous: MppsRecord, **changes) -> bool:
+        """Change a step only if it is still ``previous``; False if it moved on."""
+        return self.index.mpps_update(previous, **changes)
+
+    # -- space: quotas, recycling, the disk forecast ---------------------------
+
+    def patient_exists(self, patient_id: str) -> bool:
+        """True if the archive holds this PatientID."""
+        return self.index.patient_exists(patient_id)
+
+    def least_recently_stored(self, *, spare, stored_before: float,
+                              limit: int = 8) -> list[PatientUsage]:
+        """The patients stored longest ago, oldest first (Orthanc's recycling order)."""
+        return self.index.least_recently_stored(spare=spare, stored_before=stored_before,
+                                                limit=limit)
+
+    def delete_patient(self, patient_pk: int) -> tuple[int, int]:
+        """Delete a patient and everything stored of it: the rows in one
+        transaction first, then the files, so a crash between the two leaves
+        unlisted files (found by a reindex), never a row without its file.
+        Returns (files, bytes) deleted."""
+        files = self.index.delete_patient(patient_pk)
+        for path, _ in files:
+            self.blobs.remove(path)
+        return len(files), sum(size for _, size in files)
+
+    def ingest_since(self, since: float) -> tuple[int, float | None]:
+        """(bytes received after ``since``, time of the oldest instance)."""
+        return self.index.ingest_since(since)
 
     def _store(self, incoming: IncomingFile, origin: Origin,
                expected_class: str | None, expected_instance: str | None) -> StoreOutcome:

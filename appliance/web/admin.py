@@ -24,7 +24,7 @@ import asyncio
 from aiohttp import web
 
 from appliance import __version__
-from appliance.store.index import SCHEMA_VERSION
+from appliance.store import SCHEMA_VERSION
 from appliance.web.common import context
 
 ORTHANC_VERSION = "1.10.1"
@@ -63,7 +63,7 @@ async def system(request: web.Request) -> web.Response:
 
 async def statistics(request: web.Request) -> web.Response:
     """GET /statistics: resource counts and storage size."""
-    counts = await asyncio.to_thread(context(request).archive.index.counts)
+    counts = await asyncio.to_thread(context(request).archive.counts)
     size = counts["bytes"]
     return web.json_response({
         "CountInstances": counts["instances"],

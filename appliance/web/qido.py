@@ -49,7 +49,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from appliance.query import grammar, keys
 from appliance.query.keys import COMPUTED, INDEXED, MATCHABLE_COMPUTED
 from appliance.query.model import Level, Match, MatchKind, Row, Search
-from appliance.store.index import Index
+from appliance.store import Archive
 from appliance.web.common import check_uid, context, dicomweb_url, http_error
 
 MAX_LIMIT = 10_000
@@ -442,27 +442,27 @@ def _renderer(level: Level, wanted: set[int], service: str) -> Callable[[Row], s
     return render
 
 
-def _answer(index: Index, search: Search, render: Callable[[Row], str]) -> tuple[bytes, int]:
+def _answer(archive: Archive, search: Search, render: Callable[[Row], str]) -> tuple[bytes, int]:
     """Run the search and write the response body (on a worker thread: both
     the query and the writing of a large page would otherwise hold the event
     loop); also the number of results."""
-    rows = index.search(search)
+    rows = archive.search(search)
     return ("[" + ",".join(map(render, rows)) + "]").encode("utf-8"), len(rows)
 
 
 async def _search(request: web.Request, level: Level) -> web.Response:
     search, wanted, fuzzy, limit_given = _parse(request, level)
-    index = context(request).archive.index
+    archive = context(request).archive
     service = dicomweb_url(request)
     body, found = await asyncio.to_thread(
-        _answer, index, search, _renderer(level, wanted, service))
+        _answer, archive, search, _renderer(level, wanted, service))
     response = web.Response(body=body, content_type="application/dicom+json")
     # PS3.18 8.4.3 / 8.3.4: Warning header fields (RFC 7234 5.5 syntax).
     if fuzzy:
         response.headers.add("Warning", f'299 {service} "The fuzzymatching parameter is not '
                                         'supported. Only literal matching has been performed."')
     if not limit_given and found == search.limit:
-        total = await asyncio.to_thread(index.count, search)
+        total = await asyncio.to_thread(archive.count, search)
         remaining = total - search.offset - found
         if remaining > 0:
             response.headers.add(

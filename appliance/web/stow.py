@@ -22,8 +22,7 @@ from typing import Any
 import pydicom
 from aiohttp import web
 
-from appliance.store.archive import Archive, Origin, StoreOutcome, StoreResult
-from appliance.store.blobs import IncomingFile
+from appliance.store import Archive, IncomingFile, Origin, StoreOutcome, StoreResult
 from appliance.web import media
 from appliance.web.common import check_uid, context, dicomweb_url, http_error
 from appliance.web.multipart import MultipartError, MultipartParser, check_boundary

@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 from appliance.dicomfile import dicomjson, pixels, render, syntax
-from appliance.store.index import StoredInstance
+from appliance.store import StoredInstance
 from appliance.web import media, render_params
 from appliance.web.common import WebContext, check_uid, context, dicomweb_url, http_error
 from appliance.web.multipart import Part, file_chunks, send_parts, thread_chunks
@@ -77,7 +77,7 @@ def _uids(request: web.Request) -> tuple[str, str | None, str | None]:
 async def _instances(request: web.Request) -> tuple[WebContext, list[StoredInstance]]:
     ctx = context(request)
     study, series, sop = _uids(request)
-    rows = await asyncio.to_thread(ctx.archive.index.instances_in, study, series, sop)
+    rows = await asyncio.to_thread(ctx.archive.instances_in, study, series, sop)
     if not rows:
         what = "instance" if sop else "series" if series else "study"
         raise http_error(404, f"no such {what}")
@@ -85,7 +85,7 @@ async def _instances(request: web.Request) -> tuple[WebContext, list[StoredInsta
 
 
 def _path(ctx: WebContext, row: StoredInstance) -> Path:
-    return ctx.archive.blobs.path(row.file_path)
+    return ctx.archive.file_of(row)
 
 
 @functools.lru_cache(maxsize=64)
@@ -173,12 +173,12 @@ async def metadata(request: web.Request) -> web.Response:
 
 def _metadata_body(ctx: WebContext, base: str, study: str, series: str | None,
                    sop: str | None) -> bytes | None:
-    index = ctx.archive.index
+    archive = ctx.archive
     for _ in range(3):
         # Two reads: an instance stored in between would shift one list; then retry.
-        texts = index.metadata_in(study, series, sop)
+        texts = archive.metadata_in(study, series, sop)
         uids = [(r.study_instance_uid, r.series_instance_uid, r.sop_instance_uid)
-                for r in index.instances_in(study, series, sop)]
+                for r in archive.instances_in(study, series, sop)]
         if len(uids) == len(texts) and all(f'"{u[2]}"' in t for u, t in zip(uids, texts)):
             break
     else:

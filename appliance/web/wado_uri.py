@@ -111,7 +111,7 @@ async def wado(request: web.Request) -> web.StreamResponse:
         # Refused rather than ignored: the answer would carry what was to be removed.
         raise http_error(400, "anonymize=yes is not supported")
     ctx = context(request)
-    row = await asyncio.to_thread(ctx.archive.index.find_instance, sop)
+    row = await asyncio.to_thread(ctx.archive.find_instance, sop)
     if row is None or study not in (None, row.study_instance_uid) \
             or series not in (None, row.series_instance_uid):
         raise http_error(404, "no such instance")

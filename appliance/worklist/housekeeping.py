@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.config import Config
-from appliance.store.index import Index
+from appliance.store import Archive
 from appliance.worklist.source import WorklistFolder, WorklistItem
 
 log = logging.getLogger(__name__)
@@ -66,9 +66,9 @@ def due_for_removal(items: Iterable[WorklistItem], rules: CleanupRules, *, now: 
 class Housekeeper:
     """Runs the cleanup rules on a worklist folder, as an asyncio task."""
 
-    def __init__(self, folder: WorklistFolder, index: Index, rules: CleanupRules) -> None:
+    def __init__(self, folder: WorklistFolder, archive: Archive, rules: CleanupRules) -> None:
         self.folder = folder
-        self.index = index
+        self.archive = archive
         self.rules = rules
 
     def set_rules(self, rules: CleanupRules) -> None:
@@ -97,7 +97,7 @@ class Housekeeper:
         accessions: set[str] = set()
         if rules.delete_on_stable_study and items:
             uids, accessions = await asyncio.to_thread(
-                self.index.studies_quiet_since,
+                self.archive.studies_quiet_since,
                 {i.study_instance_uid for i in items if i.study_instance_uid},
                 {i.accession_number for i in items if i.accession_number},
                 now - rules.stable_age)

@@ -26,7 +26,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from appliance.dicomfile.dicomjson import dataset_to_json
-from appliance.store.index import Index, MppsRecord
+from appliance.store import Archive, MppsRecord
 from appliance.worklist.source import WorklistFolder
 
 log = logging.getLogger(__name__)
@@ -157,9 +157,9 @@ def _scheduled_keys(attrs: dict) -> dict[str, str]:
 class MppsManager:
     """Creates and updates procedure steps; closes the worklist items they perform."""
 
-    def __init__(self, index: Index, worklists: WorklistFolder | None, *,
+    def __init__(self, archive: Archive, worklists: WorklistFolder | None, *,
                  archive_finished_worklists: bool) -> None:
-        self.index = index
+        self.archive = archive
         self.worklists = worklists
         self.archive_finished_worklists = archive_finished_worklists
 
@@ -201,7 +201,7 @@ class MppsManager:
                             **{k: v or None for k, v in keys.items()}, worklist_item=item,
                             calling_aet=calling_aet, peer=peer, created_at=now, updated_at=now,
                             dataset=json.dumps(attrs, ensure_ascii=False))
-        if not self.index.mpps_insert(record):
+        if not self.archive.mpps_insert(record):
             log.warning("%s: MPPS N-CREATE from %s refused: %s exists", peer, calling_aet, uid)
             return Outcome(MppsStatus.DUPLICATE_SOP_INSTANCE, uid, "SOP Instance exists")
         log.info("%s: MPPS %s from %s: IN PROGRESS, %s", peer, uid, calling_aet,
@@ -240,7 +240,7 @@ class MppsManager:
         # step's; the JSON form is Unicode anyway.
         changes.pop(f"{_SPECIFIC_CHARACTER_SET:08X}", None)
         for _attempt in range(5):  # optimistic: retry if another N-SET won the race
-            current = self.index.mpps_get(uid)
+            current = self.archive.mpps_get(uid)
             if current is None:
                 log.warning("%s: MPPS N-SET from %s: no such step %s", peer, calling_aet, uid)
                 return Outcome(MppsStatus.NO_SUCH_SOP_INSTANCE, uid, "no such MPPS instance")
@@ -255,7 +255,7 @@ class MppsManager:
             item = current.worklist_item
             if item is None and state.final:
                 item = self._link(_scheduled_keys(attrs))  # the item may have come later
-            if self.index.mpps_update(current, status=state.value,
+            if self.archive.mpps_update(current, status=state.value,
                            dataset=json.dumps(dict(sorted(attrs.items())), ensure_ascii=False),
                            worklist_item=item, now=max(time.time(), current.updated_at + 1e-6)):
                 break
