@@ -42,7 +42,6 @@ import urllib.parse
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +58,7 @@ from tests.fuzz.structure import (
 from tests.support import dataset_bytes, pydicom_file
 
 DEFAULT_SEED = 15
-DEFAULT_CASES = 240
+DEFAULT_CASES = 1000
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -395,7 +394,8 @@ class _Mutator:
             struct.pack_into(enc.bo + "L", out, el.value - 4, n & 0xFFFFFFFF)
         else:
             struct.pack_into(enc.bo + "H", out, el.value - 2, n & 0xFFFF)
-        return bytes(out), f"length of ({el.tag >> 16:04X},{el.tag & 0xFFFF:04X}) {el.length} -> {n:#x}"
+        tag = f"({el.tag >> 16:04X},{el.tag & 0xFFFF:04X})"
+        return bytes(out), f"length of {tag} {el.length} -> {n:#x}"
 
     def undefined(self, data, elements):
         el = self.pick(elements)
@@ -513,7 +513,8 @@ class _Mutator:
             bad = rng.choice([value.rstrip(b"\0") + b".abc", b"1.2.840.10008..5",
                               b" " + value.rstrip(b"\0"), value.replace(b".", b",", 1),
                               b"1." + b"2" * 70, b"", value + b"\0\0"])
-            return splice(data, el, enc.element(tag, "UI", pad(bad, b"\0"))), f"UID value {bad[:30]!r}"
+            new = enc.element(tag, "UI", pad(bad, b"\0"))
+            return splice(data, el, new), f"UID value {bad[:30]!r}"
         vr = rng.choice(["LO", "SH", "OB", "UN", "US", "SQ", "UT", "CS", "AE", "FD"])
         return splice(data, el, enc.element(tag, vr, value)), \
             f"({tag >> 16:04X},{tag & 0xFFFF:04X}) with VR {vr}"
@@ -557,7 +558,8 @@ class _Mutator:
                            "trailing", "padding", "group-length", "meta-element"])
         pixel = find(elements, st.PIXEL_DATA)
         if kind == "pixel-no-end" and pixel is not None and pixel.length == st.UNDEFINED:
-            return data[:pixel.end - 8] + data[pixel.end:], "encapsulated Pixel Data without its delimiter"
+            return (data[:pixel.end - 8] + data[pixel.end:],
+                    "encapsulated Pixel Data without its delimiter")
         if kind == "stray-item-end":
             return data + enc.item_end(), "item delimiter at the top level"
         if kind == "stray-seq-end":
@@ -600,7 +602,8 @@ def _garbage(rng: random.Random) -> tuple[bytes, str]:
         return b"", "no data set at all"
     if kind == "part10":
         seed = seeds()[1]
-        return file_meta(seed.sop_class, "1.2.3", seed.ts) + seed.plain, "a whole Part-10 file as data set"
+        return (file_meta(seed.sop_class, "1.2.3", seed.ts) + seed.plain,
+                "a whole Part-10 file as data set")
     return b"%PDF-1.4\n" + b"not a data set " * 64, "a PDF header"
 
 
@@ -635,7 +638,8 @@ def store_cases(seed: int = DEFAULT_SEED, count: int = DEFAULT_CASES,
     ct = by_name["CT_small"]
     uid = uid_for_next()
     data, _ = with_uid(ct, uid)
-    add(ct, data[:len(data) // 10], f"cut to 10 % ({len(data) // 10} of {len(data)} bytes)", uid=uid)
+    tenth = len(data) // 10
+    add(ct, data[:tenth], f"cut to 10 % ({tenth} of {len(data)} bytes)", uid=uid)
     # 65535 x 65535 x 1000 frames with a few bytes of pixel data.
     for name in ("US_rgb", "MR_small"):
         s = by_name[name]
@@ -657,6 +661,12 @@ def store_cases(seed: int = DEFAULT_SEED, count: int = DEFAULT_CASES,
         add(s, insert_sorted(data, elements, 0x00400275, nested),
             f"{'unclosed ' if broken else ''}sequence nested {depth} deep, "
             f"{'defined' if defined else 'undefined'} lengths", uid=uid)
+    # A data set in the other VR encoding than the negotiated one, both ways.
+    for name, other in (("MR_implicit", EXPLICIT_LE), ("MR_small", IMPLICIT_LE)):
+        s = by_name[name]
+        uid = uid_for_next()
+        data, _ = with_uid(s, uid)
+        add(s, data, f"sent as {pydicom.uid.UID(other).name}", ts=other, uid=uid)
     # Truncations of one object at every 1/16 of its length, and around the pixels.
     s = by_name["US_rgb"]
     uid = uid_for_next()
@@ -684,8 +694,8 @@ def store_cases(seed: int = DEFAULT_SEED, count: int = DEFAULT_CASES,
             other = rng.choice([t for t in (IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE, DEFLATED)
                                 if t != s.ts])
             out = deflate(data) if other == DEFLATED else data
-            add(s, out, f"deflated: sent as {pydicom.uid.UID(other).name}"
-                if other == DEFLATED else f"sent as {pydicom.uid.UID(other).name}", ts=other, uid=uid)
+            detail = f"sent as {pydicom.uid.UID(other).name}"
+            add(s, out, "deflated: " + detail if other == DEFLATED else detail, ts=other, uid=uid)
             continue
         mutator = _Mutator(rng, Enc.of(s.ts), s)
         out, detail = getattr(mutator, op)(data, elements)
@@ -731,6 +741,7 @@ class StowBody:
     parts: list[StoreCase] = field(default_factory=list)   # the DICOM parts, by position
     headers: dict[str, str] = field(default_factory=dict)
     raw_length: int | None = None   # Content-Length to announce when it lies
+    chunks: list[int] | None = None  # sent with Transfer-Encoding: chunked, these sizes
 
     def describe(self) -> str:
         return f"{self.name} [{self.detail}] {len(self.body)} bytes, {len(self.parts)} DICOM parts"
@@ -773,6 +784,20 @@ def stow_bodies(seed: int = DEFAULT_SEED, count: int = DEFAULT_CASES // 4) -> li
     several = pristine[1:4]
     add("three valid parts", _multipart([(DICOM_PART, c.part10()) for c in several], b), ct(b),
         several)
+    # The same objects again (new UIDs), the body in chunks of 1 to 200 bytes: every
+    # delimiter and header is split somewhere across reads.
+    again = []
+    for x in several:
+        uid = fresh_uid(seed, "chunked", x.name)
+        source = next(s for s in seeds() if s.sop_class == x.sop_class and s.ts == x.ts)
+        again.append(StoreCase(f"{x.name}-chunked", x.detail, x.sop_class, uid, x.ts,
+                               with_uid(source, uid)[0], must_store=True))
+    body = _multipart([(DICOM_PART, x.part10()) for x in again], b)
+    sizes, total = [], 0
+    while total < len(body):
+        sizes.append(rng.choice([1, 2, 3, 5, 7, 13, 64, 200]))
+        total += sizes[-1]
+    add("three valid parts in chunks of 1-200 bytes", body, ct(b), again, chunks=sizes)
     for c in pristine[4:]:
         add(f"valid part {c.detail}", _multipart([(DICOM_PART, c.part10())], b), ct(b), [c])
     # The damaged objects as parts, alone and beside a valid one.
@@ -824,7 +849,8 @@ def stow_bodies(seed: int = DEFAULT_SEED, count: int = DEFAULT_CASES // 4) -> li
         + f"\r\n--{b}--\r\n".encode(), ct(b), [])
     add("a part header line without a colon",
         _multipart([(["Content-Type application/dicom"], c.part10())], b), ct(b), [maybe(c)])
-    add("part of another type", _multipart([(["Content-Type: text/plain"], b"hello")], b), ct(b), [])
+    add("part of another type", _multipart([(["Content-Type: text/plain"], b"hello")], b),
+        ct(b), [])
     add("part without Content-Type", _multipart([([], c.part10())], b), ct(b), [maybe(c)])
     inner_b = "innerBoundary"
     inner = _multipart([(DICOM_PART, one.part10())], inner_b)
@@ -852,7 +878,8 @@ def stow_bodies(seed: int = DEFAULT_SEED, count: int = DEFAULT_CASES // 4) -> li
     meta_len = struct.unpack_from("<L", part10, 140)[0]
     add("part without preamble, File Meta first", _multipart([(DICOM_PART, part10[132:])], b),
         ct(b), [c])
-    add("part without File Meta (a bare data set)", _multipart([(DICOM_PART, c.data)], b), ct(b), [])
+    add("part without File Meta (a bare data set)", _multipart([(DICOM_PART, c.data)], b),
+        ct(b), [])
     bad_len = bytearray(part10)
     struct.pack_into("<L", bad_len, 140, 0xFFFFFFF0)
     # The meta's elements are all there, only their group length lies (pydicom ignores it).
@@ -883,7 +910,8 @@ QIDO_KEYS = [
     "FFFFFFFF", "(0010,0010)", "patientname",
 ]
 QIDO_VALUES = [
-    "' OR '1'='1", "1; DROP TABLE instances; --", "\" OR 1=1 --", "') UNION SELECT * FROM patients --",
+    "' OR '1'='1", "1; DROP TABLE instances; --", "\" OR 1=1 --",
+    "') UNION SELECT * FROM patients --",
     "*' --", "%", "_", "%%", "A%", "_*", "[a-z]*", "[", "]", "\\", "\\\\", "*?*?", "**", "*", "?",
     "Ζαχαρίας", "山田^太郎", "😀", "e\u0301", "\u202eevil", "A\x00B", "\x00", "\ufffd",
     "a" * 1023, "a" * 1024, "a" * 1025, "b" * 10_000, "c*" * 50_000,
@@ -967,7 +995,8 @@ WORKLIST_SPECIALS = [
     ("backslash list in a name", lambda enc: enc.element(PATIENT_NAME, "PN", b"A\\B\\C\\")),
     ("NUL in a value", lambda enc: enc.element(PATIENT_NAME, "PN", b"DO\0E")),
     ("non-UTF-8 bytes under ISO_IR 192",
-     lambda enc: enc.element(0x00080005, "CS", b"ISO_IR 192") + enc.element(PATIENT_NAME, "PN", b"\xc3\x28\xff*")),
+     lambda enc: enc.element(0x00080005, "CS", b"ISO_IR 192")
+     + enc.element(PATIENT_NAME, "PN", b"\xc3\x28\xff*")),
     ("unknown character set", lambda enc: enc.element(0x00080005, "CS", b"GARBAGE ") +
      enc.element(PATIENT_NAME, "PN", b"A*")),
     ("ISO 2022 character sets", lambda enc: enc.element(0x00080005, "CS", b"\\ISO 2022 IR 87") +
@@ -1012,7 +1041,8 @@ class DimseCase:
                 f"{len(self.data)} bytes")
 
 
-def worklist_identifiers(seed: int = DEFAULT_SEED, count: int = DEFAULT_CASES // 3) -> list[DimseCase]:
+def worklist_identifiers(seed: int = DEFAULT_SEED,
+                         count: int = DEFAULT_CASES // 3) -> list[DimseCase]:
     """MWL C-FIND identifiers: valid ones, the specials above, and mutations."""
     rng = random.Random(f"{seed}:mwl")
     cases = []

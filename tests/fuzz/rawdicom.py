@@ -37,7 +37,12 @@ class Ended(Exception):
     def __init__(self, kind: int, body: bytes = b"") -> None:
         names = {CLOSED: "connection closed", ABORT: "A-ABORT", ASSOCIATE_RJ: "A-ASSOCIATE-RJ",
                  RELEASE_RP: "A-RELEASE-RP"}
-        super().__init__(names.get(kind, f"PDU type {kind:#x}"))
+        detail = ""
+        if kind == ASSOCIATE_RJ and len(body) >= 4:  # PS3.8 9.3.4: result, source, reason
+            detail = f" (result {body[1]}, source {body[2]}, reason {body[3]})"
+        elif kind == ABORT and len(body) >= 4:       # PS3.8 9.3.8: source, reason
+            detail = f" (source {body[2]}, reason {body[3]})"
+        super().__init__(names.get(kind, f"PDU type {kind:#x}") + detail)
         self.kind = kind
         self.body = body
 

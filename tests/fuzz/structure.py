@@ -15,8 +15,9 @@ every object the daemon acknowledged with this walk of the bytes it sent.
   unclosed sequence or item, an image without Pixel Data or with fewer pixel
   bytes than its attributes say. Acknowledging one is a bug;
 * ``DUBIOUS``: complete but not as PS3.5 says (tags out of order or
-  duplicated, odd lengths, pixel attributes that cannot be worked out or
-  more pixel bytes than needed): storing or refusing it are both fine.
+  duplicated, odd lengths, implicit VR elements amid explicit ones, pixel
+  attributes that cannot be worked out or more pixel bytes than needed):
+  storing or refusing it are both fine.
 
 The walk is iterative (a stack, not recursion), so thousands of nested
 sequences are judged like anything else.
@@ -185,8 +186,17 @@ def walk(data: bytes | memoryview, *, implicit: bool, little: bool, top: list[El
                     raise _Broken(f"cut inside an element header at offset {pos}")
                 (length,) = struct.unpack_from(e + "L", data, pos + 8)
                 pos += 12
-            else:
+            elif vr_bytes.isalpha():
                 raise _Broken(f"unknown VR {vr_bytes!r} of ({group:04X},{elem:04X}) at {pos}")
+            else:
+                # Not letters: an implicit VR element amid explicit ones. Some writers
+                # emit them and pydicom reads them; the appliance takes them (a choice
+                # made in appliance.dicomfile.structure), so complete ones are dubious.
+                (length,) = struct.unpack_from(e + "L", data, pos + 4)
+                dubious.append(f"implicit VR element ({group:04X},{elem:04X}) in an explicit "
+                               f"syntax at {pos}")
+                pos += 8
+                vr_bytes = _implicit_vr(tag).encode("ascii")
             vr = vr_bytes.decode("ascii")
         record = len(stack) == 1
         if length == UNDEFINED:
@@ -290,7 +300,8 @@ def _pixels(data, top: list[Element], ts: str, little: bool, image: bool) -> tup
         per_frame_samples * frames * (b // 8)
     if encapsulated:
         if pixel.length < expected:
-            return BROKEN, f"defined-length Pixel Data of {pixel.length} bytes in an encapsulated syntax"
+            return BROKEN, (f"defined-length Pixel Data of {pixel.length} bytes in an "
+                            "encapsulated syntax")
         return DUBIOUS, "defined-length Pixel Data in an encapsulated syntax"
     if pixel.length < expected:
         return BROKEN, f"Pixel Data of {pixel.length} bytes, attributes say {expected}"
