@@ -33,7 +33,7 @@ from appliance.web.app import USERS, Users, make_app
 from appliance.web.metrics import STATUS
 from appliance.worklist.housekeeping import CleanupRules, Housekeeper
 from appliance.worklist.mpps import MppsManager
-from appliance.worklist.source import WorklistFolder
+from appliance.worklist.source import CACHE_NAME as WORKLIST_CACHE, WorklistFolder
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +242,8 @@ class _Worklist:
 
 def _build_worklist(config: Config, archive: Archive) -> _Worklist:
     wl = config.worklists
-    folder = WorklistFolder(wl.database) if wl.enable and wl.database is not None else None
+    folder = (WorklistFolder(wl.database, cache=config.index_directory / WORKLIST_CACHE)
+              if wl.enable and wl.database is not None else None)
     mpps = (MppsManager(archive, folder,
                         archive_finished_worklists=config.mpps.archive_finished_worklists)
             if config.mpps.enable else None)

@@ -31,6 +31,7 @@ class Status(enum.IntEnum):
     SUCCESS = 0x0000
     REFUSED_NOT_AUTHORIZED = 0x0124
     PROCESSING_FAILURE = 0x0110
+    CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: C-STORE "Error: Cannot understand"
 
 
 @dataclass
@@ -201,6 +202,12 @@ class DicomHandlers:
         """C-STORE (PS3.4 B): store through the Archive, answer its status."""
         host, peer, calling = self._who(event)
         req = event.request
+        if event.dataset_path is None:
+            # The command said it had no data set (Command Data Set Type 0x0101): nothing
+            # to store, and the peer's fault, not ours.
+            self._count(event, None, 0)
+            log.warning("%s: C-STORE from %s failed: the request has no data set", peer, calling)
+            return _status(Status.CANNOT_UNDERSTAND, "C-STORE request without a data set")
         incoming = self.incoming.take(str(event.dataset_path))
         if incoming is None:  # not ours: chunked receive is off or the file went away
             log.error("%s: C-STORE from %s: received data not found", peer, calling)
@@ -246,14 +253,20 @@ class DicomHandlers:
     def handle_n_create(self, event):
         """N-CREATE (PS3.4 F.7.2.1): a Modality Performed Procedure Step begins."""
         host, peer, calling = self._who(event)
-        return self.worklist.n_create(event, allowed=self._may_report(calling, host), peer=peer,
-                                      calling=calling)
+        allowed = self._may_report(calling, host)
+        failure = _undecodable(event, "attribute_list", peer, calling) if allowed else None
+        if failure is not None:
+            return failure, None
+        return self.worklist.n_create(event, allowed=allowed, peer=peer, calling=calling)
 
     def handle_n_set(self, event):
         """N-SET (PS3.4 F.7.2.2): a Modality Performed Procedure Step changes or ends."""
         host, peer, calling = self._who(event)
-        return self.worklist.n_set(event, allowed=self._may_report(calling, host), peer=peer,
-                                   calling=calling)
+        allowed = self._may_report(calling, host)
+        failure = _undecodable(event, "modification_list", peer, calling) if allowed else None
+        if failure is not None:
+            return failure, None
+        return self.worklist.n_set(event, allowed=allowed, peer=peer, calling=calling)
 
     def _count(self, event, outcome: StoreOutcome | None, size: int) -> None:
         with self._lock:
@@ -283,6 +296,24 @@ class DicomHandlers:
         """Number of associations currently open."""
         with self._lock:
             return sum(1 for s in self._assocs.values() if s.established)
+
+
+def _undecodable(event, what: str, peer: str, calling: str) -> Dataset | None:
+    """A failure answer if the request's attribute or modification list cannot be
+    decoded (deep nesting, an unknown character set, a cut element...), else None.
+
+    pynetdicom decodes it with pydicom on first access and keeps the result, so the
+    MPPS code reads it again for free; without this, pydicom's exception escaped the
+    handler and pynetdicom logged a traceback for what is the peer's fault.
+    """
+    try:
+        getattr(event, what)
+    except Exception as e:  # noqa: BLE001 - pydicom's many decoding errors, RecursionError too
+        name = what.replace("_", " ")
+        log.warning("%s: MPPS request from %s: %s not decodable: %s: %s", peer, calling, name,
+                    type(e).__name__, str(e)[:200])
+        return _status(Status.PROCESSING_FAILURE, f"{name} not decodable")
+    return None
 
 
 def _status(code: int, comment: str = "") -> Dataset:

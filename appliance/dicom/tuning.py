@@ -16,6 +16,20 @@ periods stay, but each sleep ends early:
 - the association thread waits on its message queue's condition, which a
   decoded message notifies.
 
+Reading. pynetdicom's own reader blocks in ``recv`` until a whole PDU is in, so
+a peer that sends part of a PDU before its association is established and then
+goes quiet held the DUL thread there for ever: the ARTIM timer, which the same
+thread checks, never fired, and neither the connection nor the thread ever
+ended (the association thread waited for the DUL, and a daemon with one of
+them could not stop on SIGTERM). :class:`_Receiver` reads from the first byte
+on, without blocking, so ARTIM (``DicomScpTimeout``) ends such a connection.
+It also refuses at once a PDU of an unknown type (PS3.8 9.3.1), and any PDU
+but an established association's P-DATA-TF longer than 1 MiB, rather than
+buffering what its length announces. And if pynetdicom itself raises while it
+negotiates or serves an association (a malformed A-ASSOCIATE-RQ made its
+acceptor thread die, leaving the connection open for ever), the association is
+aborted and its connection closed.
+
 P-DATA. Each P-DATA-TF PDU (16 KB with Orthanc's default MaximumPduLength,
 about 60 per ultrasound image) goes through pynetdicom's generic path: read in
 4 KB pieces, copied three times, decoded into item objects, queued as an FSM
@@ -40,9 +54,9 @@ str, so its deep copy can be the object itself, as it is for ``str``.
 
 Together these halve the server's CPU time per received image (see the note
 in tests/bench/README.md). They reach into pynetdicom's internals (module
-globals of ``dul``, ``association`` and ``dimse_messages``, two methods of the
-DUL and DIMSE providers, the DUL's ``to_provider_queue``) and add
-``UID.__deepcopy__`` to pydicom, like the chunked-receive hook in
+globals of ``dul``, ``association`` and ``dimse_messages``, methods of the
+DUL and DIMSE providers and of the association, the DUL's
+``to_provider_queue``) and add ``UID.__deepcopy__`` to pydicom, like the chunked-receive hook in
 :mod:`appliance.dicom.scp`; pyproject pins the pynetdicom minor version they
 were checked against, and tests/dicom/test_pdu.py drives them at the PDU level.
 """
@@ -162,7 +176,11 @@ _PDV_HEADER = 4      # 4-byte item length, then context ID and control header (P
 
 
 _RX_BUFFER = 1 << 20   # a 0.9 MB image arrives in a few reads
-_MAX_PDU = 64 << 20    # a longer PDU is refused rather than buffered
+_MAX_PDU = 64 << 20    # a longer P-DATA-TF is refused rather than buffered
+# Any other PDU, and every PDU before the association is established: an
+# A-ASSOCIATE-RQ of 128 contexts with a dozen transfer syntaxes each is ~50 KB.
+_MAX_OTHER_PDU = 1 << 20
+_PDU_TYPES = frozenset(range(0x01, 0x08))  # PS3.8 9.3.1: A-ASSOCIATE-RQ ... A-ABORT
 _DATA_FRAGMENT = 0b00  # PS3.8 E.2 control header: data set, not the last fragment
 
 
@@ -184,11 +202,11 @@ def _nothing_queued(dul) -> bool:
 
 
 class _Receiver:
-    """Reads an established association's socket in large pieces.
+    """Reads an association's socket in large pieces, never waiting for more.
 
-    From Sta6 on it replaces pynetdicom's reader for the rest of the
-    association (it may hold the start of the next PDU). Each complete PDU is
-    either a P-DATA-TF taken the short way, its data fragments written
+    It replaces pynetdicom's reader from the connection's first byte (it may
+    hold the start of the next PDU). Each complete PDU is either a P-DATA-TF of
+    an established association taken the short way, its data fragments written
     straight into the object's file, or, like anything else (or anything after
     a PDU that went the FSM's way), decoded and queued exactly as pynetdicom's
     reader does.
@@ -230,10 +248,16 @@ class _Receiver:
         fast = _fast_p_data(dul)
         with memoryview(buf) as view:
             while end - pos >= _PDU_HEADER:
+                kind = buf[pos]
                 length = int.from_bytes(view[pos + 2:pos + 6], "big")
-                if length > _MAX_PDU:
-                    log.error("a PDU of %d bytes: refused", length)
+                if kind not in _PDU_TYPES:
+                    log.error("a PDU of unknown type %#04x: refused", kind)
                     dul.event_queue.put("Evt19")  # invalid PDU: pynetdicom aborts (AA-8)
+                    self.filled = 0
+                    return
+                if length > _pdu_limit(dul, kind):
+                    log.error("a PDU of type %#04x and %d bytes: refused", kind, length)
+                    dul.event_queue.put("Evt19")
                     self.filled = 0
                     return
                 total = _PDU_HEADER + length
@@ -257,6 +281,14 @@ class _Receiver:
             total = _PDU_HEADER + int.from_bytes(buf[2:6], "big")
             if total > len(buf):  # a PDU larger than the buffer: make room for all of it
                 buf.extend(bytes(total - len(buf)))
+
+
+def _pdu_limit(dul, kind: int) -> int:
+    """The longest PDU of type ``kind`` taken now: only an established association's
+    P-DATA-TF may be large (its data is the peer's objects)."""
+    if kind == _P_DATA_TF and dul.state_machine.current_state == "Sta6":
+        return _MAX_PDU
+    return _MAX_OTHER_PDU
 
 
 def _to_fsm(dul, pdu: memoryview) -> None:
@@ -291,19 +323,47 @@ def _deliver_pdvs(dul, pdu: memoryview) -> bool:
             continue
         primitive = P_DATA()
         primitive.presentation_data_value_list = [[pdu[start], bytes(pdu[start + 1:pos])]]
-        dimse.receive_primitive(primitive)
+        try:
+            dimse.receive_primitive(primitive)
+        except Exception as e:  # noqa: BLE001 - whatever decoding the message raises
+            # A command set that cannot be decoded (or names no known command): the
+            # peer's message is invalid, which ends the association as an invalid PDU
+            # does (pynetdicom's own path got there through a logged traceback).
+            log.error("undecodable DIMSE message in a P-DATA-TF PDU: %s: %s",
+                      type(e).__name__, str(e)[:200])
+            dul.event_queue.put("Evt19")
+            return False
     return True
 
 
-def _read_pdu_data(dul, original) -> None:
-    """pynetdicom's reader until the association is established, ours after."""
+def _read_pdu_data(dul) -> None:
+    """Our reader, from the connection's first byte (the socket is readable)."""
     rx = getattr(dul, "_appliance_rx", None)
     if rx is None:
-        if dul.state_machine.current_state != "Sta6":
-            return original(dul)
         rx = dul._appliance_rx = _Receiver()
     rx.receive(dul)
-    return None
+
+
+def _end_broken_association(assoc, error: Exception) -> None:
+    """pynetdicom raised in an association's own thread (it cannot negotiate a
+    malformed A-ASSOCIATE-RQ, say): abort it and close its connection, which
+    the thread would otherwise leave open, with its DUL thread, for ever."""
+    try:
+        peer = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    except Exception:  # noqa: BLE001 - a peer that never got that far
+        peer = "?"
+    log.warning("%s: association ended: pynetdicom could not process the peer's request "
+                "(%s: %s)", peer, type(error).__name__, str(error)[:200])
+    try:
+        assoc.abort()  # A-ABORT; waits for the DUL to close (ARTIM at most)
+    except Exception:  # noqa: BLE001 - then at least stop the DUL and the socket
+        assoc.dul.kill_dul()
+    transport = getattr(assoc.dul, "socket", None)
+    if transport is not None and transport.socket is not None:
+        try:
+            transport.socket.close()
+        except OSError:
+            pass
 
 
 def _same_uid(uid: UID, memo: dict) -> UID:
@@ -448,7 +508,8 @@ class PynetdicomTuning:
         if self._saved:
             return
         dul_cls = _dul.DULServiceProvider
-        original_init, original_read = dul_cls.__init__, dul_cls._read_pdu_data
+        original_init = dul_cls.__init__
+        original_run = _association.Association.run_reactor
         original_kill = dul_cls.kill_dul
         original_send = DIMSEServiceProvider.send_msg
 
@@ -461,7 +522,13 @@ class PynetdicomTuning:
             weakref.finalize(dul, os.close, wake)
 
         def read_pdu_data(dul) -> None:
-            _read_pdu_data(dul, original_read)
+            _read_pdu_data(dul)
+
+        def run_reactor(assoc) -> None:
+            try:
+                original_run(assoc)
+            except Exception as e:  # noqa: BLE001 - the association's thread would die with it
+                _end_broken_association(assoc, e)
 
         def kill_dul(dul) -> None:
             original_kill(dul)
@@ -476,6 +543,7 @@ class PynetdicomTuning:
 
         self._patch(dul_cls, "__init__", __init__)
         self._patch(dul_cls, "_read_pdu_data", read_pdu_data)
+        self._patch(_association.Association, "run_reactor", run_reactor)
         self._patch(dul_cls, "kill_dul", kill_dul)
         self._patch(DIMSEServiceProvider, "send_msg", send_msg)
         self._patch(_dul, "time", _SleepProxy(_dul_sleep))

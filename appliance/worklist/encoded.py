@@ -1,28 +1,31 @@
-"""C-FIND answers of the Modality Worklist as encoded bytes, assembled from element bytes
+"""C-FIND answers of the Modality Worklist as encoded bytes, assembled from value bytes
 encoded once per worklist item.
 
-Pure: no I/O, no logging, no module state (the caches live on the items they describe).
+Pure: no I/O, no logging, no module state.
 
 Building a pydicom ``Dataset`` for every answer and having pydicom encode it costs about
-0.4 ms per answer, most of a worklist query's time. Here each element of an item is encoded
-once, by pydicom itself (so the bytes are what :func:`~appliance.worklist.matching.answer`
-and pynetdicom would have produced), the first time the item is answered in a transfer
-syntax; an answer is then the requested elements' bytes joined, with the headers of
-sequences and their items computed. A changed ``.wl`` file is a new item object with an
-empty cache, so nothing stale is ever answered.
+0.4 ms per answer, most of a worklist query's time. Here every value of an item is encoded
+once, when its file is read (:func:`encode_values`), into the bytes pydicom writes for it
+in the item's answer character set: the same bytes in Implicit and Explicit VR Little
+Endian, so one copy serves both. An answer is then the requested values with their element
+headers, and the headers of sequences and their items, computed per transfer syntax: byte
+for byte what :func:`~appliance.worklist.matching.answer` and pynetdicom would have
+produced (tests/worklist/test_answers.py compares them).
 
-Only Little Endian transfer syntaxes (Implicit and Explicit VR) are assembled; the rest
-(Explicit VR Big Endian, Deflated) and the rare item or key with an ambiguous VR
-("US or SS") return ``None``: the caller then answers with the pydicom path.
+Text values are encoded here with the answer character set's codec (pydicom's own rule for
+a single, stateless character set: the values joined with ``\\``, padded to an even
+length); every other value (numbers, DS/IS, names with component groups, anything that does
+not encode that way) is encoded by pydicom itself. Only Little Endian transfer syntaxes are
+assembled; the rest (Explicit VR Big Endian, Deflated) and the rare item or key with an
+ambiguous VR ("US or SS") return ``None``: the caller then answers with the pydicom path.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import convert_encodings, custom_encoders, default_encoding
 from pydicom.dataelem import DataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
@@ -30,51 +33,71 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from appliance.worklist.matching import SPECIFIC_CHARACTER_SET, Attrs, Query, ReturnKey
 
-__all__ = ["ItemBytes", "answer_bytes", "encode_item"]
+__all__ = ["Values", "answer_bytes", "encode_values"]
+
+Values = Mapping[int, "bytes | None | tuple"]
+"""Per tag of an attribute map: the encoded value (``None``: not assembled here, ask
+pydicom); for a sequence, a tuple of the items' ``Values``."""
 
 _ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
 _LONG_VRS = frozenset(EXPLICIT_VR_LENGTH_32)
+_PACK_IMPLICIT = struct.Struct("<HHI").pack
+_PACK_SHORT = struct.Struct("<HH2sH").pack
+_PACK_LONG = struct.Struct("<HH2sHI").pack
+_LATIN1 = frozenset("AE AS CS DA DT TM UI UR".split())  # pydicom's write_string (default encoding)
+_TEXT = frozenset("LO LT SH ST UC UT".split())  # pydicom's write_text (the character set)
 
 
 class NotEncodable(Exception):
     """An element this module does not assemble (the pydicom path answers instead)."""
 
 
-@dataclass(frozen=True)
-class ItemBytes:
-    """The elements of one attribute map, encoded in one transfer syntax.
-
-    ``elements``: tag -> the whole element (tag, VR, length, value) for every attribute,
-    sequences included (a whole sequence as :func:`~appliance.worklist.matching.answer`
-    returns it for a key without an item). ``items``: sequence tag -> the encoded items of
-    that sequence, for keys that restrict a sequence to its matching items.
-    """
-
-    elements: Mapping[int, bytes]
-    items: Mapping[int, tuple["ItemBytes", ...]]
-    charset_element: bytes = b""  # Specific Character Set of the answer (top level only)
+# --------------------------------------------------------------------------- per item
 
 
-def _header(tag: int, vr: str, length: int, implicit: bool) -> bytes:
-    """A data element header (PS3.5 7.1.1 explicit, 7.1.2 implicit VR, Little Endian)."""
-    if implicit:
-        return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, length)
-    if vr in _LONG_VRS:
-        return struct.pack("<HH2sHI", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), 0, length)
-    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode("ascii"), length)
+def encode_values(attrs: Attrs, charset: str | None) -> dict:
+    """The encoded values of a worklist item whose answers are written in ``charset``
+    (see :func:`~appliance.worklist.matching.answer_charset`)."""
+    encodings = convert_encodings(charset or default_encoding)
+    codec = encodings[0] if len(encodings) == 1 and encodings[0] not in custom_encoders else None
+    return _encode(attrs, encodings, codec)
 
 
-def _sequence(tag: int, items: list[bytes], implicit: bool) -> bytes:
-    """A sequence element of defined length whose items have defined lengths (as pydicom
-    writes a new Dataset's sequences)."""
-    body = b"".join(_ITEM + struct.pack("<I", len(item)) + item for item in items)
-    return _header(tag, "SQ", len(body), implicit) + body
+def _encode(attrs: Attrs, encodings: list[str], codec: str | None) -> dict:
+    out: dict = {}
+    for tag, attr in attrs.items():
+        vr, values = attr[0], attr[1]
+        if vr == "SQ":
+            out[tag] = tuple(_encode(item, encodings, codec) for item in values)
+        else:
+            out[tag] = _value(tag, vr, values, encodings, codec)
+    return out
+
+
+def _value(tag: int, vr: str, values: tuple, encodings: list[str], codec: str | None) -> bytes | None:
+    if not values:
+        return b""
+    if type(values[0]) is str:
+        try:
+            if vr in _LATIN1:
+                data = "\\".join(values).encode("latin-1")
+                return data + (b"\0" if vr == "UI" else b" ") if len(data) & 1 else data
+            if codec is not None and (vr in _TEXT or (vr == "PN" and not any(
+                    "=" in v for v in values))):
+                data = "\\".join(values).encode(codec)
+                return data + b" " if len(data) & 1 else data
+        except (UnicodeError, TypeError):
+            pass  # pydicom decides (replacement characters, escape sequences, ...)
+    if len(vr) != 2:  # ambiguous VR: pydicom resolves it from the rest of the dataset
+        return None
+    try:
+        return _leaf(tag, vr, values, encodings, True)[8:]  # implicit VR: an 8-byte header
+    except Exception:  # noqa: BLE001 - a value pydicom cannot write: the pydicom path says so
+        return None
 
 
 def _leaf(tag: int, vr: str, values: tuple, encodings: list[str], implicit: bool) -> bytes:
     """One non-sequence element, encoded by pydicom exactly as in a whole answer."""
-    if len(vr) != 2:  # ambiguous VR: pydicom resolves it from the rest of the dataset
-        raise NotEncodable(tag)
     fp = DicomBytesIO()
     fp.is_little_endian = True
     fp.is_implicit_VR = implicit
@@ -83,50 +106,47 @@ def _leaf(tag: int, vr: str, values: tuple, encodings: list[str], implicit: bool
     return fp.getvalue()
 
 
-def _encode(attrs: Attrs, encodings: list[str], implicit: bool) -> ItemBytes:
-    elements: dict[int, bytes] = {}
-    items: dict[int, tuple[ItemBytes, ...]] = {}
-    for tag in sorted(attrs):
-        vr, values, _ = attrs[tag]
-        if vr == "SQ":
-            subs = tuple(_encode(sub, encodings, implicit) for sub in values)
-            items[tag] = subs
-            # Only the top level carries a Specific Character Set (matching._dataset).
-            elements[tag] = _sequence(tag, [b"".join(v for t, v in s.elements.items()
-                                                     if t != SPECIFIC_CHARACTER_SET)
-                                            for s in subs], implicit)
-        else:
-            elements[tag] = _leaf(tag, vr, values, encodings, implicit)
-    return ItemBytes(elements, items)
+# --------------------------------------------------------------------------- answers
 
 
-def encode_item(attrs: Attrs, charset: str | None, implicit: bool) -> ItemBytes | None:
-    """The encoded elements of a worklist item whose answers are written in ``charset``
-    (see :func:`~appliance.worklist.matching.answer_charset`); None if an element cannot
-    be assembled here."""
-    encodings = convert_encodings(charset or default_encoding)
-    try:
-        encoded = _encode(attrs, encodings, implicit)
-    except NotEncodable:
-        return None
-    if not charset:
-        return encoded
-    element = _leaf(SPECIFIC_CHARACTER_SET, "CS", (charset,), encodings, implicit)
-    return ItemBytes(encoded.elements, encoded.items, element)
+def _element(tag: int, vr: str, value: bytes, implicit: bool) -> bytes:
+    """A data element (PS3.5 7.1.1 explicit, 7.1.2 implicit VR, Little Endian)."""
+    if implicit:
+        return _PACK_IMPLICIT(tag >> 16, tag & 0xFFFF, len(value)) + value
+    if vr in _LONG_VRS:
+        return _PACK_LONG(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), 0, len(value)) + value
+    if len(value) > 0xFFFF:
+        raise NotEncodable(tag)  # pydicom cannot write it either
+    return _PACK_SHORT(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value)) + value
 
 
-def answer_bytes(query: Query, attrs: Attrs, encoded: ItemBytes, implicit: bool) -> bytes | None:
+def _sequence(tag: int, items: list[bytes], implicit: bool) -> bytes:
+    """A sequence element of defined length whose items have defined lengths (as pydicom
+    writes a new Dataset's sequences)."""
+    body = b"".join(_ITEM + struct.pack("<I", len(item)) + item for item in items)
+    return _element(tag, "SQ", body, implicit)
+
+
+def charset_element(charset: str, implicit: bool) -> bytes:
+    """The Specific Character Set element of an answer in ``charset``."""
+    value = charset.encode("latin-1")
+    return _element(SPECIFIC_CHARACTER_SET, "CS", value + b" " if len(value) & 1 else value,
+                    implicit)
+
+
+def answer_bytes(query: Query, attrs: Attrs, values: Values, charset: str | None,
+                 implicit: bool) -> bytes | None:
     """The encoded C-FIND response identifier for a matching item: byte for byte what
     :func:`~appliance.worklist.matching.answer` encodes to (every requested key, with the
     item's value or empty; a sequence key with an item keeps only the sequence items that
-    match it, each with only the keys asked for; the Specific Character Set). ``encoded``
-    is :func:`encode_item` of the item in the same transfer syntax. None if a key has an
-    ambiguous VR."""
+    match it, each with only the keys asked for; the Specific Character Set ``charset``).
+    ``values`` is :func:`encode_values` of the item in that character set. None if a value
+    or key is not assembled here (ambiguous VR)."""
     parts: list[tuple[int, bytes]] = []
-    if encoded.charset_element:
-        parts.append((SPECIFIC_CHARACTER_SET, encoded.charset_element))
+    if charset:
+        parts.append((SPECIFIC_CHARACTER_SET, charset_element(charset, implicit)))
     try:
-        _fill(parts, query.keys, attrs, encoded, implicit)
+        _fill(parts, query.keys, attrs, values, implicit)
     except NotEncodable:
         return None
     parts.sort(key=lambda part: part[0])  # PS3.5 7.1: ascending tag order
@@ -134,34 +154,57 @@ def answer_bytes(query: Query, attrs: Attrs, encoded: ItemBytes, implicit: bool)
 
 
 def _fill(parts: list[tuple[int, bytes]], keys: tuple[ReturnKey, ...], attrs: Attrs,
-          encoded: ItemBytes, implicit: bool) -> None:
+          values: Values, implicit: bool) -> None:
     for key in keys:
         tag = key.tag
         have = attrs.get(tag)
         if key.vr == "SQ":
             if have is None or have[0] != "SQ":
-                parts.append((tag, _header(tag, "SQ", 0, implicit)))
+                parts.append((tag, _element(tag, "SQ", b"", implicit)))
             elif key.sub is None:
-                parts.append((tag, encoded.elements[tag]))
+                parts.append((tag, _sequence(tag, [_whole(item, item_values, implicit)
+                                                   for item, item_values
+                                                   in zip(have[1], values[tag])], implicit)))
             else:
-                parts.append((tag, _sequence(tag, _matching_items(key.sub, have[1],
-                                                                  encoded.items[tag], implicit),
-                                             implicit)))
+                parts.append((tag, _sequence(tag, _matching_items(key.sub, have[1], values[tag],
+                                                                  implicit), implicit)))
         elif have is None or have[0] == "SQ":
             if len(key.vr) != 2:
                 raise NotEncodable(tag)
-            parts.append((tag, _header(tag, key.vr, 0, implicit)))
+            parts.append((tag, _element(tag, key.vr, b"", implicit)))
         else:
-            parts.append((tag, encoded.elements[tag]))
+            value = values[tag]
+            if value is None:
+                raise NotEncodable(tag)
+            parts.append((tag, _element(tag, have[0], value, implicit)))
 
 
-def _matching_items(sub: Query, items: tuple, encoded: tuple[ItemBytes, ...],
-                    implicit: bool) -> list[bytes]:
+def _whole(attrs: Attrs, values: Values, implicit: bool) -> bytes:
+    """Every element of a sequence item (only the top level carries a Specific Character
+    Set, as :func:`~appliance.worklist.matching.answer` writes it)."""
     out = []
-    for attrs, item_bytes in zip(items, encoded):
+    for tag in sorted(attrs):
+        if tag == SPECIFIC_CHARACTER_SET:
+            continue
+        attr = attrs[tag]
+        if attr[0] == "SQ":
+            out.append(_sequence(tag, [_whole(item, item_values, implicit)
+                                       for item, item_values in zip(attr[1], values[tag])],
+                                 implicit))
+        else:
+            value = values[tag]
+            if value is None:
+                raise NotEncodable(tag)
+            out.append(_element(tag, attr[0], value, implicit))
+    return b"".join(out)
+
+
+def _matching_items(sub: Query, items: tuple, values: tuple, implicit: bool) -> list[bytes]:
+    out = []
+    for attrs, item_values in zip(items, values):
         if sub.matches(attrs):
             parts: list[tuple[int, bytes]] = []
-            _fill(parts, sub.keys, attrs, item_bytes, implicit)
+            _fill(parts, sub.keys, attrs, item_values, implicit)
             parts.sort(key=lambda part: part[0])
             out.append(b"".join(data for _, data in parts))
     return out

@@ -43,6 +43,7 @@ from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 __all__ = [
+    "NORMALISERS",
     "Attrs",
     "Query",
     "QueryError",
@@ -58,6 +59,7 @@ __all__ = [
     "single_value_match",
     "uid_list_match",
     "universal_match",
+    "values_of",
     "wildcard_match",
 ]
 
@@ -128,8 +130,14 @@ def comparison_keys(vr: str, values: tuple) -> tuple:
     """The values of an attribute normalised for matching (see the module docstring)."""
     if not values or isinstance(values[0], bytes):
         return ()
-    norm = _normaliser(vr)
+    norm = NORMALISERS.get(vr) or _normaliser(vr)
     return tuple(norm(v) for v in values)
+
+
+def values_of(value: Any) -> tuple:
+    """A pydicom element value as the ``values`` of an attribute map (see the module
+    docstring): a tuple of plain values, empty for an empty value."""
+    return _values(value)
 
 
 def _values(value: Any) -> tuple:
@@ -175,11 +183,6 @@ def _texts(attrs: Attrs) -> Iterator[str]:
 # --------------------------------------------------------------------------- normalising
 
 
-def _norm_text(vr: str, value: Any) -> str:
-    text = str(value)
-    return text.rstrip(" ") if vr in _LEADING_SPACES_KEPT else text.strip(" ")
-
-
 def _uid_key(value: Any) -> str:
     return str(value).strip(" \0")
 
@@ -189,14 +192,34 @@ def _normaliser(vr: str) -> Callable[[Any], str]:
         return _uid_key
     if vr == "PN":
         # Case-insensitive Patient's Name, as Orthanc (CaseSensitivePN false) and scanners do.
-        return lambda v: str(v).strip(" ").casefold()
+        return _pn_key
     if vr == "DA":
         return _date_key
     if vr == "TM":
-        return lambda v: _time_bound(str(v).strip(), upper=False) or str(v)
+        return _tm_key
     if vr == "DT":
-        return lambda v: _datetime_bound(str(v).strip(), upper=False) or str(v)
-    return lambda v: _norm_text(vr, v)
+        return _dt_key
+    return _text_key_leading_kept if vr in _LEADING_SPACES_KEPT else _text_key
+
+
+def _pn_key(value: Any) -> str:
+    return str(value).strip(" ").casefold()
+
+
+def _tm_key(value: Any) -> str:
+    return _time_bound(str(value).strip(), upper=False) or str(value)
+
+
+def _dt_key(value: Any) -> str:
+    return _datetime_bound(str(value).strip(), upper=False) or str(value)
+
+
+def _text_key(value: Any) -> str:
+    return str(value).strip(" ")
+
+
+def _text_key_leading_kept(value: Any) -> str:
+    return str(value).rstrip(" ")
 
 
 def _date_key(value: Any) -> str:
@@ -225,6 +248,12 @@ def _datetime_bound(text: str, *, upper: bool) -> str | None:
     if len(body) == 14:
         body += "."
     return body + template[len(body):]
+
+
+# The normaliser of every text VR (the comparison key of one value), looked up once per
+# attribute when items are read.
+NORMALISERS = {vr: _normaliser(vr) for vr in (
+    "AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())}
 
 
 def _bound(tag: int, vr: str, text: str, *, upper: bool) -> str:

@@ -166,8 +166,8 @@ class MppsManager:
     def _link(self, keys: dict[str, str]) -> str | None:
         if self.worklists is None:
             return None
-        item = self.worklists.snapshot.linked(keys["study_instance_uid"], keys["accession_number"],
-                                              keys["requested_procedure_id"])
+        item = self.worklists.current().linked(keys["study_instance_uid"], keys["accession_number"],
+                                               keys["requested_procedure_id"])
         return item.name if item else None
 
     def create(self, sop_instance_uid: str | None, attributes: Dataset, *, calling_aet: str,

@@ -1,71 +1,73 @@
-"""The worklist folder: every ``*.wl`` file parsed once, kept current from watchdog events,
-served to C-FIND as an immutable snapshot.
+"""The worklist folder: every ``*.wl`` file read once, kept current, served to C-FIND with
+read-your-writes.
 
 Threads and ownership
 ---------------------
-* watchdog's Observer thread only *posts* the names it saw change to the event loop
-  (``loop.call_soon_threadsafe``).
-* The event loop owns the state: it debounces the names (a burst of events, e.g. a writer's
-  create/modify/close, costs one parse), parses the changed files in a worker thread, builds
-  a new :class:`Snapshot` and publishes it by swapping one attribute.
-* pynetdicom's association threads read :attr:`WorklistFolder.snapshot` once per C-FIND and
-  match against that object, which never changes: a C-FIND never touches the disk and never
-  sees a half-applied update.
+* One background thread per folder reads the folder at start (unchanged files from the
+  parse cache, :mod:`appliance.worklist.cache`; the rest parsed, :mod:`.parse`), then waits
+  on the folder's inotify queue (:mod:`.inotify`) and applies what changed after a short
+  debounce (a writer's create/modify/close costs one parse). It also writes the parse cache
+  and checks every ``check_interval`` seconds that the folder is still the one watched.
+* Any thread may call :meth:`WorklistFolder.refresh`; a C-FIND does, through
+  :meth:`~WorklistFolder.current`, before it answers. Under the folder's update lock it
+  reads the inotify queue to its end and applies what it names: the kernel queued those
+  events inside the system calls that made the changes, so a file written and closed (or
+  renamed into place, or deleted) before the C-FIND started is in its answer. It also
+  compares the folder's change time (``st_mtime_ns``, ``st_ctime_ns``) with the last one
+  accounted for: a change that no event explains (no inotify here, or an overflowed queue)
+  makes it re-list the folder (scandir + stat) and read only new and changed files. When
+  nothing changed this costs one ``read`` and one ``stat``.
+* The items live in a :class:`~appliance.worklist.catalog.Catalog`, updated one item at a
+  time under its own lock: one changed file costs work proportional to that file. A query
+  takes its candidates under that lock and answers outside it.
 * :meth:`WorklistFolder.take_out` (MPPS completion, housekeeping) may run on any thread: it
-  hides the item from the next snapshot at once, under a lock, then moves or deletes its file.
+  stops serving the item at once, then moves or deletes its file.
 
 A file that is not a readable worklist (garbage, half written, truncated) is logged once by
-name and left out; it is picked up as soon as a later event finds it valid. A missing folder
-is created; a folder deleted or replaced while running is noticed (by its watch and by a
-periodic check) and re-created and watched again.
+name and left out; it is read again as soon as it changes. A missing folder is created; a
+folder deleted or replaced while running is noticed (by its watch, by the change-time check
+and by the periodic check) and re-created and watched again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import concurrent.futures
+import hashlib
 import logging
 import os
-import struct
+import select
+import stat
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pydicom
-from pydicom.datadict import dictionary_has_tag
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 from appliance.durable import fsync_dir
-from appliance.worklist.encoded import ItemBytes, encode_item
-from appliance.worklist.matching import Attrs, Query, answer_charset, attrs_from_dataset
+from appliance.worklist.cache import CACHE_NAME, Cached, ParseCache, Row
+from appliance.worklist.catalog import (
+    INDEXED_PATHS,
+    SUFFIX,
+    Catalog,
+    WorklistItem,
+    item_id,
+    pack,
+)
+from appliance.worklist.inotify import Changes, Inotify
+from appliance.worklist.parse import WorklistFileError, parse_worklist
+
+__all__ = [
+    "ARCHIVE_FOLDER", "CACHE_NAME", "INDEXED_PATHS", "SUFFIX", "Catalog", "WorklistFileError",
+    "WorklistFolder", "WorklistItem", "is_worklist_name", "item_id", "parse_worklist",
+]
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".wl"
 ARCHIVE_FOLDER = "archive"
 MAX_FILE_SIZE = 4 * 1024 * 1024  # a worklist item is ~1 KB; anything this big is not one
-
-_STUDY_INSTANCE_UID = 0x0020000D
-_ACCESSION_NUMBER = 0x00080050
-_REQUESTED_PROCEDURE_ID = 0x00401001
-_SPS_SEQUENCE = 0x00400100
-
-# Attributes indexed by exact key, so that a query naming one (a patient, an accession, a
-# station, a day) tests a handful of candidates instead of every item.
-_TOP_INDEXED = tuple((tag, (tag,)) for tag in (
-    0x00100020, 0x00100010, _ACCESSION_NUMBER, _STUDY_INSTANCE_UID, _REQUESTED_PROCEDURE_ID))
-_SPS_INDEXED = tuple((tag, (_SPS_SEQUENCE, tag)) for tag in (
-    0x00080060,  # Modality
-    0x00400001,  # Scheduled Station AE Title
-    0x00400002,  # Scheduled Procedure Step Start Date
-    0x00400006,  # Scheduled Performing Physician's Name
-    0x00400009,  # Scheduled Procedure Step ID
-))
-INDEXED_PATHS = frozenset(path for _, path in _TOP_INDEXED + _SPS_INDEXED)
-_LINK_TAGS = (_STUDY_INSTANCE_UID, _ACCESSION_NUMBER, _REQUESTED_PROCEDURE_ID)
+# A cached row is trusted on its signature alone only if it was checked at least this long
+# after the file's last modification: a rewrite within the file system's timestamp
+# granularity (a few ms; more on network file systems) could keep size and mtime.
+_RACY_NS = 2_000_000_000
 
 
 def is_worklist_name(name: str) -> bool:
@@ -73,537 +75,451 @@ def is_worklist_name(name: str) -> bool:
     return name.lower().endswith(SUFFIX) and not name.startswith(".") and len(name) > len(SUFFIX)
 
 
-def item_id(name: str) -> str:
-    """The worklist ID of a file name: the name without its extension (Orthanc's rule)."""
-    return name[: -len(SUFFIX)]
+def _digest(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
-class WorklistFileError(Exception):
-    """A file in the folder is not a readable worklist item."""
-
-
-@dataclass(frozen=True)
-class WorklistItem:
-    """One parsed ``.wl`` file."""
-
-    name: str  # file name in the folder
-    attrs: Attrs  # flattened dataset (appliance.worklist.matching)
-    charset: str | None  # the Specific Character Set its answers are written in
-    signature: tuple[int, int, int]  # (mtime_ns, size, inode): unchanged file, no re-parse
-    mtime: float
-    # Its elements encoded for answers, per transfer syntax (implicit VR or not), filled on
-    # first use. A changed file is a new item, so a cache never outlives its file version.
-    _encoded: dict[bool, ItemBytes | None] = field(default_factory=dict, init=False,
-                                                   compare=False, repr=False)
-
-    def encoded(self, implicit: bool) -> ItemBytes | None:
-        """The item's elements encoded in Little Endian, implicit or explicit VR, as its
-        C-FIND answers use them (None: answer it the pydicom way). Any thread: two threads
-        may both encode it once; the results are equal."""
-        try:
-            return self._encoded[implicit]
-        except KeyError:
-            return self._encoded.setdefault(implicit, encode_item(self.attrs, self.charset, implicit))
-
-    @property
-    def id(self) -> str:
-        """Orthanc's worklist ID: the file name without ``.wl``."""
-        return item_id(self.name)
-
-    def value(self, tag: int) -> str:
-        """The first value of a top-level text attribute, stripped; "" if absent."""
-        attr = self.attrs.get(tag)
-        if attr is None or attr[0] == "SQ" or not attr[1]:
-            return ""
-        return str(attr[1][0]).strip(" \0")
-
-    @property
-    def study_instance_uid(self) -> str:
-        return self.value(_STUDY_INSTANCE_UID)
-
-    @property
-    def accession_number(self) -> str:
-        return self.value(_ACCESSION_NUMBER)
-
-    @property
-    def requested_procedure_id(self) -> str:
-        return self.value(_REQUESTED_PROCEDURE_ID)
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """The served worklist items at one moment; never modified once published."""
-
-    items: tuple[WorklistItem, ...] = ()
-    _links: Mapping[tuple[int, str], WorklistItem] = field(default_factory=dict, repr=False)
-    _index: Mapping[tuple[tuple[int, ...], str], list[int]] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def of(cls, items: Iterable[WorklistItem]) -> "Snapshot":
-        """A snapshot of ``items`` (sorted by file name, so answers come in a stable order)."""
-        ordered = tuple(sorted(items, key=lambda i: i.name))
-        links: dict[tuple[int, str], WorklistItem] = {}
-        index: dict[tuple[tuple[int, ...], str], list[int]] = {}
-        for position, item in enumerate(ordered):
-            attrs = item.attrs
-            for tag in _LINK_TAGS:
-                attr = attrs.get(tag)
-                if attr is not None and attr[2] and attr[2][0]:
-                    links.setdefault((tag, attr[2][0].strip("\0")), item)
-            for tag, path in _TOP_INDEXED:
-                attr = attrs.get(tag)
-                if attr is not None:
-                    for key in set(attr[2]):
-                        index.setdefault((path, key), []).append(position)
-            sps = attrs.get(_SPS_SEQUENCE)
-            if sps is not None and sps[0] == "SQ":
-                seen = set()
-                for step in sps[1]:
-                    for tag, path in _SPS_INDEXED:
-                        attr = step.get(tag)
-                        if attr is not None:
-                            seen.update((path, key) for key in attr[2])
-                for entry in seen:
-                    index.setdefault(entry, []).append(position)
-        return cls(ordered, links, index)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def search(self, query: Query) -> Iterator[WorklistItem]:
-        """The items matching ``query``, lazily (C-CANCEL and LimitAnswers stop early).
-
-        The query's exact-value keys on indexed attributes narrow the items to test; every
-        candidate still passes the whole query, so the index never changes an answer.
-        """
-        # Only the most selective key's candidates are gathered (one day's items, not every
-        # US item of the folder): the query's tests check the other keys on far fewer items.
-        best: list[list[int]] | None = None
-        best_size = 0
-        for path, wanted in query.lookups:
-            if path not in INDEXED_PATHS:
-                continue
-            postings = [self._index.get((path, key), []) for key in wanted]
-            size = sum(len(p) for p in postings)
-            if best is None or size < best_size:
-                best, best_size = postings, size
-            if not size:
-                return iter(())
-        if best is None:
-            items: Iterable[WorklistItem] = self.items
-        else:
-            positions = best[0] if len(best) == 1 else sorted(set().union(*best))
-            items = [self.items[i] for i in positions]
-        matches = query.matches
-        return (item for item in items if matches(item.attrs))
-
-    def linked(self, study_instance_uid: str = "", accession_number: str = "",
-               requested_procedure_id: str = "") -> WorklistItem | None:
-        """The item an MPPS refers to: by Study Instance UID, else Accession Number, else
-        Requested Procedure ID."""
-        for tag, key in ((_STUDY_INSTANCE_UID, study_instance_uid),
-                         (_ACCESSION_NUMBER, accession_number),
-                         (_REQUESTED_PROCEDURE_ID, requested_procedure_id)):
-            if key and (tag, key) in self._links:
-                return self._links[(tag, key)]
-        return None
-
-
-# --------------------------------------------------------------------------- parsing
-
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_UNDEFINED = 0xFFFFFFFF
-_IMPLICIT_LE, _EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
-
-
-def _check_structure(data: bytes) -> None:
-    """Raise WorklistFileError unless every element of the file is complete.
-
-    pydicom reads a truncated file without complaint (the last value just comes out short),
-    so a half-written .wl would be served with attributes missing: walk the element headers
-    first and refuse a file whose values or sequences do not end where they say.
-    """
-    pos, syntax = 0, None
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        pos = 132
-        while pos + 8 <= len(data) and struct.unpack_from("<H", data, pos)[0] == 0x0002:
-            element = struct.unpack_from("<H", data, pos + 2)[0]
-            end, value_at = _element_end(data, pos, len(data), False, "<")
-            if element == 0x0010:
-                syntax = data[value_at:end].rstrip(b"\0 ").decode("ascii", "replace")
-            pos = end
-    if syntax == _DEFLATED:
-        return  # compressed body: pydicom inflates and parses it whole
-    if syntax is None:  # no File Meta: guess explicit VR from the first element's header
-        implicit = not (len(data) >= pos + 6 and data[pos + 4:pos + 6].isalpha()
-                        and data[pos + 4:pos + 6].isupper())
-    else:
-        implicit = syntax == _IMPLICIT_LE
-    _walk(data, pos, len(data), implicit, ">" if syntax == _EXPLICIT_BE else "<", False)
-
-
-def _element_end(data: bytes, pos: int, end: int, implicit: bool, order: str) -> tuple[int, int]:
-    """(end of the element at ``pos``, start of its value); walks undefined lengths."""
-    if pos + 8 > end:
-        raise WorklistFileError("truncated element header")
-    group = struct.unpack_from(order + "H", data, pos)[0]
-    vr = None
-    if implicit or group == 0xFFFE:
-        length, value_at = struct.unpack_from(order + "I", data, pos + 4)[0], pos + 8
-    else:
-        vr = data[pos + 4:pos + 6]
-        if vr in _LONG_VRS:
-            if pos + 12 > end:
-                raise WorklistFileError("truncated element header")
-            length, value_at = struct.unpack_from(order + "I", data, pos + 8)[0], pos + 12
-        else:
-            length, value_at = struct.unpack_from(order + "H", data, pos + 6)[0], pos + 8
-    if length == _UNDEFINED:
-        # A sequence (or UN holding an implicit-VR one): its items end with delimiters.
-        return _walk_items(data, value_at, end, implicit or vr == b"UN", order), value_at
-    if value_at + length > end:
-        raise WorklistFileError("truncated value")
-    return value_at + length, value_at
-
-
-def _walk(data: bytes, pos: int, end: int, implicit: bool, order: str, in_item: bool) -> int:
-    while pos < end:
-        if pos + 8 > end:
-            raise WorklistFileError("truncated element header")
-        group, element = struct.unpack_from(order + "HH", data, pos)
-        if (group << 16 | element) == _ITEM_END and in_item:
-            return pos + 8
-        if group == 0xFFFE:
-            raise WorklistFileError("misplaced item delimiter")
-        pos = _element_end(data, pos, end, implicit, order)[0]
-    if in_item:
-        raise WorklistFileError("sequence item not terminated")
-    return pos
-
-
-def _walk_items(data: bytes, pos: int, end: int, implicit: bool, order: str) -> int:
-    while True:
-        if pos + 8 > end:
-            raise WorklistFileError("sequence not terminated")
-        group, element, length = struct.unpack_from(order + "HHI", data, pos)
-        tag = group << 16 | element
-        pos += 8
-        if tag == _SEQUENCE_END:
-            return pos
-        if tag != _ITEM:
-            raise WorklistFileError("bad sequence item")
-        if length == _UNDEFINED:
-            pos = _walk(data, pos, end, implicit, order, True)
-        elif pos + length > end:
-            raise WorklistFileError("truncated sequence item")
-        else:
-            pos += length
-
-
-def parse_worklist(data: bytes) -> Attrs:
-    """The flattened dataset of a .wl file's bytes; WorklistFileError if it is not one."""
-    if not data:
-        raise WorklistFileError("empty file")
-    try:
-        _check_structure(data)
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        attrs = attrs_from_dataset(ds)
-    except WorklistFileError:
-        raise
-    except Exception as e:  # noqa: BLE001 - pydicom raises many types on bad input
-        raise WorklistFileError(f"not readable DICOM ({type(e).__name__}: {str(e)[:80]})") from None
-    # force=True turns any bytes into "elements"; a worklist has standard attributes.
-    if not any(dictionary_has_tag(tag) for tag in attrs):
-        raise WorklistFileError("no standard DICOM attribute: not a worklist")
-    return attrs
-
-
-def load_item(path: Path, previous: WorklistItem | None = None) -> WorklistItem | None:
-    """Parse ``path``; None if it is gone; ``previous`` again if the file did not change.
-
-    Raises WorklistFileError if it is not a readable worklist item.
-    """
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    if not path.is_file():
-        return None
-    signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-    if previous is not None and previous.signature == signature:
-        return previous
-    if st.st_size > MAX_FILE_SIZE:
-        raise WorklistFileError(f"{st.st_size} bytes: too large for a worklist item")
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        raise WorklistFileError(f"cannot read: {e.strerror or e}") from None
-    attrs = parse_worklist(data)
-    return WorklistItem(path.name, attrs, answer_charset(attrs), signature, st.st_mtime)
-
-
-# --------------------------------------------------------------------------- the folder
-
-
-class _Events(FileSystemEventHandler):
-    """Runs on watchdog's thread: reduces events to file names and posts them to the loop."""
-
-    def __init__(self, owner: "WorklistFolder") -> None:
-        self._owner = owner
-        self._folder = os.fspath(owner.folder)
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write"):
-            return
-        names: set[str] = set()
-        lost = False
-        for raw in (event.src_path, getattr(event, "dest_path", "")):
-            if not raw:
-                continue
-            path = os.fsdecode(raw)
-            if event.is_directory:
-                # The folder itself deleted or renamed away (a file change in it also
-                # reports the folder "modified": that is not a loss).
-                lost = lost or (path == self._folder and event.event_type in ("deleted", "moved"))
-                continue
-            parent, name = os.path.split(path)
-            if parent == self._folder and is_worklist_name(name):
-                names.add(name)
-        if names or lost:
-            self._owner.post(names, lost, watch_lost=lost)
+def _row(item: WorklistItem, verified_ns: int) -> Row:
+    return Row(item.size, item.mtime_ns, item.ino, item.digest, verified_ns, item.charset,
+               item.packed)
 
 
 class WorklistFolder:
     """The worklist items of one folder (see the module docstring).
 
-    Create it, ``await start()`` on the event loop, read :attr:`snapshot` from any thread,
-    ``await stop()``.
+    Create it, ``await start()`` on the event loop (it returns once every file present is
+    served), call :meth:`current` (or read :attr:`snapshot`) from any thread, ``await
+    stop()``. ``cache``: the parse cache file (None: parse every file at start).
+    ``inotify`` false watches without inotify, as where it is not available: created,
+    deleted and renamed files are still seen by the next query (the folder's change time),
+    files rewritten in place within ``check_interval``.
     """
 
-    def __init__(self, folder: Path, *, debounce: float = 0.1, check_interval: float = 1.0) -> None:
+    def __init__(self, folder: Path, *, cache: Path | None = None, debounce: float = 0.05,
+                 check_interval: float = 1.0, inotify: bool = True) -> None:
         self.folder = Path(folder)
+        self.use_inotify = inotify  # False: as where inotify is not available (tests)
+        self.cache_path = Path(cache) if cache is not None else None
         self.debounce = debounce
         self.check_interval = check_interval
-        self._lock = threading.Lock()  # guards _hidden and the publication of snapshots
-        self._items: dict[str, WorklistItem] = {}  # everything parsed (owned by the loop)
+        # Set once every file present at start-up is served: a C-FIND arriving earlier
+        # waits for it rather than get a partial answer.
+        self.loaded = threading.Event()
+        self._catalog = Catalog()
+        self._update = threading.Lock()  # held while reading events and applying them
+        # Under _update:
+        self._watch: Inotify | None = None
+        self._watch_failed = False  # logged once
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the folder watched
+        self._stamp: tuple[int, int] | None = None  # its change time last accounted for
         # Taken out: file name -> the signature of the file version taken out. Keyed by
         # version, so that a new file written under the same name is served again.
         self._hidden: dict[str, tuple[int, int, int]] = {}
-        self._hidden_version = 0
-        self._snapshot = Snapshot()
-        # Set once every file present at start-up has been parsed: a C-FIND
-        # arriving earlier waits for it rather than get a partial answer.
-        self.loaded = threading.Event()
-        self._pending: set[str] = set()
-        self._rescan = False
-        self._timer: asyncio.TimerHandle | None = None
-        self._flush_task: asyncio.Task | None = None
-        self._check_task: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._observer: Observer | None = None
-        self._watch = None
-        self._identity: tuple[int, int] | None = None
-        self._watch_lost = False
+        self._bad: dict[str, tuple[int, int, int]] = {}  # unreadable file -> its signature
         self._reported: dict[str, str] = {}  # bad file name -> problem already logged
+        self._dirty: dict[str, Row | None] = {}  # cache rows not written yet
+        self._closed = False
+        # The background thread's.
+        self._cache: ParseCache | None = None
+        self._thread: threading.Thread | None = None
+        self._started: concurrent.futures.Future = concurrent.futures.Future()
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = -1, -1
 
     @property
-    def snapshot(self) -> Snapshot:
-        """The current items; an immutable object, safe to use from any thread."""
-        return self._snapshot
+    def snapshot(self) -> Catalog:
+        """The served items (thread-safe; it does not look at the folder first)."""
+        return self._catalog
+
+    def current(self) -> Catalog:
+        """Any thread: the served items, after applying every change made to the folder
+        before this call (see the module docstring)."""
+        if self.loaded.is_set():
+            self.refresh()
+        return self._catalog
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the folder if needed, watch it, parse every .wl file in it."""
-        self._loop = asyncio.get_running_loop()
-        self._observer = Observer()
-        self._observer.daemon = True
-        self._observer.start()
-        await asyncio.to_thread(self._ensure_watched)
-        await self._flush(set(), rescan=True)  # watching first: nothing written meanwhile is missed
-        self._check_task = self._loop.create_task(self._check_folder_forever())
-        self.loaded.set()
-        log.info("worklist folder %s: %d items", self.folder, len(self._snapshot))
+        """Create the folder if needed, watch it, serve every .wl file in it; returns once
+        they are served."""
+        if self._thread is None:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self._thread = threading.Thread(target=self._run, name="worklist-folder",
+                                            daemon=True)
+            self._thread.start()
+        await asyncio.wrap_future(self._started)
 
     async def stop(self) -> None:
-        """Stop watching; the last snapshot stays readable."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for task in (self._check_task, self._flush_task):
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
-                except Exception:  # noqa: BLE001 - already logged by the task
-                    pass
-        self._check_task = self._flush_task = None
-        if self._observer is not None:
-            observer, self._observer = self._observer, None
-            observer.stop()
-            await asyncio.to_thread(observer.join, 5)
-
-    # -- watching ----------------------------------------------------------
-
-    def _ensure_watched(self, force: bool = False) -> bool:
-        """(Re)create and (re)watch the folder if it is missing or was replaced (or
-        ``force``: its watch reported the folder gone); True if it did."""
+        """Stop watching and write what the parse cache still lacks; the items stay
+        readable."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._stopping.set()
         try:
-            st = self.folder.stat()
-        except FileNotFoundError:
-            log.warning("worklist folder %s does not exist: creating it", self.folder)
-            self.folder.mkdir(parents=True, exist_ok=True)
-            st = self.folder.stat()
-            force = True  # a new folder may reuse the old one's inode number
-        identity = (st.st_dev, st.st_ino)
-        if not force and identity == self._identity and self._watch is not None:
-            return False
-        observer = self._observer
-        if observer is None:
-            return False
-        if self._watch is not None:
-            try:
-                observer.unschedule(self._watch)
-            except (KeyError, OSError):
-                pass  # the old watch died with the old folder
-        self._watch = observer.schedule(_Events(self), os.fspath(self.folder), recursive=False)
-        self._identity = identity
-        return True
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+        await asyncio.to_thread(thread.join, 10)
+        self._thread = None
+        await asyncio.to_thread(self._close)
 
-    async def _check_folder_forever(self) -> None:
-        # inotify reports the folder's deletion, but not a folder replaced by a rename or a
-        # remount: a cheap stat every second catches every case.
-        while True:
-            await asyncio.sleep(self.check_interval)
-            force, self._watch_lost = self._watch_lost, False
+    def _close(self) -> None:
+        with self._update:
+            self._closed = True
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+        for fd in (self._wake_r, self._wake_w):
             try:
-                if await asyncio.to_thread(self._ensure_watched, force):
-                    log.warning("worklist folder %s was replaced: watching it again", self.folder)
-                    self.post(set(), True)
+                os.close(fd)
+            except OSError:
+                pass
+
+    # -- the background thread ---------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load_all()
+        except BaseException as e:  # noqa: BLE001 - handed to start()'s caller
+            if self._cache is not None:
+                self._cache.close()
+            self._started.set_exception(e)
+            return
+        self.loaded.set()
+        self._started.set_result(None)
+        try:
+            self._watch_forever()
+        except Exception:  # noqa: BLE001 - keep what is served; say why updates stopped
+            log.exception("worklist folder %s: watching stopped", self.folder)
+        finally:
+            self._persist()
+            if self._cache is not None:
+                if self._cache.journal_rows:
+                    self._snapshot()
+                self._cache.close()
+
+    def _watch_forever(self) -> None:
+        next_check = time.monotonic() + self.check_interval
+        while not self._stopping.is_set():
+            with self._update:
+                watch_fd = self._watch.fileno() if self._watch is not None else -1
+            poller = select.poll()
+            poller.register(self._wake_r, select.POLLIN)
+            if watch_fd >= 0:
+                poller.register(watch_fd, select.POLLIN)
+            timeout = max(0.0, next_check - time.monotonic())
+            ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+            if self._stopping.is_set():
+                break
+            if watch_fd in ready:
+                # Let a burst of events (a writer's create, writes and close) settle.
+                self._stopping.wait(self.debounce)
+            periodic = time.monotonic() >= next_check
+            if periodic:
+                next_check = time.monotonic() + self.check_interval
+            try:
+                # Without inotify, the periodic pass also looks for files rewritten in place.
+                self.refresh(full=periodic and watch_fd < 0)
+            except Exception as e:  # noqa: BLE001 - the next pass may succeed
+                log.error("worklist folder %s: update failed: %s", self.folder, e)
+            self._persist()
+
+    def _load_all(self) -> None:
+        started = time.monotonic()
+        cached = Cached({}, None, {})
+        if self.cache_path is not None:
+            cache = ParseCache(self.cache_path, self.folder)
+            if cache.open():
+                self._cache = cache
+                cached = cache.load()
+        rows = dict(cached.rows)
+        rows.update((name, row) for name, row in cached.journal.items() if row is not None)
+        for name, row in cached.journal.items():
+            if row is None:
+                rows.pop(name, None)
+        items = {name: WorklistItem(name, row.size, row.mtime_ns, row.ino, row.digest,
+                                    row.charset, row.packed) for name, row in rows.items()}
+        # The snapshot's catalog, index included, as it was (stale entries are fixed below).
+        restored = cached.index is not None and self._catalog.restore(
+            {name: items[name] if name not in cached.journal else WorklistItem(
+                name, row.size, row.mtime_ns, row.ino, row.digest, row.charset, row.packed)
+             for name, row in cached.rows.items()}, cached.index)
+        with self._update:
+            st = self._ensure_watched()  # watching first: nothing written meanwhile is missed
+            self._stamp = (st.st_mtime_ns, st.st_ctime_ns)  # later changes are in its queue
+            listed = self._list() or {}
+            fresh, parse = [], []
+            for name, st_file in listed.items():
+                row = rows.get(name)
+                if row is None or (row.size, row.mtime_ns, row.ino) != (
+                        st_file.st_size, st_file.st_mtime_ns, st_file.st_ino):
+                    parse.append((name, None))
+                elif row.verified_ns - row.mtime_ns < _RACY_NS:
+                    parse.append((name, items[name]))  # checked too soon after a write: read it
+                else:
+                    fresh.append(items[name])
+            if restored:
+                wanted = {item.name for item in fresh}
+                self._catalog.update(
+                    [item for item in fresh if self._catalog.get(item.name) is not item],
+                    [name for name in self._catalog.names() if name not in wanted])
+            else:
+                parse.extend((item.name, None) for item in self._catalog.add_all(fresh))
+            self._dirty.update((name, None) for name in rows.keys() - listed.keys())
+            self._apply({name: self._load(name, previous=previous) for name, previous in parse})
+            changed = len(parse) + len(rows.keys() - listed.keys())
+        log.info("worklist folder %s: %d items (%d from the parse cache, %d files read) in %.2f s",
+                 self.folder, len(self._catalog), len(fresh), len(parse),
+                 time.monotonic() - started)
+        if self._cache is not None and (not restored or changed or cached.journal):
+            self._snapshot()  # the next start needs no journal
+        else:
+            self._persist()
+
+    def _persist(self) -> None:
+        with self._update:
+            dirty, self._dirty = self._dirty, {}
+        cache = self._cache
+        if dirty and cache is not None:
+            cache.write(dirty.items())
+            if cache.journal_rows > max(1000, len(self._catalog) // 10):
+                self._snapshot()
+
+    def _snapshot(self) -> None:
+        """Write the catalog as the cache's snapshot (background thread)."""
+        cache = self._cache
+        if cache is None:
+            return
+        with self._update:
+            verified_ns = 0
+            if self._watch is not None and not self._closed:
+                try:
+                    self._refresh(False)  # every change so far applied: the bytes are as of now
+                    verified_ns = time.time_ns()
+                except OSError:
+                    pass
+            dirty, self._dirty = self._dirty, {}  # in the snapshot, whatever they say
+            items, index = self._catalog.dump()
+        rows = {name: Row(item.size, item.mtime_ns, item.ino, item.digest,
+                          verified_ns, item.charset, item.packed)
+                for name, item in items.items()}
+        del dirty
+        cache.write_snapshot(rows, index)
+
+    # -- applying changes ----------------------------------------------------
+
+    def refresh(self, *, full: bool = False) -> None:
+        """Any thread: apply every change made to the folder so far (see the module
+        docstring); ``full`` re-lists the folder even if nothing says it changed."""
+        with self._update:
+            if self._closed:
+                return
+            try:
+                self._refresh(full)
             except OSError as e:
                 log.error("worklist folder %s: %s", self.folder, e.strerror or e)
 
-    def post(self, names: set[str], rescan: bool, watch_lost: bool = False) -> None:
-        """Any thread: these files (or, with ``rescan``, the whole folder) may have changed;
-        ``watch_lost``: the folder itself went away, so its watch is dead."""
-        loop = self._loop
-        if loop is None:
-            return
+    def _refresh(self, full: bool) -> None:
+        changes = self._watch.read() if self._watch is not None else Changes()
+        relist = full or changes.overflow
+        if changes.lost or (self._watch is None and not self._watch_failed):
+            self._watch_lost()
         try:
-            loop.call_soon_threadsafe(self._mark, names, rescan, watch_lost)
-        except RuntimeError:
-            pass  # the loop is closing: nothing left to serve
+            st = os.stat(self.folder)
+        except FileNotFoundError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            if self._identity is not None:
+                log.warning("worklist folder %s was replaced: watching it again", self.folder)
+            st = self._ensure_watched(force=True)
+            relist = True
+        stamp = (st.st_mtime_ns, st.st_ctime_ns)
+        if stamp != self._stamp:
+            # Created, deleted and renamed entries move the folder's times; inotify names
+            # them. A change it did not report (no inotify, a lost queue) needs the listing.
+            relist = relist or not changes.listing or self._watch is None
+            self._stamp = stamp
+        elif self._watch is None and time.time_ns() - st.st_ctime_ns < _RACY_NS:
+            # Without inotify, the times are all there is, and two changes within one tick
+            # of the file system's clock leave the same times: look until they are older.
+            relist = True
+        names = {n for n in changes.names if is_worklist_name(n)}
+        if not names and not relist:
+            return
+        results: dict[str, WorklistItem | str | None] = {}
+        if relist:
+            listed = self._list()
+            if listed is not None:
+                known = self._catalog.names() | self._bad.keys() | self._hidden.keys()
+                for name in known - listed.keys():
+                    results[name] = None
+                for name, st_file in listed.items():
+                    signature = (st_file.st_mtime_ns, st_file.st_size, st_file.st_ino)
+                    item = self._catalog.get(name)
+                    if name in names or signature in (
+                            item.signature if item is not None else None,
+                            self._bad.get(name), self._hidden.get(name)):
+                        continue  # unchanged (an event-named file is read below)
+                    results[name] = self._load(name, previous=item)
+        for name in names:
+            results[name] = self._load(name, previous=self._catalog.get(name))
+        self._apply(results)
 
-    def _mark(self, names: set[str], rescan: bool, watch_lost: bool = False) -> None:
-        self._pending |= names
-        self._rescan = self._rescan or rescan
-        self._watch_lost = self._watch_lost or watch_lost
-        self._arm()
+    def _watch_lost(self) -> None:
+        if self._identity is not None:
+            log.warning("worklist folder %s went away: watching it again", self.folder)
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self._identity = None  # makes _refresh watch the folder again and re-list it
 
-    def _arm(self) -> None:
-        # Debounce with a bounded delay: the first change arms the timer and later ones ride
-        # along, so a writer that never stops cannot postpone the update forever.
-        if self._timer is None and self._flush_task is None and (self._pending or self._rescan):
-            assert self._loop is not None
-            self._timer = self._loop.call_later(self.debounce, self._start_flush)
+    def _ensure_watched(self, force: bool = False) -> os.stat_result:
+        """Create the folder if it is missing and watch it; its stat after the watch."""
+        try:
+            st = os.stat(self.folder)
+        except FileNotFoundError:
+            log.warning("worklist folder %s does not exist: creating it", self.folder)
+            self.folder.mkdir(parents=True, exist_ok=True)
+            st = os.stat(self.folder)
+            force = True  # a new folder may reuse the old one's inode number
+        identity = (st.st_dev, st.st_ino)
+        if not force and identity == self._identity and self._watch is not None:
+            return st
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        try:
+            if not self.use_inotify:
+                raise OSError("inotify not used")
+            self._watch = Inotify(self.folder)
+        except OSError as e:
+            if not self._watch_failed:
+                log.warning("worklist folder %s cannot be watched (%s): its listing is checked "
+                            "before every query and every %.0f s instead", self.folder,
+                            e.strerror or e, self.check_interval)
+                self._watch_failed = True
+        self._identity = identity
+        st = os.stat(self.folder)  # after the watch: a later change is in its queue
+        self._stamp = None  # makes the next refresh look at the listing
+        return st
 
-    def _start_flush(self) -> None:
-        assert self._loop is not None
-        self._timer = None
-        names, rescan = self._pending, self._rescan
-        self._pending, self._rescan = set(), False
-        self._flush_task = self._loop.create_task(self._flush(names, rescan))
-        self._flush_task.add_done_callback(self._flushed)
+    def _list(self) -> dict[str, os.stat_result] | None:
+        """name -> stat of every regular ``.wl`` file in the folder (None: cannot list)."""
+        listed = {}
+        try:
+            with os.scandir(self.folder) as entries:
+                for entry in entries:
+                    if not is_worklist_name(entry.name):
+                        continue
+                    try:
+                        st = entry.stat()
+                    except OSError:
+                        continue  # gone meanwhile, or a dangling link
+                    if stat.S_ISREG(st.st_mode):
+                        listed[entry.name] = st
+        except OSError as e:
+            log.error("worklist folder %s: cannot list: %s", self.folder, e.strerror or e)
+            return None
+        return listed
 
-    def _flushed(self, task: asyncio.Task) -> None:
-        self._flush_task = None
-        if not task.cancelled() and task.exception() is not None:
-            log.error("worklist folder %s: update failed: %s", self.folder, task.exception())
-        self._arm()
+    def _load(self, name: str, previous: WorklistItem | None = None) -> WorklistItem | str | None:
+        """The item of file ``name`` now: an item (``previous`` again if its bytes did not
+        change), None (gone, not a file, or taken out), or why it is not readable."""
+        try:
+            fd = os.open(os.path.join(self.folder, name),
+                         os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            return f"cannot read: {e.strerror or e}"
+        try:
+            verified_ns = time.time_ns()
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if self._hidden.get(name) == signature:
+                return None
+            if st.st_size > MAX_FILE_SIZE:
+                self._bad[name] = signature
+                return f"{st.st_size} bytes: too large for a worklist item"
+            chunks = []
+            while True:
+                chunk = os.read(fd, max(st.st_size + 1, 65536))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        except OSError as e:
+            return f"cannot read: {e.strerror or e}"
+        finally:
+            os.close(fd)
+        digest = _digest(data)
+        if previous is not None and previous.digest == digest and previous.size == len(data):
+            if previous.signature != signature:  # touched, same bytes: no parse
+                previous = WorklistItem(name, st.st_size, st.st_mtime_ns, st.st_ino, digest,
+                                        previous.charset, previous.packed)
+            self._dirty[name] = _row(previous, verified_ns)
+            return previous
+        try:
+            charset, packed = pack(parse_worklist(data))
+        except WorklistFileError as e:
+            self._bad[name] = signature
+            return str(e)
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop the others
+            self._bad[name] = signature
+            return f"not readable ({type(e).__name__}: {str(e)[:80]})"
+        item = WorklistItem(name, st.st_size, st.st_mtime_ns, st.st_ino, digest, charset, packed)
+        self._dirty[name] = _row(item, verified_ns)
+        return item
 
-    async def _flush(self, names: set[str], rescan: bool) -> None:
-        current = self._items
-        if rescan:  # also retry the files that were bad: their problem may be gone
-            names = names | set(self._reported)
-        results = await asyncio.to_thread(self._load, names, rescan, current)
-        items = dict(current)
+    def _apply(self, results: dict[str, WorklistItem | str | None]) -> None:
+        put, remove = [], []
         for name, outcome in results.items():
             if isinstance(outcome, WorklistItem):
-                if outcome is not current.get(name):
-                    log.debug("worklist item %s %s", name, "updated" if name in current else "added")
-                items[name] = outcome
+                current = self._catalog.get(name)
+                if outcome is not current:
+                    log.debug("worklist item %s %s", name, "updated" if current else "added")
+                    put.append(outcome)
+                self._bad.pop(name, None)
                 if self._reported.pop(name, None) is not None:
                     log.info("worklist file %s is valid again: served", name)
                 continue
-            if items.pop(name, None) is not None:
+            if self._catalog.get(name) is not None:
                 log.debug("worklist item %s removed", name)
+                remove.append(name)
+            self._dirty[name] = None
             if outcome is None:
+                self._bad.pop(name, None)
                 self._reported.pop(name, None)
+                hidden = self._hidden.get(name)
+                if hidden is not None and not self._still_there(name, hidden):
+                    del self._hidden[name]  # that version is gone: a new one is served
             elif self._reported.get(name) != outcome:
                 self._reported[name] = outcome  # once per problem, not once per event
                 log.warning("worklist file %s skipped: %s", name, outcome)
-        await self._publish(items)
+        if put or remove:
+            self._catalog.update(put, remove)
 
-    def _load(self, names: set[str], rescan: bool,
-              current: Mapping[str, WorklistItem]) -> dict[str, WorklistItem | str | None]:
-        """Worker thread: parse the named files (or all, with ``rescan``).
-
-        Returns name -> item, or None (gone), or a problem description.
-        """
-        if rescan:
-            try:
-                listed = {e.name for e in os.scandir(self.folder)
-                          if is_worklist_name(e.name) and e.is_file()}
-            except OSError as e:
-                log.error("worklist folder %s: cannot list: %s", self.folder, e.strerror or e)
-                listed = set()
-            names = names | listed | set(current)
-        results: dict[str, WorklistItem | str | None] = {}
-        for name in names:
-            try:
-                results[name] = load_item(self.folder / name, current.get(name))
-            except WorklistFileError as e:
-                results[name] = str(e)
-            except OSError as e:
-                results[name] = f"cannot read: {e.strerror or e}"
-        return results
-
-    def _served(self, items: Mapping[str, WorklistItem]) -> list[WorklistItem]:
-        hidden = self._hidden
-        return [v for k, v in items.items() if hidden.get(k) != v.signature]
-
-    async def _publish(self, items: dict[str, WorklistItem]) -> None:
-        with self._lock:
-            # Forget what was taken out once that version of the file is gone.
-            for name in [n for n, sig in self._hidden.items()
-                         if _gone(items, n, sig)]:
-                del self._hidden[name]
-            version = self._hidden_version
-            served = self._served(items)
-        # Indexing thousands of items takes a while: in a worker thread, not on the loop.
-        snapshot = await asyncio.to_thread(Snapshot.of, served)
-        with self._lock:
-            if version != self._hidden_version:  # an item was taken out meanwhile
-                snapshot = Snapshot.of(self._served(items))
-            self._items = items
-            self._snapshot = snapshot
+    def _still_there(self, name: str, signature: tuple[int, int, int]) -> bool:
+        try:
+            st = os.stat(self.folder / name)
+        except OSError:
+            return False
+        return (st.st_mtime_ns, st.st_size, st.st_ino) == signature
 
     # -- taking items out --------------------------------------------------
 
     def take_out(self, name: str, *, archive: bool) -> Path | None:
         """Any thread: stop serving item ``name`` at once, then move its file into the
         ``archive`` sub-folder (``archive`` true) or delete it. Returns the archived path."""
-        with self._lock:
-            current = self._items.get(name)
+        with self._update:
+            current = self._catalog.get(name)
             if current is not None:
                 self._hidden[name] = current.signature
-                self._hidden_version += 1
-                self._snapshot = Snapshot.of(self._served(self._items))
+                self._catalog.update((), (name,))
         source = self.folder / name
         try:
             if not archive:
@@ -626,11 +542,3 @@ class WorklistFolder:
             log.error("worklist file %s: cannot %s it: %s", name,
                       "archive" if archive else "delete", e.strerror or e)
             return None
-
-
-def _gone(items: Mapping[str, WorklistItem], name: str, signature: tuple[int, int, int]) -> bool:
-    """True if the file version ``signature`` of ``name`` is no longer in ``items``."""
-    item = items.get(name)
-    return item is None or item.signature != signature
-
-

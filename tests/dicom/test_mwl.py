@@ -91,6 +91,60 @@ def test_create_modify_rename_delete_are_seen_without_restart(wl):
     assert "watching it again" not in wl.log()  # file changes are not folder changes
 
 
+def test_files_written_before_a_query_are_in_its_answer(wl, tmp_path):
+    """Read your own writes: no polling, each query right after the writes. Four files
+    per round (two written in place, two renamed into place), then one rewritten in place
+    with a value of the same length, one replaced, one deleted."""
+    port, folder = wl.dicom_port, wl.folder
+    for round_ in range(30):
+        accession = f"RYW{round_:02d}"
+        names = [f"RYW{round_:02d}-{n}" for n in range(4)]
+        for n, pid in enumerate(names):
+            write_wl(folder, f"{pid.lower()}.wl", patient_id=pid, accession=accession,
+                     atomic=n % 2 == 1)
+        assert ids(port, AccessionNumber=accession) == names, f"round {round_}"
+        pid = names[0]
+        write_wl(folder, f"{pid.lower()}.wl", patient_id=pid[:-1] + "X", accession=accession,
+                 atomic=False)  # rewritten in place: same length, likely the same mtime
+        write_wl(folder, f"{names[1].lower()}.wl", patient_id="REPLACED", accession=accession)
+        (folder / f"{names[2].lower()}.wl").unlink()
+        assert ids(port, AccessionNumber=accession) == sorted(
+            ["REPLACED", pid[:-1] + "X", names[3]]), f"round {round_}"
+    # DCMTK's findscu, right after four files, as the clinic's test was
+    for round_ in range(5):
+        accession = f"RYWF{round_}"
+        for n in range(4):
+            write_wl(folder, f"rywf{round_}-{n}.wl", patient_id=f"F{round_}{n}",
+                     accession=accession)
+        result = run(["findscu", "-W", "-v", "-aec", "ORTHANC", "-k",
+                      f"AccessionNumber={accession}", "-k", "PatientID", "127.0.0.1", str(port)])
+        assert result.returncode == 0, result.stderr
+        assert (result.stdout + result.stderr).count("(Pending)") == 4, f"round {round_}"
+
+
+def test_restart_serves_unchanged_files_from_the_parse_cache(tmp_path):
+    folder = tmp_path / "worklists"
+    folder.mkdir()
+    long_ago = (1_000_000_000 * 10**9,) * 2  # written long before: not "just written"
+    for n in range(20):
+        os.utime(write_wl(folder, f"p{n:02d}.wl", patient_id=f"PC{n:02d}", accession="PC-ACC"),
+                 ns=long_ago)
+    d = start_wl_daemon(tmp_path)
+    try:
+        assert len(ids(d.dicom_port, AccessionNumber="PC-ACC")) == 20
+        assert "20 items (0 from the parse cache, 20 files read)" in d.log()
+    finally:
+        d.stop()
+    assert (tmp_path / "index" / "pacs-appliance.worklist-cache.sqlite").is_file()
+    os.utime(write_wl(folder, "p00.wl", patient_id="PC-NEW", accession="PC-ACC"), ns=long_ago)
+    d = start_wl_daemon(tmp_path)
+    try:
+        assert "PC-NEW" in ids(d.dicom_port, AccessionNumber="PC-ACC")
+        assert "20 items (19 from the parse cache, 1 files read)" in d.log()
+    finally:
+        d.stop()
+
+
 def test_temp_file_then_rename_writer(wl):
     # What editors and most tools do: write "x.tmp", rename it to "x.wl".
     temp = wl.folder / "t1.wl.part"

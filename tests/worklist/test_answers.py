@@ -1,7 +1,8 @@
-"""C-FIND answers built from cached element bytes (appliance.worklist.encoded) and sent as
-ready-made PDUs (appliance.dicom.mwl): byte for byte what the pydicom path produces, only
-the requested keys, every character kept, never stale after a file changes, and intact
-whatever the transfer syntax, the peer's maximum PDU length or the number of answers.
+"""C-FIND answers built from value bytes encoded once per item (appliance.worklist.encoded)
+and sent as ready-made PDUs (appliance.dicom.mwl): byte for byte what the pydicom path
+produces, only the requested keys, every character kept, never stale after a file changes,
+and intact whatever the transfer syntax, the peer's maximum PDU length or the number of
+answers.
 
 The first tests are pure (no daemon); the others query the real daemon over sockets."""
 
@@ -17,10 +18,10 @@ from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import decode, encode
 
-from appliance.dicom.mwl import pending_command
-from appliance.worklist.encoded import answer_bytes, encode_item
+from appliance.dicom.mwl import _p_data_pdus, pending_command
+from appliance.worklist.catalog import WorklistItem
+from appliance.worklist.encoded import _leaf, answer_bytes, encode_values
 from appliance.worklist.matching import answer, answer_charset, attrs_from_dataset, compile_query
-from appliance.worklist.source import WorklistItem
 from tests.support import run
 from tests.worklist.helpers import (
     MWL_FIND,
@@ -108,10 +109,64 @@ def test_assembled_answers_are_the_pydicom_encoding_byte_for_byte(implicit):
                 continue
             charset = answer_charset(attrs)
             expected = encode(answer(query, attrs, charset), implicit, True)
-            assert answer_bytes(query, attrs, encode_item(attrs, charset, implicit),
+            assert answer_bytes(query, attrs, encode_values(attrs, charset), charset,
                                 implicit) == expected
             compared += 1
     assert compared >= 25  # the corpus really exercises every query
+
+
+def _leaves(attrs):
+    for tag, (vr, values, _) in attrs.items():
+        if vr == "SQ":
+            for item in values:
+                yield from _leaves(item)
+        else:
+            yield tag, vr, values
+
+
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192", "ISO_IR 126",
+                                     "ISO_IR 144", "GB18030"])
+def test_every_value_is_encoded_as_pydicom_writes_it(charset):
+    # The encoder writes text itself (join, encode, pad): it must give pydicom's bytes for
+    # every value of the corpus, odd lengths, empty values and multiple values included.
+    from pydicom.charset import convert_encodings
+
+    extra = worklist_dataset(charset=charset or None, patient_name="ODD^NAME^X")
+    extra.OtherPatientIDs = ["A", "", "BC"]
+    extra.AdmittingDiagnosesDescription = ["one", "two "]
+    extra.PatientComments = "  leading kept\\back slash"
+    extra.StudyInstanceUID = "1.2.3"  # odd: padded with a NUL
+    extra.AdditionalPatientHistory = ""
+    extra.PatientAge = "042Y"
+    items = [attrs_from_dataset(ds) for ds in [*_items(), extra]]
+    encodings = convert_encodings(charset or "ISO_IR 6")
+    compared = 0
+    for attrs in items:
+        if charset is None:
+            charset_used = answer_charset(attrs)
+        else:
+            charset_used = charset
+            try:
+                for _, vr, values in _leaves(attrs):
+                    for v in values:
+                        if isinstance(v, str) and vr in ("LO", "PN", "SH", "LT", "ST", "UT"):
+                            v.encode(encodings[0])
+            except (UnicodeEncodeError, LookupError):
+                continue  # never an answer charset for this item
+        encodings = convert_encodings(charset_used or "ISO_IR 6")
+        values = encode_values(attrs, charset_used)
+
+        def walk(attrs, values):
+            nonlocal compared
+            for tag, (vr, vals, _) in attrs.items():
+                if vr == "SQ":
+                    for item, item_values in zip(vals, values[tag]):
+                        walk(item, item_values)
+                elif values[tag] is not None:
+                    assert values[tag] == _leaf(tag, vr, vals, encodings, True)[8:], (tag, vals)
+                    compared += 1
+        walk(attrs, values)
+    assert compared >= 40
 
 
 def test_assembled_answer_holds_exactly_the_requested_keys():
@@ -119,7 +174,8 @@ def test_assembled_answer_holds_exactly_the_requested_keys():
                          sps_ScheduledStationAETitle="")
     query = compile_query(attrs_from_dataset(query_ds))
     attrs = attrs_from_dataset(_two_steps(patient_name="Ζαχαρίας^Γιάννης"))
-    data = answer_bytes(query, attrs, encode_item(attrs, answer_charset(attrs), False), False)
+    charset = answer_charset(attrs)
+    data = answer_bytes(query, attrs, encode_values(attrs, charset), charset, False)
     ds = decode(BytesIO(data), False, True)
     assert {e.keyword for e in ds} == {"SpecificCharacterSet", "PatientName", "PatientID",
                                        "ScheduledProcedureStepSequence"}
@@ -136,7 +192,14 @@ def test_ambiguous_vr_is_left_to_the_pydicom_path():
     query_attrs[0x00280106] = ("US or SS", (), ())  # Smallest Image Pixel Value
     query = compile_query(query_attrs)
     attrs = attrs_from_dataset(worklist_dataset())
-    assert answer_bytes(query, attrs, encode_item(attrs, "ISO_IR 192", True), True) is None
+    assert answer_bytes(query, attrs, encode_values(attrs, "ISO_IR 192"), "ISO_IR 192",
+                        True) is None
+    # an item read with such a VR (an implicit VR file) is answered when not asked for it
+    attrs[0x00280106] = ("US or SS", (7,), ())
+    values = encode_values(attrs, "ISO_IR 192")
+    assert values[0x00280106] is None
+    plain = compile_query(attrs_from_dataset(mwl_query(PatientID="")))
+    assert answer_bytes(plain, attrs, values, "ISO_IR 192", True) is not None
 
 
 @pytest.mark.parametrize("message_id", [1, 7, 0xFFFF])
@@ -151,14 +214,37 @@ def test_pending_command_is_what_pynetdicom_encodes(message_id):
     assert pending_command(message_id, MWL_FIND) == encode(message.command_set, True, True)
 
 
-def test_element_bytes_are_cached_per_item_version():
-    attrs = attrs_from_dataset(worklist_dataset())
-    item = WorklistItem("a.wl", attrs, "ISO_IR 192", (1, 2, 3), 0.0)
-    assert item.encoded(False) is item.encoded(False)  # encoded once
-    assert item.encoded(True) is not item.encoded(False)  # per transfer syntax
-    # a changed file is parsed into a new item: it starts with no cached bytes
-    changed = WorklistItem("a.wl", attrs, "ISO_IR 192", (4, 5, 6), 0.0)
-    assert changed.encoded(False) is not item.encoded(False)
+def test_items_are_packed_once_and_unpacked_as_new_objects():
+    attrs = attrs_from_dataset(worklist_dataset(charset="ISO_IR 100", patient_name="Dupré"))
+    item = WorklistItem.of("a.wl", attrs, signature=(1, 2, 3))
+    assert item.charset == "ISO_IR 100" and item.signature == (1, 2, 3)
+    unpacked, values = item.unpack()
+    assert unpacked == attrs and values == encode_values(attrs, "ISO_IR 100")
+    assert item.unpack()[0] is not unpacked  # a query can never change a served item
+    assert values[0x00100010] == "Dupré ".encode("latin-1")  # in the answer charset
+
+
+@pytest.mark.parametrize(("max_pdu", "size"), [(0, 100), (4096, 9000), (16384, 16378),
+                                               (16384, 16379)])
+def test_direct_pdus_are_what_the_dul_would_send(max_pdu, size):
+    # mwl._p_data_pdus writes to the socket what tuning.send_message has the DUL send.
+    from pynetdicom.pdu import P_DATA_TF
+
+    from appliance.dicom import tuning
+
+    class Dul:
+        def __init__(self):
+            self.sent = []
+
+        def send_pdu(self, primitive):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(primitive)
+            self.sent.append(pdu.encode())
+
+    command, data = pending_command(9, MWL_FIND), bytes(range(256)) * (size // 256 + 1)
+    dul = Dul()
+    tuning.send_message(dul, 3, max_pdu, command, data[:size])
+    assert _p_data_pdus(3, max_pdu, command, data[:size]) == b"".join(dul.sent)
 
 
 # --------------------------------------------------------------------------- the daemon

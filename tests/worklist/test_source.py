@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pytest
 from pydicom.dataset import Dataset
 
+from appliance.worklist.catalog import Catalog
 from appliance.worklist.housekeeping import CleanupRules, due_for_removal
 from appliance.worklist.matching import attrs_from_dataset, compile_query
 from appliance.worklist.source import (
-    Snapshot,
     WorklistFileError,
     WorklistFolder,
     WorklistItem,
@@ -21,7 +22,8 @@ from tests.worklist.helpers import mwl_query, wl_bytes, worklist_dataset, write_
 
 
 def item(name: str, mtime: float = 0.0, **kw) -> WorklistItem:
-    return WorklistItem(name, attrs_from_dataset(worklist_dataset(**kw)), "ISO_IR 192", (0, 0, 0), mtime)
+    return WorklistItem.of(name, attrs_from_dataset(worklist_dataset(**kw)),
+                           signature=(int(mtime * 1e9), 0, 0))
 
 
 @pytest.mark.parametrize("implicit", [False, True])
@@ -59,12 +61,12 @@ def test_undefined_length_sequence_truncated_before_its_delimiter():
         parse_worklist(data[:-8])  # the sequence delimitation item is missing
 
 
-def test_index_gives_the_same_answers_as_a_full_scan():
+def test_index_gives_the_same_answers_as_a_full_scan_and_follows_changes():
     items = [item(f"{n:03d}.wl", patient_id=f"P{n % 7}", accession=f"A{n}",
                   station=["US1", "US2"] if n % 3 else "US3", date=f"2024010{n % 5 + 1}",
                   study_uid=f"1.2.3.{n}")
              for n in range(60)]
-    snapshot = Snapshot.of(items)
+    snapshot = Catalog.of(items)
     queries = [mwl_query(PatientID="P3"), mwl_query(sps_ScheduledStationAETitle="US2"),
                mwl_query(sps_ScheduledProcedureStepStartDate="20240103", sps_Modality="US"),
                mwl_query(StudyInstanceUID=["1.2.3.4", "1.2.3.5", "9.9"]),
@@ -73,14 +75,33 @@ def test_index_gives_the_same_answers_as_a_full_scan():
                          sps_ScheduledProcedureStepStartTime="0900-1000"),
                mwl_query(PatientName="doe^jane", AccessionNumber="A1*"),
                mwl_query(PatientID="nobody")]
-    for query in queries:
-        compiled = compile_query(attrs_from_dataset(query))
-        indexed = [i.name for i in snapshot.search(compiled)]
-        scanned = [i.name for i in items if compiled.matches(i.attrs)]
-        assert indexed == scanned, query
+
+    def check(catalog, items):
+        for query in queries:
+            compiled = compile_query(attrs_from_dataset(query))
+            indexed = [i.name for i in catalog.search(compiled)]
+            scanned = [i.name for i in sorted(items, key=lambda i: i.name)
+                       if compiled.matches(i.attrs)]
+            assert indexed == scanned, query
+
+    check(snapshot, items)
     assert snapshot.linked(accession_number="A5").name == "005.wl"
     assert snapshot.linked(study_instance_uid="1.2.3.9", accession_number="A5").name == "009.wl"
     assert snapshot.linked(requested_procedure_id="nope") is None
+    # one item at a time: changed, removed, added; the index follows
+    changed = item("003.wl", patient_id="P1", accession="A3", station="US3", date="20240102",
+                   study_uid="1.2.3.3")
+    added = item("100.wl", patient_id="P3", accession="A100", station="US2", date="20240103")
+    snapshot.update([changed, added], ["005.wl", "nothing.wl"])
+    now = [changed if i.name == "003.wl" else i for i in items if i.name != "005.wl"] + [added]
+    check(snapshot, now)
+    assert snapshot.linked(accession_number="A5") is None
+    assert [i.name for i in snapshot.items] == sorted(i.name for i in now)
+    # what a restart restores is the same catalog
+    again = Catalog()
+    assert again.restore(*snapshot.dump())
+    check(again, now)
+    assert not Catalog().restore({}, snapshot.dump()[1])  # an index without its items
 
 
 def test_folder_take_out_is_immediate_and_archives(tmp_path):
@@ -92,10 +113,10 @@ def test_folder_take_out_is_immediate_and_archives(tmp_path):
         await folder.start()
         try:
             assert [i.id for i in folder.snapshot.items] == ["one", "two"]
-            before = folder.snapshot
+            before = folder.snapshot.items
             archived = await asyncio.to_thread(folder.take_out, "one.wl", archive=True)
             assert [i.id for i in folder.snapshot.items] == ["two"]  # at once
-            assert [i.id for i in before.items] == ["one", "two"]  # old snapshots never change
+            assert [i.id for i in before] == ["one", "two"]  # a list taken never changes
             assert archived == tmp_path / "wl" / "archive" / "one.wl" and archived.is_file()
             # a new file of that name is served again once the old one is seen gone
             write_wl(tmp_path / "wl", "one.wl", patient_id="ONE-AGAIN")
@@ -132,3 +153,194 @@ def test_query_against_item_without_sequence_does_not_crash():
     query.ScheduledProcedureStepSequence = [Dataset()]
     query.ScheduledProcedureStepSequence[0].Modality = "US"
     assert not compile_query(attrs_from_dataset(query)).matches(bare)
+
+
+# --------------------------------------------------------------------------- read your writes
+
+
+def _ids(catalog) -> list[str]:
+    return [i.id for i in catalog.items]
+
+
+def _patient(catalog, name: str) -> str:
+    return catalog.get(name).value(0x00100020)
+
+
+@pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "folder-times"])
+def test_changes_made_before_a_query_are_in_it(tmp_path, inotify):
+    """Created (in place or renamed into place), rewritten and deleted files are in the
+    very next current(), without waiting for the background thread (debounce 10 s here)."""
+    folder = tmp_path / "wl"
+    folder.mkdir()
+
+    async def scenario():
+        wl = WorklistFolder(folder, debounce=10, check_interval=30, inotify=inotify)
+        await wl.start()
+        try:
+            expected: list[str] = []
+            for round_ in range(25):
+                for n in range(4):
+                    name = f"r{round_:02d}-{n}"
+                    write_wl(folder, f"{name}.wl", patient_id=name, atomic=n % 2 == 0)
+                    expected.append(name)
+                assert _ids(wl.current()) == sorted(expected)
+            # renamed away and back, deleted
+            os.rename(folder / "r00-0.wl", folder / "r00-0.txt")
+            assert "r00-0" not in _ids(wl.current())
+            os.rename(folder / "r00-0.txt", folder / "r00-0.wl")
+            assert "r00-0" in _ids(wl.current())
+            (folder / "r00-1.wl").unlink()
+            assert "r00-1" not in _ids(wl.current())
+            # replaced by a rename
+            write_wl(folder, "r01-0.wl", patient_id="REPLACED")
+            assert _patient(wl.current(), "r01-0.wl") == "REPLACED"
+            if inotify:
+                # rewritten in place, same length, at once (same size, maybe same mtime)
+                for value in ("SAME-1", "SAME-2", "SAME-3"):
+                    write_wl(folder, "r01-1.wl", patient_id=value, atomic=False)
+                    assert _patient(wl.current(), "r01-1.wl") == value
+        finally:
+            await wl.stop()
+
+    asyncio.run(scenario())
+
+
+def test_without_inotify_files_rewritten_in_place_are_seen_by_the_periodic_check(tmp_path):
+    folder = tmp_path / "wl"
+    folder.mkdir()
+    write_wl(folder, "a.wl", patient_id="BEFORE")
+
+    async def scenario():
+        wl = WorklistFolder(folder, debounce=0.01, check_interval=0.05, inotify=False)
+        await wl.start()
+        try:
+            write_wl(folder, "a.wl", patient_id="AFTER!", atomic=False)  # same length
+            deadline = time.monotonic() + 5
+            while _patient(wl.snapshot, "a.wl") != "AFTER!":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+        finally:
+            await wl.stop()
+
+    asyncio.run(scenario())
+
+
+# --------------------------------------------------------------------------- the parse cache
+
+
+def _started(folder, cache, **kw) -> tuple[WorklistFolder, str]:
+    """A started folder and the log line of its start."""
+    import logging
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = Keep()
+    logger = logging.getLogger("appliance.worklist")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        wl = WorklistFolder(folder, cache=cache, **kw)
+        asyncio.run(wl.start())
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return wl, "\n".join(records)
+
+
+def _stop(wl: WorklistFolder) -> None:
+    asyncio.run(wl.stop())
+
+
+def _old(path) -> None:
+    """Date a file back, as one written long before the daemon looked at it."""
+    os.utime(path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+
+
+def test_restart_reads_only_the_files_that_changed(tmp_path):
+    folder, cache = tmp_path / "wl", tmp_path / "index" / "cache.sqlite"
+    folder.mkdir()
+    cache.parent.mkdir()
+    for n in range(40):
+        write_wl(folder, f"c{n:02d}.wl", patient_id=f"C{n:02d}", accession=f"ACC{n:02d}")
+        _old(folder / f"c{n:02d}.wl")
+    wl, started = _started(folder, cache)
+    assert "40 items (0 from the parse cache, 40 files read)" in started
+    _stop(wl)
+    assert cache.is_file()
+    # while stopped: one changed, one deleted, one added, one touched (same bytes)
+    write_wl(folder, "c00.wl", patient_id="CHANGED", accession="ACC00")
+    _old(folder / "c00.wl")
+    (folder / "c01.wl").unlink()
+    write_wl(folder, "new.wl", patient_id="NEW", accession="ACCNEW")
+    _old(folder / "new.wl")
+    os.utime(folder / "c02.wl", ns=(5, 5))
+    wl, started = _started(folder, cache)
+    try:
+        assert "40 items (37 from the parse cache, 3 files read)" in started
+        catalog = wl.current()
+        assert _patient(catalog, "c00.wl") == "CHANGED" and catalog.get("c01.wl") is None
+        assert _patient(catalog, "new.wl") == "NEW"
+        assert catalog.linked(accession_number="ACCNEW").name == "new.wl"  # indexed
+        query = compile_query(attrs_from_dataset(mwl_query(PatientID="C05")))
+        assert [i.name for i in catalog.search(query)] == ["c05.wl"]
+    finally:
+        _stop(wl)
+    # the same again, now all from the cache (the snapshot written at the last stop)
+    wl, started = _started(folder, cache)
+    try:
+        assert "40 items (40 from the parse cache, 0 files read)" in started
+        assert _patient(wl.current(), "c00.wl") == "CHANGED"
+    finally:
+        _stop(wl)
+
+
+def test_a_file_rewritten_right_after_it_was_cached_is_read_again(tmp_path):
+    # Same size, same inode and the mtime put back: only its bytes differ. Checked within
+    # the file system's timestamp granularity of its last write, its row is not trusted.
+    folder, cache = tmp_path / "wl", tmp_path / "cache.sqlite"
+    folder.mkdir()
+    path = write_wl(folder, "r.wl", patient_id="FIRST1")
+    wl, _ = _started(folder, cache)
+    _stop(wl)
+    st = path.stat()
+    write_wl(folder, "r.wl", patient_id="SECOND", atomic=False)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_ino) == (st.st_size, st.st_ino)
+    wl, _ = _started(folder, cache)
+    try:
+        assert _patient(wl.current(), "r.wl") == "SECOND"
+    finally:
+        _stop(wl)
+
+
+def test_a_damaged_cache_is_replaced_and_every_file_read(tmp_path):
+    folder, cache = tmp_path / "wl", tmp_path / "cache.sqlite"
+    folder.mkdir()
+    write_wl(folder, "d.wl", patient_id="D1")
+    wl, _ = _started(folder, cache)
+    _stop(wl)
+    cache.write_bytes(b"this is no SQLite file" * 100)
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"cache.sqlite{suffix}").unlink(missing_ok=True)
+    wl, started = _started(folder, cache)
+    try:
+        assert "is damaged: starting a new one" in started
+        assert "1 items (0 from the parse cache, 1 files read)" in started
+        assert _patient(wl.current(), "d.wl") == "D1"
+    finally:
+        _stop(wl)
+    # and a cache of another folder is not used for this one
+    other = tmp_path / "other"
+    other.mkdir()
+    write_wl(other, "d.wl", patient_id="OTHER")
+    wl, started = _started(other, cache)
+    try:
+        assert "1 items (0 from the parse cache, 1 files read)" in started
+        assert _patient(wl.current(), "d.wl") == "OTHER"
+    finally:
+        _stop(wl)
