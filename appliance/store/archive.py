@@ -2,7 +2,7 @@
 
 ``store_instance`` is the only ingest path (C-STORE now, STOW-RS later). It
 follows Orthanc's order — file first, then index, undo the file if the index
-fails — with the durability of DESIGN.md's store contract: the file is
+fails — with the durability of the store contract (docs/DESIGN.md): the file is
 fsynced and renamed into place, its directory fsynced, and the index row
 committed, before the caller hears Success. A C-STORE's header is parsed
 (and its index record built) on the receiving thread once the first 64 KiB

@@ -12,7 +12,7 @@ A stored path never comes from client input: ids are generated here
 (:meth:`BlobStore.new_id`, random but for the folder) and only ever joined
 under the root.
 
-Durability (the store contract in DESIGN.md): a received file is fsynced,
+Durability (the store contract, docs/DESIGN.md): a received file is fsynced,
 then renamed into place; the rename is made durable by fsyncing the
 directory that holds it, which :meth:`BlobStore.sync_dirs` does for a whole
 batch of renames at once just before the index commit that acknowledges them.

@@ -264,7 +264,7 @@ def _response(parts: list[_Received], study: str | None, base: str) -> tuple[int
         return 202, payload  # some stored, some failed
     if all(p.outcome is not None and p.outcome.result is StoreResult.OUT_OF_RESOURCES
            for p in parts):
-        # Storage full or quota reached (DESIGN.md's store contract): nothing stored.
+        # Storage full or quota reached (docs/DESIGN.md, the one promise): nothing stored.
         return 507, payload
     # PS3.18 Table 10.5.3-1: 409 when no instance could be stored (conflict, or a
     # mixture of reasons).
