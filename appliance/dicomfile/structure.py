@@ -39,7 +39,7 @@ from typing import Callable
 from pydicom.datadict import dictionary_VR
 from pydicom.uid import UID
 
-from appliance.dicomfile.syntax import DEFLATED, EXPLICIT_BE, IMPLICIT_LE, is_encapsulated
+from appliance.dicomfile.syntax import DEFLATED, EXPLICIT_BE, IMPLICIT_LE, is_encapsulated, is_known
 from appliance.dicomfile.vr import LONG_VRS, SHORT_VRS, UNIT_SIZES
 
 __all__ = ["Malformed", "NotItsSopClass", "Reader", "Truncated", "Whole", "check", "MAX_DEPTH"]
@@ -175,6 +175,8 @@ def check(reader: Reader) -> Whole:
         raise Malformed("not a DICOM object: no DICM prefix or file meta")
     meta = _Walk(reader.get, reader.size, "1.2.840.10008.1.2.1")
     tsuid, at = meta.file_meta(pos)
+    if not is_known(tsuid):
+        raise Malformed(f"unknown transfer syntax {tsuid[:64]!r} in the file meta")
     if tsuid in DEFLATED:
         inflated = _Inflated(reader, at)
         walk = _Walk(inflated.get, None, tsuid)

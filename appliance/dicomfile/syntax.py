@@ -7,9 +7,11 @@ encapsulated syntaxes are lossy or video.
 
 from __future__ import annotations
 
+from pydicom.uid import UID
+
 __all__ = [
     "DEFLATED", "DEFLATED_LE", "EXPLICIT_BE", "EXPLICIT_LE", "IMPLICIT_LE",
-    "is_encapsulated", "is_lossy", "is_video",
+    "is_encapsulated", "is_known", "is_lossy", "is_video",
 ]
 
 IMPLICIT_LE = "1.2.840.10008.1.2"         # PS3.5 A.1
@@ -28,6 +30,12 @@ _LOSSY = frozenset({
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
     "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203",
 }) | _VIDEO
+
+
+def is_known(ts: str) -> bool:
+    """True for a transfer syntax of the standard (PS3.6 Annex A, as pydicom
+    knows it): a data set in any other cannot be read, so it is refused."""
+    return UID(ts).is_transfer_syntax
 
 
 def is_encapsulated(ts: str) -> bool:

@@ -244,6 +244,12 @@ def test_encapsulated_pixel_data_needs_a_fragment_and_its_delimiter(tmp_path):
         whole(part10(tmp_path, base + pixel + offset_table + fragment[:-2], **jpeg))
 
 
+def test_an_unknown_transfer_syntax_is_refused(tmp_path):
+    """How would its data set be read? (A STOW-RS part can claim anything.)"""
+    with pytest.raises(Malformed, match="unknown transfer syntax '1.2.3.4.5.6'"):
+        whole(part10(tmp_path, encode(us()), ts="1.2.3.4.5.6"))
+
+
 def test_deflated_data_sets_are_walked_inflated(tmp_path):
     body = encode(us())
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)

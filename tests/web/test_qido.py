@@ -169,6 +169,20 @@ def test_modalities_in_study_and_modality_at_study_level(client, studies):
     assert find("Modality", "OT") == study_uids(studies, 2, 4)
 
 
+def test_study_computed_keys_match_at_lower_levels_and_sop_classes_in_study(client, studies):
+    """ModalitiesInStudy asked of series and instances means their study's
+    (a 500 once); SOPClassesInStudy matches like it, a UID list."""
+    series = client.search_for_series(search_filters={"ModalitiesInStudy": "SR"})
+    assert set(uids(series, SERIES_UID)) == set(studies[0].series_uids)
+    instances = client.search_for_instances(search_filters={"ModalitiesInStudy": "SR"})
+    assert set(uids(instances, SOP_UID)) == {u for uids_ in studies[0].sop_uids for u in uids_}
+    sr = "1.2.840.10008.5.1.4.1.1.88.11"
+    found = client.search_for_studies(search_filters={"SOPClassesInStudy": sr},
+                                      fields=["SOPClassesInStudy"])
+    assert set(uids(found)) == study_uids(studies, 0)
+    assert sr in values(found[0], "00080062")
+
+
 def test_attributes_that_are_not_index_columns_match_in_metadata(client, studies):
     def find(key, value):
         return set(uids(client.search_for_studies(search_filters={key: value})))

@@ -251,14 +251,16 @@ def _below_exists(level: Level, child: Level, cond: str) -> str:
 
 def _condition(level: Level, match: Match) -> tuple[str, list]:
     """SQL for one match at the search's ``level``."""
+    # PS3.4 C.3.4: the distinct Modality (SOP Class UID) values of the study's
+    # series (instances), so the study matches if any of them does; below the
+    # study level, the result's own study is asked.
+    study_or_above = level if level.rank < ST.rank else ST
     if match.tag == MODALITIES_IN_STUDY:
-        # PS3.4 C.3.4: the distinct Modality values of the study's series, so
-        # the study matches if any of its series does.
         cond, args = _value_condition("xse.modality", match)
-        return _below_exists(level, SE, cond), args
+        return _below_exists(study_or_above, SE, cond), args
     if match.tag == SOP_CLASSES_IN_STUDY:
         cond, args = _value_condition("xi.sop_class_uid", match)
-        return _below_exists(level, IM, cond), args
+        return _below_exists(study_or_above, IM, cond), args
     found = _COLUMN.get(match.tag)
     if found is not None:
         table, column = found
