@@ -739,7 +739,11 @@ def next_backup_time(*, now: float, last: float | None, started: float, interval
         return None
     interval = interval_hours * 3600
     if last is None or now - last >= interval:
-        return max(now, started + min(CATCH_UP_DELAY, interval))
+        # Overdue since before this start (the machine was off): after the
+        # catch-up delay. Due while running: now (it used to be pushed back to
+        # start + delay, a late backup after a restart shortly before it).
+        overdue_at_start = last is None or last + interval < started
+        return max(now, started + min(CATCH_UP_DELAY, interval)) if overdue_at_start else now
     if at is None:
         return last + interval
     earliest = max(now, last + min(interval / 4, 3600))

@@ -236,3 +236,20 @@ def test_restore(site):
 
     d.start()  # the restored store serves again
     assert run(["echoscu", "-aec", "ORTHANC", "127.0.0.1", str(d.dicom_port)]).returncode == 0
+
+
+def test_a_backup_due_after_a_restart_runs_when_due():
+    """The schedule alone (a pure function): a restart shortly before a backup
+    is due must not push it to the restart's catch-up time (found by the soak)."""
+    from appliance.ops.backup import CATCH_UP_DELAY, next_backup_time
+
+    last, interval = 1_000_000.0, 2 / 60  # a backup at `last`, one every 2 minutes
+    started = last + 114                  # restarted 6 s before the next one is due
+    plan = dict(last=last, started=started, interval_hours=interval, at=None)
+    assert next_backup_time(now=started, **plan) == last + 120
+    assert next_backup_time(now=last + 120.5, **plan) == last + 120.5  # due: now
+    # Overdue since before the start (the machine was off): after the catch-up delay.
+    off = dict(last=last, started=last + 600, interval_hours=interval, at=None)
+    assert next_backup_time(now=last + 600, **off) == last + 600 + min(CATCH_UP_DELAY, 120)
+    assert next_backup_time(now=last, last=None, started=last, interval_hours=24, at=None) == \
+        last + CATCH_UP_DELAY
