@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DATE_TIME_VRS", "PATTERNS", "parse_range", "is_value"]
+__all__ = ["DATE_TIME_VRS", "DT_BODY", "PATTERNS", "UTC_OFFSET", "is_value", "parse_range"]
 
 #: VRs that take range matching (PS3.4 C.2.2.2.5).
 DATE_TIME_VRS = frozenset({"DA", "TM", "DT"})
 
-# One value of each VR, as a regular expression without anchors.
+# A DT value is a date and time, then an optional UTC offset.
+DT_BODY = r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?"
+UTC_OFFSET = r"[+-]\d{4}"
+# One value of each VR, as a regular expression without anchors or groups.
 PATTERNS = {
     "DA": r"\d{8}",
     "TM": r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?",
-    "DT": r"\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?(?:[+-]\d{4})?",
+    "DT": f"{DT_BODY}(?:{UTC_OFFSET})?",
 }
 _VALUE = {vr: re.compile(f"({p})\\Z", re.ASCII) for vr, p in PATTERNS.items()}
 _RANGE = {vr: re.compile(f"({p})?-({p})?\\Z", re.ASCII) for vr, p in PATTERNS.items()}

@@ -42,6 +42,8 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from appliance.query.grammar import DT_BODY, PATTERNS, UTC_OFFSET
+
 __all__ = [
     "NORMALISERS",
     "Attrs",
@@ -86,9 +88,10 @@ _LEADING_SPACES_KEPT = frozenset({"LT", "ST", "UT", "UC"})
 _TEXT_VRS = frozenset("LO LT PN SH ST UC UT".split())  # those a character set applies to
 _MAX_DEPTH = 8  # sequences nested deeper than this in a query are refused
 
-_DA = re.compile(r"\d{8}\Z")
-_TM = re.compile(r"\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?\Z")
-_DT = re.compile(r"(\d{4}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\d{2}(?:\.\d{1,6})?)?)?)?)?)?)([+-]\d{4})?\Z")
+# The grammars every matcher shares (appliance.query.grammar).
+_DA = re.compile(PATTERNS["DA"] + r"\Z")
+_TM = re.compile(PATTERNS["TM"] + r"\Z")
+_DT = re.compile(f"({DT_BODY})({UTC_OFFSET})?\\Z")
 _TM_LOW, _TM_HIGH = "000000.000000", "235959.999999"
 _DT_LOW, _DT_HIGH = "00000101000000.000000", "99991231235959.999999"
 
