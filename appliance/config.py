@@ -33,7 +33,7 @@ import re
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NoReturn
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
 from appliance.passwords import password_entry_problem
 
@@ -1114,6 +1114,9 @@ _FIXED_KEYS = (
 )
 
 
+_View = TypeVar("_View")
+
+
 @_declared(
     inputs=_FIXED_KEYS,
     ignored=_IGNORED_CORE | _IGNORED_PLUGIN_SECTIONS,
@@ -1263,6 +1266,12 @@ class Config:
         compute=lambda obj: tuple(obj.ignored_out),
     )
     embedded_defaults: bool = _derived("True for the embedded defaults (no file).", False)
+
+    def view(self, cls: type[_View]) -> _View:
+        """This configuration seen through ``cls``, a dataclass whose fields are named like
+        Config's: the slice one component reads, built by the composition root."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
 
 
 # --------------------------------------------------------------------------- comments

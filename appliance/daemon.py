@@ -21,7 +21,7 @@ from appliance.dicom.handlers import DicomHandlers, IncomingFiles
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy
 from appliance.dicom.scp import DicomServer
-from appliance.ops.backup import BackupScheduler, backup_directory
+from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
 from appliance.ops.lock import data_folders_locked
 from appliance.ops.quota import StorageMode, StoreAdmission
@@ -208,10 +208,11 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
         maximum_patient_count=config.maximum_patient_count,
         mode=StorageMode(config.maximum_storage_mode), spare_recent_seconds=config.stable_age)
     archive.admission = admission
+    backup_settings = config.view(BackupSettings)
     disk = DiskMonitor(
         directories={Role.STORAGE: config.storage_directory, Role.INDEX: config.index_directory,
                      Role.TEMPORARY: config.temporary_directory,
-                     Role.BACKUPS: backup_directory(config),
+                     Role.BACKUPS: backup_directory(backup_settings),
                      Role.MIRROR: config.backups.storage_mirror},
         created_later=(Role.TEMPORARY, Role.BACKUPS) if config.backups.directory_is_default
         else (Role.TEMPORARY,),
@@ -219,11 +220,14 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
         critical_percent=dm.critical_percent, minimum_free_mb=dm.minimum_free_mb,
         quota_bytes=config.maximum_storage_size * MB, stored_bytes=lambda: admission.stored_bytes,
         on_state=admission.disk_changed)
-    backups = BackupScheduler(config)
+    backups = BackupScheduler(backup_settings)
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
     folder = worklist.folder
-    board = StatusBoard(config=config, archive=archive, admission=admission, disk=disk,
+    board = StatusBoard(name=config.name, dicom_aet=config.dicom_aet,
+                        remote_access=config.remote_access_allowed,
+                        index_directory=config.index_directory,
+                        archive=archive, admission=admission, disk=disk,
                         backups=backups, associations=handlers.open_associations,
                         last_error=last_error,
                         worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None)

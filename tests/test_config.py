@@ -979,3 +979,23 @@ def test_reference_lists_every_key():
     assert "`Plugins`" in text and "`DicomWeb.StowMaxSize`" in text
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     assert len(rows) == sum(len(section.keys) for section in declarations())
+
+
+def test_view_is_the_slice_a_component_reads(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Slice:
+        dicom_aet: str
+        dicom_web: DicomWebConfig
+
+    config = load(tmp_path, with_base(DicomAet="PACS"))
+    assert config.view(Slice) == Slice(dicom_aet="PACS", dicom_web=config.dicom_web)
+
+
+def test_component_views_name_config_fields():
+    """The views the daemon builds with Config.view have Config's names and types."""
+    from appliance.ops.backup import BackupSettings
+
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for view in (BackupSettings,):
+        for f in dataclasses.fields(view):
+            assert types.get(f.name) == f.type, (view.__name__, f.name)
