@@ -29,7 +29,8 @@ from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
-from appliance.web.app import USERS, Users, make_app
+from appliance.web.app import Users, make_app
+from appliance.web.common import WebConfig
 from appliance.web.metrics import STATUS
 from appliance.worklist.housekeeping import CleanupRules, Housekeeper
 from appliance.worklist.mpps import MppsManager
@@ -121,6 +122,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     worklist = _build_worklist(config, archive)
     handlers = DicomHandlers(archive, AccessPolicy.from_config(config), incoming,
                              worklist=worklist.dimse)
+    users = Users(config.registered_users, config.authentication_enabled)
     ops = _build_ops(config, archive, handlers, worklist)
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
@@ -143,10 +145,11 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
         dicom.start()
-        app = make_app(archive=archive, config=config, dicom_port=dicom.port)
+        app = make_app(archive=archive, config=config.view(WebConfig), users=users,
+                       dicom_port=dicom.port)
         app[STATUS] = ops.board.snapshot
         loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
-                                app[USERS], notifier)
+                                users, notifier)
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run()) for t in (ops.disk, ops.backups, ops.board)]
@@ -298,7 +301,7 @@ def _apply_reload(config: Config, handlers: DicomHandlers, worklist: _Worklist,
     except ConfigError as e:
         log.error("SIGHUP: configuration not reloaded: %s", e)
         return
-    users.load(fresh)
+    users.load(fresh.registered_users, fresh.authentication_enabled)
     handlers.set_policy(AccessPolicy.from_config(fresh))
     if worklist.dimse is not None:
         worklist.dimse.set_options(MwlOptions.from_config(fresh))

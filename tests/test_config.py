@@ -994,8 +994,9 @@ def test_view_is_the_slice_a_component_reads(tmp_path):
 def test_component_views_name_config_fields():
     """The views the daemon builds with Config.view have Config's names and types."""
     from appliance.ops.backup import BackupSettings
+    from appliance.web.common import WebConfig
 
     types = {f.name: f.type for f in dataclasses.fields(Config)}
-    for view in (BackupSettings,):
+    for view in (WebConfig, BackupSettings):
         for f in dataclasses.fields(view):
             assert types.get(f.name) == f.type, (view.__name__, f.name)
