@@ -1,12 +1,17 @@
 """Load and validate the daemon's JSON configuration (Orthanc's ``orthanc.json`` format).
 
-The file uses Orthanc's key names and, unless a comment below says otherwise, Orthanc's
-meanings and defaults, so that a clinic can point this daemon at its existing
+The file uses Orthanc's key names and, unless a key's declaration below says otherwise,
+Orthanc's meanings and defaults, so that a clinic can point this daemon at its existing
 ``orthanc.json``. The references checked while writing this module are Orthanc's
 ``OrthancServer/Resources/Configuration.json`` (1.10 to 1.12 mainline),
 ``OrthancServer/Sources/OrthancConfiguration.cpp`` and ``main.cpp``,
 ``RemoteModalityParameters.cpp``, the DICOMweb plugin's ``Plugin/Configuration.cpp`` and the
 Orthanc Book pages of the DICOMweb and Worklists plugins.
+
+Each key is declared once, on the dataclass field that keeps its value (see "declarations"
+below): its JSON name, default, validator and documentation. The keys each object of the
+file accepts, the defaults and the parse itself are derived from those declarations, and
+:func:`reference` prints them as a table.
 
 Where this module is stricter than Orthanc (Orthanc silently ignores unknown keys; here an
 unknown key, a wrong type or an impossible value is a :class:`ConfigError`), it is on
@@ -25,23 +30,30 @@ import ipaddress
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, NoReturn
+from typing import Any, Callable, Mapping, NoReturn, TypeVar
 
 from appliance.passwords import password_entry_problem
 
 __all__ = [
+    "BackupsConfig",
     "Config",
     "ConfigError",
     "DicomWebConfig",
+    "DiskMonitorConfig",
+    "Key",
     "Modality",
     "MppsConfig",
+    "Section",
     "WorklistsConfig",
+    "declaration",
+    "declarations",
     "default_config",
     "load_config",
     "parse_config",
+    "reference",
     "strip_json_comments",
 ]
 
@@ -66,198 +78,689 @@ class ConfigError(Exception):
         return (type(self), (self.path, self.key, self.why))
 
 
-# --------------------------------------------------------------------------- dataclasses
+# --------------------------------------------------------------------------- declarations
+#
+# A key is declared on the field that keeps its value, for instance
+#
+#     dicom_port: int = _key("DicomPort", 4242, _port, "The DICOM port; ...")
+#
+# (the field's name is ours, "DicomPort" is the JSON name, 4242 the default, _port the
+# validator, then the documentation). Sections ("DicomWeb"...) are fields declared with
+# _section(); fields that no key sets (Config.source...) with _derived(). Keys without a
+# field (Orthanc keys accepted with one value only, inputs of another key) and the keys a
+# section accepts without effect are given to @_declared, which checks the whole
+# declaration at import (Section.problems) and registers it for the parser (_read).
+#
+# An object's keys are read in declaration order (inputs first, then the fields), after
+# its unknown keys were refused: a computed default or a check may use the keys declared
+# before it, and the first error found is the one reported.
 
 
-@dataclass(frozen=True)
-class Modality:
-    """One entry of ``DicomModalities`` (Orthanc's ``RemoteModalityParameters``).
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
 
-    Orthanc accepts two forms, both supported: ``[AET, host, port]`` /
-    ``[AET, host, port, manufacturer]``, and an object with ``AET``, ``Host``, ``Port`` and
-    optional ``Manufacturer``, ``Allow*``, ``LocalAet``, ``Timeout``... Every ``Allow*``
-    defaults to true, as in Orthanc.
+    def __repr__(self) -> str:
+        return self.name
+
+
+_REQUIRED: Any = _Marker("REQUIRED")  # _key(): the key must be given (no default)
+_COMPUTED: Any = _Marker("COMPUTED")  # _key(): the default comes from default_from only
+_NO_DEFAULT: Any = _Marker("NO_DEFAULT")  # Key.default of a required or computed key
+_KEY = "appliance.config.key"  # field metadata: the Key declared on the field
+_DERIVED = "appliance.config.derived"  # field metadata: the Derived declared on the field
+
+
+class Reader:
+    """A validator: ``reader(obj, where, raw)`` returns the value kept for ``raw``, the JSON
+    value of the key ``where`` (dotted), or stops with ``obj.fail(where, why)``.
+
+    ``accepts`` says in a few words what is accepted (for :func:`reference`).
     """
 
-    name: str  # the JSON key (Orthanc's "symbolic name")
-    aet: str
-    host: str
-    port: int
-    manufacturer: str = "Generic"
-    allow_echo: bool = True
-    allow_store: bool = True
-    allow_find: bool = True
-    allow_find_worklist: bool = True
-    allow_get: bool = True
-    allow_move: bool = True
-    # Orthanc: "AllowStorageCommitment" is an alias for "AllowNAction" & "AllowEventReport";
-    # storage commitment needs both, so this is their conjunction.
-    allow_storage_commitment: bool = True
-    allow_transcoding: bool = True
-    # Used when this daemon is the SCU towards the modality (C-MOVE destination).
-    local_aet: str | None = None  # "LocalAet": our calling AET for it; None = DicomAet
-    timeout: int = 0  # "Timeout" in seconds; 0 = use DicomScuTimeout (Orthanc semantics)
+    __slots__ = ("accepts", "_read")
+
+    def __init__(self, accepts: str, read: Callable[[_Object, str, Any], Any]) -> None:
+        self.accepts = accepts
+        self._read = read
+
+    def __call__(self, obj: _Object, where: str, raw: Any) -> Any:
+        return self._read(obj, where, raw)
+
+    def __repr__(self) -> str:
+        return f"Reader({self.accepts!r})"
+
+
+def _reader(accepts: str) -> Callable[[Callable[[_Object, str, Any], Any]], Reader]:
+    """Decorator: a function ``(obj, where, raw) -> value`` becomes a :class:`Reader`."""
+    return lambda read: Reader(accepts, read)
 
 
 @dataclass(frozen=True)
-class DicomWebConfig:
-    """The ``DicomWeb`` section (options of Orthanc's DICOMweb plugin that matter here)."""
+class Key:
+    """One key of the file, declared once: everything the parser and the reference know of it.
 
-    enable: bool = True
-    root: str = "/dicom-web/"  # normalised to start and end with "/" (as the plugin does)
-    enable_wado: bool = True  # WADO-URI
-    wado_root: str = "/wado"  # normalised to start with "/" and not end with one (plugin)
-    # Root advertised in URLs we generate (RetrieveURL...) when a proxy maps another path;
-    # defaults to ``root`` (plugin semantics).
-    public_root: str = "/dicom-web/"
-    # Host (and port) put in generated URLs; "" = from Forwarded / X-Forwarded-Host / Host
-    # request headers, as the plugin does since 1.13.
-    host: str = ""
-    ssl: bool = False  # scheme of generated URLs when no X-Forwarded-Proto/Forwarded says so
-    qido_case_sensitive: bool = True
-    studies_metadata: str = "Full"  # "Full" | "MainDicomTags" | "Extrapolate" | "Experimental"
-    series_metadata: str = "Full"
-    # Ours ("MaximumStowBodySize", MB, 0 = no limit): the largest STOW-RS request body
-    # accepted (413 past it). Orthanc has no such limit; its "StowMaxSize" is for its
-    # STOW-RS *client* and stays ignored.
-    maximum_stow_body_size: int = 4096
-
-
-@dataclass(frozen=True)
-class WorklistsConfig:
-    """The ``Worklists`` section (Orthanc's Worklists plugin, legacy sample and new one)."""
-
-    enable: bool = False  # Orthanc default
-    database: Path | None = None  # "Database"; "Directory" is the new plugin's synonym
-    # Keep only worklists whose ScheduledStationAETitle matches the calling AET.
-    filter_issuer_aet: bool = False
-    limit_answers: int = 0  # 0 = no limit
-    # The new Worklists plugin (Nov 2025) defaults this to true, but the plugin that Debian
-    # ships with Orthanc (the legacy sample plugin) never deletes anything: a clinic moving
-    # from it must not see its .wl files disappear, so we keep false unless asked.
-    delete_worklists_on_stable_study: bool = False
-    housekeeping_interval: int = 60  # seconds between two housekeeping passes (plugin default)
-    # When a worklist is authored through the REST API / CLI without a StudyInstanceUID.
-    set_study_instance_uid_if_missing: bool = True
-    # Hours after which a worklist file is deleted (its modification time); 0 = never. The
-    # new Orthanc plugin only honours this when worklists are kept in its database and
-    # refuses to start with a folder; here it applies to the folder.
-    delete_worklists_delay: int = 0
-
-
-@dataclass(frozen=True)
-class MppsConfig:
-    """The ``Mpps`` section (our own: Orthanc has no Modality Performed Procedure Step)."""
-
-    enable: bool = True  # accept MPPS N-CREATE / N-SET from the scanners
-    # Once a procedure step linked to a worklist item is COMPLETED or DISCONTINUED, stop
-    # answering that item and move its .wl file into the "archive" sub-folder.
-    archive_finished_worklists: bool = True
-
-
-@dataclass(frozen=True)
-class DiskMonitorConfig:
-    """The ``DiskMonitor`` section (ours): free space of the storage, index, temporary
-    and backup filesystems, watched with psutil."""
-
-    interval_seconds: int = 30  # "IntervalSeconds": between two measurements
-    # "WarnPercent" / "CriticalPercent": a filesystem this full (psutil's percent: used
-    # over what non-root users can use) is logged once at WARNING / CRITICAL on the way up.
-    warn_percent: int = 80
-    critical_percent: int = 90
-    # "MinimumFreeMB": below this much free space on the storage or index filesystem new
-    # objects are refused (C-STORE 0xA700, HTTP 507) until space returns. Leaves room
-    # for the index to commit and for the system itself.
-    minimum_free_mb: int = 500
-
-
-@dataclass(frozen=True)
-class BackupsConfig:
-    """The ``Backups`` section (ours): online backups of the index, and a storage mirror."""
-
-    # "Directory": where backups go. Default <IndexDirectory>/backups, created when
-    # missing; a Directory given in the file must exist (a backup disk that is not
-    # mounted must not be silently replaced by a folder on the system disk).
-    directory: Path | None = None  # None only on a Config not built by parse_config
-    directory_is_default: bool = True
-    interval_hours: float = 24  # "IntervalHours": between two scheduled backups; 0 = none
-    at: tuple[int, int] | None = None  # "At": "HH:MM" local time the schedule is anchored to
-    keep: int = 7  # "Keep": complete backups kept; older ones are deleted
-    # "StorageMirror": a folder (an external disk) that receives a copy of every stored
-    # file not yet there, so that a backup plus the mirror can restore everything.
-    storage_mirror: Path | None = None
-
-
-def _empty_users() -> Mapping[str, str]:
-    return MappingProxyType({})
-
-
-@dataclass(frozen=True, kw_only=True)
-class Config:
-    """The whole validated configuration. Paths are absolute.
-
-    Built by :func:`load_config` / :func:`parse_config` / :func:`default_config`; keyword-only
-    so that field order never matters to callers.
+    ``name`` is the JSON name: Orthanc's (or its plugin's), unless ``ours``. When the key is
+    absent its value is ``default_from(obj)`` if given (computed from keys read before it,
+    described by ``default_doc``), else ``default``; a ``required`` key has no default.
+    ``check(obj, value)`` runs once the value is known (a rule between keys). ``synonyms``
+    are other names of the same key (both given: they must agree). A key without ``effect``
+    is validated but listed in ``Config.ignored`` when given. ``section`` is the dataclass of
+    a nested object (of each entry of a named map when ``each``).
     """
 
-    source: str | None  # the file or folder loaded; None for embedded defaults
-    name: str = "pacs-appliance"
-    storage_directory: Path
-    index_directory: Path
-    temporary_directory: Path
-    dicom_aet: str = "ORTHANC"
-    dicom_port: int = 4242  # 0 = let the OS choose (tests)
-    dicom_check_called_aet: bool = False
-    dicom_modalities: tuple[Modality, ...] = ()
-    dicom_always_allow_echo: bool = True
-    dicom_always_allow_store: bool = True
-    dicom_always_allow_find: bool = False
-    # DELIBERATELY differs from Orthanc >= 1.10 (false). Orthanc's worklist guide has the
-    # clinic declare no DicomModalities; with Orthanc's default, every scanner would then get
-    # an empty/refused worklist query. C-FIND MWL discloses only the day's schedule, the
-    # scanners' whole purpose here, so we allow it unless the file says otherwise.
-    dicom_always_allow_find_worklist: bool = True
-    dicom_always_allow_get: bool = False
-    dicom_always_allow_move: bool = False
-    dicom_check_modality_host: bool = False
-    # Orthanc: number of threads running DIMSE operations (default 4), extra associations
-    # wait. Here: maximum concurrent associations; extra ones get a transient A-ASSOCIATE-RJ
-    # (the SCU retries), so the default is higher than Orthanc's to avoid refusing a busy
-    # morning of scanners.
-    dicom_threads_count: int = 10
-    overwrite_instances: bool = False
-    maximum_pdu_length: int = 16384  # bytes; Orthanc's allowed range is 4096..131072
-    dicom_scp_timeout: int = 30  # seconds without DIMSE before closing; 0 = no timeout (Orthanc)
-    http_port: int = 8042  # 0 = let the OS choose (tests)
-    remote_access_allowed: bool = False
-    # Orthanc >= 1.5.8: when absent, equals RemoteAccessAllowed.
-    authentication_enabled: bool
-    registered_users: Mapping[str, str] = field(default_factory=_empty_users, hash=False)
-    storage_compression: bool = False  # only false is accepted for now
-    maximum_storage_size: int = 0  # MB, 0 = unlimited
-    maximum_patient_count: int = 0  # 0 = unlimited
-    maximum_storage_mode: str = "Recycle"  # "Recycle" | "Reject" (Orthanc >= 1.11.2)
-    dicom_web: DicomWebConfig = field(default_factory=DicomWebConfig)
-    worklists: WorklistsConfig = field(default_factory=WorklistsConfig)
-    mpps: MppsConfig = field(default_factory=MppsConfig)
-    disk_monitor: DiskMonitorConfig = field(default_factory=DiskMonitorConfig)
-    backups: BackupsConfig = field(default_factory=BackupsConfig)
-    # Orthanc keys parsed for later modules (same meaning and default as Orthanc).
-    stable_age: int = 60  # seconds without a new instance before a study is "stable"
-    strict_aet_comparison: bool = False  # false = AE titles compared case-insensitively
-    dicom_scu_timeout: int = 10  # seconds, when we are the SCU (C-MOVE sub-operations)
-    unknown_sop_class_accepted: bool = False
-    default_encoding: str = "Latin1"  # for datasets without SpecificCharacterSet
-    limit_find_results: int = 0  # C-FIND patient/study/series answers; 0 = no limit
-    limit_find_instances: int = 0  # C-FIND instance answers; 0 = no limit
-    case_sensitive_pn: bool = False
-    http_request_timeout: int = 30  # seconds, server-side socket timeout
-    http_bind_addresses: tuple[str, ...] = ()  # () = decided by RemoteAccessAllowed
-    ignored: tuple[str, ...] = ()  # Orthanc keys accepted but without effect here
-    embedded_defaults: bool = False
+    name: str
+    read: Reader
+    doc: str
+    default: Any = _NO_DEFAULT
+    default_from: Callable[[_Object], Any] | None = None
+    default_doc: str = ""
+    required: bool = False
+    synonyms: tuple[str, ...] = ()
+    check: Callable[[_Object, Any], None] | None = None
+    effect: bool = True
+    ours: bool = False
+    section: type | None = None
+    each: bool = False
+
+    def value(self, obj: _Object) -> Any:
+        """The value of this key in ``obj``: validated when given, else its default."""
+        if self.name in obj.data:
+            value = self.read(obj, obj.key(self.name), obj.data[self.name])
+        elif self.default_from is not None:
+            value = self.default_from(obj)
+        else:
+            value = self.default
+        for synonym in self.synonyms:
+            if synonym in obj.data:
+                other = self.read(obj, obj.key(synonym), obj.data[synonym])
+                if self.name in obj.data and other != value:
+                    obj.fail(obj.key(synonym), f'differs from {obj.key(self.name)} ("{value}"); keep one')
+                value = other
+        return value
 
 
-# --------------------------------------------------------------------------- key tables
+@dataclass(frozen=True)
+class Derived:
+    """A field that no key sets: given by the caller (``Config.source``), or computed by
+    ``compute(obj)`` once every key of its object was read."""
+
+    doc: str
+    compute: Callable[[_Object], Any] | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    """The declarations of one JSON object of the file and of the dataclass that keeps it."""
+
+    cls: type
+    fields: tuple[tuple[str, Key], ...]  # (attribute, key), in field order
+    inputs: tuple[Key, ...] = ()  # keys without a field, read before the fields
+    derived: tuple[tuple[str, Derived], ...] = ()
+    undeclared: tuple[str, ...] = ()  # fields with no declaration (a problem)
+    ignored: frozenset[str] = frozenset()  # Orthanc keys accepted without effect here
+    checks: tuple[Callable[[_Object], None], ...] = ()  # rules run after every key
+    noun: str = "this object"  # in "required in <noun>"
+
+    @classmethod
+    def declare(
+        cls,
+        target: type,
+        *,
+        inputs: tuple[Key, ...] = (),
+        ignored: frozenset[str] = frozenset(),
+        checks: tuple[Callable[[_Object], None], ...] = (),
+        noun: str = "this object",
+    ) -> Section:
+        """Collect the declarations of the dataclass ``target`` (without checking them)."""
+        fields, derived, undeclared = [], [], []
+        for f in dataclasses.fields(target):
+            if _KEY in f.metadata:
+                fields.append((f.name, f.metadata[_KEY]))
+            elif _DERIVED in f.metadata:
+                derived.append((f.name, f.metadata[_DERIVED]))
+            else:
+                undeclared.append(f.name)
+        return cls(target, tuple(fields), tuple(inputs), tuple(derived), tuple(undeclared),
+                   frozenset(ignored), tuple(checks), noun)
+
+    @property
+    def keys(self) -> tuple[Key, ...]:
+        """Every key, in the order they are read."""
+        return self.inputs + tuple(key for _, key in self.fields)
+
+    @property
+    def names(self) -> list[str]:
+        """The JSON names accepted with an effect (synonyms included)."""
+        return [name for key in self.keys for name in (key.name, *key.synonyms)]
+
+    def key(self, name: str) -> Key:
+        """The key declared with this JSON name."""
+        return next(key for key in self.keys if key.name == name)
+
+    def problems(self) -> list[str]:
+        """What is wrong with these declarations (empty when nothing is)."""
+        where = self.cls.__qualname__
+        found = [f"{where}.{attr}: a field without a declaration (_key, _section or _derived)"
+                 for attr in self.undeclared]
+        seen: set[str] = set()
+        for key in self.keys:
+            if not key.doc.strip():
+                found.append(f"{where}: {key.name}: no doc")
+            if key.default is _NO_DEFAULT and key.default_from is None and not key.required:
+                found.append(f"{where}: {key.name}: no default, and not required")
+            if key.default_from is not None and not key.default_doc.strip():
+                found.append(f"{where}: {key.name}: a computed default without default_doc")
+            for name in (key.name, *key.synonyms):
+                if name in seen:
+                    found.append(f"{where}: {name}: declared twice")
+                seen.add(name)
+        found += [f"{where}.{attr}: no doc" for attr, derived in self.derived if not derived.doc.strip()]
+        found += [f"{where}: {name}: both declared and ignored" for name in sorted(seen & self.ignored)]
+        return found
+
+
+_SECTIONS: dict[type, Section] = {}
+
+
+def _declared(
+    *,
+    inputs: tuple[Key, ...] = (),
+    ignored: frozenset[str] = frozenset(),
+    checks: tuple[Callable[[_Object], None], ...] = (),
+    noun: str = "this object",
+) -> Callable[[type], type]:
+    """Class decorator, above ``@dataclass``: register the class's declarations for the
+    parser; a problem in them (Section.problems) stops the import."""
+
+    def declare(cls: type) -> type:
+        section = Section.declare(cls, inputs=inputs, ignored=ignored, checks=checks, noun=noun)
+        problems = section.problems()
+        if problems:
+            raise TypeError("config declarations: " + "; ".join(problems))
+        _SECTIONS[cls] = section
+        return cls
+
+    return declare
+
+
+def declarations() -> list[Section]:
+    """Every declared object of the file (Config's sections first, Config last)."""
+    return list(_SECTIONS.values())
+
+
+def declaration(cls: type) -> Section:
+    """The declarations of one of the config's dataclasses (``declaration(DicomWebConfig)``)."""
+    return _SECTIONS[cls]
+
+
+def _key(name: str, default: Any, read: Reader, doc: str, *, hash: bool | None = None, **options: Any) -> Any:
+    """Declare the field's key: JSON ``name``, ``default`` (or _REQUIRED, or _COMPUTED with a
+    ``default_from``), validator ``read``, ``doc``; ``options`` are the other Key fields."""
+    if default is _REQUIRED:
+        key = Key(name, read, doc, required=True, **options)
+    elif default is _COMPUTED:
+        key = Key(name, read, doc, **options)
+    else:
+        key = Key(name, read, doc, default=default, **options)
+    metadata = {_KEY: key}
+    if key.default is _NO_DEFAULT:
+        return field(hash=hash, metadata=metadata)
+    if type(default).__hash__ is None:
+        # An immutable mapping (MappingProxyType) that dataclasses cannot tell from a
+        # mutable one: the same object is shared, as a factory.
+        return field(default_factory=lambda: default, hash=hash, metadata=metadata)
+    return field(default=default, hash=hash, metadata=metadata)
+
+
+def _section(name: str, cls: type, doc: str, *, ours: bool = False) -> Any:
+    """Declare a field that keeps the nested object ``name``, read by ``cls``'s declarations
+    (absent: as if empty)."""
+
+    @_reader("object (keys below)")
+    def read(obj: _Object, where: str, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            obj.fail(where, f"expected object, got {_show(raw)}")
+        return _read_object(cls, raw, where + ".", obj)
+
+    key = Key(name, read, doc, default_from=lambda obj: read(obj, obj.key(name), {}),
+              default_doc="{}", ours=ours, section=cls)
+    return field(default_factory=cls, metadata={_KEY: key})
+
+
+def _derived(doc: str, default: Any = MISSING, *, compute: Callable[[_Object], Any] | None = None) -> Any:
+    """Declare a field that no key sets (see :class:`Derived`)."""
+    return field(default=default, metadata={_DERIVED: Derived(doc, compute)})
+
+
+def _fixed_key(name: str, supported: bool, why: str, doc: str) -> Key:
+    """An Orthanc key honoured only with the value this daemon implements; any other value
+    is an error (``why``) rather than being silently ignored."""
+    return Key(name, _fixed(supported, why), doc, default=supported)
+
+
+class _Object:
+    """One JSON object of the file being read: its data, its dotted prefix, the values of its
+    keys read so far (``got``, by JSON name) and the object it is in (``parent``)."""
+
+    def __init__(
+        self,
+        section: Section,
+        data: Mapping[str, Any],
+        prefix: str,
+        fail: Callable[[str, str], NoReturn],
+        ignored_out: list[str],
+        base: Path,
+        parent: _Object | None = None,
+    ):
+        self.section = section
+        self.data = data
+        self.prefix = prefix
+        self.fail = fail
+        self.ignored_out = ignored_out
+        self.base = base  # relative paths are relative to this folder
+        self.parent = parent
+        self.got: dict[str, Any] = {}
+        # Unknown keys first, so a typo is reported before any consequence of it.
+        accepted = section.names
+        known = accepted + sorted(section.ignored)
+        for key in data:
+            if key in section.ignored:
+                ignored_out.append(self.key(key))
+            elif key not in accepted:
+                fail(self.key(key), "unknown key" + _suggest(key, known))
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+
+def _read(obj: _Object, given: Mapping[str, Any]) -> Any:
+    """Read every key of ``obj`` as declared and build its dataclass; ``given`` sets derived
+    fields (``Config.source``, ``Modality.name``)."""
+    section = obj.section
+    for key in section.keys:
+        if key.required and key.name not in obj.data:
+            obj.fail(obj.key(key.name), f"required in {section.noun}")
+    for key in section.keys:
+        value = obj.got[key.name] = key.value(obj)
+        if key.check is not None:
+            key.check(obj, value)
+        if not key.effect and key.name in obj.data:
+            # Validated (a wrong value is still an error) but without effect yet: say so at
+            # start-up rather than pretend.
+            obj.ignored_out.append(obj.key(key.name))
+    for check in section.checks:
+        check(obj)
+    values = {attr: obj.got[key.name] for attr, key in section.fields}
+    for attr, derived in section.derived:
+        if attr in given:
+            values[attr] = given[attr]
+        elif derived.compute is not None:
+            values[attr] = derived.compute(obj)
+    return section.cls(**values)
+
+
+def _read_object(cls: type, data: Mapping[str, Any], prefix: str, parent: _Object, **given: Any) -> Any:
+    """Read a nested object (a section, a modality) with ``cls``'s declarations."""
+    obj = _Object(_SECTIONS[cls], data, prefix, parent.fail, parent.ignored_out, parent.base, parent)
+    return _read(obj, given)
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _show(value: Any) -> str:
+    """A value as it would appear in JSON, shortened for a one-line message."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    lowered = {k.lower(): k for k in known}
+    if key.lower() in lowered:
+        return f'; did you mean "{lowered[key.lower()]}"?'
+    match = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.75)
+    return f'; did you mean "{lowered[match[0]]}"?' if match else ""
+
+
+def _aet_problem(value: str) -> str | None:
+    """Why ``value`` is not a usable AE title (PS3.5 6.2, VR AE), or None."""
+    if not value:
+        return "must not be empty"
+    if len(value) > 16:
+        return f"at most 16 characters, got {len(value)} ({_show(value)})"
+    if value.strip(" ") == "":
+        return "must not be all spaces (PS3.5 6.2)"
+    if "\\" in value:
+        return f"must not contain a backslash, got {_show(value)}"
+    if any(not (" " <= c <= "~") for c in value):
+        return f"only printable ASCII characters are allowed (PS3.5 6.2), got {_show(value)}"
+    return None
+
+
+def _absolute(base: Path, value: str) -> Path:
+    # Orthanc interprets relative paths against the folder of the configuration file
+    # (OrthancConfiguration::InterpretStringParameterAsPath). normpath, not resolve():
+    # no disk access, symlinks left alone.
+    return Path(os.path.normpath(base / value))
+
+
+def _is_within(inner: Path, outer: Path) -> bool:
+    return inner == outer or outer in inner.parents
+
+
+@_reader("true or false")
+def _boolean(obj: _Object, where: str, raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        obj.fail(where, f"expected boolean, got {_show(raw)}")
+    return raw
+
+
+def _integer(lo: int = 0, hi: int | None = None) -> Reader:
+    expected = f"{lo}-{hi}" if hi is not None else f"integer >= {lo}"
+
+    @_reader(f"integer {expected}" if hi is not None else expected)
+    def read(obj: _Object, where: str, raw: Any) -> int:
+        # bool is an int in Python, but "DicomPort": true is not a number in JSON.
+        if not isinstance(raw, int) or isinstance(raw, bool):
+            obj.fail(where, f"expected integer, got {_show(raw)}")
+        if raw < lo or (hi is not None and raw > hi):
+            obj.fail(where, f"expected {expected}, got {_show(raw)}")
+        return raw
+
+    return read
+
+
+_PORT_RANGE = "0-65535"
+
+
+@_reader(f"integer {_PORT_RANGE}")
+def _port(obj: _Object, where: str, raw: Any) -> int:
+    # Orthanc reads DicomPort/HttpPort as JSON integers only ("4242" is refused there
+    # too). 0 is accepted for OS-assigned ports in tests.
+    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 <= raw <= 65535:
+        obj.fail(where, f"expected {_PORT_RANGE}, got {_show(raw)}")
+    return raw
+
+
+def _string(*, empty_ok: bool = True) -> Reader:
+    @_reader("string" if empty_ok else "non-empty string")
+    def read(obj: _Object, where: str, raw: Any) -> str:
+        if not isinstance(raw, str):
+            obj.fail(where, f"expected string, got {_show(raw)}")
+        if not empty_ok and not raw.strip():
+            obj.fail(where, "must not be empty")
+        return raw
+
+    return read
+
+
+_text = _string()
+_non_empty_text = _string(empty_ok=False)
+
+
+def _choice(*choices: str) -> Reader:
+    @_reader("one of " + ", ".join(choices))
+    def read(obj: _Object, where: str, raw: Any) -> str:
+        value = _text(obj, where, raw)
+        if value not in choices:
+            obj.fail(
+                where,
+                f"expected one of {', '.join(choices)}, got {_show(value)}" + _suggest(value, list(choices)),
+            )
+        return value
+
+    return read
+
+
+@_reader("AE title: 1-16 printable ASCII characters, no backslash")
+def _aet(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw)
+    problem = _aet_problem(value)
+    if problem:
+        obj.fail(where, problem)
+    # PS3.5 6.2: leading and trailing spaces of an AE title are not significant.
+    return value.strip(" ")
+
+
+@_reader("folder (relative: to the config file's folder)")
+def _path(obj: _Object, where: str, raw: Any) -> Path:
+    value = _non_empty_text(obj, where, raw)
+    if "\0" in value:
+        obj.fail(where, "must not contain a NUL character")
+    return _absolute(obj.base, value)
+
+
+def _fixed(supported: bool, why: str) -> Reader:
+    @_reader(f"{_show(supported)} only")
+    def read(obj: _Object, where: str, raw: Any) -> bool:
+        if _boolean(obj, where, raw) != supported:
+            obj.fail(where, why)
+        return raw
+
+    return read
+
+
+def _optional(reader: Reader) -> Reader:
+    @_reader(f"{reader.accepts}, or null")
+    def read(obj: _Object, where: str, raw: Any) -> Any:
+        return None if raw is None else reader(obj, where, raw)
+
+    return read
+
+
+def _check_url_path(obj: _Object, where: str, value: str) -> None:
+    if re.search(r"[\s?#%\\]", value) or "//" in value or "/../" in value or "/./" in value:
+        obj.fail(where, f"expected a plain URL path like \"/dicom-web/\", got {_show(value)}")
+
+
+@_reader('URL path, like "/dicom-web/"')
+def _url_root(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw)
+    # The DICOMweb plugin's GetRootPath: make sure the root starts and ends with "/".
+    if not value.startswith("/"):
+        value = "/" + value
+    if not value.endswith("/"):
+        value += "/"
+    _check_url_path(obj, where, value)
+    return value
+
+
+@_reader('URL path below "/", like "/wado"')
+def _wado_root(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw)
+    # The plugin's GetWadoRoot: leading "/" added, trailing "/" removed.
+    if not value.startswith("/"):
+        value = "/" + value
+    value = value.rstrip("/")
+    if not value:
+        obj.fail(where, 'expected a URL path below "/", like "/wado"')
+    _check_url_path(obj, where, value)
+    return value
+
+
+@_reader("host or host:port, or empty")
+def _url_host(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw).strip()
+    if re.search(r"[\s/?#@]", value):
+        obj.fail(where, f"expected host or host:port (no scheme, no path), got {_show(value)}")
+    return value
+
+
+@_reader('true, false, "Always" or "Never"')
+def _overwrite(obj: _Object, where: str, raw: Any) -> bool:
+    # Orthanc <= 1.12.11: boolean. Later: "Never" | "Always" | "IfChanged" (booleans kept).
+    if isinstance(raw, bool):
+        return raw
+    if raw == "Never":
+        return False
+    if raw == "Always":
+        return True
+    if raw == "IfChanged":
+        obj.fail(where, '"IfChanged" is not supported yet')
+    obj.fail(where, f'expected boolean, "Never" or "Always", got {_show(raw)}')
+
+
+@_reader("list of IP addresses")
+def _ip_addresses(obj: _Object, where: str, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        obj.fail(where, f"expected a list of IP addresses, got {_show(raw)}")
+    for i, address in enumerate(raw):
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            obj.fail(f"{where}[{i}]", f"expected an IP address, got {_show(address)}")
+    return tuple(raw)
+
+
+# Orthanc's StringToEncoding (case-insensitive there, so here too); canonical spelling kept.
+_ENCODINGS = (
+    "Ascii Utf8 Latin1 Latin2 Latin3 Latin4 Latin5 Cyrillic Windows1251 Arabic Greek Hebrew "
+    "Thai Japanese Chinese JapaneseKanji Korean SimplifiedChinese"
+).split()
+
+
+@_reader("Orthanc encoding name (Latin1, Utf8...; any case)")
+def _encoding(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw)
+    canonical = {e.lower(): e for e in _ENCODINGS}.get(value.lower())
+    if canonical is None:
+        obj.fail(
+            where,
+            f"expected one of {', '.join(_ENCODINGS)}, got {_show(value)}" + _suggest(value, _ENCODINGS),
+        )
+    return canonical
+
+
+@_reader("object: user name to password (or a hash from pacs-appliance hash-password)")
+def _users(obj: _Object, where: str, raw: Any) -> Mapping[str, str]:
+    if not isinstance(raw, dict):
+        obj.fail(where, f"expected object, got {_show(raw)}")
+    result: dict[str, str] = {}
+    for username, password in raw.items():
+        key = f"{where}.{username}"
+        if not username or ":" in username:
+            # RFC 7617: the user-id of HTTP Basic authentication cannot contain a colon.
+            obj.fail(key, 'a user name must be non-empty and must not contain ":" (HTTP Basic, RFC 7617)')
+        if not isinstance(password, str):
+            obj.fail(key, f"expected string (the password), got {_show(password)}")
+        if not password:
+            obj.fail(key, "empty password")
+        if (problem := password_entry_problem(password)) is not None:
+            obj.fail(key, f"unusable password hash: {problem}")
+        result[username] = password
+    return MappingProxyType(result)
+
+
+# Orthanc's StringToModalityManufacturer (case-sensitive). The last six are obsolete names
+# Orthanc still accepts (mapped to Generic / GenericNoWildcardInDates with a warning).
+_MANUFACTURERS = (
+    "Generic GenericNoWildcardInDates GenericNoUniversalWildcard Vitrea GE SiemensSyngoCT "
+    "AgfaImpax SyngoVia EFilm2 MedInria ClearCanvas Dcm4Chee"
+).split()
+
+
+@_reader("Orthanc manufacturer name (Generic, GE...)")
+def _manufacturer(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw)
+    if value not in _MANUFACTURERS:
+        obj.fail(where, f"unknown manufacturer {_show(value)}" + _suggest(value, _MANUFACTURERS))
+    return value
+
+
+@_reader("integer 1-65535, or a string of one")
+def _modality_port(obj: _Object, where: str, raw: Any) -> int:
+    # Orthanc's ReadPortNumber accepts an integer or a string holding one for modalities
+    # (configs generated with "${PORT}" templates rely on it). Orthanc stops at 65534.
+    port = raw
+    if isinstance(raw, str) and re.fullmatch(r"\s*\d{1,5}\s*", raw):
+        port = int(raw)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        obj.fail(where, f"expected 1-65535, got {_show(raw)}")
+    return port
+
+
+@_reader("host name or IP address")
+def _host(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw)
+    if not value.strip() or re.search(r"\s", value):
+        obj.fail(where, f"expected a host name or IP address, got {_show(value)}")
+    return value
+
+
+@_reader('AE title, or "" for none')
+def _optional_aet(obj: _Object, where: str, raw: Any) -> str | None:
+    # Orthanc serialises an unset LocalAet as "" (REST API exports), so "" means unset.
+    value = _text(obj, where, raw)
+    return _aet(obj, where, value) if value else None
+
+
+_TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+
+
+@_reader('time of day "HH:MM"')
+def _time_of_day(obj: _Object, where: str, raw: Any) -> tuple[int, int]:
+    text = _text(obj, where, raw)
+    m = _TIME_OF_DAY.match(text)
+    if not m:
+        obj.fail(where, f'expected a time of day "HH:MM" (00:00-23:59), got {_show(text)}')
+    return (int(m.group(1)), int(m.group(2)))
+
+
+@_reader("number of hours 0-8784 (0: none)")
+def _hours(obj: _Object, where: str, raw: Any) -> float:
+    if not isinstance(raw, (int, float)) or isinstance(raw, bool):
+        obj.fail(where, f"expected a number of hours, got {_show(raw)}")
+    if not 0 <= raw <= 24 * 366:
+        obj.fail(where, f"expected 0 (no scheduled backups) to 8784, got {_show(raw)}")
+    return raw
+
+
+_MODALITY_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")  # Orthanc's CheckAlphanumeric
+
+
+@_reader("object: modality name to [AET, host, port], [AET, host, port, manufacturer] or an object")
+def _modalities(obj: _Object, where: str, raw: Any) -> tuple[Modality, ...]:
+    if not isinstance(raw, dict):
+        obj.fail(where, f"expected object, got {_show(raw)}")
+    return tuple(_modality(obj, f"{where}.{name}", name, value) for name, value in raw.items())
+
+
+def _modality(obj: _Object, where: str, name: str, value: Any) -> Modality:
+    if not _MODALITY_NAME.match(name):
+        obj.fail(where, 'a modality name may only contain letters, digits, "-" and "_" (as in Orthanc)')
+    if isinstance(value, list):
+        if len(value) not in (3, 4):
+            obj.fail(
+                where,
+                "expected [AET, host, port] or [AET, host, port, manufacturer], "
+                f"got a list of {len(value)} item(s)",
+            )
+        declared = _SECTIONS[Modality]
+
+        def item(i: int, key: str) -> Any:
+            return declared.key(key).read(obj, f"{where}[{i}]", value[i])
+
+        return Modality(
+            name=name,
+            aet=item(0, "AET"),
+            host=item(1, "Host"),
+            port=item(2, "Port"),
+            manufacturer=item(3, "Manufacturer") if len(value) == 4 else declared.key("Manufacturer").default,
+        )
+    if not isinstance(value, dict):
+        obj.fail(
+            where,
+            "expected [AET, host, port], [AET, host, port, manufacturer] or an object "
+            f"with AET, Host and Port, got {_show(value)}",
+        )
+    return _read_object(Modality, value, where + ".", obj, name=name)
+
+
+# --------------------------------------------------------------------------- ignored keys
 
 # Orthanc core keys accepted without effect here (the caller logs them once). Each is either
 # about a feature this appliance does not have (Lua, jobs, peers, WebDAV, Orthanc Explorer,
@@ -306,44 +809,6 @@ _IGNORED_PLUGIN_SECTIONS = frozenset(
     """.split()
 )
 
-# Orthanc keys honoured only with the value this daemon implements; any other value is an
-# error rather than being silently ignored.
-_FIXED = {
-    "DicomServerEnabled": (True, "false is not supported: receiving DICOM is this daemon's purpose"),
-    "HttpServerEnabled": (True, "false is not supported: DICOMweb needs the HTTP server"),
-    "SslEnabled": (False, "true is not supported: terminate HTTPS in the nginx proxy"),
-    "DicomTlsEnabled": (False, "true is not supported yet"),
-    "DicomModalitiesInDatabase": (
-        False,
-        "true is not supported: modalities are read from DicomModalities in this file",
-    ),
-    "StoreDicom": (True, "false (index-only mode) is not supported"),
-    "ReadOnly": (False, "true is not supported"),
-}
-
-_SUPPORTED_TOP = (
-    "Name StorageDirectory IndexDirectory TemporaryDirectory DicomAet DicomPort "
-    "DicomCheckCalledAet DicomModalities DicomAlwaysAllowEcho DicomAlwaysAllowStore "
-    "DicomAlwaysAllowFind DicomAlwaysAllowFindWorklist DicomAlwaysAllowGet "
-    "DicomAlwaysAllowMove DicomCheckModalityHost DicomThreadsCount OverwriteInstances "
-    "MaximumPduLength DicomScpTimeout HttpPort RemoteAccessAllowed AuthenticationEnabled "
-    "RegisteredUsers StorageCompression MaximumStorageSize MaximumPatientCount "
-    "MaximumStorageMode DicomWeb Worklists StableAge StrictAetComparison DicomScuTimeout "
-    "UnknownSopClassAccepted DefaultEncoding LimitFindResults LimitFindInstances "
-    "CaseSensitivePN HttpRequestTimeout HttpBindAddresses Mpps DiskMonitor Backups"
-).split()
-
-# Orthanc keys checked like the others but not acted upon yet (listed in
-# Config.ignored, so the daemon's start-up log says so).
-_VALIDATED_NO_EFFECT = (
-    "DicomScuTimeout", "DefaultEncoding", "HttpRequestTimeout",
-    "DicomWeb.StudiesMetadata", "DicomWeb.SeriesMetadata",
-)
-
-_DICOMWEB_SUPPORTED = (
-    "Enable Root EnableWado WadoRoot PublicRoot Host Ssl QidoCaseSensitive "
-    "StudiesMetadata SeriesMetadata MaximumStowBodySize"
-).split()
 # DICOMweb client features (Servers...) and plugin performance knobs.
 _DICOMWEB_IGNORED = frozenset(
     """
@@ -353,39 +818,460 @@ _DICOMWEB_IGNORED = frozenset(
     """.split()
 )
 
-_WORKLISTS_SUPPORTED = (
-    "Enable Database Directory FilterIssuerAet LimitAnswers DeleteWorklistsOnStableStudy "
-    "HousekeepingInterval SetStudyInstanceUidIfMissing SaveInOrthancDatabase DeleteWorklistsDelay"
-).split()
 # A debug log switch of the plugin.
 _WORKLISTS_IGNORED = frozenset({"LogMatchedWorklistIds"})
-_MPPS_SUPPORTED = ["Enable", "ArchiveFinishedWorklists"]
-
-_MODALITY_SUPPORTED = (
-    "AET Host Port Manufacturer AllowEcho AllowStore AllowFind AllowFindWorklist AllowGet "
-    "AllowMove AllowNAction AllowEventReport AllowStorageCommitment AllowTranscoding "
-    "UseDicomTls LocalAet Timeout"
-).split()
 _MODALITY_IGNORED = frozenset({"RetrieveMethod"})  # Orthanc as Q/R SCU only
-
-# Orthanc's StringToModalityManufacturer (case-sensitive). The last six are obsolete names
-# Orthanc still accepts (mapped to Generic / GenericNoWildcardInDates with a warning).
-_MANUFACTURERS = (
-    "Generic GenericNoWildcardInDates GenericNoUniversalWildcard Vitrea GE SiemensSyngoCT "
-    "AgfaImpax SyngoVia EFilm2 MedInria ClearCanvas Dcm4Chee"
-).split()
-
-# Orthanc's StringToEncoding (case-insensitive there, so here too); canonical spelling kept.
-_ENCODINGS = (
-    "Ascii Utf8 Latin1 Latin2 Latin3 Latin4 Latin5 Cyrillic Windows1251 Arabic Greek Hebrew "
-    "Thai Japanese Chinese JapaneseKanji Korean SimplifiedChinese"
-).split()
 
 _METADATA_MODES = ("Full", "MainDicomTags", "Extrapolate", "Experimental")
 
-_MODALITY_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")  # Orthanc's CheckAlphanumeric
 
-_PORT_RANGE = "0-65535"
+# --------------------------------------------------------------------------- rules between keys
+
+
+def _not_dicom_port(obj: _Object, http_port: int) -> None:
+    dicom_port = obj.got["DicomPort"]
+    if dicom_port and dicom_port == http_port:
+        obj.fail(obj.key("HttpPort"), f"same port as DicomPort ({dicom_port})")
+
+
+def _users_if_authenticating(obj: _Object, users: Mapping[str, str]) -> None:
+    if obj.got["AuthenticationEnabled"] and not users:
+        # Orthanc then creates the well-known user orthanc/orthanc (remote access) or serves
+        # nobody (localhost); this appliance never runs with a default password.
+        obj.fail(
+            obj.key("RegisteredUsers"),
+            "authentication is enabled but no user is declared "
+            "(Orthanc would create the default user orthanc/orthanc; this daemon refuses to)",
+        )
+
+
+def _temporary_holds_no_data(obj: _Object) -> None:
+    temporary = obj.got["TemporaryDirectory"]
+    worklists, backups = obj.got["Worklists"], obj.got["Backups"]
+    for other_key, other in (
+        ("StorageDirectory", obj.got["StorageDirectory"]),
+        ("IndexDirectory", obj.got["IndexDirectory"]),
+        ("Worklists.Database", worklists.database),
+        ("Backups.Directory", backups.directory),
+        ("Backups.StorageMirror", backups.storage_mirror),
+    ):
+        # Temporary files are swept at start-up: that sweep must never reach kept data.
+        if other is not None and _is_within(other, temporary):
+            obj.fail("TemporaryDirectory", f'must not contain {other_key} ("{other}"): it is emptied at start-up')
+
+
+def _folder_if_enabled(obj: _Object, folder: Path | None) -> None:
+    if obj.got["Enable"] and folder is None:
+        obj.fail(obj.key("Database"), 'required when Worklists.Enable is true ("Directory" also accepted)')
+
+
+def _not_below_warn(obj: _Object, critical: int) -> None:
+    warn = obj.got["WarnPercent"]
+    if critical < warn:
+        obj.fail(obj.key("CriticalPercent"), f"must not be below WarnPercent ({warn}), got {critical}")
+
+
+def _at_needs_interval(obj: _Object, at: tuple[int, int] | None) -> None:
+    if at is not None and obj.got["IntervalHours"] == 0:
+        obj.fail(obj.key("At"), "has no effect with IntervalHours 0 (no scheduled backups)")
+
+
+def _mirror_apart(obj: _Object, mirror: Path | None) -> None:
+    if mirror is None:
+        return
+    storage = obj.parent.got["StorageDirectory"]
+    if _is_within(mirror, storage) or _is_within(storage, mirror):
+        obj.fail(obj.key("StorageMirror"), f'must be outside StorageDirectory ("{storage}")')
+    directory = obj.got["Directory"]
+    if _is_within(mirror, directory) or _is_within(directory, mirror):
+        obj.fail(obj.key("StorageMirror"), f'must be outside Backups.Directory ("{directory}")')
+
+
+# --------------------------------------------------------------------------- the keys
+
+
+@_declared(
+    inputs=(
+        Key("AllowNAction", _boolean, "Accept N-ACTION from this modality (storage commitment).",
+            default=True),
+        Key("AllowEventReport", _boolean, "Accept N-EVENT-REPORT from this modality (storage commitment).",
+            default=True),
+        _fixed_key("UseDicomTls", False, "true is not supported yet",
+                   "Talk to this modality over DICOM TLS: only false is supported."),
+    ),
+    ignored=_MODALITY_IGNORED,
+    noun="a modality object",
+)
+@dataclass(frozen=True)
+class Modality:
+    """One entry of ``DicomModalities`` (Orthanc's ``RemoteModalityParameters``).
+
+    Orthanc accepts two forms, both supported: ``[AET, host, port]`` /
+    ``[AET, host, port, manufacturer]``, and an object with ``AET``, ``Host``, ``Port`` and
+    optional ``Manufacturer``, ``Allow*``, ``LocalAet``, ``Timeout``... Every ``Allow*``
+    defaults to true, as in Orthanc.
+    """
+
+    name: str = _derived("The entry's JSON key (Orthanc's \"symbolic name\").")
+    aet: str = _key("AET", _REQUIRED, _aet, "The modality's AE title.")
+    host: str = _key("Host", _REQUIRED, _host, "The modality's host name or IP address.")
+    port: int = _key("Port", _REQUIRED, _modality_port, "The modality's DICOM port.")
+    manufacturer: str = _key("Manufacturer", "Generic", _manufacturer,
+                             "Orthanc's manufacturer quirks for this modality.")
+    allow_echo: bool = _key("AllowEcho", True, _boolean, "Accept C-ECHO from this modality.")
+    allow_store: bool = _key("AllowStore", True, _boolean, "Accept C-STORE from this modality.")
+    allow_find: bool = _key("AllowFind", True, _boolean, "Accept C-FIND from this modality.")
+    allow_find_worklist: bool = _key("AllowFindWorklist", True, _boolean,
+                                     "Accept worklist C-FIND from this modality.")
+    allow_get: bool = _key("AllowGet", True, _boolean, "Accept C-GET from this modality.")
+    allow_move: bool = _key("AllowMove", True, _boolean, "Accept C-MOVE from this modality.")
+    # Orthanc: "AllowStorageCommitment" is an alias for "AllowNAction" & "AllowEventReport";
+    # storage commitment needs both, so this is their conjunction.
+    allow_storage_commitment: bool = _key(
+        "AllowStorageCommitment", True, _boolean,
+        "Accept storage commitment (N-ACTION and N-EVENT-REPORT) from this modality; when "
+        "given, it overrides AllowNAction and AllowEventReport (Orthanc).",
+        default_from=lambda obj: obj.got["AllowNAction"] and obj.got["AllowEventReport"],
+        default_doc="AllowNAction and AllowEventReport",
+    )
+    allow_transcoding: bool = _key("AllowTranscoding", True, _boolean,
+                                   "Allow transcoding what is sent to this modality.")
+    # Used when this daemon is the SCU towards the modality (C-MOVE destination).
+    local_aet: str | None = _key("LocalAet", None, _optional_aet,
+                                 "Our calling AE title towards this modality; unset (or \"\"): DicomAet.")
+    timeout: int = _key("Timeout", 0, _integer(),
+                        "Seconds, when we are the SCU towards this modality; 0: DicomScuTimeout (Orthanc).")
+
+
+@_declared(ignored=_DICOMWEB_IGNORED)
+@dataclass(frozen=True)
+class DicomWebConfig:
+    """The ``DicomWeb`` section (options of Orthanc's DICOMweb plugin that matter here)."""
+
+    enable: bool = _key("Enable", True, _boolean, "Serve DICOMweb (QIDO-RS, WADO-RS, STOW-RS) under Root.")
+    root: str = _key("Root", "/dicom-web/", _url_root,
+                     "URL path of DICOMweb; made to start and end with \"/\" (as the plugin does).")
+    enable_wado: bool = _key("EnableWado", True, _boolean, "Serve WADO-URI under WadoRoot.")
+    wado_root: str = _key("WadoRoot", "/wado", _wado_root,
+                          "URL path of WADO-URI; made to start with \"/\" and not end with one (as the plugin does).")
+    public_root: str = _key(
+        "PublicRoot", "/dicom-web/", _url_root,
+        "The root advertised in the URLs we generate (RetrieveURL...) when a proxy maps another path.",
+        default_from=lambda obj: obj.got["Root"], default_doc="Root (plugin)",
+    )
+    host: str = _key(
+        "Host", "", _url_host,
+        "Host (and port) put in generated URLs; empty: from the Forwarded / X-Forwarded-Host / "
+        "Host request headers, as the plugin does since 1.13.",
+    )
+    ssl: bool = _key("Ssl", False, _boolean,
+                     "Scheme https in generated URLs when no X-Forwarded-Proto or Forwarded says otherwise.")
+    qido_case_sensitive: bool = _key("QidoCaseSensitive", True, _boolean,
+                                     "QIDO-RS matches text attributes case-sensitively.")
+    studies_metadata: str = _key("StudiesMetadata", "Full", _choice(*_METADATA_MODES),
+                                 "How the plugin builds study metadata.", effect=False)
+    series_metadata: str = _key("SeriesMetadata", "Full", _choice(*_METADATA_MODES),
+                                "How the plugin builds series metadata.", effect=False)
+    maximum_stow_body_size: int = _key(
+        "MaximumStowBodySize", 4096, _integer(),
+        "MB: the largest STOW-RS request body accepted (413 past it); 0: no limit. Orthanc has "
+        "no such limit; its StowMaxSize is for its STOW-RS client and stays ignored.",
+        ours=True,
+    )
+
+
+@_declared(
+    inputs=(
+        _fixed_key("SaveInOrthancDatabase", False,
+                   "true is not supported: worklists are served from the Database/Directory folder",
+                   "The new plugin's worklists kept in Orthanc's database: only false is supported."),
+    ),
+    ignored=_WORKLISTS_IGNORED,
+)
+@dataclass(frozen=True)
+class WorklistsConfig:
+    """The ``Worklists`` section (Orthanc's Worklists plugin, legacy sample and new one)."""
+
+    enable: bool = _key("Enable", False, _boolean, "Serve the worklists (C-FIND MWL) of Database (Orthanc default: off).")
+    # The worklist plugins take "Database" as given (relative to Orthanc's working
+    # directory); like every other path here it is relative to the config file instead.
+    database: Path | None = _key(
+        "Database", None, _path,
+        "The folder of .wl worklist files; Directory is the new plugin's name for it (give "
+        "one, or both the same). Required when Enable is true.",
+        synonyms=("Directory",), check=_folder_if_enabled,
+    )
+    filter_issuer_aet: bool = _key(
+        "FilterIssuerAet", False, _boolean,
+        "Answer only the worklists whose ScheduledStationAETitle is the calling AE title.",
+    )
+    limit_answers: int = _key("LimitAnswers", 0, _integer(), "Most worklists in one answer; 0: no limit.")
+    # The new Worklists plugin (Nov 2025) defaults this to true, but the plugin that Debian
+    # ships with Orthanc (the legacy sample plugin) never deletes anything: a clinic moving
+    # from it must not see its .wl files disappear, so we keep false unless asked.
+    delete_worklists_on_stable_study: bool = _key(
+        "DeleteWorklistsOnStableStudy", False, _boolean,
+        "Delete a worklist once a study that matches it is stable (StableAge). The new plugin "
+        "defaults to true; false here, as the legacy plugin that Debian ships never deletes.",
+    )
+    housekeeping_interval: int = _key("HousekeepingInterval", 60, _integer(lo=1),
+                                      "Seconds between two housekeeping passes (plugin default).")
+    set_study_instance_uid_if_missing: bool = _key(
+        "SetStudyInstanceUidIfMissing", True, _boolean,
+        "Give a worklist authored through the REST API or the CLI a StudyInstanceUID when it has none.",
+    )
+    # The new Orthanc plugin only honours this when worklists are kept in its database and
+    # refuses to start with a folder; here it applies to the folder.
+    delete_worklists_delay: int = _key(
+        "DeleteWorklistsDelay", 0, _integer(),
+        "Hours after which a worklist file is deleted (its modification time); 0: never.",
+    )
+
+
+@_declared()
+@dataclass(frozen=True)
+class MppsConfig:
+    """The ``Mpps`` section (our own: Orthanc has no Modality Performed Procedure Step)."""
+
+    enable: bool = _key("Enable", True, _boolean, "Accept MPPS N-CREATE / N-SET from the scanners.", ours=True)
+    archive_finished_worklists: bool = _key(
+        "ArchiveFinishedWorklists", True, _boolean,
+        "Once a procedure step linked to a worklist is COMPLETED or DISCONTINUED, stop answering "
+        "that worklist and move its .wl file into the \"archive\" sub-folder.",
+        ours=True,
+    )
+
+
+@_declared()
+@dataclass(frozen=True)
+class DiskMonitorConfig:
+    """The ``DiskMonitor`` section (ours): free space of the storage, index, temporary
+    and backup filesystems, watched with psutil."""
+
+    interval_seconds: int = _key("IntervalSeconds", 30, _integer(1, 3600),
+                                 "Seconds between two measurements.", ours=True)
+    # psutil's percent: used over what non-root users can use.
+    warn_percent: int = _key("WarnPercent", 80, _integer(1, 100),
+                             "A filesystem this full (percent) is logged once at WARNING on the way up.", ours=True)
+    critical_percent: int = _key(
+        "CriticalPercent", 90, _integer(1, 100),
+        "A filesystem this full (percent) is logged once at CRITICAL on the way up; not below WarnPercent.",
+        check=_not_below_warn, ours=True,
+    )
+    minimum_free_mb: int = _key(
+        "MinimumFreeMB", 500, _integer(),
+        "MB: below this much free space on the storage or index filesystem new objects are refused "
+        "(C-STORE 0xA700, HTTP 507) until space returns; leaves room for the index to commit and "
+        "for the system itself.",
+        ours=True,
+    )
+
+
+@_declared()
+@dataclass(frozen=True)
+class BackupsConfig:
+    """The ``Backups`` section (ours): online backups of the index, and a storage mirror."""
+
+    directory: Path | None = _key(  # None only on a Config not built by parse_config
+        "Directory", None, _path,
+        "Where backups go; created when missing only at its default place: a Directory given "
+        "must exist (a backup disk that is not mounted must not be silently replaced by a folder "
+        "on the system disk).",
+        default_from=lambda obj: obj.parent.got["IndexDirectory"] / "backups",
+        default_doc="IndexDirectory/backups", ours=True,
+    )
+    directory_is_default: bool = _derived("True when Directory was not given.", True,
+                                          compute=lambda obj: "Directory" not in obj.data)
+    interval_hours: float = _key("IntervalHours", 24, _hours,
+                                 "Hours between two scheduled backups; 0: no scheduled backups.", ours=True)
+    at: tuple[int, int] | None = _key("At", None, _optional(_time_of_day),
+                                      "The local time of day the schedule is anchored to.",
+                                      check=_at_needs_interval, ours=True)
+    keep: int = _key("Keep", 7, _integer(1, 1000), "Complete backups kept; older ones are deleted.", ours=True)
+    storage_mirror: Path | None = _key(
+        "StorageMirror", None, _optional(_path),
+        "A folder (an external disk) that receives a copy of every stored file not yet there, so "
+        "that a backup plus the mirror can restore everything; outside StorageDirectory and Directory.",
+        check=_mirror_apart, ours=True,
+    )
+
+
+_FIXED_KEYS = (
+    _fixed_key("DicomServerEnabled", True, "false is not supported: receiving DICOM is this daemon's purpose",
+               "Run the DICOM server: only true is supported."),
+    _fixed_key("HttpServerEnabled", True, "false is not supported: DICOMweb needs the HTTP server",
+               "Run the HTTP server: only true is supported."),
+    _fixed_key("SslEnabled", False, "true is not supported: terminate HTTPS in the nginx proxy",
+               "HTTPS in the server itself: only false is supported (nginx terminates HTTPS)."),
+    _fixed_key("DicomTlsEnabled", False, "true is not supported yet",
+               "DICOM TLS: only false is supported for now."),
+    _fixed_key("DicomModalitiesInDatabase", False,
+               "true is not supported: modalities are read from DicomModalities in this file",
+               "Modalities kept in Orthanc's database: only false is supported."),
+    _fixed_key("StoreDicom", True, "false (index-only mode) is not supported",
+               "Keep the DICOM files (false: Orthanc's index-only mode): only true is supported."),
+    _fixed_key("ReadOnly", False, "true is not supported", "Orthanc's read-only mode: only false is supported."),
+)
+
+
+_View = TypeVar("_View")
+
+
+@_declared(
+    inputs=_FIXED_KEYS,
+    ignored=_IGNORED_CORE | _IGNORED_PLUGIN_SECTIONS,
+    checks=(_temporary_holds_no_data,),
+)
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole validated configuration. Paths are absolute.
+
+    Built by :func:`load_config` / :func:`parse_config` / :func:`default_config`; keyword-only
+    so that field order never matters to callers.
+    """
+
+    source: str | None = _derived("The file or folder loaded; None for the embedded defaults.")
+    name: str = _key("Name", "pacs-appliance", _non_empty_text, "The server's name (/system, the status).")
+    storage_directory: Path = _key(
+        "StorageDirectory", _COMPUTED, _path, "Where the received DICOM files are kept.",
+        default_from=lambda obj: _absolute(obj.base, "OrthancStorage"),
+        default_doc='"OrthancStorage" next to the config file (Orthanc)',
+    )
+    # Orthanc's defaults: the index defaults to the storage folder (they may be the same
+    # folder, as in Debian's orthanc.json).
+    index_directory: Path = _key(
+        "IndexDirectory", _COMPUTED, _path, "Where the index (SQLite) is kept; may be the storage folder.",
+        default_from=lambda obj: obj.got["StorageDirectory"], default_doc="StorageDirectory",
+    )
+    # Orthanc's default is the system temporary folder. Ours must be on the same filesystem
+    # as the storage so that a received file is renamed into place atomically (the store
+    # contract); a sibling folder is not (a storage folder is often a mount point), a
+    # sub-folder always is. The leading dot lets a walk of the storage tree skip it.
+    temporary_directory: Path = _key(
+        "TemporaryDirectory", _COMPUTED, _path,
+        "Where files being received are written before they are renamed into the storage; emptied "
+        "at start-up. Orthanc's default is the system's temporary folder: ours is inside the "
+        "storage, on its filesystem, so that the rename is atomic.",
+        default_from=lambda obj: _absolute(obj.base, str(obj.got["StorageDirectory"] / ".tmp")),
+        default_doc="StorageDirectory/.tmp",
+    )
+    dicom_aet: str = _key("DicomAet", "ORTHANC", _aet,
+                          "Our AE title; leading and trailing spaces are not significant (PS3.5 6.2).")
+    dicom_port: int = _key("DicomPort", 4242, _port, "The DICOM port; 0 lets the OS choose (tests).")
+    dicom_check_called_aet: bool = _key("DicomCheckCalledAet", False, _boolean,
+                                        "Refuse associations whose called AE title is not DicomAet.")
+    dicom_modalities: tuple[Modality, ...] = _key(
+        "DicomModalities", (), _modalities,
+        "The known modalities, by symbolic name (letters, digits, \"-\" and \"_\").",
+        section=Modality, each=True,
+    )
+    dicom_always_allow_echo: bool = _key("DicomAlwaysAllowEcho", True, _boolean,
+                                         "Accept C-ECHO from any AE, not only from DicomModalities.")
+    dicom_always_allow_store: bool = _key("DicomAlwaysAllowStore", True, _boolean,
+                                          "Accept C-STORE from any AE, not only from DicomModalities.")
+    dicom_always_allow_find: bool = _key("DicomAlwaysAllowFind", False, _boolean,
+                                         "Accept C-FIND from any AE, not only from DicomModalities.")
+    # DELIBERATELY differs from Orthanc >= 1.10 (false). Orthanc's worklist guide has the
+    # clinic declare no DicomModalities; with Orthanc's default, every scanner would then get
+    # an empty/refused worklist query. C-FIND MWL discloses only the day's schedule, the
+    # scanners' whole purpose here, so we allow it unless the file says otherwise.
+    dicom_always_allow_find_worklist: bool = _key(
+        "DicomAlwaysAllowFindWorklist", True, _boolean,
+        "Accept worklist C-FIND from any AE. Differs from Orthanc >= 1.10 (false): with the "
+        "clinic setup (no DicomModalities) scanners would get no worklist.",
+    )
+    dicom_always_allow_get: bool = _key("DicomAlwaysAllowGet", False, _boolean,
+                                        "Accept C-GET from any AE, not only from DicomModalities.")
+    dicom_always_allow_move: bool = _key("DicomAlwaysAllowMove", False, _boolean,
+                                         "Accept C-MOVE from any AE, not only from DicomModalities.")
+    dicom_check_modality_host: bool = _key(
+        "DicomCheckModalityHost", False, _boolean,
+        "A DicomModalities entry applies only to connections from its Host.",
+    )
+    # Orthanc: number of threads running DIMSE operations (default 4), extra associations
+    # wait. Here: maximum concurrent associations; extra ones get a transient A-ASSOCIATE-RJ
+    # (the SCU retries), so the default is higher than Orthanc's to avoid refusing a busy
+    # morning of scanners.
+    dicom_threads_count: int = _key(
+        "DicomThreadsCount", 10, _integer(lo=1),
+        "Most concurrent associations; more are refused (transient A-ASSOCIATE-RJ, the SCU "
+        "retries). Orthanc: DIMSE threads, default 4, extra associations wait.",
+    )
+    overwrite_instances: bool = _key(
+        "OverwriteInstances", False, _overwrite,
+        "An instance received again replaces the stored one (true, \"Always\") or not (false, "
+        "\"Never\"); \"IfChanged\" is not supported yet.",
+    )
+    maximum_pdu_length: int = _key("MaximumPduLength", 16384, _integer(4096, 131072),
+                                   "Largest PDU we receive, in bytes (Orthanc's range).")
+    dicom_scp_timeout: int = _key("DicomScpTimeout", 30, _integer(),
+                                  "Seconds without DIMSE message before an association is closed; 0: no timeout.")
+    http_port: int = _key("HttpPort", 8042, _port,
+                          "The HTTP port; 0 lets the OS choose (tests). Not DicomPort.", check=_not_dicom_port)
+    remote_access_allowed: bool = _key(
+        "RemoteAccessAllowed", False, _boolean,
+        "HTTP on every interface; false: loopback only, and other peers are refused (403).",
+    )
+    authentication_enabled: bool = _key(
+        "AuthenticationEnabled", _COMPUTED, _boolean, "HTTP Basic authentication against RegisteredUsers.",
+        default_from=lambda obj: obj.got["RemoteAccessAllowed"],
+        default_doc="RemoteAccessAllowed (Orthanc >= 1.5.8)",
+    )
+    registered_users: Mapping[str, str] = _key(
+        "RegisteredUsers", MappingProxyType({}), _users,
+        "The HTTP users. Required when authentication is enabled: no default user "
+        "(Orthanc's orthanc/orthanc) is ever created.",
+        check=_users_if_authenticating, hash=False,
+    )
+    storage_compression: bool = _key("StorageCompression", False, _fixed(False, "true is not supported yet"),
+                                     "Compress stored files: only false is supported for now.")
+    maximum_storage_size: int = _key("MaximumStorageSize", 0, _integer(),
+                                     "MB the storage may hold; 0: unlimited.")
+    maximum_patient_count: int = _key("MaximumPatientCount", 0, _integer(),
+                                      "Patients the storage may hold; 0: unlimited.")
+    maximum_storage_mode: str = _key(
+        "MaximumStorageMode", "Recycle", _choice("Recycle", "Reject"),
+        "Past a maximum: delete the oldest patients (Recycle) or refuse new objects (Reject; Orthanc >= 1.11.2).",
+    )
+    dicom_web: DicomWebConfig = _section("DicomWeb", DicomWebConfig, "Orthanc's DICOMweb plugin.")
+    worklists: WorklistsConfig = _section("Worklists", WorklistsConfig, "Orthanc's Worklists plugin.")
+    mpps: MppsConfig = _section("Mpps", MppsConfig, "Modality Performed Procedure Step.", ours=True)
+    disk_monitor: DiskMonitorConfig = _section("DiskMonitor", DiskMonitorConfig,
+                                               "Free space of the data filesystems.", ours=True)
+    backups: BackupsConfig = _section("Backups", BackupsConfig, "Online backups and the storage mirror.", ours=True)
+    # Orthanc keys parsed for later modules (same meaning and default as Orthanc).
+    stable_age: int = _key("StableAge", 60, _integer(),
+                           "Seconds without a new instance before a study is stable.")
+    strict_aet_comparison: bool = _key("StrictAetComparison", False, _boolean,
+                                       "Compare AE titles case-sensitively (false: case-insensitively).")
+    dicom_scu_timeout: int = _key("DicomScuTimeout", 10, _integer(),
+                                  "Seconds, when we are the SCU (C-MOVE sub-operations).", effect=False)
+    unknown_sop_class_accepted: bool = _key("UnknownSopClassAccepted", False, _boolean,
+                                            "Accept C-STORE of SOP classes we do not know.")
+    default_encoding: str = _key("DefaultEncoding", "Latin1", _encoding,
+                                 "Character set of data sets without SpecificCharacterSet.", effect=False)
+    limit_find_results: int = _key("LimitFindResults", 0, _integer(),
+                                   "Most patient, study or series answers to a search; 0: no limit.")
+    limit_find_instances: int = _key("LimitFindInstances", 0, _integer(),
+                                     "Most instance answers to a search; 0: no limit.")
+    case_sensitive_pn: bool = _key("CaseSensitivePN", False, _boolean, "Match person names case-sensitively.")
+    http_request_timeout: int = _key("HttpRequestTimeout", 30, _integer(),
+                                     "Seconds, server-side HTTP socket timeout.", effect=False)
+    http_bind_addresses: tuple[str, ...] = _key(
+        "HttpBindAddresses", (), _ip_addresses,
+        "The addresses HTTP listens on; empty: decided by RemoteAccessAllowed.",
+    )
+    ignored: tuple[str, ...] = _derived(
+        "Keys accepted without effect here, dotted (the daemon logs them).", (),
+        compute=lambda obj: tuple(obj.ignored_out),
+    )
+    embedded_defaults: bool = _derived("True for the embedded defaults (no file).", False)
+
+    def view(self, cls: type[_View]) -> _View:
+        """This configuration seen through ``cls``, a dataclass whose fields are named like
+        Config's: the slice one component reads, built by the composition root."""
+        return cls(**{f.name: getattr(self, f.name) for f in dataclasses.fields(cls)})
+
 
 
 # --------------------------------------------------------------------------- comments
@@ -429,445 +1315,6 @@ def _strip_trailing_commas(text: str) -> str:
     return _TRAILING_COMMA_TOKENS.sub(lambda m: " " if m.group() == "," else m.group(), text)
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _show(value: Any) -> str:
-    """A value as it would appear in JSON, shortened for a one-line message."""
-    try:
-        text = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError):
-        text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _suggest(key: str, known: list[str]) -> str:
-    lowered = {k.lower(): k for k in known}
-    if key.lower() in lowered:
-        return f'; did you mean "{lowered[key.lower()]}"?'
-    match = difflib.get_close_matches(key.lower(), list(lowered), n=1, cutoff=0.75)
-    return f'; did you mean "{lowered[match[0]]}"?' if match else ""
-
-
-def _aet_problem(value: str) -> str | None:
-    """Why ``value`` is not a usable AE title (PS3.5 6.2, VR AE), or None."""
-    if not value:
-        return "must not be empty"
-    if len(value) > 16:
-        return f"at most 16 characters, got {len(value)} ({_show(value)})"
-    if value.strip(" ") == "":
-        return "must not be all spaces (PS3.5 6.2)"
-    if "\\" in value:
-        return f"must not contain a backslash, got {_show(value)}"
-    if any(not (" " <= c <= "~") for c in value):
-        return f"only printable ASCII characters are allowed (PS3.5 6.2), got {_show(value)}"
-    return None
-
-
-class _Object:
-    """Reads one JSON object of the config, knowing its dotted prefix and allowed keys."""
-
-    def __init__(
-        self,
-        data: Mapping[str, Any],
-        prefix: str,
-        fail: Callable[[str, str], NoReturn],
-        ignored_out: list[str],
-        supported: list[str],
-        ignored: frozenset[str] = frozenset(),
-    ):
-        self.data = data
-        self.prefix = prefix
-        self.fail = fail
-        # Unknown keys first, so a typo is reported before any consequence of it.
-        known = list(supported) + sorted(ignored)
-        for key in data:
-            if key in ignored:
-                ignored_out.append(self.key(key))
-            elif key not in supported:
-                fail(self.key(key), "unknown key" + _suggest(key, known))
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def boolean(self, name: str, default: bool) -> bool:
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if not isinstance(value, bool):
-            self.fail(self.key(name), f"expected boolean, got {_show(value)}")
-        return value
-
-    def integer(self, name: str, default: int, lo: int = 0, hi: int | None = None) -> int:
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        # bool is an int in Python, but "DicomPort": true is not a number in JSON.
-        if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(self.key(name), f"expected integer, got {_show(value)}")
-        if value < lo or (hi is not None and value > hi):
-            expected = f"{lo}-{hi}" if hi is not None else f"integer >= {lo}"
-            self.fail(self.key(name), f"expected {expected}, got {_show(value)}")
-        return value
-
-    def port(self, name: str, default: int) -> int:
-        # Orthanc reads DicomPort/HttpPort as JSON integers only ("4242" is refused there
-        # too). 0 is accepted for OS-assigned ports in tests.
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
-            self.fail(self.key(name), f"expected {_PORT_RANGE}, got {_show(value)}")
-        return value
-
-    def string(self, name: str, default: str, *, empty_ok: bool = True) -> str:
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if not isinstance(value, str):
-            self.fail(self.key(name), f"expected string, got {_show(value)}")
-        if not empty_ok and not value.strip():
-            self.fail(self.key(name), "must not be empty")
-        return value
-
-    def choice(self, name: str, default: str, choices: list[str] | tuple[str, ...]) -> str:
-        value = self.string(name, default)
-        if value not in choices:
-            self.fail(
-                self.key(name),
-                f"expected one of {', '.join(choices)}, got {_show(value)}"
-                + _suggest(value, list(choices)),
-            )
-        return value
-
-    def aet(self, name: str, default: str) -> str:
-        value = self.string(name, default)
-        problem = _aet_problem(value)
-        if problem:
-            self.fail(self.key(name), problem)
-        # PS3.5 6.2: leading and trailing spaces of an AE title are not significant.
-        return value.strip(" ")
-
-    def fixed(self, name: str, supported: bool, why: str) -> None:
-        if self.boolean(name, supported) != supported:
-            self.fail(self.key(name), why)
-
-    def path(self, name: str, default: str, base: Path) -> Path:
-        value = self.string(name, default, empty_ok=False)
-        if "\0" in value:
-            self.fail(self.key(name), "must not contain a NUL character")
-        return _absolute(base, value)
-
-    def section(self, name: str) -> Mapping[str, Any]:
-        value = self.data.get(name, {})
-        if not isinstance(value, dict):
-            self.fail(self.key(name), f"expected object, got {_show(value)}")
-        return value
-
-
-def _absolute(base: Path, value: str) -> Path:
-    # Orthanc interprets relative paths against the folder of the configuration file
-    # (OrthancConfiguration::InterpretStringParameterAsPath). normpath, not resolve():
-    # no disk access, symlinks left alone.
-    return Path(os.path.normpath(base / value))
-
-
-def _is_within(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
-
-
-def _normalise_root(obj: _Object, name: str, default: str) -> str:
-    value = obj.string(name, default)
-    # The DICOMweb plugin's GetRootPath: make sure the root starts and ends with "/".
-    if not value.startswith("/"):
-        value = "/" + value
-    if not value.endswith("/"):
-        value += "/"
-    _check_url_path(obj, name, value)
-    return value
-
-
-def _check_url_path(obj: _Object, name: str, value: str) -> None:
-    if re.search(r"[\s?#%\\]", value) or "//" in value or "/../" in value or "/./" in value:
-        obj.fail(obj.key(name), f"expected a plain URL path like \"/dicom-web/\", got {_show(value)}")
-
-
-# --------------------------------------------------------------------------- sections
-
-
-def _parse_modality(
-    name: str, value: Any, prefix: str, fail: Callable[[str, str], NoReturn], ignored_out: list[str]
-) -> Modality:
-    key = f"{prefix}{name}"
-    if not _MODALITY_NAME.match(name):
-        fail(key, 'a modality name may only contain letters, digits, "-" and "_" (as in Orthanc)')
-
-    def check_port(where: str, raw: Any) -> int:
-        # Orthanc's ReadPortNumber accepts an integer or a string holding one for modalities
-        # (configs generated with "${PORT}" templates rely on it). Orthanc stops at 65534.
-        port = raw
-        if isinstance(raw, str) and re.fullmatch(r"\s*\d{1,5}\s*", raw):
-            port = int(raw)
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-            fail(where, f"expected 1-65535, got {_show(raw)}")
-        return port
-
-    def check_aet(where: str, raw: Any) -> str:
-        if not isinstance(raw, str):
-            fail(where, f"expected string, got {_show(raw)}")
-        problem = _aet_problem(raw)
-        if problem:
-            fail(where, problem)
-        return raw.strip(" ")
-
-    def check_host(where: str, raw: Any) -> str:
-        if not isinstance(raw, str):
-            fail(where, f"expected string, got {_show(raw)}")
-        if not raw.strip() or re.search(r"\s", raw):
-            fail(where, f"expected a host name or IP address, got {_show(raw)}")
-        return raw
-
-    def check_manufacturer(where: str, raw: Any) -> str:
-        if not isinstance(raw, str):
-            fail(where, f"expected string, got {_show(raw)}")
-        if raw not in _MANUFACTURERS:
-            fail(where, f"unknown manufacturer {_show(raw)}" + _suggest(raw, _MANUFACTURERS))
-        return raw
-
-    if isinstance(value, list):
-        if len(value) not in (3, 4):
-            fail(
-                key,
-                "expected [AET, host, port] or [AET, host, port, manufacturer], "
-                f"got a list of {len(value)} item(s)",
-            )
-        return Modality(
-            name=name,
-            aet=check_aet(f"{key}[0]", value[0]),
-            host=check_host(f"{key}[1]", value[1]),
-            port=check_port(f"{key}[2]", value[2]),
-            manufacturer=check_manufacturer(f"{key}[3]", value[3]) if len(value) == 4 else "Generic",
-        )
-
-    if not isinstance(value, dict):
-        fail(
-            key,
-            "expected [AET, host, port], [AET, host, port, manufacturer] or an object "
-            f"with AET, Host and Port, got {_show(value)}",
-        )
-    obj = _Object(value, key + ".", fail, ignored_out, _MODALITY_SUPPORTED, _MODALITY_IGNORED)
-    for required in ("AET", "Host", "Port"):
-        if required not in value:
-            fail(obj.key(required), "required in a modality object")
-    # Orthanc: AllowNAction/AllowEventReport first, then AllowStorageCommitment overrides both.
-    n_action = obj.boolean("AllowNAction", True)
-    n_event_report = obj.boolean("AllowEventReport", True)
-    storage_commitment = obj.boolean("AllowStorageCommitment", n_action and n_event_report)
-    obj.fixed("UseDicomTls", False, "true is not supported yet")
-    # Orthanc serialises an unset LocalAet as "" (REST API exports), so "" means unset.
-    local_aet = obj.string("LocalAet", "")
-    if local_aet:
-        local_aet = check_aet(obj.key("LocalAet"), local_aet)
-    return Modality(
-        name=name,
-        aet=check_aet(obj.key("AET"), value["AET"]),
-        host=check_host(obj.key("Host"), value["Host"]),
-        port=check_port(obj.key("Port"), value["Port"]),
-        manufacturer=check_manufacturer(obj.key("Manufacturer"), value.get("Manufacturer", "Generic")),
-        allow_echo=obj.boolean("AllowEcho", True),
-        allow_store=obj.boolean("AllowStore", True),
-        allow_find=obj.boolean("AllowFind", True),
-        allow_find_worklist=obj.boolean("AllowFindWorklist", True),
-        allow_get=obj.boolean("AllowGet", True),
-        allow_move=obj.boolean("AllowMove", True),
-        allow_storage_commitment=storage_commitment,
-        allow_transcoding=obj.boolean("AllowTranscoding", True),
-        local_aet=local_aet or None,
-        timeout=obj.integer("Timeout", 0),
-    )
-
-
-def _parse_dicom_web(
-    data: Mapping[str, Any], fail: Callable[[str, str], NoReturn], ignored_out: list[str]
-) -> DicomWebConfig:
-    obj = _Object(data, "DicomWeb.", fail, ignored_out, _DICOMWEB_SUPPORTED, _DICOMWEB_IGNORED)
-    root = _normalise_root(obj, "Root", "/dicom-web/")
-    public_root = _normalise_root(obj, "PublicRoot", root)
-
-    wado_root = obj.string("WadoRoot", "/wado")
-    # The plugin's GetWadoRoot: leading "/" added, trailing "/" removed.
-    if not wado_root.startswith("/"):
-        wado_root = "/" + wado_root
-    wado_root = wado_root.rstrip("/")
-    if not wado_root:
-        fail(obj.key("WadoRoot"), 'expected a URL path below "/", like "/wado"')
-    _check_url_path(obj, "WadoRoot", wado_root)
-
-    host = obj.string("Host", "").strip()
-    if re.search(r"[\s/?#@]", host):
-        fail(obj.key("Host"), f"expected host or host:port (no scheme, no path), got {_show(host)}")
-
-    return DicomWebConfig(
-        enable=obj.boolean("Enable", True),
-        root=root,
-        enable_wado=obj.boolean("EnableWado", True),
-        wado_root=wado_root,
-        public_root=public_root,
-        host=host,
-        ssl=obj.boolean("Ssl", False),
-        qido_case_sensitive=obj.boolean("QidoCaseSensitive", True),
-        studies_metadata=obj.choice("StudiesMetadata", "Full", _METADATA_MODES),
-        series_metadata=obj.choice("SeriesMetadata", "Full", _METADATA_MODES),
-        maximum_stow_body_size=obj.integer("MaximumStowBodySize", 4096),
-    )
-
-
-def _parse_worklists(
-    data: Mapping[str, Any],
-    base: Path,
-    fail: Callable[[str, str], NoReturn],
-    ignored_out: list[str],
-) -> WorklistsConfig:
-    obj = _Object(data, "Worklists.", fail, ignored_out, _WORKLISTS_SUPPORTED, _WORKLISTS_IGNORED)
-    # The worklist plugins take "Database" as given (relative to Orthanc's working
-    # directory); like every other path here it is relative to the config file instead.
-    database = obj.path("Database", "", base) if obj.has("Database") else None
-    directory = obj.path("Directory", "", base) if obj.has("Directory") else None
-    if database is not None and directory is not None and database != directory:
-        fail(obj.key("Directory"), f'differs from Worklists.Database ("{database}"); keep one')
-    folder = directory or database
-    enable = obj.boolean("Enable", False)
-    obj.fixed(
-        "SaveInOrthancDatabase",
-        False,
-        "true is not supported: worklists are served from the Database/Directory folder",
-    )
-    if enable and folder is None:
-        fail(obj.key("Database"), 'required when Worklists.Enable is true ("Directory" also accepted)')
-    return WorklistsConfig(
-        enable=enable,
-        database=folder,
-        filter_issuer_aet=obj.boolean("FilterIssuerAet", False),
-        limit_answers=obj.integer("LimitAnswers", 0),
-        delete_worklists_on_stable_study=obj.boolean("DeleteWorklistsOnStableStudy", False),
-        housekeeping_interval=obj.integer("HousekeepingInterval", 60, lo=1),
-        set_study_instance_uid_if_missing=obj.boolean("SetStudyInstanceUidIfMissing", True),
-        delete_worklists_delay=obj.integer("DeleteWorklistsDelay", 0),
-    )
-
-
-def _parse_mpps(
-    data: Mapping[str, Any], fail: Callable[[str, str], NoReturn], ignored_out: list[str]
-) -> MppsConfig:
-    obj = _Object(data, "Mpps.", fail, ignored_out, _MPPS_SUPPORTED)
-    return MppsConfig(
-        enable=obj.boolean("Enable", True),
-        archive_finished_worklists=obj.boolean("ArchiveFinishedWorklists", True),
-    )
-
-
-_DISK_MONITOR_SUPPORTED = "IntervalSeconds WarnPercent CriticalPercent MinimumFreeMB".split()
-_BACKUPS_SUPPORTED = "Directory IntervalHours At Keep StorageMirror".split()
-_TIME_OF_DAY = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])\Z")
-
-
-def _parse_disk_monitor(
-    data: Mapping[str, Any], fail: Callable[[str, str], NoReturn], ignored_out: list[str]
-) -> DiskMonitorConfig:
-    obj = _Object(data, "DiskMonitor.", fail, ignored_out, _DISK_MONITOR_SUPPORTED)
-    warn = obj.integer("WarnPercent", 80, lo=1, hi=100)
-    critical = obj.integer("CriticalPercent", 90, lo=1, hi=100)
-    if critical < warn:
-        fail(obj.key("CriticalPercent"), f"must not be below WarnPercent ({warn}), got {critical}")
-    return DiskMonitorConfig(
-        interval_seconds=obj.integer("IntervalSeconds", 30, lo=1, hi=3600),
-        warn_percent=warn,
-        critical_percent=critical,
-        minimum_free_mb=obj.integer("MinimumFreeMB", 500),
-    )
-
-
-def _parse_backups(
-    data: Mapping[str, Any],
-    base: Path,
-    index: Path,
-    storage: Path,
-    fail: Callable[[str, str], NoReturn],
-    ignored_out: list[str],
-) -> BackupsConfig:
-    obj = _Object(data, "Backups.", fail, ignored_out, _BACKUPS_SUPPORTED)
-    interval = data.get("IntervalHours", 24)
-    if not isinstance(interval, (int, float)) or isinstance(interval, bool):
-        fail(obj.key("IntervalHours"), f"expected a number of hours, got {_show(interval)}")
-    if not 0 <= interval <= 24 * 366:
-        fail(obj.key("IntervalHours"), f"expected 0 (no scheduled backups) to 8784, got {_show(interval)}")
-    at = None
-    if obj.has("At") and data["At"] is not None:
-        text = obj.string("At", "")
-        m = _TIME_OF_DAY.match(text)
-        if not m:
-            fail(obj.key("At"), f'expected a time of day "HH:MM" (00:00-23:59), got {_show(text)}')
-        at = (int(m.group(1)), int(m.group(2)))
-        if interval == 0:
-            fail(obj.key("At"), "has no effect with IntervalHours 0 (no scheduled backups)")
-    mirror = None
-    if obj.has("StorageMirror") and data["StorageMirror"] is not None:
-        mirror = obj.path("StorageMirror", "", base)
-        if _is_within(mirror, storage) or _is_within(storage, mirror):
-            fail(obj.key("StorageMirror"), f'must be outside StorageDirectory ("{storage}")')
-    directory = obj.path("Directory", "", base) if obj.has("Directory") else index / "backups"
-    if mirror is not None and (_is_within(mirror, directory) or _is_within(directory, mirror)):
-        fail(obj.key("StorageMirror"), f'must be outside Backups.Directory ("{directory}")')
-    return BackupsConfig(
-        directory=directory,
-        directory_is_default=not obj.has("Directory"),
-        interval_hours=interval,
-        at=at,
-        keep=obj.integer("Keep", 7, lo=1, hi=1000),
-        storage_mirror=mirror,
-    )
-
-
-def _parse_users(obj: _Object) -> Mapping[str, str]:
-    users = obj.section("RegisteredUsers")
-    result: dict[str, str] = {}
-    for username, password in users.items():
-        key = obj.key(f"RegisteredUsers.{username}")
-        if not username or ":" in username:
-            # RFC 7617: the user-id of HTTP Basic authentication cannot contain a colon.
-            obj.fail(key, 'a user name must be non-empty and must not contain ":" (HTTP Basic, RFC 7617)')
-        if not isinstance(password, str):
-            obj.fail(key, f"expected string (the password), got {_show(password)}")
-        if not password:
-            obj.fail(key, "empty password")
-        if (problem := password_entry_problem(password)) is not None:
-            obj.fail(key, f"unusable password hash: {problem}")
-        result[username] = password
-    return MappingProxyType(result)
-
-
-def _parse_overwrite(obj: _Object) -> bool:
-    if not obj.has("OverwriteInstances"):
-        return False
-    value = obj.data["OverwriteInstances"]
-    # Orthanc <= 1.12.11: boolean. Later: "Never" | "Always" | "IfChanged" (booleans kept).
-    if isinstance(value, bool):
-        return value
-    if value == "Never":
-        return False
-    if value == "Always":
-        return True
-    if value == "IfChanged":
-        obj.fail(obj.key("OverwriteInstances"), '"IfChanged" is not supported yet')
-    obj.fail(
-        obj.key("OverwriteInstances"),
-        f'expected boolean, "Never" or "Always", got {_show(value)}',
-    )
-
-
 # --------------------------------------------------------------------------- public API
 
 
@@ -896,148 +1343,8 @@ def parse_config(
     if not isinstance(data, dict):
         fail(FILE_KEY, f"expected a JSON object at the top level, got {type(data).__name__}")
     base = Path(os.path.abspath(base_dir if base_dir is not None else os.path.dirname(source) or "."))
-
-    ignored: list[str] = []
-    top = _Object(
-        data,
-        "",
-        fail,
-        ignored,
-        _SUPPORTED_TOP + list(_FIXED),
-        _IGNORED_CORE | _IGNORED_PLUGIN_SECTIONS,
-    )
-    for key, (supported, why) in _FIXED.items():
-        top.fixed(key, supported, why)
-
-    # Orthanc's defaults: "OrthancStorage" next to the config file; the index defaults to
-    # the storage folder (they may be the same folder, as in Debian's orthanc.json).
-    storage = top.path("StorageDirectory", "OrthancStorage", base)
-    index = top.path("IndexDirectory", str(storage), base)
-    # Orthanc's default is the system temporary folder. Ours must be on the same filesystem
-    # as the storage so that a received file is renamed into place atomically (the store
-    # contract); a sibling folder is not (a storage folder is often a mount point), a
-    # sub-folder always is. The leading dot lets a walk of the storage tree skip it.
-    temporary = top.path("TemporaryDirectory", str(storage / ".tmp"), base)
-
-    dicom_port = top.port("DicomPort", 4242)
-    http_port = top.port("HttpPort", 8042)
-    if dicom_port and dicom_port == http_port:
-        fail("HttpPort", f"same port as DicomPort ({dicom_port})")
-
-    modalities_data = top.section("DicomModalities")
-    modalities = tuple(
-        _parse_modality(name, value, "DicomModalities.", fail, ignored)
-        for name, value in modalities_data.items()
-    )
-
-    remote_access = top.boolean("RemoteAccessAllowed", False)
-    # Orthanc >= 1.5.8 (main.cpp): when "AuthenticationEnabled" is absent, authentication
-    # is on exactly when remote access is allowed.
-    authentication = top.boolean("AuthenticationEnabled", remote_access)
-    users = _parse_users(top)
-    if authentication and not users:
-        # Orthanc then creates the well-known user orthanc/orthanc (remote access) or serves
-        # nobody (localhost); this appliance never runs with a default password.
-        fail(
-            "RegisteredUsers",
-            "authentication is enabled but no user is declared "
-            "(Orthanc would create the default user orthanc/orthanc; this daemon refuses to)",
-        )
-
-    if top.boolean("StorageCompression", False):
-        fail("StorageCompression", "true is not supported yet")
-
-    bind_addresses: tuple[str, ...] = ()
-    if top.has("HttpBindAddresses"):
-        raw = top.data["HttpBindAddresses"]
-        if not isinstance(raw, list):
-            fail("HttpBindAddresses", f"expected a list of IP addresses, got {_show(raw)}")
-        for i, address in enumerate(raw):
-            try:
-                ipaddress.ip_address(address)
-            except ValueError:
-                fail(f"HttpBindAddresses[{i}]", f"expected an IP address, got {_show(address)}")
-        bind_addresses = tuple(raw)
-
-    encoding = top.string("DefaultEncoding", "Latin1")
-    canonical = {e.lower(): e for e in _ENCODINGS}.get(encoding.lower())
-    if canonical is None:
-        fail(
-            "DefaultEncoding",
-            f"expected one of {', '.join(_ENCODINGS)}, got {_show(encoding)}"
-            + _suggest(encoding, _ENCODINGS),
-        )
-
-    dicom_web = _parse_dicom_web(top.section("DicomWeb"), fail, ignored)
-    # Validated (a wrong value is still an error) but without effect yet: say
-    # so at start-up rather than pretend.
-    for key in _VALIDATED_NO_EFFECT:
-        section, _, sub = key.partition(".")
-        where = top.data.get(section) if sub else top.data
-        if isinstance(where, Mapping) and (sub or section) in where:
-            ignored.append(key)
-    worklists = _parse_worklists(top.section("Worklists"), base, fail, ignored)
-    mpps = _parse_mpps(top.section("Mpps"), fail, ignored)
-    disk_monitor = _parse_disk_monitor(top.section("DiskMonitor"), fail, ignored)
-    backups = _parse_backups(top.section("Backups"), base, index, storage, fail, ignored)
-    for other_key, other in (
-        ("StorageDirectory", storage),
-        ("IndexDirectory", index),
-        ("Worklists.Database", worklists.database),
-        ("Backups.Directory", backups.directory),
-        ("Backups.StorageMirror", backups.storage_mirror),
-    ):
-        # Temporary files are swept at start-up: that sweep must never reach kept data.
-        if other is not None and _is_within(other, temporary):
-            fail("TemporaryDirectory", f'must not contain {other_key} ("{other}"): it is emptied at start-up')
-
-    return Config(
-        source=source,
-        name=top.string("Name", "pacs-appliance", empty_ok=False),
-        storage_directory=storage,
-        index_directory=index,
-        temporary_directory=temporary,
-        dicom_aet=top.aet("DicomAet", "ORTHANC"),
-        dicom_port=dicom_port,
-        dicom_check_called_aet=top.boolean("DicomCheckCalledAet", False),
-        dicom_modalities=modalities,
-        dicom_always_allow_echo=top.boolean("DicomAlwaysAllowEcho", True),
-        dicom_always_allow_store=top.boolean("DicomAlwaysAllowStore", True),
-        dicom_always_allow_find=top.boolean("DicomAlwaysAllowFind", False),
-        dicom_always_allow_find_worklist=top.boolean("DicomAlwaysAllowFindWorklist", True),
-        dicom_always_allow_get=top.boolean("DicomAlwaysAllowGet", False),
-        dicom_always_allow_move=top.boolean("DicomAlwaysAllowMove", False),
-        dicom_check_modality_host=top.boolean("DicomCheckModalityHost", False),
-        dicom_threads_count=top.integer("DicomThreadsCount", 10, lo=1),
-        overwrite_instances=_parse_overwrite(top),
-        maximum_pdu_length=top.integer("MaximumPduLength", 16384, lo=4096, hi=131072),
-        dicom_scp_timeout=top.integer("DicomScpTimeout", 30),
-        http_port=http_port,
-        remote_access_allowed=remote_access,
-        authentication_enabled=authentication,
-        registered_users=users,
-        storage_compression=False,
-        maximum_storage_size=top.integer("MaximumStorageSize", 0),
-        maximum_patient_count=top.integer("MaximumPatientCount", 0),
-        maximum_storage_mode=top.choice("MaximumStorageMode", "Recycle", ("Recycle", "Reject")),
-        dicom_web=dicom_web,
-        worklists=worklists,
-        mpps=mpps,
-        disk_monitor=disk_monitor,
-        backups=backups,
-        stable_age=top.integer("StableAge", 60),
-        strict_aet_comparison=top.boolean("StrictAetComparison", False),
-        dicom_scu_timeout=top.integer("DicomScuTimeout", 10),
-        unknown_sop_class_accepted=top.boolean("UnknownSopClassAccepted", False),
-        default_encoding=canonical,
-        limit_find_results=top.integer("LimitFindResults", 0),
-        limit_find_instances=top.integer("LimitFindInstances", 0),
-        case_sensitive_pn=top.boolean("CaseSensitivePN", False),
-        http_request_timeout=top.integer("HttpRequestTimeout", 30),
-        http_bind_addresses=bind_addresses,
-        ignored=tuple(ignored),
-        embedded_defaults=False,
-    )
+    top = _Object(_SECTIONS[Config], data, "", fail, [], base)
+    return _read(top, {"source": source, "embedded_defaults": False})
 
 
 class _DuplicateKey(Exception):
@@ -1150,3 +1457,45 @@ def default_config(base: Path | None = None) -> Config:
     }
     config = parse_config(data, "(embedded defaults)", base_dir=root)
     return dataclasses.replace(config, source=None, embedded_defaults=True)
+
+
+def _default_text(key: Key) -> str:
+    if key.required:
+        return "(required)"
+    if key.default_from is not None:
+        return key.default_doc
+    value = key.default
+    if isinstance(value, Mapping):
+        value = dict(value)
+    elif isinstance(value, tuple):
+        value = list(value)
+    return _show(value)
+
+
+def reference() -> str:
+    """Every key, drawn from the declarations, as a Markdown table (JSON name, dotted in
+    sections; default; what is accepted; meaning), then the keys accepted without effect."""
+    rows = ["| Key | Default | Accepts | Meaning |", "| --- | --- | --- | --- |"]
+    ignored: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        section = _SECTIONS[cls]
+        for key in section.keys:
+            name = f"`{prefix}{key.name}`" + "".join(f" (or `{s}`)" for s in key.synonyms)
+            meaning = key.doc
+            if key.ours:
+                meaning += " Ours, not Orthanc's."
+            if not key.effect:
+                meaning += " Validated, no effect yet."
+            rows.append(f"| {name} | {_default_text(key)} | {key.read.accepts} | {meaning} |")
+            if key.section is not None:
+                walk(key.section, f"{prefix}{key.name}.{'<name>.' if key.each else ''}")
+        ignored.extend(prefix + name for name in sorted(section.ignored))
+
+    walk(Config, "")
+    return ("\n".join(rows) + "\n\nAccepted without effect (Orthanc options with no meaning here): "
+            + ", ".join(f"`{name}`" for name in ignored) + ".\n")
+
+
+if __name__ == "__main__":  # python -m appliance.config: the key reference
+    print(reference(), end="")

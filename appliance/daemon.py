@@ -1,5 +1,8 @@
 """The composition root: builds every part with explicit arguments, starts
-them in order, serves until SIGTERM, and stops them in reverse order."""
+them in order, serves until SIGTERM, and stops them in reverse order.
+
+Only this module (and the CLI's commands) read the whole Config: each part gets
+its slice, a section, a few values, or a view (``config.view(WebConfig)``)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +23,9 @@ from appliance.config import Config, ConfigError, load_config
 from appliance.durable import write_json
 from appliance.dicom.handlers import DicomHandlers, IncomingFiles
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
-from appliance.dicom.policy import AccessPolicy
+from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.scp import DicomServer
-from appliance.ops.backup import BackupScheduler, backup_directory
+from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
 from appliance.ops.lock import data_folders_locked
 from appliance.ops.quota import StorageMode, StoreAdmission
@@ -29,7 +33,8 @@ from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
-from appliance.web.app import USERS, Users, make_app
+from appliance.web.app import Users, make_app
+from appliance.web.common import WebConfig
 from appliance.web.metrics import STATUS
 from appliance.worklist.housekeeping import CleanupRules, Housekeeper
 from appliance.worklist.mpps import MppsManager
@@ -118,9 +123,10 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
                       overwrite_instances=config.overwrite_instances)
     await asyncio.to_thread(archive.open)
     incoming = IncomingFiles(archive)
-    worklist = _build_worklist(config, archive)
-    handlers = DicomHandlers(archive, AccessPolicy.from_config(config), incoming,
-                             worklist=worklist.dimse)
+    live = _reloadable(config)
+    worklist = _build_worklist(config, archive, live)
+    handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
+    users = Users(live.registered_users, live.authentication_enabled)
     ops = _build_ops(config, archive, handlers, worklist)
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
@@ -143,10 +149,11 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
         dicom.start()
-        app = make_app(archive=archive, config=config, dicom_port=dicom.port)
+        app = make_app(archive=archive, config=config.view(WebConfig), users=users,
+                       dicom_port=dicom.port)
         app[STATUS] = ops.board.snapshot
-        loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
-                                app[USERS], notifier)
+        loop.add_signal_handler(signal.SIGHUP, _reload, config.source, handlers, worklist,
+                                users, notifier)
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run()) for t in (ops.disk, ops.backups, ops.board)]
@@ -208,10 +215,11 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
         maximum_patient_count=config.maximum_patient_count,
         mode=StorageMode(config.maximum_storage_mode), spare_recent_seconds=config.stable_age)
     archive.admission = admission
+    backup_settings = config.view(BackupSettings)
     disk = DiskMonitor(
         directories={Role.STORAGE: config.storage_directory, Role.INDEX: config.index_directory,
                      Role.TEMPORARY: config.temporary_directory,
-                     Role.BACKUPS: backup_directory(config),
+                     Role.BACKUPS: backup_directory(backup_settings),
                      Role.MIRROR: config.backups.storage_mirror},
         created_later=(Role.TEMPORARY, Role.BACKUPS) if config.backups.directory_is_default
         else (Role.TEMPORARY,),
@@ -219,11 +227,14 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
         critical_percent=dm.critical_percent, minimum_free_mb=dm.minimum_free_mb,
         quota_bytes=config.maximum_storage_size * MB, stored_bytes=lambda: admission.stored_bytes,
         on_state=admission.disk_changed)
-    backups = BackupScheduler(config)
+    backups = BackupScheduler(backup_settings)
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
     folder = worklist.folder
-    board = StatusBoard(config=config, archive=archive, admission=admission, disk=disk,
+    board = StatusBoard(name=config.name, dicom_aet=config.dicom_aet,
+                        remote_access=config.remote_access_allowed,
+                        index_directory=config.index_directory,
+                        archive=archive, admission=admission, disk=disk,
                         backups=backups, associations=handlers.open_associations,
                         last_error=last_error,
                         worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None)
@@ -240,18 +251,66 @@ class _Worklist:
     housekeeper: Housekeeper | None
 
 
-def _build_worklist(config: Config, archive: Archive) -> _Worklist:
+def _build_worklist(config: Config, archive: Archive, live: _Reloadable) -> _Worklist:
     wl = config.worklists
     folder = (WorklistFolder(wl.database, cache=config.index_directory / WORKLIST_CACHE)
               if wl.enable and wl.database is not None else None)
     mpps = (MppsManager(archive, folder,
-                        archive_finished_worklists=config.mpps.archive_finished_worklists)
+                        archive_finished_worklists=live.archive_finished_worklists)
             if config.mpps.enable else None)
-    dimse = (WorklistDimse(folder, mpps, MwlOptions.from_config(config))
+    dimse = (WorklistDimse(folder, mpps, live.mwl)
              if folder is not None or mpps is not None else None)
-    housekeeper = (Housekeeper(folder, archive, CleanupRules.from_config(config))
+    housekeeper = (Housekeeper(folder, archive, live.cleanup)
                    if folder is not None else None)
     return _Worklist(folder, dimse, mpps, housekeeper)
+
+
+@dataclass(frozen=True)
+class _Reloadable:
+    """The settings SIGHUP applies again (folders, ports and enabling services need
+    a restart); start-up takes them from the same function, so both agree."""
+
+    policy: AccessPolicy
+    mwl: MwlOptions
+    cleanup: CleanupRules
+    archive_finished_worklists: bool
+    registered_users: Mapping[str, str]
+    authentication_enabled: bool
+
+
+def access_policy(config: Config) -> AccessPolicy:
+    """The DICOM access rules of ``config``: DicomCheckCalledAet, DicomAlwaysAllow*,
+    DicomModalities, DicomCheckModalityHost, StrictAetComparison."""
+    always = {
+        Service.ECHO: config.dicom_always_allow_echo,
+        Service.STORE: config.dicom_always_allow_store,
+        Service.FIND: config.dicom_always_allow_find,
+        Service.FIND_WORKLIST: config.dicom_always_allow_find_worklist,
+        Service.GET: config.dicom_always_allow_get,
+        Service.MOVE: config.dicom_always_allow_move,
+    }
+    return AccessPolicy(
+        our_aet=config.dicom_aet,
+        check_called_aet=config.dicom_check_called_aet,
+        check_modality_host=config.dicom_check_modality_host,
+        modalities=tuple(config.dicom_modalities),
+        always=frozenset(s for s, on in always.items() if on),
+        strict_aet=config.strict_aet_comparison,
+    )
+
+
+def _reloadable(config: Config) -> _Reloadable:
+    wl = config.worklists
+    return _Reloadable(
+        policy=access_policy(config),
+        mwl=MwlOptions(filter_issuer_aet=wl.filter_issuer_aet, limit_answers=wl.limit_answers),
+        cleanup=CleanupRules(delete_on_stable_study=wl.delete_worklists_on_stable_study,
+                             stable_age=config.stable_age, delete_delay_hours=wl.delete_worklists_delay,
+                             interval=wl.housekeeping_interval),
+        archive_finished_worklists=config.mpps.archive_finished_worklists,
+        registered_users=config.registered_users,
+        authentication_enabled=config.authentication_enabled,
+    )
 
 
 async def _watchdog(notifier: Notifier, period: float, dicom: DicomServer, archive: Archive,
@@ -274,34 +333,33 @@ async def _watchdog(notifier: Notifier, period: float, dicom: DicomServer, archi
         await asyncio.sleep(period)
 
 
-def _reload(config: Config, handlers: DicomHandlers, worklist: _Worklist, users: Users,
+def _reload(source: str | None, handlers: DicomHandlers, worklist: _Worklist, users: Users,
             notifier: Notifier) -> None:
-    """SIGHUP: re-read the config file and apply the users, the access rules and the
-    worklist options (folders, ports and enabling services need a restart)."""
+    """SIGHUP: re-read the config file ``source`` and apply the users, the access rules
+    and the worklist options (_Reloadable)."""
     notifier.reloading()
     try:
-        _apply_reload(config, handlers, worklist, users)
+        _apply_reload(source, handlers, worklist, users)
     finally:
         notifier.ready()
 
 
-def _apply_reload(config: Config, handlers: DicomHandlers, worklist: _Worklist,
+def _apply_reload(source: str | None, handlers: DicomHandlers, worklist: _Worklist,
                   users: Users) -> None:
-    if config.source is None:
+    if source is None:
         log.info("SIGHUP: running on embedded defaults, nothing to reload")
         return
     try:
-        fresh = load_config(config.source)
+        live = _reloadable(load_config(source))
     except ConfigError as e:
         log.error("SIGHUP: configuration not reloaded: %s", e)
         return
-    users.load(fresh)
-    handlers.set_policy(AccessPolicy.from_config(fresh))
+    users.load(live.registered_users, live.authentication_enabled)
+    handlers.set_policy(live.policy)
     if worklist.dimse is not None:
-        worklist.dimse.set_options(MwlOptions.from_config(fresh))
+        worklist.dimse.set_options(live.mwl)
     if worklist.housekeeper is not None:
-        worklist.housekeeper.set_rules(CleanupRules.from_config(fresh))
+        worklist.housekeeper.set_rules(live.cleanup)
     if worklist.mpps is not None:
-        worklist.mpps.archive_finished_worklists = fresh.mpps.archive_finished_worklists
-    log.info("SIGHUP: users, DICOM access rules and worklist options reloaded from %s",
-             config.source)
+        worklist.mpps.archive_finished_worklists = live.archive_finished_worklists
+    log.info("SIGHUP: users, DICOM access rules and worklist options reloaded from %s", source)

@@ -6,20 +6,27 @@ import dataclasses
 import json
 import pickle
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from appliance import config as cfg
 from appliance.config import (
+    BackupsConfig,
     Config,
     ConfigError,
     DicomWebConfig,
+    DiskMonitorConfig,
     MppsConfig,
     Modality,
+    Section,
     WorklistsConfig,
+    declarations,
     default_config,
     load_config,
     parse_config,
+    reference,
     strip_json_comments,
 )
 
@@ -880,3 +887,116 @@ def test_shipped_config_template_loads(tmp_path):
     assert config.authentication_enabled and dict(config.registered_users) == {"emr": "s3cret-from-postinst"}
     assert config.ignored == ()
     assert config.worklists.enable and config.backups.keep == 7
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+def test_every_key_and_field_is_declared_with_a_doc():
+    """Each key is declared once, on its field: no field without a declaration, no key
+    without a doc, no key both declared and ignored (the import refuses them too)."""
+    sections = declarations()
+    assert {s.cls for s in sections} == {Config, DicomWebConfig, WorklistsConfig, MppsConfig,
+                                         DiskMonitorConfig, BackupsConfig, Modality}
+    for section in sections:
+        assert section.problems() == [], section.cls
+        assert section.undeclared == ()
+        for key in section.keys:
+            assert key.doc.strip() and "|" not in key.doc, (section.cls, key.name)  # a table cell
+        assert not set(section.names) & section.ignored
+
+
+def test_declaration_problems_are_found():
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Bad:
+        port: int = cfg._key("Port", 1, cfg._port, "The port.")
+        host: str = cfg._key("Host", "h", cfg._host, " ")
+        again: str = cfg._key("Port", "x", cfg._text, "The same name twice.")
+        root: str = cfg._key("Root", cfg._COMPUTED, cfg._text, "A default computed, not described.",
+                             default_from=lambda obj: "/")
+        forgotten: int = 0
+        plugins: tuple = cfg._key("Plugins", (), cfg._text, "Declared, and ignored too.")
+
+    problems = Section.declare(Bad, ignored=frozenset({"Plugins"})).problems()
+    assert problems == [
+        "test_declaration_problems_are_found.<locals>.Bad.forgotten: a field without a declaration "
+        "(_key, _section or _derived)",
+        "test_declaration_problems_are_found.<locals>.Bad: Host: no doc",
+        "test_declaration_problems_are_found.<locals>.Bad: Port: declared twice",
+        "test_declaration_problems_are_found.<locals>.Bad: Root: a computed default without default_doc",
+        "test_declaration_problems_are_found.<locals>.Bad: Plugins: both declared and ignored",
+    ]
+    with pytest.raises(TypeError, match="config declarations: .*forgotten"):
+        cfg._declared(ignored=frozenset({"Plugins"}))(Bad)
+
+
+def _json_default(key):
+    value = key.default
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, Mapping) else value
+
+
+def test_keys_given_at_their_declared_defaults_change_nothing(tmp_path):
+    """The parser's defaults are the declared ones, and every declared key is accepted."""
+    written = dict(BASE)
+    for key in cfg.declaration(Config).keys:
+        if key.section is not None or key.default_from is not None or key.default is None:
+            continue
+        written.setdefault(key.name, _json_default(key))
+    for name, cls in [("DicomWeb", DicomWebConfig), ("Worklists", WorklistsConfig), ("Mpps", MppsConfig),
+                      ("DiskMonitor", DiskMonitorConfig), ("Backups", BackupsConfig)]:
+        written[name] = {key.name: _json_default(key) for key in cfg.declaration(cls).keys
+                         if key.default_from is None and key.default is not None}
+    written["DicomModalities"] = {"us1": {
+        **{key.name: _json_default(key) for key in cfg.declaration(Modality).keys
+           if not key.required and key.default_from is None and key.default is not None},
+        "AET": "US1", "Host": "h", "Port": 104}}
+    given = load(tmp_path, written)
+    assert dataclasses.replace(given, dicom_modalities=(), ignored=()) == load(tmp_path, BASE)
+    assert given.dicom_modalities == (Modality(name="us1", aet="US1", host="h", port=104),)
+    assert given.ignored == ("DicomWeb.StudiesMetadata", "DicomWeb.SeriesMetadata", "DicomScuTimeout",
+                             "DefaultEncoding", "HttpRequestTimeout")  # validated, no effect yet
+
+
+def test_sections_read_as_their_dataclass_defaults(tmp_path):
+    config = load(tmp_path, BASE)
+    assert (config.dicom_web, config.worklists, config.mpps, config.disk_monitor) == (
+        DicomWebConfig(), WorklistsConfig(), MppsConfig(), DiskMonitorConfig())
+    # Backups.Directory's default depends on IndexDirectory; the dataclass's is None.
+    assert dataclasses.replace(config.backups, directory=None) == BackupsConfig()
+
+
+def test_reference_lists_every_key():
+    text = reference()
+    for name in ["DicomPort", "DicomWeb.Root", "Worklists.Database", "Worklists.SaveInOrthancDatabase",
+                 "DicomModalities.<name>.AllowNAction", "Backups.StorageMirror", "Mpps.Enable"]:
+        assert f"`{name}`" in text
+    assert "| `DicomPort` | 4242 | integer 0-65535 |" in text
+    assert "| `IndexDirectory` | StorageDirectory |" in text
+    assert "`Plugins`" in text and "`DicomWeb.StowMaxSize`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == sum(len(section.keys) for section in declarations())
+
+
+def test_view_is_the_slice_a_component_reads(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Slice:
+        dicom_aet: str
+        dicom_web: DicomWebConfig
+
+    config = load(tmp_path, with_base(DicomAet="PACS"))
+    assert config.view(Slice) == Slice(dicom_aet="PACS", dicom_web=config.dicom_web)
+
+
+def test_component_views_name_config_fields():
+    """The views the daemon builds with Config.view have Config's names and types."""
+    from appliance.ops.backup import BackupSettings
+    from appliance.web.common import WebConfig
+
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    for view in (WebConfig, BackupSettings):
+        for f in dataclasses.fields(view):
+            assert types.get(f.name) == f.type, (view.__name__, f.name)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from appliance.config import Config
 from appliance.dicom.tuning import C_FIND_RSP, response_command, send_message
 from appliance.worklist.encoded import answer_bytes
 from appliance.worklist.matching import QueryError, answer, attrs_from_dataset, compile_query, restrict_to_station
@@ -67,12 +66,6 @@ class MwlOptions:
 
     filter_issuer_aet: bool = False
     limit_answers: int = 0  # 0 = no limit
-
-    @classmethod
-    def from_config(cls, config: Config) -> "MwlOptions":
-        """The options of a loaded configuration."""
-        return cls(filter_issuer_aet=config.worklists.filter_issuer_aet,
-                   limit_answers=config.worklists.limit_answers)
 
 
 def _status(code: int, comment: str = "", *, offending: tuple[int, ...] = (),

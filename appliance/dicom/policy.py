@@ -1,7 +1,7 @@
 """Who may associate and which DIMSE services they may use — Orthanc's rules.
 
-Pure logic, no I/O: built from the config, asked by the association and
-service handlers. The rules follow Orthanc's ``OrthancApplicationEntityFilter``:
+Pure logic, no I/O: built from the config (by the daemon), asked by the
+association and service handlers. The rules follow Orthanc's ``OrthancApplicationEntityFilter``:
 
 * ``DicomCheckCalledAet``: the called AE title must be ours.
 * An association is accepted from any AE as soon as one of the
@@ -22,7 +22,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
-from appliance.config import Config, Modality
+from appliance.config import Modality
 
 
 class Service(enum.Enum):
@@ -73,26 +73,6 @@ class AccessPolicy:
     modalities: tuple[Modality, ...]
     always: frozenset[Service]
     strict_aet: bool = False
-
-    @classmethod
-    def from_config(cls, config: Config) -> "AccessPolicy":
-        """Build the rules from a loaded configuration."""
-        always = {
-            Service.ECHO: config.dicom_always_allow_echo,
-            Service.STORE: config.dicom_always_allow_store,
-            Service.FIND: config.dicom_always_allow_find,
-            Service.FIND_WORKLIST: config.dicom_always_allow_find_worklist,
-            Service.GET: config.dicom_always_allow_get,
-            Service.MOVE: config.dicom_always_allow_move,
-        }
-        return cls(
-            our_aet=config.dicom_aet,
-            check_called_aet=config.dicom_check_called_aet,
-            check_modality_host=config.dicom_check_modality_host,
-            modalities=tuple(config.dicom_modalities),
-            always=frozenset(s for s, on in always.items() if on),
-            strict_aet=config.strict_aet_comparison,
-        )
 
     def _known(self, calling_aet: str, host: str) -> list[Modality]:
         """DicomModalities entries for this AE (and host, when checked)."""

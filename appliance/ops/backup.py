@@ -59,7 +59,7 @@ import apsw
 import psutil
 
 from appliance import __version__
-from appliance.config import Config
+from appliance.config import BackupsConfig
 from appliance.ops.disk import MB, human_bytes
 from appliance.durable import copy_durably, fsync_dir, fsync_file, write_json
 from appliance.ops.files import match_owner, read_json
@@ -141,15 +141,26 @@ class BackupResult:
     mirror: dict | None
 
 
+@dataclass(frozen=True)
+class BackupSettings:
+    """What backups read of the configuration (the callers pass
+    ``config.view(BackupSettings)``); each field is Config's of the same name."""
+
+    source: str | None  # the configuration file, copied into each backup
+    storage_directory: Path
+    index_directory: Path
+    backups: BackupsConfig
+
+
 # -- the backup directory ------------------------------------------------------
 
 
-def backup_directory(config: Config) -> Path:
+def backup_directory(config: BackupSettings) -> Path:
     """Backups.Directory (its default is <IndexDirectory>/backups)."""
     return config.backups.directory or Path(config.index_directory) / "backups"
 
 
-def _usable_directory(config: Config) -> Path:
+def _usable_directory(config: BackupSettings) -> Path:
     """The backup directory, checked; created only when it is the default one."""
     directory = backup_directory(config)
     if not directory.exists():
@@ -217,7 +228,7 @@ def list_backups(directory: Path) -> list[BackupInfo]:
     return [BackupInfo(n, directory / n, read_json(directory / n / MANIFEST)) for n in names]
 
 
-def find_backup(config: Config, which: str | None) -> BackupInfo:
+def find_backup(config: BackupSettings, which: str | None) -> BackupInfo:
     """The backup named ``which`` (a name in the backup directory, or a path to a
     backup folder), or the newest one when ``which`` is None."""
     directory = backup_directory(config)
@@ -239,7 +250,7 @@ def find_backup(config: Config, which: str | None) -> BackupInfo:
 # -- taking a backup -----------------------------------------------------------
 
 
-def backup_now(config: Config, *, trigger: Trigger = Trigger.MANUAL,
+def backup_now(config: BackupSettings, *, trigger: Trigger = Trigger.MANUAL,
                cancel: threading.Event | None = None, pace: Pace = Pace()) -> BackupResult:
     """Take one backup now (blocking); see the module docstring.
 
@@ -320,7 +331,7 @@ def _new_name(directory: Path, when: float) -> str:
     return name
 
 
-def _backup_locked(config: Config, directory: Path, trigger: Trigger,
+def _backup_locked(config: BackupSettings, directory: Path, trigger: Trigger,
                    cancel: threading.Event | None, pace: Pace, started: float) -> BackupResult:
     for leftover in directory.glob(TMP_PREFIX + "*"):
         # Only a crashed backup leaves these (we hold the lock).
@@ -516,17 +527,17 @@ def mirror_storage(storage: Path, mirror: Path, backup_index: Path,
 # -- the state file (last attempt, last success) ---------------------------------
 
 
-def state_path(config: Config) -> Path:
+def state_path(config: BackupSettings) -> Path:
     """Where the last backup attempt and success are recorded."""
     return Path(config.index_directory) / STATE_FILE
 
 
-def read_state(config: Config) -> dict:
+def read_state(config: BackupSettings) -> dict:
     """{"last_attempt": {...}, "last_success": {...}} (either may be missing)."""
     return read_json(state_path(config)) or {}
 
 
-def _record(config: Config, trigger: Trigger, started: float, *, ok: bool, message: str,
+def _record(config: BackupSettings, trigger: Trigger, started: float, *, ok: bool, message: str,
             name: str | None = None) -> None:
     state = read_state(config)
     entry = {"time": started, "finished": time.time(), "ok": ok, "trigger": trigger.value,
@@ -579,7 +590,7 @@ def _good_copy(path: Path, size: int, sha256: str) -> bool | None:
         return None
 
 
-def verify_backup(config: Config, backup: BackupInfo,
+def verify_backup(config: BackupSettings, backup: BackupInfo,
                   progress: Callable[[int], None] | None = None) -> VerifyReport:
     """The restore drill: is ``backup`` intact, and is every instance it lists in the
     storage (or the mirror) with the right SHA-256? Reads every file."""
@@ -619,7 +630,7 @@ def verify_backup(config: Config, backup: BackupInfo,
     return report
 
 
-def _check_files(config: Config, conn: apsw.Connection, report: VerifyReport,
+def _check_files(config: BackupSettings, conn: apsw.Connection, report: VerifyReport,
                  progress: Callable[[int], None] | None) -> None:
     storage = Path(config.storage_directory)
     mirror = config.backups.storage_mirror
@@ -655,7 +666,7 @@ class RestoreReport:
     counts: dict[str, int]
 
 
-def restore_backup(config: Config, backup: BackupInfo) -> RestoreReport:
+def restore_backup(config: BackupSettings, backup: BackupInfo) -> RestoreReport:
     """Make ``backup`` the index again; see the module docstring.
 
     Raises appliance.ops.lock.FolderInUse (a daemon uses the data folders),
@@ -671,7 +682,7 @@ def restore_backup(config: Config, backup: BackupInfo) -> RestoreReport:
         return _restore_locked(config, backup)
 
 
-def _restore_locked(config: Config, backup: BackupInfo) -> RestoreReport:
+def _restore_locked(config: BackupSettings, backup: BackupInfo) -> RestoreReport:
     report = verify_backup(config, backup)
     if not report.index_ok:
         raise BackupDamaged(f"backup {backup.name} is damaged: {report.problems[0]}; "
@@ -761,7 +772,7 @@ def next_backup_time(*, now: float, last: float | None, started: float, interval
 class BackupScheduler:
     """Runs the scheduled backups in the daemon (one at a time, in a thread)."""
 
-    def __init__(self, config: Config, *, pace: Pace = Pace()) -> None:
+    def __init__(self, config: BackupSettings, *, pace: Pace = Pace()) -> None:
         self._config = config
         self._pace = pace
         self._cancel = threading.Event()

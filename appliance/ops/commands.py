@@ -116,7 +116,7 @@ def _backup_now(config: Config, args: argparse.Namespace) -> int:
     from appliance.ops import backup as backups
 
     try:
-        result = backups.backup_now(config, trigger=backups.Trigger.MANUAL)
+        result = backups.backup_now(config.view(backups.BackupSettings), trigger=backups.Trigger.MANUAL)
     except backups.BackupBusy as e:
         return _fail("backup", str(e), Exit.BUSY)
     except backups.BackupError as e:
@@ -128,7 +128,7 @@ def _backup_now(config: Config, args: argparse.Namespace) -> int:
 def _list(config: Config, args: argparse.Namespace) -> int:
     from appliance.ops import backup as backups
 
-    directory = backups.backup_directory(config)
+    directory = backups.backup_directory(config.view(backups.BackupSettings))
     items = backups.list_backups(directory)
     if not items:
         print(f"no backups in {directory}")
@@ -147,13 +147,14 @@ def _list(config: Config, args: argparse.Namespace) -> int:
 def _verify(config: Config, args: argparse.Namespace) -> int:
     from appliance.ops import backup as backups
 
+    settings = config.view(backups.BackupSettings)
     try:
-        info = backups.find_backup(config, args.backup)
+        info = backups.find_backup(settings, args.backup)
     except backups.BackupDamaged as e:
         return _fail("verify", str(e), Exit.DAMAGED)
     except backups.BackupError as e:
         return _fail("verify", str(e))
-    report = backups.verify_backup(config, info)
+    report = backups.verify_backup(settings, info)
     print(_verify_text(report))
     if not report.index_ok:
         return _fail("verify", f"backup {info.name} is damaged: {report.problems[0]}", Exit.DAMAGED)
@@ -186,9 +187,10 @@ def _verify_text(report) -> str:
 def _restore(config: Config, args: argparse.Namespace) -> int:
     from appliance.ops import backup as backups
 
+    settings = config.view(backups.BackupSettings)
     try:
-        info = backups.find_backup(config, args.backup)
-        result = backups.restore_backup(config, info)
+        info = backups.find_backup(settings, args.backup)
+        result = backups.restore_backup(settings, info)
     except FolderInUse as e:
         return _fail("restore", str(e), Exit.IN_USE)
     except backups.BackupBusy as e:
@@ -217,7 +219,7 @@ def _reindex(config: Config) -> int:
     from appliance.ops.reindex import reindex
 
     try:
-        report = reindex(config)
+        report = reindex(config.storage_directory, config.index_directory)
     except FolderInUse as e:
         return _fail("reindex", str(e), Exit.IN_USE)
     except OSError as e:

@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from appliance.config import Config
 from appliance.ops.files import match_owner
 from appliance.ops.lock import data_folders_locked
 from appliance.store.archive import Origin, header_uids, instance_record
@@ -172,21 +171,23 @@ def replace_index(index_directory: Path, new_file: Path, reason: str) -> Path | 
     return aside
 
 
-def reindex(config: Config, progress: Callable[[int], None] | None = None) -> ReindexReport:
-    """Rebuild the index of ``config`` from its stored files; see the module docstring.
+def reindex(storage_directory: Path, index_directory: Path,
+            progress: Callable[[int], None] | None = None) -> ReindexReport:
+    """Rebuild the index in ``index_directory`` from the files stored in
+    ``storage_directory``; see the module docstring.
 
     Raises appliance.ops.lock.FolderInUse while a daemon (or another offline
     command) uses the data folders; holds their lock meanwhile, so that no
     daemon starts on the index being replaced.
     """
-    with data_folders_locked(config.storage_directory, config.index_directory,
-                             create_storage=False):
-        return _reindex_locked(config, progress)
+    with data_folders_locked(storage_directory, index_directory, create_storage=False):
+        return _reindex_locked(storage_directory, index_directory, progress)
 
 
-def _reindex_locked(config: Config, progress: Callable[[int], None] | None) -> ReindexReport:
+def _reindex_locked(storage_directory: Path, index_directory: Path,
+                    progress: Callable[[int], None] | None) -> ReindexReport:
     t0 = time.monotonic()
-    index_dir = Path(config.index_directory)
+    index_dir = Path(index_directory)
     index_dir.mkdir(parents=True, exist_ok=True)
     work = index_dir / f".reindex-{os.getpid()}"
     shutil.rmtree(work, ignore_errors=True)
@@ -195,7 +196,7 @@ def _reindex_locked(config: Config, progress: Callable[[int], None] | None) -> R
         index = Index(work, BlobStore.sync_dirs)
         index.open()
         try:
-            root = Path(config.storage_directory)
+            root = Path(storage_directory)
             done = index_files(index, root, stored_files(root), progress)
             index.settle_timestamps()
             counts = index.counts()

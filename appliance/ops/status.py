@@ -19,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from appliance import __version__
-from appliance.config import Config
 from appliance.ops.backup import BackupScheduler
 from appliance.ops.disk import DiskMonitor, DiskState
 from appliance.durable import write_json
@@ -57,10 +56,13 @@ class LastError(logging.Handler):
 class StatusBoard:
     """Collects the status of every part; see the module docstring."""
 
-    def __init__(self, *, config: Config, archive: Archive, admission: StoreAdmission,
+    def __init__(self, *, name: str, dicom_aet: str, remote_access: bool, index_directory: Path,
+                 archive: Archive, admission: StoreAdmission,
                  disk: DiskMonitor, backups: BackupScheduler, associations: Callable[[], int], last_error: LastError,
                  worklist_size: Callable[[], int] | None = None) -> None:
-        self._config = config
+        self._name = name
+        self._dicom_aet = dicom_aet
+        self._remote_access = remote_access
         self._archive = archive
         self._admission = admission
         self._disk = disk
@@ -70,7 +72,7 @@ class StatusBoard:
         self._worklist_size = worklist_size
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
-        self.path = Path(config.index_directory) / STATUS_FILE
+        self.path = Path(index_directory) / STATUS_FILE
         self.counts: dict[str, int] = {}
         self._counted_at = 0.0
         self._counted_after: tuple[int, int] | None = None
@@ -107,10 +109,10 @@ class StatusBoard:
             "time": now,
             "started": self.started,
             "uptime": now - self.started,
-            "name": self._config.name,
-            "dicom_aet": self._config.dicom_aet,
+            "name": self._name,
+            "dicom_aet": self._dicom_aet,
             "ports": dict(self.ports),
-            "remote_access": self._config.remote_access_allowed,
+            "remote_access": self._remote_access,
             "counts": dict(self.counts),
             "stored_since_start": self._archive.stored_count,
             "failed_since_start": self._archive.failed_count,

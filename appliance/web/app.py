@@ -20,18 +20,17 @@ closes the connection; the log gets one WARNING line, not a traceback.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from appliance.config import Config
 from appliance.store.archive import Archive
 from appliance.web import admin, qido, stow, wado, wado_uri
 from appliance.web import worklists
 from appliance.web import metrics
 from appliance.web.auth import REALM, Authenticator
-from appliance.web.common import CONTEXT, WebContext, http_error, is_loopback
+from appliance.web.common import CONTEXT, WebConfig, WebContext, http_error, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -69,29 +68,24 @@ class Users:
     """Who may log in; the daemon swaps ``authenticator`` on SIGHUP (None: no
     authentication, AuthenticationEnabled false)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, registered_users: Mapping[str, str], enabled: bool) -> None:
         self.authenticator: Authenticator | None = None
-        self.load(config)
+        self.load(registered_users, enabled)
 
-    def load(self, config: Config) -> None:
-        """Take RegisteredUsers and AuthenticationEnabled from ``config``."""
-        self.authenticator = (Authenticator(config.registered_users)
-                              if config.authentication_enabled else None)
-
-
-USERS = web.AppKey("users", Users)
+    def load(self, registered_users: Mapping[str, str], enabled: bool) -> None:
+        """Take RegisteredUsers, and AuthenticationEnabled (``enabled``)."""
+        self.authenticator = Authenticator(registered_users) if enabled else None
 
 
-def make_app(*, archive: Archive, config: Config, dicom_port: int = 0) -> web.Application:
+def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: int = 0) -> web.Application:
     """Build the aiohttp application for one configuration.
 
-    ``dicom_port`` is the DICOM port actually bound (for ``/system``).
+    ``users`` are who may log in (the daemon reloads them on SIGHUP); ``dicom_port`` is
+    the DICOM port actually bound (for ``/system``).
     """
-    users = Users(config)
     middlewares = [_errors, _access(config), _authentication(users)]
     app = web.Application(middlewares=middlewares,
                           handler_args={**_LIMITS, "logger": _server_logger()})
-    app[USERS] = users
     app[CONTEXT] = WebContext(archive=archive, config=config, dicom_port=dicom_port)
     if config.dicom_web.enable:
         root = config.dicom_web.root.rstrip("/")
@@ -126,7 +120,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         raise http_error(500, "internal error (logged)") from None
 
 
-def _access(config: Config):
+def _access(config: WebConfig):
     """Refuse non-loopback peers unless RemoteAccessAllowed (403)."""
 
     @web.middleware

@@ -10,9 +10,27 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from appliance.config import Config
+from appliance.config import DicomWebConfig, WorklistsConfig
 from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.archive import Archive
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The part of the configuration the HTTP side reads (the daemon passes
+    ``config.view(WebConfig)``); each field is Config's of the same name."""
+
+    name: str
+    dicom_aet: str
+    dicom_port: int
+    http_port: int
+    remote_access_allowed: bool
+    authentication_enabled: bool
+    case_sensitive_pn: bool
+    limit_find_results: int
+    limit_find_instances: int
+    dicom_web: DicomWebConfig
+    worklists: WorklistsConfig
 
 
 @dataclass(frozen=True)
@@ -20,7 +38,7 @@ class WebContext:
     """What request handlers may use (built by the daemon, read-only)."""
 
     archive: Archive
-    config: Config
+    config: WebConfig
     # The DICOM port actually bound (DicomPort 0 lets the OS choose); 0: unknown,
     # use the configured one.
     dicom_port: int = 0

@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from appliance.config import Config
 from appliance.store import Archive
 from appliance.worklist.source import WorklistFolder, WorklistItem
 
@@ -31,16 +30,6 @@ class CleanupRules:
     stable_age: int = 60  # seconds
     delete_delay_hours: int = 0  # 0 = never
     interval: int = 60  # seconds between passes
-
-    @classmethod
-    def from_config(cls, config: Config) -> "CleanupRules":
-        """The rules of a loaded configuration."""
-        return cls(
-            delete_on_stable_study=config.worklists.delete_worklists_on_stable_study,
-            stable_age=config.stable_age,
-            delete_delay_hours=config.worklists.delete_worklists_delay,
-            interval=config.worklists.housekeeping_interval,
-        )
 
     @property
     def active(self) -> bool:

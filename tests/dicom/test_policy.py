@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from appliance.config import parse_config
+from appliance.daemon import access_policy
 from appliance.dicom.policy import AccessPolicy, Rejection, Service
 
 
 def policy(**cfg) -> AccessPolicy:
     base = {"StorageDirectory": "/tmp/s", "IndexDirectory": "/tmp/i"}
-    return AccessPolicy.from_config(parse_config({**base, **cfg}, "test.json"))
+    return access_policy(parse_config({**base, **cfg}, "test.json"))
 
 
 MODS = {"us1": ["US1", "10.0.0.5", 104],
