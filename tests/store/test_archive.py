@@ -167,8 +167,9 @@ def test_spare_files_are_made_ahead_and_never_left(tmp_path, images):
     a = Archive(tmp_path / "storage", tmp_path / "index")
     a.open()
     incoming = a.blobs.incoming
+    # Ready once handed to the pool, not once on disk (mkstemp comes first).
     deadline = time.monotonic() + 10
-    while not list(incoming.glob("*.spare")) and time.monotonic() < deadline:
+    while not a.blobs._spares._made and time.monotonic() < deadline:
         time.sleep(0.01)
     assert list(incoming.glob("*.spare")), "no spare file was made"
     f = a.new_incoming()
