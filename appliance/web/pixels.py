@@ -58,6 +58,13 @@ _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData",
 _UNDEFINED = 0xFFFFFFFF
 _TRAILING_PADDING = 0xFFFCFFFC
 _CHUNK = 1 << 20
+# The largest frame decoded here. pydicom's decoders allocate what Rows x Columns x
+# Samples x Bits Allocated announce before they look at the data, and the size of
+# compressed pixel data says nothing about that: a 2 KB RLE object announcing
+# 65535 x 65535 RGB made every thumbnail of it allocate 12 GB. 256 MiB is a
+# 9000 x 9000 RGB or 11000 x 11000 16-bit frame; a clinic's largest (mammography,
+# panoramic dental) are a tenth of that.
+MAX_DECODED_FRAME = 256 << 20
 
 
 class PixelError(Exception):
@@ -106,6 +113,17 @@ class PixelLayout:
         if frame_bits == 0 or frame_bits % 8:
             return None
         return frame_bits // 8
+
+
+    def check_decodable(self) -> None:
+        """PixelError if a frame, decoded, would exceed MAX_DECODED_FRAME bytes."""
+        ds = self.header
+        bits = {"OF": 32, "OD": 64}.get(self.vr, _int(ds, "BitsAllocated", 8))
+        size = (_int(ds, "Rows", 0) * _int(ds, "Columns", 0)
+                * max(_int(ds, "SamplesPerPixel", 1), 1) * max((bits + 7) // 8, 1))
+        if size > MAX_DECODED_FRAME:
+            raise PixelError(f"a decoded frame would take {size} bytes (Rows, Columns, Samples "
+                             f"per Pixel, Bits Allocated); {MAX_DECODED_FRAME} at most here")
 
 
 def _int(ds: Dataset, keyword: str, default: int) -> int:
@@ -259,6 +277,7 @@ def decoded_frame(f: BinaryIO, layout: PixelLayout, index: int, *,
                   as_rgb: bool = True) -> tuple[np.ndarray, dict]:
     """Frame ``index`` decoded to an array, and pydicom's description of it
     (``photometric_interpretation`` after any YBR to RGB conversion...)."""
+    layout.check_decodable()
     f.seek(layout.value_offset)
     try:
         return _decoder(layout).as_array(f, index=index, as_rgb=as_rgb, **layout.options())
@@ -358,6 +377,7 @@ def _native(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
 def _decompressed(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
     """Encapsulated pixel data decoded frame by frame (what pydicom's
     ``Dataset.decompress`` does, without holding every frame in memory)."""
+    layout.check_decodable()
     f.seek(layout.value_offset)
     frames = _decoder(layout).iter_array(f, as_rgb=True, **layout.options())
     try:
