@@ -58,7 +58,7 @@ from tests.fuzz.structure import (
 from tests.support import dataset_bytes, pydicom_file
 
 DEFAULT_SEED = 15
-DEFAULT_CASES = 1000
+DEFAULT_CASES = 800
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
