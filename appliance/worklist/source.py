@@ -6,8 +6,10 @@ Threads and ownership
 * One background thread per folder reads the folder at start (unchanged files from the
   parse cache, :mod:`appliance.worklist.cache`; the rest parsed, :mod:`.parse`), then waits
   on the folder's inotify queue (:mod:`.inotify`) and applies what changed after a short
-  debounce (a writer's create/modify/close costs one parse). It also writes the parse cache
-  and checks every ``check_interval`` seconds that the folder is still the one watched.
+  debounce (a writer's create/modify/close costs one parse). It also writes the parse cache,
+  checks every ``check_interval`` seconds that the folder is still the one watched, and
+  every minute compares the listing with what is served (changes inotify cannot see: files
+  written by another host on a network file system).
 * Any thread may call :meth:`WorklistFolder.refresh`; a C-FIND does, through
   :meth:`~WorklistFolder.current`, before it answers. Under the folder's update lock it
   reads the inotify queue to its end and applies what it names: the kernel queued those
@@ -71,6 +73,9 @@ MAX_FILE_SIZE = 4 * 1024 * 1024  # a worklist item is ~1 KB; anything this big i
 _RACY_NS = 2_000_000_000
 
 
+# Even with inotify, the listing is compared with the catalog this often (stat of every file,
+# ~50 ms for 10,000): a safety net for changes inotify cannot see (NFS writes from another host).
+_LISTING_INTERVAL = 60.0
 _EMPTY = "empty file"  # the outcome of reading an empty file (no warning)
 
 
@@ -209,6 +214,7 @@ class WorklistFolder:
 
     def _watch_forever(self) -> None:
         next_check = time.monotonic() + self.check_interval
+        next_listing = time.monotonic() + _LISTING_INTERVAL
         while not self._stopping.is_set():
             with self._update:
                 watch_fd = self._watch.fileno() if self._watch is not None else -1
@@ -223,12 +229,17 @@ class WorklistFolder:
             if watch_fd in ready:
                 # Let a burst of events (a writer's create, writes and close) settle.
                 self._stopping.wait(self.debounce)
-            periodic = time.monotonic() >= next_check
+            now = time.monotonic()
+            periodic = now >= next_check
             if periodic:
-                next_check = time.monotonic() + self.check_interval
+                next_check = now + self.check_interval
+            # Without inotify, every periodic pass looks for files rewritten in place; with
+            # it, one now and then (a file system whose other clients inotify does not see).
+            full = periodic and (watch_fd < 0 or now >= next_listing)
+            if full:
+                next_listing = now + _LISTING_INTERVAL
             try:
-                # Without inotify, the periodic pass also looks for files rewritten in place.
-                self.refresh(full=periodic and watch_fd < 0)
+                self.refresh(full=full)
             except Exception as e:  # noqa: BLE001 - the next pass may succeed
                 log.error("worklist folder %s: update failed: %s", self.folder, e)
             self._persist()
