@@ -36,7 +36,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from appliance.store.header import InvalidObject, end_of_fragments
-from appliance.web import media
+from appliance.web import codestream, media
 
 __all__ = [
     "PixelError",
@@ -222,6 +222,29 @@ def _decoder(layout: PixelLayout):
     return decoder
 
 
+# pydicom tries GDCM first when it is installed, and GDCM aborts the process on input
+# it finds inconsistent instead of raising (see appliance.web.codestream). Any other
+# installed plugin raises; GDCM stays for what only it decodes here (JPEG Lossless,
+# JPEG-LS), after the codestream checks.
+_PLUGINS = ("pylibjpeg", "pillow", "pydicom")
+
+
+def _decode_options(decoder, layout: PixelLayout) -> dict[str, Any]:
+    plugin = next((p for p in _PLUGINS if p in decoder.available_plugins), "")
+    return layout.options(decoding_plugin=plugin) if plugin else layout.options()
+
+
+def _check_frame(layout: PixelLayout, index: int, frame: bytes) -> None:
+    """PixelError if a compressed frame disagrees with the object's attributes."""
+    ds = layout.header
+    attrs = {k: (_int(ds, k, 0) or None) for k in ("Rows", "Columns", "SamplesPerPixel",
+                                                    "BitsAllocated", "BitsStored")}
+    attrs["PhotometricInterpretation"] = str(ds.get("PhotometricInterpretation", "")).strip()
+    why = codestream.problem(attrs, str(layout.transfer_syntax), frame)
+    if why:
+        raise PixelError(f"frame {index + 1} is not decoded: {why}")
+
+
 def _little_endian_bytes(arr: np.ndarray) -> bytes:
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and np.little_endian is False):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
@@ -278,9 +301,12 @@ def decoded_frame(f: BinaryIO, layout: PixelLayout, index: int, *,
     """Frame ``index`` decoded to an array, and pydicom's description of it
     (``photometric_interpretation`` after any YBR to RGB conversion...)."""
     layout.check_decodable()
+    decoder = _decoder(layout)
+    if layout.encapsulated:
+        _check_frame(layout, index, stored_frame(f, layout, index))
     f.seek(layout.value_offset)
     try:
-        return _decoder(layout).as_array(f, index=index, as_rgb=as_rgb, **layout.options())
+        return decoder.as_array(f, index=index, as_rgb=as_rgb, **_decode_options(decoder, layout))
     except PixelError:
         raise
     except Exception as e:  # noqa: BLE001 - decoders raise anything on damaged data
@@ -378,8 +404,11 @@ def _decompressed(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
     """Encapsulated pixel data decoded frame by frame (what pydicom's
     ``Dataset.decompress`` does, without holding every frame in memory)."""
     layout.check_decodable()
+    decoder = _decoder(layout)
+    for index, frame in enumerate(encoded_frames(f, layout)):
+        _check_frame(layout, index, frame)
     f.seek(layout.value_offset)
-    frames = _decoder(layout).iter_array(f, as_rgb=True, **layout.options())
+    frames = decoder.iter_array(f, as_rgb=True, **_decode_options(decoder, layout))
     try:
         first, info = next(frames)
     except PixelError:

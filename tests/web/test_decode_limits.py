@@ -1,9 +1,11 @@
-"""A stored object whose pixel attributes announce a giant frame is not decoded.
+"""Stored objects whose pixel attributes lie about their compressed frames are not decoded.
 
-Compressed pixel data cannot be counted at ingest, so a 2 KB RLE object announcing
-65535 x 65535 RGB is stored; before this limit each thumbnail, rendered image, frame
-or transcoded copy of it made the daemon allocate about 12 GB for 15-20 s (found by
-tests/fuzz). Now they are 406 at once, and real compressed images still decode.
+Compressed pixel data cannot be counted at ingest, so such objects are stored (found
+by tests/fuzz): a 2 KB RLE object announcing 65535 x 65535 RGB made each thumbnail,
+rendered image, frame or transcoded copy allocate about 12 GB for 15-20 s; and a JPEG
+Baseline with Bits Allocated 32, a JPEG-LS with more Rows than its codestream, a JPEG
+2000 with one component under YBR_FULL_422 made GDCM abort the whole daemon at the
+first thumbnail. Now they are 406 at once, and real compressed images still decode.
 """
 
 from __future__ import annotations
@@ -14,20 +16,27 @@ import struct
 import time
 
 import pytest
+from pydicom.datadict import tag_for_keyword
 
 from tests.fuzz import corpus
 from tests.fuzz.rawdicom import Association
 from tests.support import Daemon, base_config
 
 
-def _store(port: int, seed_name: str, rows: int, columns: int) -> str:
+def _store(port: int, seed_name: str, rows: int, columns: int, **changes) -> str:
+    """Store a pydicom test object with other Rows, Columns and ``changes`` (keyword:
+    value, US or CS); its SOP Instance UID."""
     seed = next(s for s in corpus.seeds() if s.name == seed_name)
-    uid = corpus.fresh_uid("decode-limits", seed_name, rows, columns)
+    uid = corpus.fresh_uid("decode-limits", seed_name, rows, columns, sorted(changes.items()))
     data, elements = corpus.with_uid(seed, uid)
     enc = corpus.Enc.of(seed.ts)
-    for tag, value in ((corpus.COLUMNS, columns), (corpus.ROWS, rows)):
+    wanted = [(corpus.COLUMNS, "US", columns), (corpus.ROWS, "US", rows)]
+    wanted += [(tag_for_keyword(k), "CS" if isinstance(v, str) else "US", v)
+               for k, v in changes.items()]
+    for tag, vr, value in wanted:
         el = corpus.find(elements, tag)
-        data = corpus.splice(data, el, enc.element(tag, "US", struct.pack("<H", value)))
+        encoded = corpus.pad(value.encode()) if vr == "CS" else struct.pack("<H", value)
+        data = corpus.splice(data, el, enc.element(tag, vr, encoded))
         elements = corpus.judge(data, seed.ts, "").elements
     assoc = Association(port, [(seed.sop_class, seed.ts)])
     assert assoc.store(seed.sop_class, uid, seed.ts, data).status == 0x0000
@@ -52,6 +61,16 @@ def _url(port: int, uid: str) -> str:
             f"{row['0020000E']['Value'][0]}/instances/{uid}")
 
 
+# Objects whose attributes disagree with their codestream in ways that made GDCM abort.
+LIARS = {
+    "jpeg-32-bits": ("SC_jpeg", 100, 100, {"BitsAllocated": 32}),
+    "jpeg-7-bits-stored": ("SC_jpeg", 100, 100, {"BitsStored": 7}),
+    "jpeg-ls-more-rows": ("MR_jpegls", 99, 64, {}),
+    "jpeg-ls-more-columns": ("MR_jpegls", 64, 1000, {}),
+    "j2k-422-one-component": ("J2K", 1024, 256, {"PhotometricInterpretation": "YBR_FULL_422"}),
+}
+REAL = [("SC_jpeg", 100, 100), ("MR_jpegls", 64, 64), ("J2K", 1024, 256)]
+
 READS = [("/thumbnail", "image/png"), ("/rendered", "image/jpeg"),
          ("/frames/1", 'multipart/related; type="application/octet-stream"'),
          ("", 'multipart/related; type="application/dicom"')]
@@ -64,6 +83,11 @@ def stored(tmp_path_factory):
     daemon = Daemon(root, base_config(root)).start()
     urls = {size: _url(daemon.http_port, _store(daemon.dicom_port, "SC_rle_2frame", size, size))
             for size in (65535, 100)}
+    for name, (seed, rows, columns, changes) in LIARS.items():
+        urls[name] = _url(daemon.http_port, _store(daemon.dicom_port, seed, rows, columns,
+                                                   **changes))
+    for seed, rows, columns in REAL:
+        urls[seed] = _url(daemon.http_port, _store(daemon.dicom_port, seed, rows, columns))
     yield daemon, urls
     daemon.stop()
 
@@ -82,3 +106,23 @@ def test_real_compressed_frames_still_decode(stored, path, accept):
     daemon, urls = stored
     status, body, _ = _get(daemon.http_port, urls[100] + path, accept)
     assert status == 200, (status, body[:200])
+
+
+@pytest.mark.parametrize("name", sorted(LIARS))
+def test_a_codestream_that_disagrees_is_not_decoded_and_the_daemon_lives(stored, name):
+    daemon, urls = stored
+    for path, accept in READS:
+        status, body, _ = _get(daemon.http_port, urls[name] + path, accept)
+        assert daemon.proc.poll() is None, daemon.log()[-2000:]
+        if path == "" and status == 200:
+            continue  # lossy JPEG goes as stored by default: nothing decoded
+        assert status == 406, (path, status, body[:200])
+        assert b"is not decoded" in body, body[:200]
+
+
+@pytest.mark.parametrize("seed", [seed for seed, _, _ in REAL])
+def test_real_jpeg_jpeg_ls_and_j2k_frames_still_decode(stored, seed):
+    daemon, urls = stored
+    for path, accept in READS:
+        status, body, _ = _get(daemon.http_port, urls[seed] + path, accept)
+        assert status == 200, (path, status, body[:200])
