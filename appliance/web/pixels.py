@@ -36,7 +36,7 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from appliance.store.header import InvalidObject, end_of_fragments
-from appliance.web import codestream, media
+from appliance.web import codestream, isolated, media
 
 __all__ = [
     "PixelError",
@@ -224,14 +224,23 @@ def _decoder(layout: PixelLayout):
 
 # pydicom tries GDCM first when it is installed, and GDCM aborts the process on input
 # it finds inconsistent instead of raising (see appliance.web.codestream). Any other
-# installed plugin raises; GDCM stays for what only it decodes here (JPEG Lossless,
-# JPEG-LS), after the codestream checks.
+# installed plugin raises; what only GDCM decodes here (JPEG Lossless, JPEG-LS) is
+# decoded in a worker process (appliance.web.isolated), after the codestream checks.
 _PLUGINS = ("pylibjpeg", "pillow", "pydicom")
 
 
-def _decode_options(decoder, layout: PixelLayout) -> dict[str, Any]:
-    plugin = next((p for p in _PLUGINS if p in decoder.available_plugins), "")
-    return layout.options(decoding_plugin=plugin) if plugin else layout.options()
+def _plugin(decoder) -> str:
+    """The plugin to decode with; "" when GDCM is the only one."""
+    return next((p for p in _PLUGINS if p in decoder.available_plugins), "")
+
+
+def _decode_isolated(f: BinaryIO, layout: PixelLayout, index: int,
+                     as_rgb: bool) -> tuple[np.ndarray, dict]:
+    try:
+        return isolated.decode_frame(f.name, layout.transfer_syntax, layout.value_offset,
+                                     index, as_rgb=as_rgb, options=layout.options())
+    except isolated.DecodeFailed as e:
+        raise PixelError(f"frame {index + 1} cannot be decoded: {e}") from None
 
 
 def _check_frame(layout: PixelLayout, index: int, frame: bytes) -> None:
@@ -302,11 +311,15 @@ def decoded_frame(f: BinaryIO, layout: PixelLayout, index: int, *,
     (``photometric_interpretation`` after any YBR to RGB conversion...)."""
     layout.check_decodable()
     decoder = _decoder(layout)
+    plugin = _plugin(decoder)
     if layout.encapsulated:
         _check_frame(layout, index, stored_frame(f, layout, index))
+        if not plugin:
+            return _decode_isolated(f, layout, index, as_rgb)
     f.seek(layout.value_offset)
     try:
-        return decoder.as_array(f, index=index, as_rgb=as_rgb, **_decode_options(decoder, layout))
+        return decoder.as_array(f, index=index, as_rgb=as_rgb,
+                                **layout.options(decoding_plugin=plugin))
     except PixelError:
         raise
     except Exception as e:  # noqa: BLE001 - decoders raise anything on damaged data
@@ -407,8 +420,12 @@ def _decompressed(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
     decoder = _decoder(layout)
     for index, frame in enumerate(encoded_frames(f, layout)):
         _check_frame(layout, index, frame)
-    f.seek(layout.value_offset)
-    frames = decoder.iter_array(f, as_rgb=True, **_decode_options(decoder, layout))
+    plugin = _plugin(decoder)
+    if plugin:
+        f.seek(layout.value_offset)
+        frames = decoder.iter_array(f, as_rgb=True, **layout.options(decoding_plugin=plugin))
+    else:
+        frames = (_decode_isolated(f, layout, i, True) for i in range(layout.number_of_frames))
     try:
         first, info = next(frames)
     except PixelError:

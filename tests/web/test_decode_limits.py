@@ -69,7 +69,11 @@ LIARS = {
     "jpeg-ls-more-columns": ("MR_jpegls", 64, 1000, {}),
     "j2k-422-one-component": ("J2K", 1024, 256, {"PhotometricInterpretation": "YBR_FULL_422"}),
 }
-REAL = [("SC_jpeg", 100, 100), ("MR_jpegls", 64, 64), ("J2K", 1024, 256)]
+# Consistent enough for the checks, yet GDCM (the only JPEG Lossless decoder here) aborts
+# on it: decoded in a worker process, whose death is a 406 for this object only.
+GDCM_KILLERS = {"jpeg-lossless-7-bits-stored": ("SC_jpeg_lossless", 100, 100, {"BitsStored": 7})}
+REAL = [("SC_jpeg", 100, 100), ("MR_jpegls", 64, 64), ("J2K", 1024, 256),
+        ("SC_jpeg_lossless", 100, 100)]
 
 READS = [("/thumbnail", "image/png"), ("/rendered", "image/jpeg"),
          ("/frames/1", 'multipart/related; type="application/octet-stream"'),
@@ -83,7 +87,7 @@ def stored(tmp_path_factory):
     daemon = Daemon(root, base_config(root)).start()
     urls = {size: _url(daemon.http_port, _store(daemon.dicom_port, "SC_rle_2frame", size, size))
             for size in (65535, 100)}
-    for name, (seed, rows, columns, changes) in LIARS.items():
+    for name, (seed, rows, columns, changes) in (LIARS | GDCM_KILLERS).items():
         urls[name] = _url(daemon.http_port, _store(daemon.dicom_port, seed, rows, columns,
                                                    **changes))
     for seed, rows, columns in REAL:
@@ -126,3 +130,16 @@ def test_real_jpeg_jpeg_ls_and_j2k_frames_still_decode(stored, seed):
     for path, accept in READS:
         status, body, _ = _get(daemon.http_port, urls[seed] + path, accept)
         assert status == 200, (path, status, body[:200])
+
+
+@pytest.mark.parametrize("name", sorted(GDCM_KILLERS))
+def test_what_kills_gdcm_kills_only_its_worker(stored, name):
+    daemon, urls = stored
+    for path, accept in READS:
+        status, body, _ = _get(daemon.http_port, urls[name] + path, accept)
+        assert daemon.proc.poll() is None, daemon.log()[-2000:]
+        assert status == 406, (path, status, body[:200])
+        assert b"GDCM aborted" in body, body[:200]
+    # The next JPEG Lossless object decodes in a fresh worker.
+    status, body, _ = _get(daemon.http_port, urls["SC_jpeg_lossless"] + "/thumbnail", "image/png")
+    assert status == 200, body[:200]
