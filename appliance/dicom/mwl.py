@@ -22,7 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from appliance.dicom.tuning import C_FIND_RSP, response_command, send_message
-from appliance.worklist.encoded import answer_bytes
+from appliance.worklist.encoded import Headers, answer_bytes
 from appliance.worklist.matching import QueryError, answer, attrs_from_dataset, compile_query, restrict_to_station
 from appliance.worklist.mpps import MppsManager, Outcome
 from appliance.worklist.source import WorklistFolder
@@ -291,6 +291,7 @@ class WorklistDimse:
         # now for the whole query (appliance.worklist.source: read-your-writes).
         catalog = self.worklists.current()
         direct, implicit = _DirectAnswers.open(event)
+        headers = Headers(implicit)
         sent = 0
         ending, final = "complete", None
         for item, attrs, values in catalog.matches(query):
@@ -303,7 +304,7 @@ class WorklistDimse:
                 break
             data = None
             if direct is not None:
-                data = answer_bytes(query, attrs, values, item.charset, implicit)
+                data = answer_bytes(query, attrs, values, item.charset, implicit, headers)
             if data is not None:
                 direct.send(data)
                 if direct.failed:

@@ -35,8 +35,8 @@ from pydicom.pixels.utils import as_pixel_options
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
+from appliance.dicomfile import codestream, isolated, syntax
 from appliance.dicomfile.header import InvalidObject, end_of_fragments
-from appliance.dicomfile import syntax
 
 __all__ = [
     "PixelError",
@@ -58,6 +58,13 @@ _PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData",
 _UNDEFINED = 0xFFFFFFFF
 _TRAILING_PADDING = 0xFFFCFFFC
 _CHUNK = 1 << 20
+# The largest frame decoded here. pydicom's decoders allocate what Rows x Columns x
+# Samples x Bits Allocated announce before they look at the data, and the size of
+# compressed pixel data says nothing about that: a 2 KB RLE object announcing
+# 65535 x 65535 RGB made every thumbnail of it allocate 12 GB. 256 MiB is a
+# 9000 x 9000 RGB or 11000 x 11000 16-bit frame; a clinic's largest (mammography,
+# panoramic dental) are a tenth of that.
+MAX_DECODED_FRAME = 256 << 20
 
 
 class PixelError(Exception):
@@ -106,6 +113,17 @@ class PixelLayout:
         if frame_bits == 0 or frame_bits % 8:
             return None
         return frame_bits // 8
+
+
+    def check_decodable(self) -> None:
+        """PixelError if a frame, decoded, would exceed MAX_DECODED_FRAME bytes."""
+        ds = self.header
+        bits = {"OF": 32, "OD": 64}.get(self.vr, _int(ds, "BitsAllocated", 8))
+        size = (_int(ds, "Rows", 0) * _int(ds, "Columns", 0)
+                * max(_int(ds, "SamplesPerPixel", 1), 1) * max((bits + 7) // 8, 1))
+        if size > MAX_DECODED_FRAME:
+            raise PixelError(f"a decoded frame would take {size} bytes (Rows, Columns, Samples "
+                             f"per Pixel, Bits Allocated); {MAX_DECODED_FRAME} at most here")
 
 
 def _int(ds: Dataset, keyword: str, default: int) -> int:
@@ -204,6 +222,38 @@ def _decoder(layout: PixelLayout):
     return decoder
 
 
+# pydicom tries GDCM first when it is installed, and GDCM aborts the process on input
+# it finds inconsistent instead of raising (see appliance.dicomfile.codestream). Any other
+# installed plugin raises; what only GDCM decodes here (JPEG Lossless, JPEG-LS) is
+# decoded in a worker process (appliance.dicomfile.isolated), after the codestream checks.
+_PLUGINS = ("pylibjpeg", "pillow", "pydicom")
+
+
+def _plugin(decoder) -> str:
+    """The plugin to decode with; "" when GDCM is the only one."""
+    return next((p for p in _PLUGINS if p in decoder.available_plugins), "")
+
+
+def _decode_isolated(f: BinaryIO, layout: PixelLayout, index: int,
+                     as_rgb: bool) -> tuple[np.ndarray, dict]:
+    try:
+        return isolated.decode_frame(f.name, layout.transfer_syntax, layout.value_offset,
+                                     index, as_rgb=as_rgb, options=layout.options())
+    except isolated.DecodeFailed as e:
+        raise PixelError(f"frame {index + 1} cannot be decoded: {e}") from None
+
+
+def _check_frame(layout: PixelLayout, index: int, frame: bytes) -> None:
+    """PixelError if a compressed frame disagrees with the object's attributes."""
+    ds = layout.header
+    attrs = {k: (_int(ds, k, 0) or None) for k in ("Rows", "Columns", "SamplesPerPixel",
+                                                    "BitsAllocated", "BitsStored")}
+    attrs["PhotometricInterpretation"] = str(ds.get("PhotometricInterpretation", "")).strip()
+    why = codestream.problem(attrs, str(layout.transfer_syntax), frame)
+    if why:
+        raise PixelError(f"frame {index + 1} is not decoded: {why}")
+
+
 def _little_endian_bytes(arr: np.ndarray) -> bytes:
     if arr.dtype.byteorder == ">" or (arr.dtype.byteorder == "=" and np.little_endian is False):
         arr = arr.astype(arr.dtype.newbyteorder("<"))
@@ -259,9 +309,17 @@ def decoded_frame(f: BinaryIO, layout: PixelLayout, index: int, *,
                   as_rgb: bool = True) -> tuple[np.ndarray, dict]:
     """Frame ``index`` decoded to an array, and pydicom's description of it
     (``photometric_interpretation`` after any YBR to RGB conversion...)."""
+    layout.check_decodable()
+    decoder = _decoder(layout)
+    plugin = _plugin(decoder)
+    if layout.encapsulated:
+        _check_frame(layout, index, stored_frame(f, layout, index))
+        if not plugin:
+            return _decode_isolated(f, layout, index, as_rgb)
     f.seek(layout.value_offset)
     try:
-        return _decoder(layout).as_array(f, index=index, as_rgb=as_rgb, **layout.options())
+        return decoder.as_array(f, index=index, as_rgb=as_rgb,
+                                **layout.options(decoding_plugin=plugin))
     except PixelError:
         raise
     except Exception as e:  # noqa: BLE001 - decoders raise anything on damaged data
@@ -358,8 +416,16 @@ def _native(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
 def _decompressed(f: BinaryIO, layout: PixelLayout) -> Iterator[bytes]:
     """Encapsulated pixel data decoded frame by frame (what pydicom's
     ``Dataset.decompress`` does, without holding every frame in memory)."""
-    f.seek(layout.value_offset)
-    frames = _decoder(layout).iter_array(f, as_rgb=True, **layout.options())
+    layout.check_decodable()
+    decoder = _decoder(layout)
+    for index, frame in enumerate(encoded_frames(f, layout)):
+        _check_frame(layout, index, frame)
+    plugin = _plugin(decoder)
+    if plugin:
+        f.seek(layout.value_offset)
+        frames = decoder.iter_array(f, as_rgb=True, **layout.options(decoding_plugin=plugin))
+    else:
+        frames = (_decode_isolated(f, layout, i, True) for i in range(layout.number_of_frames))
     try:
         first, info = next(frames)
     except PixelError:

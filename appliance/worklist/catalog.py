@@ -114,6 +114,16 @@ class WorklistItem:
             return ""
         return str(attr[1][0]).strip(" \0")
 
+    def link_keys(self) -> tuple[str, str, str]:
+        """(Study Instance UID, Accession Number, Requested Procedure ID), one unpack."""
+        attrs = self.attrs
+        out = []
+        for tag in _LINK_TAGS:
+            attr = attrs.get(tag)
+            out.append("" if attr is None or attr[0] == "SQ" or not attr[1]
+                       else str(attr[1][0]).strip(" \0"))
+        return out[0], out[1], out[2]
+
     @property
     def study_instance_uid(self) -> str:
         return self.value(_STUDY_INSTANCE_UID)

@@ -33,7 +33,7 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from appliance.worklist.matching import SPECIFIC_CHARACTER_SET, Attrs, Query, ReturnKey
 
-__all__ = ["Values", "answer_bytes", "encode_values"]
+__all__ = ["Headers", "Values", "answer_bytes", "encode_values"]
 
 Values = Mapping[int, "bytes | None | tuple"]
 """Per tag of an attribute map: the encoded value (``None``: not assembled here, ask
@@ -41,9 +41,9 @@ pydicom); for a sequence, a tuple of the items' ``Values``."""
 
 _ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
 _LONG_VRS = frozenset(EXPLICIT_VR_LENGTH_32)
-_PACK_IMPLICIT = struct.Struct("<HHI").pack
-_PACK_SHORT = struct.Struct("<HH2sH").pack
-_PACK_LONG = struct.Struct("<HH2sHI").pack
+_PACK_TAG = struct.Struct("<HH").pack
+_PACK_U16 = struct.Struct("<H").pack
+_PACK_U32 = struct.Struct("<I").pack
 _LATIN1 = frozenset("AE AS CS DA DT TM UI UR".split())  # pydicom's write_string (default encoding)
 _TEXT = frozenset("LO LT SH ST UC UT".split())  # pydicom's write_text (the character set)
 
@@ -109,77 +109,93 @@ def _leaf(tag: int, vr: str, values: tuple, encodings: list[str], implicit: bool
 # --------------------------------------------------------------------------- answers
 
 
-def _element(tag: int, vr: str, value: bytes, implicit: bool) -> bytes:
-    """A data element (PS3.5 7.1.1 explicit, 7.1.2 implicit VR, Little Endian)."""
-    if implicit:
-        return _PACK_IMPLICIT(tag >> 16, tag & 0xFFFF, len(value)) + value
-    if vr in _LONG_VRS:
-        return _PACK_LONG(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), 0, len(value)) + value
-    if len(value) > 0xFFFF:
-        raise NotEncodable(tag)  # pydicom cannot write it either
-    return _PACK_SHORT(tag >> 16, tag & 0xFFFF, vr.encode("ascii"), len(value)) + value
+class Headers(dict):
+    """The start of every element header (tag, VR, reserved bytes) in one transfer syntax,
+    each made once: a query's answers share one (see :func:`answer_bytes`)."""
+
+    def __init__(self, implicit: bool) -> None:
+        super().__init__()
+        self.implicit = implicit
+
+    def __missing__(self, key: tuple[int, str]) -> tuple[bytes, bool]:
+        tag, vr = key
+        if self.implicit:
+            made = (_PACK_TAG(tag >> 16, tag & 0xFFFF), True)
+        elif vr in _LONG_VRS:
+            made = (_PACK_TAG(tag >> 16, tag & 0xFFFF) + vr.encode("ascii") + b"\0\0", True)
+        else:
+            made = (_PACK_TAG(tag >> 16, tag & 0xFFFF) + vr.encode("ascii"), False)
+        self[key] = made
+        return made
+
+    def element(self, tag: int, vr: str, value: bytes) -> bytes:
+        """A data element (PS3.5 7.1.1 explicit, 7.1.2 implicit VR, Little Endian)."""
+        start, long_length = self[tag, vr]
+        if long_length:
+            return start + _PACK_U32(len(value)) + value
+        if len(value) > 0xFFFF:
+            raise NotEncodable(tag)  # pydicom cannot write it either
+        return start + _PACK_U16(len(value)) + value
 
 
-def _sequence(tag: int, items: list[bytes], implicit: bool) -> bytes:
+def _sequence(tag: int, items: list[bytes], headers: Headers) -> bytes:
     """A sequence element of defined length whose items have defined lengths (as pydicom
     writes a new Dataset's sequences)."""
-    body = b"".join(_ITEM + struct.pack("<I", len(item)) + item for item in items)
-    return _element(tag, "SQ", body, implicit)
-
-
-def charset_element(charset: str, implicit: bool) -> bytes:
-    """The Specific Character Set element of an answer in ``charset``."""
-    value = charset.encode("latin-1")
-    return _element(SPECIFIC_CHARACTER_SET, "CS", value + b" " if len(value) & 1 else value,
-                    implicit)
+    body = b"".join(_ITEM + _PACK_U32(len(item)) + item for item in items)
+    return headers.element(tag, "SQ", body)
 
 
 def answer_bytes(query: Query, attrs: Attrs, values: Values, charset: str | None,
-                 implicit: bool) -> bytes | None:
+                 implicit: bool, headers: Headers | None = None) -> bytes | None:
     """The encoded C-FIND response identifier for a matching item: byte for byte what
     :func:`~appliance.worklist.matching.answer` encodes to (every requested key, with the
     item's value or empty; a sequence key with an item keeps only the sequence items that
     match it, each with only the keys asked for; the Specific Character Set ``charset``).
-    ``values`` is :func:`encode_values` of the item in that character set. None if a value
-    or key is not assembled here (ambiguous VR)."""
+    ``values`` is :func:`encode_values` of the item in that character set; ``headers``, if
+    given, those of the query's transfer syntax (``implicit``), shared by its answers. None
+    if a value or key is not assembled here (ambiguous VR)."""
+    if headers is None:
+        headers = Headers(implicit)
     parts: list[tuple[int, bytes]] = []
     if charset:
-        parts.append((SPECIFIC_CHARACTER_SET, charset_element(charset, implicit)))
+        value = charset.encode("latin-1")
+        parts.append((SPECIFIC_CHARACTER_SET, headers.element(
+            SPECIFIC_CHARACTER_SET, "CS", value + b" " if len(value) & 1 else value)))
     try:
-        _fill(parts, query.keys, attrs, values, implicit)
+        _fill(parts, query.keys, attrs, values, headers)
     except NotEncodable:
         return None
-    parts.sort(key=lambda part: part[0])  # PS3.5 7.1: ascending tag order
-    return b"".join(data for _, data in parts)
+    parts.sort()  # PS3.5 7.1: ascending tag order (tags are unique: bytes never compared)
+    return b"".join([data for _, data in parts])
 
 
 def _fill(parts: list[tuple[int, bytes]], keys: tuple[ReturnKey, ...], attrs: Attrs,
-          values: Values, implicit: bool) -> None:
+          values: Values, headers: Headers) -> None:
     for key in keys:
         tag = key.tag
         have = attrs.get(tag)
         if key.vr == "SQ":
             if have is None or have[0] != "SQ":
-                parts.append((tag, _element(tag, "SQ", b"", implicit)))
+                parts.append((tag, headers.element(tag, "SQ", b"")))
             elif key.sub is None:
-                parts.append((tag, _sequence(tag, [_whole(item, item_values, implicit)
+                parts.append((tag, _sequence(tag, [_whole(item, item_values, headers)
                                                    for item, item_values
-                                                   in zip(have[1], values[tag])], implicit)))
+                                                   in zip(have[1], values[tag])], headers)))
             else:
                 parts.append((tag, _sequence(tag, _matching_items(key.sub, have[1], values[tag],
-                                                                  implicit), implicit)))
+                                                                  headers), headers)))
         elif have is None or have[0] == "SQ":
             if len(key.vr) != 2:
                 raise NotEncodable(tag)
-            parts.append((tag, _element(tag, key.vr, b"", implicit)))
+            parts.append((tag, headers.element(tag, key.vr, b"")))
         else:
             value = values[tag]
             if value is None:
                 raise NotEncodable(tag)
-            parts.append((tag, _element(tag, have[0], value, implicit)))
+            parts.append((tag, headers.element(tag, have[0], value)))
 
 
-def _whole(attrs: Attrs, values: Values, implicit: bool) -> bytes:
+def _whole(attrs: Attrs, values: Values, headers: Headers) -> bytes:
     """Every element of a sequence item (only the top level carries a Specific Character
     Set, as :func:`~appliance.worklist.matching.answer` writes it)."""
     out = []
@@ -188,23 +204,23 @@ def _whole(attrs: Attrs, values: Values, implicit: bool) -> bytes:
             continue
         attr = attrs[tag]
         if attr[0] == "SQ":
-            out.append(_sequence(tag, [_whole(item, item_values, implicit)
+            out.append(_sequence(tag, [_whole(item, item_values, headers)
                                        for item, item_values in zip(attr[1], values[tag])],
-                                 implicit))
+                                 headers))
         else:
             value = values[tag]
             if value is None:
                 raise NotEncodable(tag)
-            out.append(_element(tag, attr[0], value, implicit))
+            out.append(headers.element(tag, attr[0], value))
     return b"".join(out)
 
 
-def _matching_items(sub: Query, items: tuple, values: tuple, implicit: bool) -> list[bytes]:
+def _matching_items(sub: Query, items: tuple, values: tuple, headers: Headers) -> list[bytes]:
     out = []
     for attrs, item_values in zip(items, values):
         if sub.matches(attrs):
             parts: list[tuple[int, bytes]] = []
-            _fill(parts, sub.keys, attrs, item_values, implicit)
-            parts.sort(key=lambda part: part[0])
-            out.append(b"".join(data for _, data in parts))
+            _fill(parts, sub.keys, attrs, item_values, headers)
+            parts.sort()
+            out.append(b"".join([data for _, data in parts]))
     return out

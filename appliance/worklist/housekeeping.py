@@ -45,10 +45,10 @@ def due_for_removal(items: Iterable[WorklistItem], rules: CleanupRules, *, now: 
     for item in items:
         if rules.delete_delay_hours and now - item.mtime > rules.delete_delay_hours * 3600:
             due.append((item, f"older than {rules.delete_delay_hours} h"))
-        elif rules.delete_on_stable_study and (
-                (item.study_instance_uid and item.study_instance_uid in stable_uids)
-                or (item.accession_number and item.accession_number in stable_accessions)):
-            due.append((item, "its study was received and is stable"))
+        elif rules.delete_on_stable_study:
+            study, accession, _ = item.link_keys()
+            if (study and study in stable_uids) or (accession and accession in stable_accessions):
+                due.append((item, "its study was received and is stable"))
     return due
 
 
@@ -75,22 +75,25 @@ class Housekeeper:
             except Exception as e:  # noqa: BLE001 - the next pass may succeed
                 log.error("worklist housekeeping failed: %s", e)
 
+    def _due(self, rules: CleanupRules, now: float) -> list[tuple[WorklistItem, str]]:
+        items = self.folder.snapshot.items
+        uids: set[str] = set()
+        accessions: set[str] = set()
+        if rules.delete_on_stable_study and items:
+            keys = [item.link_keys() for item in items]
+            uids, accessions = self.archive.studies_quiet_since(
+                {k[0] for k in keys if k[0]}, {k[1] for k in keys if k[1]},
+                now - rules.stable_age)
+        return due_for_removal(items, rules, now=now, stable_uids=uids,
+                               stable_accessions=accessions)
+
     async def run_once(self) -> int:
         """One pass; returns the number of items removed."""
         rules = self.rules
         if not rules.active:
             return 0
-        items = self.folder.snapshot.items
-        now = time.time()
-        uids: set[str] = set()
-        accessions: set[str] = set()
-        if rules.delete_on_stable_study and items:
-            uids, accessions = await asyncio.to_thread(
-                self.archive.studies_quiet_since,
-                {i.study_instance_uid for i in items if i.study_instance_uid},
-                {i.accession_number for i in items if i.accession_number},
-                now - rules.stable_age)
-        due = due_for_removal(items, rules, now=now, stable_uids=uids, stable_accessions=accessions)
+        # In a worker thread: thousands of items are unpacked, and the index is read.
+        due = await asyncio.to_thread(self._due, rules, time.time())
         for item, reason in due:
             await asyncio.to_thread(self.folder.take_out, item.name, archive=False)
             log.debug("worklist item %s deleted: %s", item.name, reason)

@@ -6,8 +6,10 @@ Threads and ownership
 * One background thread per folder reads the folder at start (unchanged files from the
   parse cache, :mod:`appliance.worklist.cache`; the rest parsed, :mod:`.parse`), then waits
   on the folder's inotify queue (:mod:`.inotify`) and applies what changed after a short
-  debounce (a writer's create/modify/close costs one parse). It also writes the parse cache
-  and checks every ``check_interval`` seconds that the folder is still the one watched.
+  debounce (a writer's create/modify/close costs one parse). It also writes the parse cache,
+  checks every ``check_interval`` seconds that the folder is still the one watched, and
+  every minute compares the listing with what is served (changes inotify cannot see: files
+  written by another host on a network file system).
 * Any thread may call :meth:`WorklistFolder.refresh`; a C-FIND does, through
   :meth:`~WorklistFolder.current`, before it answers. Under the folder's update lock it
   reads the inotify queue to its end and applies what it names: the kernel queued those
@@ -24,7 +26,8 @@ Threads and ownership
   stops serving the item at once, then moves or deletes its file.
 
 A file that is not a readable worklist (garbage, half written, truncated) is logged once by
-name and left out; it is read again as soon as it changes. A missing folder is created; a
+name and left out; it is read again as soon as it changes. An empty file (a writer that has
+just created or truncated it) is left out without a warning. A missing folder is created; a
 folder deleted or replaced while running is noticed (by its watch, by the change-time check
 and by the periodic check) and re-created and watched again.
 """
@@ -68,6 +71,12 @@ MAX_FILE_SIZE = 4 * 1024 * 1024  # a worklist item is ~1 KB; anything this big i
 # after the file's last modification: a rewrite within the file system's timestamp
 # granularity (a few ms; more on network file systems) could keep size and mtime.
 _RACY_NS = 2_000_000_000
+
+
+# Even with inotify, the listing is compared with the catalog this often (stat of every file,
+# ~50 ms for 10,000): a safety net for changes inotify cannot see (NFS writes from another host).
+_LISTING_INTERVAL = 60.0
+_EMPTY = "empty file"  # the outcome of reading an empty file (no warning)
 
 
 def is_worklist_name(name: str) -> bool:
@@ -144,6 +153,9 @@ class WorklistFolder:
         """Create the folder if needed, watch it, serve every .wl file in it; returns once
         they are served."""
         if self._thread is None:
+            # At once, before the caller goes on (the daemon says it is ready): a folder
+            # that did not exist is there for the clinic's tools to write into.
+            self._ensure_exists()
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
             self._thread = threading.Thread(target=self._run, name="worklist-folder",
                                             daemon=True)
@@ -202,6 +214,7 @@ class WorklistFolder:
 
     def _watch_forever(self) -> None:
         next_check = time.monotonic() + self.check_interval
+        next_listing = time.monotonic() + _LISTING_INTERVAL
         while not self._stopping.is_set():
             with self._update:
                 watch_fd = self._watch.fileno() if self._watch is not None else -1
@@ -216,12 +229,17 @@ class WorklistFolder:
             if watch_fd in ready:
                 # Let a burst of events (a writer's create, writes and close) settle.
                 self._stopping.wait(self.debounce)
-            periodic = time.monotonic() >= next_check
+            now = time.monotonic()
+            periodic = now >= next_check
             if periodic:
-                next_check = time.monotonic() + self.check_interval
+                next_check = now + self.check_interval
+            # Without inotify, every periodic pass looks for files rewritten in place; with
+            # it, one now and then (a file system whose other clients inotify does not see).
+            full = periodic and (watch_fd < 0 or now >= next_listing)
+            if full:
+                next_listing = now + _LISTING_INTERVAL
             try:
-                # Without inotify, the periodic pass also looks for files rewritten in place.
-                self.refresh(full=periodic and watch_fd < 0)
+                self.refresh(full=full)
             except Exception as e:  # noqa: BLE001 - the next pass may succeed
                 log.error("worklist folder %s: update failed: %s", self.folder, e)
             self._persist()
@@ -375,15 +393,19 @@ class WorklistFolder:
             self._watch = None
         self._identity = None  # makes _refresh watch the folder again and re-list it
 
-    def _ensure_watched(self, force: bool = False) -> os.stat_result:
-        """Create the folder if it is missing and watch it; its stat after the watch."""
+    def _ensure_exists(self) -> tuple[os.stat_result, bool]:
+        """The folder's stat, and whether it had to be created."""
         try:
-            st = os.stat(self.folder)
+            return os.stat(self.folder), False
         except FileNotFoundError:
             log.warning("worklist folder %s does not exist: creating it", self.folder)
             self.folder.mkdir(parents=True, exist_ok=True)
-            st = os.stat(self.folder)
-            force = True  # a new folder may reuse the old one's inode number
+            return os.stat(self.folder), True
+
+    def _ensure_watched(self, force: bool = False) -> os.stat_result:
+        """Create the folder if it is missing and watch it; its stat after the watch."""
+        st, created = self._ensure_exists()
+        force = force or created  # a new folder may reuse the old one's inode number
         identity = (st.st_dev, st.st_ino)
         if not force and identity == self._identity and self._watch is not None:
             return st
@@ -456,6 +478,11 @@ class WorklistFolder:
             return f"cannot read: {e.strerror or e}"
         finally:
             os.close(fd)
+        if not data:
+            # A writer that creates or truncates a file before writing it: not served, and
+            # not worth a warning (nor forgetting the problem its last content had).
+            self._bad[name] = signature
+            return _EMPTY
         digest = _digest(data)
         if previous is not None and previous.digest == digest and previous.size == len(data):
             if previous.signature != signature:  # touched, same bytes: no parse
@@ -491,7 +518,9 @@ class WorklistFolder:
                 log.debug("worklist item %s removed", name)
                 remove.append(name)
             self._dirty[name] = None
-            if outcome is None:
+            if outcome is _EMPTY:
+                log.debug("worklist file %s is empty", name)
+            elif outcome is None:
                 self._bad.pop(name, None)
                 self._reported.pop(name, None)
                 hidden = self._hidden.get(name)

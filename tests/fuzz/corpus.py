@@ -58,7 +58,7 @@ from tests.fuzz.structure import (
 from tests.support import dataset_bytes, pydicom_file
 
 DEFAULT_SEED = 15
-DEFAULT_CASES = 1000
+DEFAULT_CASES = 800
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -207,6 +207,7 @@ _PYDICOM_SEEDS = [
     ("J2K", "JPEG2000.dcm", 2),
     ("MR_jpegls", "MR_small_jpeg_ls_lossless.dcm", 2),
     ("SC_rle_2frame", "SC_rgb_rle_2frame.dcm", 3),
+    ("SC_jpeg_lossless", "SC_rgb_jpeg_gdcm.dcm", 2),   # JPEG Lossless SV1: GDCM only here
     ("US_jpeg_cine", "examples_ybr_color.dcm", 1),
     ("SC_odd", "SC_rgb_small_odd.dcm", 2),
     ("SC_deflated", "image_dfl.dcm", 1),
@@ -447,8 +448,8 @@ class _Mutator:
 
     def pixels(self, data, elements):
         enc, rng = self.enc, self.rng
-        kind = rng.choice(["huge", "huge", "zero", "bits", "samples", "frames", "short",
-                           "long", "none"])
+        kind = rng.choice(["huge", "huge", "zero", "bits", "stored", "samples", "frames",
+                           "photometric", "short", "long", "none"])
         out, detail = data, ""
         pixel = find(elements, st.PIXEL_DATA)
 
@@ -479,8 +480,18 @@ class _Mutator:
             n = rng.choice([0, 1, 7, 12, 64, 65535])
             out, detail = set_us(out, elements, BITS_ALLOCATED, n), f"BitsAllocated = {n}"
         elif kind == "samples":
-            n = rng.choice([0, 2, 4, 255])
+            n = rng.choice([0, 1, 2, 3, 4, 255])
             out, detail = set_us(out, elements, SAMPLES, n), f"SamplesPerPixel = {n}"
+        elif kind == "stored":
+            n = rng.choice([0, 1, 7, 9, 12, 16, 17, 32])
+            out, detail = set_us(out, elements, 0x00280101, n), f"BitsStored = {n}"
+        elif kind == "photometric":
+            value = rng.choice([b"MONOCHROME2", b"RGB", b"YBR_FULL_422", b"PALETTE COLOR",
+                                b"YBR_ICT", b"GARBAGE", b""])
+            new = enc.element(0x00280004, "CS", pad(value))
+            el = find(elements, 0x00280004)
+            out = splice(out, el, new) if el else insert_sorted(out, elements, 0x00280004, new)
+            detail = f"PhotometricInterpretation = {value!r}"
         elif kind == "frames":
             value = rng.choice([b"0", b"-1", b"abc", b"99999999999", b"2", b"3 ", b""])
             new = enc.element(FRAMES, "IS", pad(value))
@@ -501,6 +512,27 @@ class _Mutator:
         else:
             detail = "no Pixel Data to change"
         return out, detail
+
+    def pixel_bytes(self, data, elements):
+        """Damage inside the pixel data, lengths untouched: for compressed frames, a
+        codestream the decoders must survive (the frame header included)."""
+        pixel = find(elements, st.PIXEL_DATA)
+        if pixel is None or pixel.end - pixel.start < 64:
+            return self.bitflip(data, elements)
+        out = bytearray(data)
+        # Mostly near the start of the value (Basic Offset Table, fragment items, the
+        # codestream's headers), sometimes anywhere in it.
+        span = min(pixel.end - pixel.start, 600 if self.rng.random() < 0.7 else 1 << 30)
+        hits = []
+        for _ in range(self.rng.randint(1, 6)):
+            pos = pixel.start + 12 + self.rng.randrange(max(span - 12, 1))
+            pos = min(pos, len(out) - 1)
+            if self.rng.random() < 0.5:
+                out[pos] ^= 1 << self.rng.randrange(8)
+            else:
+                out[pos] = self.rng.choice([0x00, 0xFF, 0xD9, 0xDA, 0xC0])
+            hits.append(pos)
+        return bytes(out), "pixel bytes damaged at " + ",".join(map(str, hits))
 
     def uid_vr(self, data, elements):
         enc, rng = self.enc, self.rng
@@ -584,7 +616,8 @@ class _Mutator:
 OPERATORS = {
     # name: weight
     "truncate": 9, "bitflip": 6, "bytes_": 3, "length": 4, "undefined": 3, "nest": 2,
-    "huge": 1, "pixels": 4, "uid_vr": 3, "reorder": 2, "duplicate": 2, "delimiters": 3,
+    "huge": 1, "pixels": 5, "pixel_bytes": 4, "uid_vr": 3, "reorder": 2, "duplicate": 2,
+    "delimiters": 3,
     "garbage": 1, "syntax": 1,
 }
 
