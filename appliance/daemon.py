@@ -17,9 +17,11 @@ from pydicom import config as pydicom_config
 from appliance import __version__
 from appliance.config import Config, ConfigError, load_config
 from appliance.durable import write_json
-from appliance.dicom.handlers import DicomHandlers, IncomingFiles
+from appliance.dicom import transport
+from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy
+from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.ops.backup import BackupScheduler, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
@@ -117,7 +119,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     archive = Archive(config.storage_directory, config.index_directory,
                       overwrite_instances=config.overwrite_instances)
     await asyncio.to_thread(archive.open)
-    incoming = IncomingFiles(archive)
+    incoming = ReceivedFiles(archive)
     worklist = _build_worklist(config, archive)
     handlers = DicomHandlers(archive, AccessPolicy.from_config(config), incoming,
                              worklist=worklist.dimse)
@@ -127,6 +129,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
         max_pdu=config.maximum_pdu_length,
         unknown_sop_classes=config.unknown_sop_class_accepted,
+        mode=transport.choose_mode(),
     )
     runner = None
     housekeeping = None

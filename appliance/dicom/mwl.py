@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from appliance.config import Config
-from appliance.dicom.tuning import C_FIND_RSP, response_command, send_message
+from appliance.dicom.tuning import C_FIND_RSP, encoded_sender, response_command
 from appliance.worklist.encoded import answer_bytes
 from appliance.worklist.matching import QueryError, answer, attrs_from_dataset, compile_query, restrict_to_station
 from appliance.worklist.mpps import MppsManager, Outcome
@@ -91,7 +91,8 @@ def pending_command(message_id: int, sop_class_uid: str) -> bytes:
 
 class _DirectAnswers:
     """Pending C-FIND responses handed straight to the association's DUL as ready-made
-    P-DATA primitives, instead of yielding a Dataset per answer to pynetdicom.
+    P-DATA primitives, instead of yielding a Dataset per answer to pynetdicom (on the
+    fast path only: appliance.dicom.tuning.encoded_sender).
 
     pynetdicom turns every yielded identifier into a C-FIND-RSP by building and encoding a
     command set and the identifier with pydicom and queueing two PDUs: about 0.5 ms per
@@ -99,8 +100,8 @@ class _DirectAnswers:
     query (:func:`pending_command`), each identifier is
     bytes assembled from the item's cached element bytes (:mod:`appliance.worklist.encoded`),
     and each response travels as one P-DATA-TF PDU holding its command PDV and its data PDV
-    (:func:`appliance.dicom.tuning.send_message`; more PDUs only if it exceeds the peer's
-    maximum PDU length). Never two
+    (:meth:`appliance.dicom.tuning.FastDimse.send_encoded`; more PDUs only if it exceeds the
+    peer's maximum PDU length). Never two
     responses in one PDU: the standard allows it, but pynetdicom's own receiver (and so
     every SCU built on it) keeps only the first message of a PDU and drops the rest.
 
@@ -108,30 +109,28 @@ class _DirectAnswers:
     the same thread, so the final response pynetdicom sends after the handler follows them.
     """
 
-    def __init__(self, dul, context_id: int, max_pdu: int, command: bytes) -> None:
-        self._dul = dul
+    def __init__(self, send, context_id: int, command: bytes) -> None:
+        self._send = send
         self._context_id = context_id
-        self._max_pdu = max_pdu
         self._command = command
         self.bytes = 0  # identifier bytes sent so far
 
     @classmethod
     def open(cls, event) -> tuple["_DirectAnswers | None", bool]:
-        """(the writer for this C-FIND, implicit VR) or (None, _) when its transfer syntax
-        is not Little Endian Implicit or Explicit VR (Big Endian and Deflated answers are
-        left to pynetdicom)."""
+        """(the writer for this C-FIND, implicit VR) or (None, _) on stock pynetdicom or
+        when its transfer syntax is not Little Endian Implicit or Explicit VR (Big Endian
+        and Deflated answers are left to pynetdicom)."""
         syntax = event.context.transfer_syntax
-        if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        send = encoded_sender(event.assoc)
+        if send is None or syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
             return None, False
         request = event.request
         command = pending_command(request.MessageID, request.AffectedSOPClassUID)
-        assoc = event.assoc
-        writer = cls(assoc.dul, event.context.context_id, assoc.dimse.maximum_pdu_size, command)
-        return writer, syntax == ImplicitVRLittleEndian
+        return cls(send, event.context.context_id, command), syntax == ImplicitVRLittleEndian
 
     def send(self, identifier: bytes) -> None:
         """Queue one Pending response with this identifier for sending."""
-        send_message(self._dul, self._context_id, self._max_pdu, self._command, identifier)
+        self._send(self._context_id, self._command, identifier)
         self.bytes += len(identifier)
 
 
