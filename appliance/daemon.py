@@ -23,6 +23,7 @@ from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
+from appliance.dicom.scu import Outbound
 from appliance.ops.backup import BackupScheduler, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
 from appliance.ops.lock import data_folders_locked
@@ -131,6 +132,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         unknown_sop_classes=config.unknown_sop_class_accepted,
         mode=transport.choose_mode(),
     )
+    outbound = Outbound(aet=config.dicom_aet, timeout=config.dicom_scu_timeout)
     runner = None
     housekeeping = None
     worklist_start: asyncio.Task | None = None
@@ -146,7 +148,8 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
         dicom.start()
-        app = make_app(archive=archive, config=config, dicom_port=dicom.port)
+        app = make_app(archive=archive, config=config, dicom_port=dicom.port,
+                       dicom_echo=outbound.echo)
         app[STATUS] = ops.board.snapshot
         loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
                                 app[USERS], notifier)

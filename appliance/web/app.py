@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from appliance.config import Config
+from appliance.config import Config, Modality
 from appliance.store.archive import Archive
-from appliance.web import admin, qido, stow, wado, wado_uri
+from appliance.web import admin, modalities, qido, stow, wado, wado_uri
 from appliance.web import worklists
 from appliance.web import metrics
 from appliance.web.auth import REALM, Authenticator
@@ -82,17 +82,21 @@ class Users:
 USERS = web.AppKey("users", Users)
 
 
-def make_app(*, archive: Archive, config: Config, dicom_port: int = 0) -> web.Application:
+def make_app(*, archive: Archive, config: Config, dicom_port: int = 0,
+             dicom_echo: Callable[[Modality, float | None], bool] | None = None,
+             ) -> web.Application:
     """Build the aiohttp application for one configuration.
 
-    ``dicom_port`` is the DICOM port actually bound (for ``/system``).
+    ``dicom_port`` is the DICOM port actually bound (for ``/system``);
+    ``dicom_echo`` performs a C-ECHO to a modality (``/modalities/{name}/echo``).
     """
     users = Users(config)
     middlewares = [_errors, _access(config), _authentication(users)]
     app = web.Application(middlewares=middlewares,
                           handler_args={**_LIMITS, "logger": _server_logger()})
     app[USERS] = users
-    app[CONTEXT] = WebContext(archive=archive, config=config, dicom_port=dicom_port)
+    app[CONTEXT] = WebContext(archive=archive, config=config, dicom_port=dicom_port,
+                              dicom_echo=dicom_echo)
     if config.dicom_web.enable:
         root = config.dicom_web.root.rstrip("/")
         qido.add_routes(app.router, root)
@@ -101,6 +105,7 @@ def make_app(*, archive: Archive, config: Config, dicom_port: int = 0) -> web.Ap
         if config.dicom_web.enable_wado:
             wado_uri.add_routes(app.router, config.dicom_web.wado_root.rstrip("/"))
     admin.add_routes(app.router, "")
+    modalities.add_routes(app.router, "")
     worklists.add_routes(app.router, "")
     metrics.install(app)  # GET /metrics, GET / (status page), request timing
     return app
