@@ -46,7 +46,11 @@ class Outbound:
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = limit
         where = f"{modality.name} ({modality.aet} at {modality.host}:{modality.port})"
         started = time.monotonic()
-        assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
+        try:
+            assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
+        except OSError as e:  # pynetdicom resolves the host name itself, and raises
+            log.warning("C-ECHO to %s: %s", where, e.strerror or e)
+            return False
         if not assoc.is_established:
             how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
             log.warning("C-ECHO to %s: association %s", where, how)
