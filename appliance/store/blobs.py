@@ -394,7 +394,7 @@ class BlobStore:
         # The writers of files being received (IncomingFile).
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="incoming")
         self._spares = _Spares(self.incoming)
-        self._receiving = 0  # IncomingFiles not flushed yet
+        self._receiving = 0  # IncomingFile objects not flushed yet
         self._receiving_lock = threading.Lock()
 
     def open(self) -> int:
