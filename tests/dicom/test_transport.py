@@ -13,7 +13,7 @@ import tomllib
 
 import pynetdicom
 import pytest
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
@@ -89,11 +89,14 @@ def _snapshot() -> dict[tuple, object]:
 
 
 @pytest.mark.parametrize("mode", list(transport.Mode))
-def test_accepted_associations_alone_run_the_fast_path(mode):
+def test_accepted_associations_alone_run_the_fast_path(mode, monkeypatch):
     """A server in ``mode`` accepts; the same process requests associations to it,
     with its own pynetdicom AE and through appliance.dicom.scu, while one it accepted
     is open. Those it requests are stock; those it accepts run ``mode``; nothing
     process-wide differs from before the server started."""
+    for name in ("STORE_RECV_CHUNKED_DATASET", "UNRESTRICTED_STORAGE_SERVICE",
+                 "LOG_REQUEST_IDENTIFIERS", "LOG_RESPONSE_IDENTIFIERS", "LOG_HANDLER_LEVEL"):
+        monkeypatch.setattr(_config, name, getattr(_config, name))  # back as they were after
     transport.configure_pynetdicom(unrestricted_storage=False)
     before = _snapshot()
     accepted: list[tuple[type, ...]] = []
