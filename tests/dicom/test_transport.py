@@ -71,6 +71,21 @@ def test_every_verified_function_exists_and_is_read_whole():
         assert transport.source_digest(func) == hashlib.sha256(source.encode()).hexdigest()[:16], name
 
 
+def test_contexts_copied_for_each_association_share_their_uids():
+    ae = AE()
+    for sop_class in ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.6.1"):
+        ae.add_supported_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+    contexts = ae.supported_contexts
+    copies = tuning.FastPath(ReceivedFiles(None), contexts).copy_contexts(contexts)
+    for original, copy in zip(contexts, copies, strict=True):
+        assert copy is not original and copy.transfer_syntax is not original.transfer_syntax
+        assert str(copy) == str(original)
+        assert copy.abstract_syntax is original.abstract_syntax
+        assert all(a is b for a, b in zip(copy.transfer_syntax, original.transfer_syntax))
+        copy.context_id = 7  # what negotiation does to the association's copy
+        assert original.context_id is None
+
+
 def _snapshot() -> dict[tuple, object]:
     """Every attribute of every loaded pynetdicom and pydicom module, and of the
     classes they define: what a module-level patch would change (but for the
