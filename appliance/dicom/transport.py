@@ -40,6 +40,7 @@ from pynetdicom import _config
 from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.tuning import AcceptorRequestHandler, FastPath
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,6 @@ def start_server(ae, address: tuple[str, int], *, evt_handlers: list, mode: Mode
     """Bind ``address`` and serve in pynetdicom's threads, in ``mode``."""
     if mode is Mode.STOCK:
         return ae.start_server(address, block=False, evt_handlers=evt_handlers)
-    from appliance.dicom.tuning import AcceptorRequestHandler, FastPath
-
     contexts = ae.supported_contexts
     server = ae.make_server(
         address, contexts=contexts, evt_handlers=evt_handlers,
