@@ -21,10 +21,13 @@ from pydicom import config as pydicom_config
 from appliance import __version__
 from appliance.config import Config, ConfigError, load_config
 from appliance.durable import write_json
-from appliance.dicom.handlers import DicomHandlers, IncomingFiles
+from appliance.dicom import transport
+from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
+from appliance.dicom.scu import Outbound
 from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
 from appliance.ops.lock import data_folders_locked
@@ -122,7 +125,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     archive = Archive(config.storage_directory, config.index_directory,
                       overwrite_instances=config.overwrite_instances)
     await asyncio.to_thread(archive.open)
-    incoming = IncomingFiles(archive)
+    incoming = ReceivedFiles(archive)
     live = _reloadable(config)
     worklist = _build_worklist(config, archive, live)
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
@@ -133,7 +136,9 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
         max_pdu=config.maximum_pdu_length,
         unknown_sop_classes=config.unknown_sop_class_accepted,
+        mode=transport.choose_mode(),
     )
+    outbound = Outbound(aet=config.dicom_aet, timeout=config.dicom_scu_timeout)
     runner = None
     housekeeping = None
     worklist_start: asyncio.Task | None = None
@@ -150,7 +155,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
         dicom.start()
         app = make_app(archive=archive, config=config.view(WebConfig), users=users,
-                       dicom_port=dicom.port)
+                       dicom_port=dicom.port, dicom_echo=outbound.echo)
         app[STATUS] = ops.board.snapshot
         loop.add_signal_handler(signal.SIGHUP, _reload, config.source, handlers, worklist,
                                 users, notifier)

@@ -16,12 +16,14 @@ import shutil
 import signal
 import subprocess
 import time
+import tomllib
 import urllib.parse
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from appliance.dicom.transport import VERIFIED_PYNETDICOM
 from tests.bench.datagen import generate_singles
 from tests.support import REPO, run
 
@@ -83,6 +85,33 @@ def _purge_everything() -> None:
     root(["rm", "-rf", str(STATE), str(CONF.parent)])
 
 
+def _pins() -> dict[str, str]:
+    """{normalised name: version} of debian/requirements.txt, checking that every
+    requirement is an exact pin with at least one hash."""
+    pins = {}
+    for requirement in re.split(r"(?<!\\)\n(?=\S)",
+                                (REPO / "debian" / "requirements.txt").read_text()):
+        if requirement.startswith("#") or not requirement.strip():
+            continue
+        match = re.match(r"([A-Za-z0-9_.-]+)==(\S+) \\\n\s+--hash=sha256:[0-9a-f]{64}", requirement)
+        assert match, f"not an exact pin with a hash: {requirement[:80]!r}"
+        pins[re.sub(r"[-_.]+", "-", match.group(1)).lower()] = match.group(2)
+    return pins
+
+
+def test_package_requirements_are_hash_pinned_and_as_pyproject_says():
+    """No build needed: the .deb installs debian/requirements.txt, every line an exact
+    pin with hashes, pynetdicom the version the fast path was verified with, and every
+    dependency pyproject.toml declares is there."""
+    pins = _pins()
+    assert pins["pynetdicom"] == VERIFIED_PYNETDICOM
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["systemd"]
+    for dependency in declared:
+        name = re.sub(r"[-_.]+", "-", re.match(r"[A-Za-z0-9_.-]+", dependency).group(0)).lower()
+        assert name in pins, f"{dependency} is not in debian/requirements.txt"
+
+
 def test_lintian_finds_no_errors(deb):
     out = run(["lintian", "--no-tag-display-limit", str(deb)], timeout=600)
     errors = [line for line in out.stdout.splitlines() if line.startswith("E:")]
@@ -110,6 +139,17 @@ def test_installed_files_user_and_config(installed):
     assert verify.returncode == 0, verify.stderr
     assert "EMR user is 'emr'" in installed
     assert Path("/usr/share/pacs-appliance/pacs-appliance.conf").exists()  # the nginx site
+
+
+def test_installed_virtualenv_holds_the_pinned_packages(installed):
+    out = run(["/opt/venvs/pacs-appliance/bin/python", "-m", "pip", "list", "--format=json"])
+    assert out.returncode == 0, out.stderr
+    installed_versions = {re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"]
+                          for p in json.loads(out.stdout)}
+    pins = _pins()
+    unpinned = {n: v for n, v in installed_versions.items()
+                if n not in ("pacs-appliance", "pip") and pins.get(n) != v}
+    assert unpinned == {}
 
 
 def test_installed_check_config(installed):

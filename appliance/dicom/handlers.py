@@ -20,7 +20,8 @@ from pynetdicom import events as evt
 
 from appliance.dicom.mwl import WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
-from appliance.store import Archive, IncomingFile, Origin, StoreOutcome
+from appliance.dicom.receive import ReceivedFiles
+from appliance.store import Archive, Origin, StoreOutcome
 
 log = logging.getLogger(__name__)
 
@@ -58,46 +59,10 @@ def _aet(value: str | bytes) -> str:
     return value.strip()
 
 
-class IncomingFiles:
-    """Where pynetdicom writes incoming C-STORE datasets.
-
-    It hands out :class:`IncomingFile` objects from the archive, remembers
-    which association (by its DUL thread) received each, so the C-STORE
-    handler can take its file, and so the files of an association that died
-    mid-transfer are deleted when its connection closes.
-    """
-
-    def __init__(self, archive: Archive) -> None:
-        self._archive = archive
-        self._lock = threading.Lock()
-        self._files: dict[str, tuple[IncomingFile, threading.Thread]] = {}
-
-    def create(self, *args: object, **kwargs: object) -> IncomingFile:
-        """Stand-in for NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")."""
-        f = self._archive.new_incoming(early_header=True)
-        with self._lock:
-            self._files[f.name] = (f, threading.current_thread())
-        return f
-
-    def take(self, name: str) -> IncomingFile | None:
-        """The file received under ``name``, now owned by the caller."""
-        with self._lock:
-            entry = self._files.pop(name, None)
-        return entry[0] if entry else None
-
-    def discard_for(self, thread: threading.Thread) -> None:
-        """Delete the unfinished files of one association."""
-        with self._lock:
-            mine = [n for n, (_, t) in self._files.items() if t is thread]
-            entries = [self._files.pop(n) for n in mine]
-        for f, _ in entries:
-            f.discard()
-
-
 class DicomHandlers:
     """The event handlers of the DICOM server."""
 
-    def __init__(self, archive: Archive, policy: AccessPolicy, incoming: IncomingFiles,
+    def __init__(self, archive: Archive, policy: AccessPolicy, incoming: ReceivedFiles,
                  worklist: WorklistDimse | None = None) -> None:
         self.archive = archive
         self.policy = policy
@@ -168,7 +133,7 @@ class DicomHandlers:
     def on_conn_close(self, event) -> None:
         """One INFO line per association, with its counts."""
         assoc = event.assoc
-        self.incoming.discard_for(assoc.dul)
+        self.incoming.discard_for(assoc)
         with self._lock:
             stats = self._assocs.pop(id(assoc), None)
         if stats is None or not stats.established:
@@ -209,7 +174,7 @@ class DicomHandlers:
             log.warning("%s: C-STORE from %s failed: the request has no data set", peer, calling)
             return _status(Status.CANNOT_UNDERSTAND, "C-STORE request without a data set")
         incoming = self.incoming.take(str(event.dataset_path))
-        if incoming is None:  # not ours: chunked receive is off or the file went away
+        if incoming is None:  # chunked receive is off, or the file went away
             log.error("%s: C-STORE from %s: received data not found", peer, calling)
             return _status(Status.PROCESSING_FAILURE, "received data not found")
         if not self.policy.allows(Service.STORE, calling, host):

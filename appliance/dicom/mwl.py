@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from appliance.dicom.tuning import C_FIND_RSP, response_command, send_message
+from appliance.dicom.tuning import C_FIND_RSP, encoded_sender, response_command
 from appliance.worklist.encoded import Headers, answer_bytes
 from appliance.worklist.matching import QueryError, answer, attrs_from_dataset, compile_query, restrict_to_station
 from appliance.worklist.mpps import MppsManager, Outcome
@@ -92,7 +92,9 @@ def pending_command(message_id: int, sop_class_uid: str) -> bytes:
 
 class _DirectAnswers:
     """Pending C-FIND responses written by the handler's thread straight to the
-    association's socket, instead of yielding a Dataset per answer to pynetdicom.
+    association's socket, instead of yielding a Dataset per answer to pynetdicom (on the
+    fast path only: appliance.dicom.tuning.encoded_sender; stock pynetdicom answers
+    each one itself).
 
     pynetdicom turns every yielded identifier into a C-FIND-RSP by building and encoding a
     command set and the identifier with pydicom and queueing two PDUs for its DUL thread:
@@ -115,13 +117,13 @@ class _DirectAnswers:
     pieces.
     """
 
-    def __init__(self, assoc, context_id: int, max_pdu: int, command: bytes,
+    def __init__(self, assoc, send, context_id: int, max_pdu: int, command: bytes,
                  cancelled: Callable[[], bool] = lambda: False) -> None:
         self._assoc = assoc
+        self._send = send  # FastDimse.send_encoded: queues on the DUL
         self._cancelled = cancelled
-        self._dul = assoc.dul
-        self._context_id = context_id
         self._max_pdu = max_pdu
+        self._context_id = context_id
         self._command = command
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -139,23 +141,24 @@ class _DirectAnswers:
 
     @classmethod
     def open(cls, event) -> tuple["_DirectAnswers | None", bool]:
-        """(the writer for this C-FIND, implicit VR) or (None, _) when its transfer syntax
-        is not Little Endian Implicit or Explicit VR (Big Endian and Deflated answers are
-        left to pynetdicom)."""
+        """(the writer for this C-FIND, implicit VR) or (None, _) on stock pynetdicom or
+        when its transfer syntax is not Little Endian Implicit or Explicit VR (Big Endian
+        and Deflated answers are left to pynetdicom)."""
         syntax = event.context.transfer_syntax
-        if syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        send = encoded_sender(event.assoc)
+        if send is None or syntax not in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
             return None, False
         request = event.request
         command = pending_command(request.MessageID, request.AffectedSOPClassUID)
         assoc = event.assoc
-        writer = cls(assoc, event.context.context_id, assoc.dimse.maximum_pdu_size, command,
-                     lambda: event.is_cancelled)
+        writer = cls(assoc, send, event.context.context_id, assoc.dimse.maximum_pdu_size,
+                     command, lambda: event.is_cancelled)
         return writer, syntax == ImplicitVRLittleEndian
 
     def send(self, identifier: bytes) -> None:
         """Send one Pending response with this identifier (buffered up to a piece)."""
         if self._socket is None:
-            send_message(self._dul, self._context_id, self._max_pdu, self._command, identifier)
+            self._send(self._context_id, self._command, identifier)
             return
         pdus = _p_data_pdus(self._context_id, self._max_pdu, self._command, identifier)
         self._pending.append(pdus)
@@ -204,7 +207,8 @@ def _unsent(sock: socket.socket) -> int:
 
 
 def _p_data_pdus(context_id: int, max_pdu: int, command: bytes, data: bytes) -> bytes:
-    """One DIMSE message as P-DATA-TF PDUs (the bytes :func:`send_message` has the DUL send):
+    """One DIMSE message as P-DATA-TF PDUs (the bytes ``FastDimse.send_encoded`` has the DUL
+    send):
     the command PDV, then the data set's, in as few PDUs as the peer's maximum PDU length
     (``max_pdu``, 0: unlimited) allows (PS3.8 9.3.5: a PDV item costs 6 bytes besides its
     fragment; PS3.8 E.2: bit 0 of its control header flags a command fragment, bit 1 the

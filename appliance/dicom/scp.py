@@ -1,12 +1,9 @@
 """The DICOM server: a pynetdicom AE with our contexts, limits and handlers.
 
-Incoming C-STORE datasets are streamed to disk by pynetdicom itself
-(``STORE_RECV_CHUNKED_DATASET``) so memory does not grow with object size.
-pynetdicom opens that file with ``tempfile.NamedTemporaryFile``; the server
-points that name, in pynetdicom's message module, at
-:class:`~appliance.dicom.handlers.IncomingFiles` for its lifetime, so the
-file is created in the archive's incoming directory (a rename away from its
-final place) and hashed while it is written.
+How pynetdicom is configured and whether accepted associations run our fast
+path or stock pynetdicom is appliance.dicom.transport's business; incoming
+C-STORE data sets stream to disk (appliance.dicom.receive) either way, so
+memory does not grow with object size.
 """
 
 from __future__ import annotations
@@ -14,11 +11,12 @@ from __future__ import annotations
 import logging
 
 import pydicom.uid
-from pynetdicom import AE, _config, dimse_messages
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
 
-from appliance.dicom.handlers import DicomHandlers, IncomingFiles
-from appliance.dicom.tuning import PynetdicomTuning
+from appliance.dicom import transport
+from appliance.dicom.handlers import DicomHandlers
+from appliance.dicom.receive import ReceivedFiles
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +42,15 @@ class DicomServer:
     """Owns the AE and its listening socket."""
 
     def __init__(self, *, aet: str, port: int, handlers: DicomHandlers,
-                 incoming: IncomingFiles, max_associations: int, timeout: int,
-                 max_pdu: int, bind: str = "", unknown_sop_classes: bool = False) -> None:
+                 incoming: ReceivedFiles, max_associations: int, timeout: int,
+                 max_pdu: int, bind: str = "", unknown_sop_classes: bool = False,
+                 mode: transport.Mode) -> None:
         self.handlers = handlers
         # Orthanc's UnknownSopClassAccepted: take any SOP class proposed for
         # storage, private ones included, not only those pynetdicom knows.
         self._unrestricted = unknown_sop_classes
         self._incoming = incoming
+        self._mode = mode
         self._bind = bind
         self._port = port
         self.ae = AE(ae_title=aet)
@@ -68,8 +68,6 @@ class DicomServer:
             for uid in handlers.worklist.sop_classes():
                 self.ae.add_supported_context(uid, _UNCOMPRESSED)
         self._server = None
-        self._saved_ntf = None
-        self._tuning = PynetdicomTuning()
 
     @property
     def port(self) -> int:
@@ -80,22 +78,10 @@ class DicomServer:
 
     def start(self) -> None:
         """Bind and serve in pynetdicom's threads."""
-        _config.STORE_RECV_CHUNKED_DATASET = True
-        _config.UNRESTRICTED_STORAGE_SERVICE = self._unrestricted
-        # pynetdicom pretty-prints every C-FIND identifier for a debug log we
-        # do not keep: about a tenth of a worklist query's time.
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        _config.LOG_RESPONSE_IDENTIFIERS = False
-        # Its "standard" handlers build an event and log lines for every PDU
-        # and message, at levels below the WARNING we keep for pynetdicom
-        # (appliance.logs): a tenth of a received image's CPU time.
-        _config.LOG_HANDLER_LEVEL = "none"
-        self._saved_ntf = dimse_messages.NamedTemporaryFile
-        dimse_messages.NamedTemporaryFile = self._incoming.create
-        self._tuning.install()
-        self._server = self.ae.start_server(
-            (self._bind, self._port), block=False, evt_handlers=self.handlers.bindings()
-        )
+        transport.configure_pynetdicom(unrestricted_storage=self._unrestricted)
+        self._server = transport.start_server(
+            self.ae, (self._bind, self._port), evt_handlers=self.handlers.bindings(),
+            mode=self._mode, files=self._incoming)
 
     def is_alive(self) -> bool:
         """True while the server thread accepts connections (health check)."""
@@ -118,7 +104,3 @@ class DicomServer:
             assoc.abort()
         if not self.handlers.wait_idle(grace):
             log.warning("stores still being written after %.0f s; stopping anyway", grace)
-        if self._saved_ntf is not None:
-            dimse_messages.NamedTemporaryFile = self._saved_ntf
-            self._saved_ntf = None
-        self._tuning.remove()

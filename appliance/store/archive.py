@@ -373,7 +373,7 @@ class Archive:
             if early is not None:
                 uids = early.uids
             else:
-                header = read_header(incoming.name)
+                header = read_header(incoming.path)
                 uids = header_uids(header)
         except (InvalidObject, structure.Malformed) as e:
             return StoreOutcome(StoreResult.INVALID, str(e), size=incoming.size)
@@ -429,7 +429,7 @@ def _parse_early(incoming: IncomingFile, start: bytes) -> _Early | None:
         if early is not None:
             return early
         incoming.flush(last=False)  # pydicom reads the file; more is coming
-        started = read_header_start(incoming.name)
+        started = read_header_start(incoming.path)
         if started is None:
             return None
         header, _ = started
@@ -442,7 +442,7 @@ def _parse_early(incoming: IncomingFile, start: bytes) -> _Early | None:
 def _read_head(incoming: IncomingFile) -> bytes:
     """The first bytes of a received (and written) file, its header among them
     unless that is longer than _FAST_HEADER_LIMIT; raises OSError only."""
-    with open(incoming.name, "rb") as f:
+    with open(incoming.path, "rb") as f:
         return f.read(min(incoming.size, _FAST_HEADER_LIMIT))
 
 
@@ -459,7 +459,7 @@ class _Rest:
     def read_at(self, pos: int, n: int) -> bytes:
         if self._fd is None:
             self._sealing.wait_written()
-            self._fd = os.open(self._incoming.name, os.O_RDONLY)
+            self._fd = os.open(self._incoming.path, os.O_RDONLY)
         return os.pread(self._fd, n, pos)
 
     def __enter__(self) -> "_Rest":

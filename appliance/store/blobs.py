@@ -69,22 +69,13 @@ _HEADER_AT = 64 << 10
 assert _HEADER_AT <= _BLOCK  # on_header gets the start from memory
 
 
-class _NoFlush:
-    """The ``file`` attribute pynetdicom flushes after every PDV: a no-op, so
-    the received pieces are collected into blocks rather than written one by one."""
-
-    def flush(self) -> None:
-        pass
-
-
 class IncomingFile:
-    """A file being received.
+    """A file being received: ``write`` what arrives, ``flush`` and ``close`` at
+    the end; its ``size`` and ``sha256`` are known when it is written out.
 
-    It quacks like the ``NamedTemporaryFile(mode="wb")`` object pynetdicom
-    writes a chunked C-STORE dataset to (``name``, ``write``, ``file.flush``,
-    ``close``), so the file lands in our incoming directory rather than the
-    system temp dir, on the filesystem of the storage, where a rename into
-    place is atomic.
+    It lives in the incoming directory, on the filesystem of the storage, where
+    a rename into place is atomic. Protocol adapters wrap it in the shape their
+    library wants (the DICOM transport's receive adapter, appliance.dicom.receive).
 
     The receiving thread only copies what arrives into a block; full blocks
     are hashed, written and started on their way to disk by a writer thread
@@ -98,16 +89,15 @@ class IncomingFile:
                  made: tuple[int, str] | None = None, received=None) -> None:
         # ``made``: an empty file (descriptor, path) made ahead in ``directory``;
         # ``received()`` is called once, when the receive ends (flush or close).
-        fd, name = made or tempfile.mkstemp(dir=directory, suffix=_PART)
-        self.name = name
+        fd, path = made or tempfile.mkstemp(dir=directory, suffix=_PART)
+        self.path = path
         self._raw = os.fdopen(fd, "wb", buffering=0)  # blocks are written whole
-        self.file = _NoFlush()
         self.size = 0
         self._sync_file_range = sync_file_range
         self._written = 0
         self._synced_to = 0
         # A write error (disk full) is kept here rather than raised: raised, it
-        # would kill pynetdicom's receiving thread mid-PDU and leave this file
+        # would kill the receiving thread mid-transfer and leave this file
         # behind; kept, the rest of the object is drained and dropped, and the
         # store answers it (0xA700 for a full disk).
         self.error: OSError | None = None
@@ -263,7 +253,7 @@ class IncomingFile:
         except OSError:
             pass  # the unwritten rest (disk full): the file goes anyway
         try:
-            os.unlink(self.name)
+            os.unlink(self.path)
         except FileNotFoundError:
             pass
 
@@ -404,7 +394,7 @@ class BlobStore:
         # The writers of files being received (IncomingFile).
         self._writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="incoming")
         self._spares = _Spares(self.incoming)
-        self._receiving = 0  # IncomingFiles not flushed yet
+        self._receiving = 0  # IncomingFile objects not flushed yet
         self._receiving_lock = threading.Lock()
 
     def open(self) -> int:
@@ -503,7 +493,7 @@ class BlobStore:
         """
         rel = self.relpath(file_id)
         dest = self.root / rel
-        os.rename(incoming.name, dest)
+        os.rename(incoming.path, dest)
         return rel, dest.parent
 
     @staticmethod

@@ -25,8 +25,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from appliance.config import Modality
 from appliance.store.archive import Archive
-from appliance.web import admin, qido, stow, wado, wado_uri
+from appliance.web import admin, modalities, qido, stow, wado, wado_uri
 from appliance.web import worklists
 from appliance.web import metrics
 from appliance.web.auth import REALM, Authenticator
@@ -77,16 +78,20 @@ class Users:
         self.authenticator = Authenticator(registered_users) if enabled else None
 
 
-def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: int = 0) -> web.Application:
+def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: int = 0,
+             dicom_echo: Callable[[Modality, float | None], bool] | None = None,
+             ) -> web.Application:
     """Build the aiohttp application for one configuration.
 
     ``users`` are who may log in (the daemon reloads them on SIGHUP); ``dicom_port`` is
-    the DICOM port actually bound (for ``/system``).
+    the DICOM port actually bound (for ``/system``); ``dicom_echo`` performs a C-ECHO to
+    a modality (``/modalities/{name}/echo``).
     """
     middlewares = [_errors, _access(config), _authentication(users)]
     app = web.Application(middlewares=middlewares,
                           handler_args={**_LIMITS, "logger": _server_logger()})
-    app[CONTEXT] = WebContext(archive=archive, config=config, dicom_port=dicom_port)
+    app[CONTEXT] = WebContext(archive=archive, config=config, dicom_port=dicom_port,
+                              dicom_echo=dicom_echo)
     if config.dicom_web.enable:
         root = config.dicom_web.root.rstrip("/")
         qido.add_routes(app.router, root)
@@ -95,6 +100,7 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
         if config.dicom_web.enable_wado:
             wado_uri.add_routes(app.router, config.dicom_web.wado_root.rstrip("/"))
     admin.add_routes(app.router, "")
+    modalities.add_routes(app.router, "")
     worklists.add_routes(app.router, "")
     metrics.install(app)  # GET /metrics, GET / (status page), request timing
     return app

@@ -6,11 +6,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-from appliance.config import DicomWebConfig, WorklistsConfig
+from appliance.config import DicomWebConfig, Modality, WorklistsConfig
 from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.archive import Archive
 
@@ -31,6 +32,7 @@ class WebConfig:
     limit_find_instances: int
     dicom_web: DicomWebConfig
     worklists: WorklistsConfig
+    dicom_modalities: tuple[Modality, ...]  # POST /modalities/{name}/echo
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class WebContext:
     # The DICOM port actually bound (DicomPort 0 lets the OS choose); 0: unknown,
     # use the configured one.
     dicom_port: int = 0
+    # C-ECHO SCU: (modality, timeout in seconds or None) -> Success? Blocking; given
+    # by the daemon (appliance.dicom.scu), since web/ does not import dicom/.
+    dicom_echo: Callable[[Modality, float | None], bool] | None = None
 
 
 CONTEXT = web.AppKey("context", WebContext)

@@ -194,7 +194,7 @@ def _discard(body: _Body) -> None:
 def _peek_uids(incoming: IncomingFile) -> dict[str, str]:
     """SOP Class, SOP Instance and Study Instance UIDs of a received part, if readable."""
     try:
-        ds = pydicom.dcmread(incoming.name, stop_before_pixels=True, specific_tags=[
+        ds = pydicom.dcmread(incoming.path, stop_before_pixels=True, specific_tags=[
             "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"])
     except Exception:  # noqa: BLE001 - the archive will say why it is unreadable
         return {}

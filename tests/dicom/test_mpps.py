@@ -22,8 +22,9 @@ PENDING, SUCCESS = 0xFF00, 0x0000
 
 
 @pytest.fixture(scope="module")
-def d(tmp_path_factory):
-    daemon = start_wl_daemon(tmp_path_factory.mktemp("mpps"))
+def d(tmp_path_factory, pynetdicom_env):
+    root = tmp_path_factory.mktemp("mpps")
+    daemon = start_wl_daemon(root, env=pynetdicom_env(root))
     daemon.folder = Path(daemon.config["Worklists"]["Database"])
     yield daemon
     daemon.stop()
@@ -228,8 +229,9 @@ def test_archiving_can_be_turned_off(d):
         poll(lambda: d.log().count("SIGHUP:") > count + 1)
 
 
-def test_mpps_refused_to_an_ae_without_rights(tmp_path):
-    daemon = start_wl_daemon(tmp_path, DicomAlwaysAllowStore=False, DicomAlwaysAllowFindWorklist=False,
+def test_mpps_refused_to_an_ae_without_rights(tmp_path, pynetdicom_env):
+    daemon = start_wl_daemon(tmp_path, env=pynetdicom_env(tmp_path),
+                             DicomAlwaysAllowStore=False, DicomAlwaysAllowFindWorklist=False,
                              DicomModalities={"viewer": {"AET": "VIEWER", "Host": "127.0.0.1",
                                                          "Port": 104, "AllowStore": False,
                                                          "AllowFindWorklist": False}})

@@ -32,10 +32,11 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def wl(tmp_path_factory):
+def wl(tmp_path_factory, pynetdicom_env):
     """A daemon serving a worklist folder, shared by the tests of this module (each test
     uses its own patient IDs and file names)."""
-    d = start_wl_daemon(tmp_path_factory.mktemp("mwl"))
+    root = tmp_path_factory.mktemp("mwl")
+    d = start_wl_daemon(root, env=pynetdicom_env(root))
     d.folder = Path(d.config["Worklists"]["Database"])
     yield d
     d.stop()
@@ -66,11 +67,13 @@ def reload(daemon, **changes) -> None:
 # --------------------------------------------------------------------------- the watched folder
 
 
+@pytest.mark.fast_path_only
 def test_missing_folder_is_created_at_start(wl):
     assert wl.folder.is_dir()
     assert "does not exist: creating it" in wl.log()
 
 
+@pytest.mark.fast_path_only
 def test_create_modify_rename_delete_are_seen_without_restart(wl):
     port, folder = wl.dicom_port, wl.folder
     started = time.monotonic()
@@ -91,6 +94,7 @@ def test_create_modify_rename_delete_are_seen_without_restart(wl):
     assert "watching it again" not in wl.log()  # file changes are not folder changes
 
 
+@pytest.mark.fast_path_only
 def test_files_written_before_a_query_are_in_its_answer(wl, tmp_path):
     """Read your own writes: no polling, each query right after the writes. Four files
     per round (two written in place, two renamed into place), then one rewritten in place
@@ -145,6 +149,7 @@ def test_restart_serves_unchanged_files_from_the_parse_cache(tmp_path):
         d.stop()
 
 
+@pytest.mark.fast_path_only
 def test_temp_file_then_rename_writer(wl):
     # What editors and most tools do: write "x.tmp", rename it to "x.wl".
     temp = wl.folder / "t1.wl.part"
@@ -153,6 +158,7 @@ def test_temp_file_then_rename_writer(wl):
     poll(lambda: ids(wl.dicom_port, AccessionNumber="T-ACC") == ["T1"])
 
 
+@pytest.mark.fast_path_only
 def test_corrupt_file_is_skipped_logged_once_then_served_when_fixed(wl):
     port, folder = wl.dicom_port, wl.folder
     (folder / "c1.wl").write_bytes(b"this is not DICOM at all\n" * 20)
@@ -168,6 +174,7 @@ def test_corrupt_file_is_skipped_logged_once_then_served_when_fixed(wl):
     poll(lambda: ids(port, AccessionNumber="C-ACC") == ["C1", "C2", "C3"])
 
 
+@pytest.mark.fast_path_only
 def test_half_written_file_is_not_served_until_complete(wl):
     port, folder = wl.dicom_port, wl.folder
     data = wl_bytes(worklist_dataset(patient_id="H1", accession="H-ACC"))
@@ -227,6 +234,7 @@ def matching_items(wl):
     return wl.dicom_port
 
 
+@pytest.mark.fast_path_only
 @pytest.mark.parametrize(("keys", "expected"), [
     ({}, ["M1", "M2", "M3"]),                                               # universal
     ({"PatientID": "M2"}, ["M2"]),                                          # single value
@@ -397,7 +405,7 @@ def test_access_refused_unless_allowed(wl):
 
 
 @pytest.fixture(scope="module")
-def bulk(tmp_path_factory):
+def bulk(tmp_path_factory, pynetdicom_env):
     """A daemon started on a folder of 2,000 .wl files."""
     root = tmp_path_factory.mktemp("bulk")
     folder = root / "worklists"
@@ -406,7 +414,7 @@ def bulk(tmp_path_factory):
     for n in range(2000):  # same length IDs: patch the bytes, no pydicom per file
         (folder / f"b{n:04d}.wl").write_bytes(
             template.replace(b"B0000", f"B{n:04d}".encode()))
-    d = start_wl_daemon(root)
+    d = start_wl_daemon(root, env=pynetdicom_env(root))
     yield d
     d.stop()
 

@@ -104,6 +104,7 @@ def test_several_parallel_associations(daemon, singles):
         ["US0", "US1", "US2", "US3"]
 
 
+@pytest.mark.fast_path_only
 def test_index_holds_the_attributes(daemon, singles):
     assert storescu(daemon.dicom_port, singles[0]).returncode == 0
     ds = pydicom.dcmread(singles[0], stop_before_pixels=True)
@@ -190,6 +191,7 @@ def test_wrong_called_aet_rejected(make_daemon):
     assert "rejected: called aet not recognized" in d.log()
 
 
+@pytest.mark.fast_path_only
 def test_called_aet_not_checked_by_default(daemon):
     assert echo(daemon.dicom_port, aec="ANYTHING").returncode == 0
 
@@ -207,6 +209,7 @@ def test_unknown_ae_may_not_store_when_not_always_allowed(make_daemon, singles):
     assert store_responses(out.stderr) == {str(singles[0]): "Success"}
 
 
+@pytest.mark.fast_path_only
 def test_unknown_ae_association_rejected_when_nothing_always_allowed(make_daemon, singles):
     d = make_daemon(DicomAlwaysAllowStore=False, DicomAlwaysAllowEcho=False,
                     DicomAlwaysAllowFindWorklist=False,
@@ -216,6 +219,7 @@ def test_unknown_ae_association_rejected_when_nothing_always_allowed(make_daemon
     assert echo(d.dicom_port, aet="US1").returncode == 0
 
 
+@pytest.mark.fast_path_only
 def test_modality_host_check(make_daemon, singles):
     d = make_daemon(DicomAlwaysAllowStore=False, DicomCheckModalityHost=True,
                     DicomModalities={"far": ["FAR", "10.9.9.9", 104],
@@ -226,6 +230,7 @@ def test_modality_host_check(make_daemon, singles):
     assert store_responses(out.stderr) == {str(singles[0]): "Success"}
 
 
+@pytest.mark.fast_path_only
 def test_modality_object_form_allow_store_false(make_daemon, singles):
     d = make_daemon(DicomAlwaysAllowStore=False,
                     DicomModalities={"us1": {"AET": "US1", "Host": "127.0.0.1", "Port": 104,
@@ -263,6 +268,7 @@ def test_duplicate_kept_once(daemon, singles):
     assert len(list(daemon.storage.rglob("*.dcm"))) == 1
 
 
+@pytest.mark.fast_path_only
 def test_duplicate_overwrites_when_configured(make_daemon, singles, tmp_path):
     d = make_daemon(OverwriteInstances=True)
     ds = pydicom.dcmread(singles[0])
@@ -322,6 +328,7 @@ def test_bad_inputs_fail_alone(daemon, tmp_path, chunked_send, singles):
     assert echo(daemon.dicom_port).returncode == 0
 
 
+@pytest.mark.fast_path_only
 def test_no_patient_data_at_info(daemon, singles):
     storescu(daemon.dicom_port, *singles[:2])
     daemon.stop()

@@ -1,4 +1,6 @@
-"""The bytes appliance.dicom.tuning writes itself are the bytes pynetdicom and pydicom write."""
+"""The bytes the fast path (appliance.dicom.tuning) writes itself are the bytes
+pynetdicom and pydicom write, so a stored file and a response do not depend on
+whether the fast path ran."""
 
 from __future__ import annotations
 

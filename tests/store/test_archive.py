@@ -173,7 +173,7 @@ def test_spare_files_are_made_ahead_and_never_left(tmp_path, images):
         time.sleep(0.01)
     assert list(incoming.glob("*.spare")), "no spare file was made"
     f = a.new_incoming()
-    assert f.name.endswith(".spare")  # taken, not created on the receiving thread
+    assert f.path.endswith(".spare")  # taken, not created on the receiving thread
     f.discard()
     for image in images[:6]:  # more than are kept ahead
         assert store(a, image).result is StoreResult.SUCCESS
@@ -224,7 +224,7 @@ def test_incoming_files_write_what_they_were_given(archive):
     for f, payload in ((first, data[0]), (second, data[1])):
         f.flush()
         assert f.size == len(payload)
-        assert Path(f.name).read_bytes() == payload
+        assert Path(f.path).read_bytes() == payload
         assert f.sha256() == hashlib.sha256(payload).hexdigest()
         f.discard()
     third = archive.new_incoming()  # both ended: a receive alone again

@@ -94,11 +94,13 @@ def poll(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02
         time.sleep(interval)
 
 
-def start_wl_daemon(root: Path, *, worklists: dict | None = None, **overrides: Any) -> Daemon:
-    """A daemon serving ``root/worklists`` (the Worklists section merged with ``worklists``)."""
+def start_wl_daemon(root: Path, *, worklists: dict | None = None, env: dict | None = None,
+                    **overrides: Any) -> Daemon:
+    """A daemon serving ``root/worklists`` (the Worklists section merged with ``worklists``),
+    with ``env`` added to its environment."""
     section = {"Enable": True, "Database": str(root / "worklists")}
     section.update(worklists or {})
-    return Daemon(root, base_config(root, Worklists=section, **overrides)).start()
+    return Daemon(root, base_config(root, Worklists=section, **overrides), env=env).start()
 
 
 def mwl_query(**keys: Any) -> Dataset:
