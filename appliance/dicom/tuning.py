@@ -524,17 +524,7 @@ class FastDUL(DULServiceProvider):
             except Exception as exc:  # noqa: BLE001 - as pynetdicom: abort on anything
                 _PYNETDICOM_DUL_LOG.error("Exception in DUL.run(), aborting association")
                 _PYNETDICOM_DUL_LOG.exception(exc)
-                # Bypass the state machine and send an A-ABORT (PS3.8 9.3.8:
-                # source 2, the service provider; reason 0, not specified)
-                abort_pdu = A_ABORT_RQ()
-                abort_pdu.source = _ABORT_BY_PROVIDER
-                abort_pdu.reason_diagnostic = _REASON_NOT_SPECIFIED
-                self.socket.send(abort_pdu.encode())
-                self.assoc.is_aborted = True
-                self.assoc.is_established = False
-                # Hard shutdown of the Association and DUL reactors
-                self.assoc._kill = True
-                self._kill_thread = True
+                self._abort_now()
                 return
 
             try:
@@ -543,8 +533,37 @@ class FastDUL(DULServiceProvider):
                 sleep = True
                 continue
 
-            self.state_machine.do_action(event)
+            # Not in pynetdicom's loop: there, what the state machine raises on a
+            # peer's PDU (an event invalid in this state, a presentation context ID
+            # pynetdicom cannot take...) ends this thread with a traceback and leaves
+            # the association and its connection to time out. Here it ends them now,
+            # with one line: the PDU was the peer's fault.
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:  # noqa: BLE001 - whatever the FSM's actions raise
+                log.error("aborting an association: its state machine cannot take %s in %s: "
+                          "%s: %s", event, self.state_machine.current_state,
+                          type(exc).__name__, str(exc)[:200])
+                self._abort_now()
+                return
             sleep = False
+
+    def _abort_now(self) -> None:
+        """Bypass the state machine and send an A-ABORT (PS3.8 9.3.8: source 2, the
+        service provider; reason 0, not specified), then stop both reactors, as
+        pynetdicom's reactor does when it raises."""
+        abort_pdu = A_ABORT_RQ()
+        abort_pdu.source = _ABORT_BY_PROVIDER
+        abort_pdu.reason_diagnostic = _REASON_NOT_SPECIFIED
+        try:
+            self.socket.send(abort_pdu.encode())
+        except Exception:  # noqa: BLE001 - a closed socket: nothing to tell the peer
+            pass
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        # Hard shutdown of the Association and DUL reactors
+        self.assoc._kill = True
+        self._kill_thread = True
 
     def _idle(self, delay: float) -> None:
         """The idle sleep, cut short by socket data, a queued primitive or a kill."""
