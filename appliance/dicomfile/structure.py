@@ -381,6 +381,9 @@ class _Walk:
             g, e, length = struct.unpack_from("<HHL", head)
             tag = g << 16 | e
             if tag == _SEQUENCE_END:
+                if length != 0:  # PS3.5 7.5: a delimiter's length is 0
+                    raise Malformed("malformed encapsulated Pixel Data: its sequence "
+                                    "delimiter has a length")
                 self.fragments = max(items - 1, 0)  # the first item is the offset table
                 return pos + 8
             if tag != _ITEM or length == UNDEFINED:
