@@ -376,6 +376,10 @@ def _encode_header(ds: Dataset, changes: dict[str, Any]) -> bytes:
     # Convert every raw element (nested ones too) while the dataset still knows how
     # it was encoded: implicit VR elements get their VR, big endian values their numbers.
     ds.walk(lambda _ds, _elem: None)
+    # File Meta elements found inside the data set (PS3.10 7.1: they belong to the meta
+    # only; pydicom refuses to write them there): the new meta is written anyway.
+    for tag in [tag for tag in ds.keys() if tag.group == 0x0002]:
+        del ds[tag]
     for keyword, value in changes.items():
         setattr(ds, keyword, value)
     ds.file_meta.TransferSyntaxUID = syntax.EXPLICIT_LE

@@ -78,10 +78,16 @@ def _to_8bit(arr: np.ndarray, photometric: str, ds: Dataset,
     if photometric in ("MONOCHROME1", "MONOCHROME2") or arr.ndim == 2 and photometric != "PALETTE COLOR":
         grey = _voi(_modality(arr, ds), ds, window)
         return 255 - grey if photometric == "MONOCHROME1" else grey
-    if photometric == "PALETTE COLOR":
-        arr = apply_color_lut(arr, ds)
-    elif photometric.startswith("YBR"):
-        arr = convert_color_space(arr, photometric, "RGB")
+    try:
+        if photometric == "PALETTE COLOR":
+            arr = apply_color_lut(arr, ds)
+        elif photometric.startswith("YBR"):
+            arr = convert_color_space(arr, photometric, "RGB")
+    except (NotImplementedError, KeyError, ValueError, TypeError, IndexError) as e:
+        # A colour model pydicom cannot convert (YBR_ICT/YBR_RCT outside JPEG 2000), a
+        # palette without usable LUTs: the object's fault, not a server error.
+        raise pixels.PixelError(f"{photometric or 'this'} colour cannot be rendered: "
+                                f"{type(e).__name__}: {str(e)[:120]}") from None
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype.kind == "f":

@@ -313,32 +313,32 @@ class Catalog:
 
     def candidates(self, query: Query) -> list[WorklistItem]:
         """The items that may match ``query``, in file-name order: those holding the
-        query's most selective exact key, or every item. Every candidate must still pass
-        the whole query, so the index never changes an answer."""
+        query's most selective exact key (and every other exact key it names), or every
+        item. An item lacking one of those keys cannot pass the query's tests, and every
+        candidate must still pass them all, so the index never changes an answer."""
         with self._lock:
-            best: list[str | set[str]] | None = None
-            best_size = 0
+            lookups = []
             for path, wanted in query.lookups:
                 postings = self._index.get(path)
                 if postings is None:
                     continue
-                held = [postings.get(key) for key in wanted]
-                size = sum(0 if h is None else 1 if type(h) is str else len(h) for h in held)
-                if best is None or size < best_size:
-                    best, best_size = held, size
-                if not size:
+                held = [h for h in (postings.get(key) for key in wanted) if h is not None]
+                if not held:
                     return []
+                lookups.append((sum(1 if type(h) is str else len(h) for h in held), held))
             items = self._items
-            if best is None:
+            if not lookups:
                 return [items[name] for name in self._names]
+            lookups.sort(key=lambda lookup: lookup[0])
             names: set[str] = set()
-            for held in best:
-                if held is None:
-                    continue
+            for held in lookups[0][1]:
                 if type(held) is str:
                     names.add(held)
                 else:
                     names.update(held)
+            for _, others in lookups[1:]:  # fewer items to unpack and test
+                names = {name for name in names
+                         if any(name == h if type(h) is str else name in h for h in others)}
             return [items[name] for name in sorted(names)]
 
     def matches(self, query: Query) -> Iterator[tuple[WorklistItem, Attrs, Values]]:

@@ -71,8 +71,6 @@ MAX_FILE_SIZE = 4 * 1024 * 1024  # a worklist item is ~1 KB; anything this big i
 # after the file's last modification: a rewrite within the file system's timestamp
 # granularity (a few ms; more on network file systems) could keep size and mtime.
 _RACY_NS = 2_000_000_000
-
-
 # Even with inotify, the listing is compared with the catalog this often (stat of every file,
 # ~50 ms for 10,000): a safety net for changes inotify cannot see (NFS writes from another host).
 _LISTING_INTERVAL = 60.0

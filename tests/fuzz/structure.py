@@ -138,8 +138,8 @@ def walk(data: bytes | memoryview, *, implicit: bool, little: bool, top: list[El
                 if tag == SEQ_END:
                     if frame.end is not None:
                         raise _Broken(f"sequence delimiter in a defined-length sequence at {pos}")
-                    if length != 0:
-                        raise _Broken(f"sequence delimiter of length {length} at {pos}")
+                    if length != 0:  # PS3.5 7.5.2 says 0; readers ignore it (no value follows)
+                        dubious.append(f"sequence delimiter of length {length} at {pos}")
                     pos += 8
                     stack.pop()
                     continue
@@ -157,8 +157,8 @@ def walk(data: bytes | memoryview, *, implicit: bool, little: bool, top: list[El
                 deepest = max(deepest, len(stack) // 2)
                 continue
             if tag == ITEM_END and frame.item and frame.end is None:
-                if length != 0:
-                    raise _Broken(f"item delimiter of length {length} at {pos}")
+                if length != 0:  # as above
+                    dubious.append(f"item delimiter of length {length} at {pos}")
                 pos += 8
                 stack.pop()
                 continue
@@ -201,7 +201,8 @@ def walk(data: bytes | memoryview, *, implicit: bool, little: bool, top: list[El
         record = len(stack) == 1
         if length == UNDEFINED:
             if tag in (PIXEL_DATA,) and vr in ("OB", "OW", "UN", "", "OB or OW"):
-                pos = _fragments(data, pos, limit, frame.little, top if record else None, start)
+                pos = _fragments(data, pos, limit, frame.little, top if record else None, start,
+                                 dubious)
                 continue
             if vr == "SQ" or (frame.implicit and (vr == "" or (group & 1))):
                 if record:
@@ -229,7 +230,7 @@ def walk(data: bytes | memoryview, *, implicit: bool, little: bool, top: list[El
 
 
 def _fragments(data, pos: int, limit: int, little: bool, top: list[Element] | None,
-               start: int) -> int:
+               start: int, dubious: list[str]) -> int:
     """Encapsulated Pixel Data (PS3.5 A.4): items of defined length, then the delimiter."""
     e = "<" if little else ">"
     items = 0
@@ -240,7 +241,7 @@ def _fragments(data, pos: int, limit: int, little: bool, top: list[Element] | No
         tag = group << 16 | elem
         if tag == SEQ_END:
             if length != 0:
-                raise _Broken(f"Pixel Data delimiter of length {length}")
+                dubious.append(f"Pixel Data delimiter of length {length}")
             pos += 8
             break
         if tag != ITEM:
@@ -278,8 +279,13 @@ def _pixels(data, top: list[Element], ts: str, little: bool, image: bool) -> tup
     if pixel.length == UNDEFINED:
         if not encapsulated:
             return DUBIOUS, "encapsulated Pixel Data in a native transfer syntax"
-        if getattr(pixel, "fragments", 0) < 2:
+        fragments = getattr(pixel, "fragments", 0) - 1  # after the Basic Offset Table
+        if fragments < 1:
             return BROKEN, "encapsulated Pixel Data without a fragment"
+        frames_el = found.get(0x00280008)
+        frames = _is(data, frames_el) if frames_el is not None and frames_el.length else 1
+        if frames is not None and frames > fragments:  # PS3.5 A.4: a fragment per frame at least
+            return DUBIOUS, f"{frames} frames in {fragments} fragments"
         return WHOLE, ""
     rows, cols = found.get(0x00280010), found.get(0x00280011)
     bits = found.get(0x00280100)

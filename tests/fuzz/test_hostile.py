@@ -236,6 +236,13 @@ class Harness:
                 self.fail(ack.case, f"NO ANSWER to GET {path or 'the instance'} in "
                                     f"{ANSWER_TIMEOUT} s: {ack.description}")
                 continue
+            except (http.client.IncompleteRead, ConnectionError) as e:
+                # A transcoded copy streams frame by frame: a frame found undecodable
+                # after the first (a damaged one, or fewer than announced) can only end
+                # the stream (appliance.web.pixels). Anything else must not break off.
+                if path:
+                    self.fail(ack.case, f"GET {path} broke off ({e!r}): {ack.description}")
+                continue
             if status >= 500:
                 self.fail(ack.case, f"GET {path or 'the instance'} ({accept}) answered "
                                     f"{status}: {body[:200]!r}: {ack.description}")

@@ -11,10 +11,11 @@ first thumbnail. Now they are 406 at once, and real compressed images still deco
 from __future__ import annotations
 
 import http.client
+import io
 import json
-import struct
 import time
 
+import pydicom
 import pytest
 from pydicom.datadict import tag_for_keyword
 
@@ -23,9 +24,11 @@ from tests.fuzz.rawdicom import Association
 from tests.support import Daemon, base_config
 
 
-def _store(port: int, seed_name: str, rows: int, columns: int, **changes) -> str:
+def _store(port: int, seed_name: str, rows: int, columns: int, insert: bytes = b"",
+           **changes) -> str:
     """Store a pydicom test object with other Rows, Columns and ``changes`` (keyword:
-    value, US or CS); its SOP Instance UID."""
+    value, US or CS), ``insert`` (encoded elements) before its first element; its SOP
+    Instance UID."""
     seed = next(s for s in corpus.seeds() if s.name == seed_name)
     uid = corpus.fresh_uid("decode-limits", seed_name, rows, columns, sorted(changes.items()))
     data, elements = corpus.with_uid(seed, uid)
@@ -35,9 +38,13 @@ def _store(port: int, seed_name: str, rows: int, columns: int, **changes) -> str
                for k, v in changes.items()]
     for tag, vr, value in wanted:
         el = corpus.find(elements, tag)
-        encoded = corpus.pad(value.encode()) if vr == "CS" else struct.pack("<H", value)
+        encoded = corpus.pad(value.encode()) if vr == "CS" else enc.us(value)
         data = corpus.splice(data, el, enc.element(tag, vr, encoded))
-        elements = corpus.judge(data, seed.ts, "").elements
+        plain_ts = corpus.EXPLICIT_LE if seed.ts == corpus.DEFLATED else seed.ts
+        elements = corpus.judge(data, plain_ts, "").elements
+    data = insert + data
+    if seed.ts == corpus.DEFLATED:
+        data = corpus.deflate(data)
     assoc = Association(port, [(seed.sop_class, seed.ts)])
     assert assoc.store(seed.sop_class, uid, seed.ts, data).status == 0x0000
     assoc.release()
@@ -92,6 +99,14 @@ def stored(tmp_path_factory):
                                                    **changes))
     for seed, rows, columns in REAL:
         urls[seed] = _url(daemon.http_port, _store(daemon.dicom_port, seed, rows, columns))
+    urls["ybr-ict"] = _url(daemon.http_port, _store(
+        daemon.dicom_port, "SC_jpeg", 100, 100, PhotometricInterpretation="YBR_ICT"))
+    # (A Little Endian data set starting with one is refused: it reads as a second meta.)
+    for seed, size, enc in (("MR_bigendian", 64, corpus.Enc(False, False)),
+                            ("SC_deflated", 512, corpus.Enc(False, True))):
+        meta = enc.element(0x00020010, "UI", corpus.ui("1.2.840.10008.1.2"))
+        urls[f"meta-in-{seed}"] = _url(daemon.http_port, _store(
+            daemon.dicom_port, seed, size, size, insert=meta))
     yield daemon, urls
     daemon.stop()
 
@@ -143,3 +158,26 @@ def test_what_kills_gdcm_kills_only_its_worker(stored, name):
     # The next JPEG Lossless object decodes in a fresh worker.
     status, body, _ = _get(daemon.http_port, urls["SC_jpeg_lossless"] + "/thumbnail", "image/png")
     assert status == 200, body[:200]
+
+
+def test_a_colour_model_that_cannot_be_rendered_is_406(stored):
+    """A JPEG labelled YBR_ICT (a JPEG 2000 colour model): pydicom cannot convert it."""
+    daemon, urls = stored
+    for path, accept in READS[:2]:
+        status, body, _ = _get(daemon.http_port, urls["ybr-ict"] + path, accept)
+        assert status == 406, (path, status, body[:200])
+        assert b"YBR_ICT colour cannot be rendered" in body
+
+
+@pytest.mark.parametrize("seed,size", [("MR_bigendian", 64), ("SC_deflated", 512)])
+def test_a_file_meta_element_inside_the_data_set_is_left_out_when_transcoding(stored, seed,
+                                                                              size):
+    """(0002,0010) stored inside the data set: the transcoded copy (Explicit VR LE, the
+    default) is made without it, not a 500."""
+    daemon, urls = stored
+    status, body, _ = _get(daemon.http_port, urls[f"meta-in-{seed}"], "application/dicom")
+    assert status == 200, body[:200]
+    ds = pydicom.dcmread(io.BytesIO(body))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+    assert not [tag for tag in ds.keys() if tag.group == 2]
+    assert ds.pixel_array.shape == (size, size)
