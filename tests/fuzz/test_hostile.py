@@ -239,7 +239,7 @@ class Harness:
             except (http.client.IncompleteRead, ConnectionError) as e:
                 # A transcoded copy streams frame by frame: a frame found undecodable
                 # after the first (a damaged one, or fewer than announced) can only end
-                # the stream (appliance.web.pixels). Anything else must not break off.
+                # the stream (appliance.dicomfile.pixels). Anything else must not break off.
                 if path:
                     self.fail(ack.case, f"GET {path} broke off ({e!r}): {ack.description}")
                 continue
