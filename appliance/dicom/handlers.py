@@ -8,7 +8,6 @@ Logs name the peer first; patient names and IDs never appear at INFO.
 
 from __future__ import annotations
 
-import enum
 import logging
 import socket
 import threading
@@ -21,18 +20,10 @@ from pynetdicom import events as evt
 from appliance.dicom.mwl import WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.status import Status
 from appliance.store import Archive, Origin, StoreOutcome
 
 log = logging.getLogger(__name__)
-
-
-class Status(enum.IntEnum):
-    """DIMSE statuses answered by these handlers (PS3.7 C, PS3.4 B.2.3)."""
-
-    SUCCESS = 0x0000
-    REFUSED_NOT_AUTHORIZED = 0x0124
-    PROCESSING_FAILURE = 0x0110
-    CANNOT_UNDERSTAND = 0xC000  # PS3.4 B.2.3: C-STORE "Error: Cannot understand"
 
 
 @dataclass

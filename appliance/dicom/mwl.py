@@ -8,7 +8,6 @@ first; patient names and IDs never appear at INFO.
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import logging
 import socket
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from appliance.dicom.status import FindStatus, MppsStatus
 from appliance.dicom.tuning import C_FIND_RSP, encoded_sender, response_command
 from appliance.worklist.encoded import Headers, answer_bytes
 from appliance.worklist.matching import QueryError, answer, attrs_from_dataset, compile_query, restrict_to_station
@@ -43,21 +43,6 @@ _UNLIMITED_PDU_FILL = 32 * 1024  # PDU size when the peer sets no maximum (as tu
 
 MODALITY_WORKLIST_FIND = "1.2.840.10008.5.1.4.31"
 MODALITY_PERFORMED_PROCEDURE_STEP = "1.2.840.10008.3.1.2.3.3"
-
-
-class FindStatus(enum.IntEnum):
-    """C-FIND statuses of the Modality Worklist SOP Class (PS3.4 K.4.1.1.4, C.4.1.1.4)."""
-
-    SUCCESS = 0x0000
-    PENDING = 0xFF00
-    # Also how an answer capped by Worklists.LimitAnswers ends: Orthanc's choice (its
-    # FindScp answers "matching terminated" once the plugin marks the answers incomplete).
-    CANCEL = 0xFE00
-    REFUSED_NOT_AUTHORIZED = 0x0124
-    SOP_CLASS_NOT_SUPPORTED = 0x0122
-    OUT_OF_RESOURCES = 0xA700
-    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    UNABLE_TO_PROCESS = 0xC000
 
 
 @dataclass(frozen=True)
@@ -337,7 +322,7 @@ class WorklistDimse:
             return _status(FindStatus.SOP_CLASS_NOT_SUPPORTED), None
         if not allowed:
             log.warning("%s: MPPS N-CREATE from %s refused: not allowed", peer, calling)
-            return _status(0x0124, "this AE may not send MPPS"), None
+            return _status(MppsStatus.REFUSED_NOT_AUTHORIZED, "this AE may not send MPPS"), None
         requested = event.request.AffectedSOPInstanceUID
         outcome = self.mpps.create(str(requested) if requested else None, event.attribute_list,
                                    calling_aet=calling, peer=peer)
@@ -356,7 +341,7 @@ class WorklistDimse:
             return _status(FindStatus.SOP_CLASS_NOT_SUPPORTED), None
         if not allowed:
             log.warning("%s: MPPS N-SET from %s refused: not allowed", peer, calling)
-            return _status(0x0124, "this AE may not send MPPS"), None
+            return _status(MppsStatus.REFUSED_NOT_AUTHORIZED, "this AE may not send MPPS"), None
         outcome = self.mpps.update(str(event.request.RequestedSOPInstanceUID or ""),
                                    event.modification_list, calling_aet=calling, peer=peer)
         if not outcome.ok:

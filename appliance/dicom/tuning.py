@@ -109,6 +109,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.status import Status
 
 log = logging.getLogger(__name__)
 # The lines pynetdicom's own reactors log, where they are repeated here.
@@ -384,7 +385,6 @@ C_STORE_RSP = 0x8001
 C_FIND_RSP = 0x8020
 _C_STORE_RQ_FIELD = 0x0001   # PS3.7 E.1: Command Field of a C-STORE-RQ
 _DATA_SET_PRESENT, _NO_DATA_SET = 0x0001, 0x0101   # PS3.7 E.1: Command Data Set Type
-_SUCCESS = 0x0000  # PS3.7 C.1.1: the Success status of every DIMSE service
 # The largest PDU sent to a peer that sets no maximum PDU length (0: unlimited).
 _UNLIMITED_PDU_FILL = 32 * 1024
 
@@ -442,13 +442,13 @@ def _send_store_success(dimse, rsp, context_id: int) -> bool:
     (any other message, a status other than Success, an error comment, or
     someone listening for sent messages)."""
     if (not isinstance(rsp, C_STORE) or rsp.MessageIDBeingRespondedTo is None
-            or rsp.Status != _SUCCESS or rsp.ErrorComment is not None
+            or rsp.Status != Status.SUCCESS or rsp.ErrorComment is not None
             or rsp.OffendingElement is not None or rsp.AffectedSOPClassUID is None
             or rsp.AffectedSOPInstanceUID is None
             or dimse.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
         return False
     command = response_command(C_STORE_RSP, rsp.MessageIDBeingRespondedTo,
-                               rsp.AffectedSOPClassUID, _SUCCESS,
+                               rsp.AffectedSOPClassUID, Status.SUCCESS,
                                sop_instance_uid=rsp.AffectedSOPInstanceUID)
     send_message(dimse.dul, context_id, dimse.maximum_pdu_size, command)
     return True

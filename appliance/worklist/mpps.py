@@ -25,25 +25,12 @@ from dataclasses import dataclass
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from appliance.dicom.status import MppsStatus
 from appliance.dicomfile.dicomjson import dataset_to_json
 from appliance.store import Archive, MppsRecord
 from appliance.worklist.source import WorklistFolder
 
 log = logging.getLogger(__name__)
-
-
-class MppsStatus(enum.IntEnum):
-    """N-CREATE / N-SET statuses of the MPPS SOP Class (PS3.4 F.7.2.1.3, F.7.2.2.4; PS3.7 C)."""
-
-    SUCCESS = 0x0000
-    INVALID_ATTRIBUTE_VALUE = 0x0106
-    PROCESSING_FAILURE = 0x0110
-    DUPLICATE_SOP_INSTANCE = 0x0111
-    NO_SUCH_SOP_INSTANCE = 0x0112
-    INVALID_OBJECT_INSTANCE = 0x0117
-    MISSING_ATTRIBUTE = 0x0120
-    MISSING_ATTRIBUTE_VALUE = 0x0121
-    REFUSED_NOT_AUTHORIZED = 0x0124
 
 
 class State(str, enum.Enum):

@@ -1,0 +1,51 @@
+"""Every DIMSE status the appliance answers, by name (PS3.7 Annex C, PS3.4).
+
+One module for all services, so no handler writes a bare hex status. Leaf
+module: no pynetdicom, nothing of the appliance; worklist/mpps.py, which
+decides MPPS outcomes, takes its statuses from here too. C-STORE outcomes of
+the archive carry their status in appliance.store.StoreResult.
+"""
+
+from __future__ import annotations
+
+import enum
+
+__all__ = ["FindStatus", "MppsStatus", "Status"]
+
+
+class Status(enum.IntEnum):
+    """Statuses of C-ECHO and C-STORE as the handlers answer them (PS3.7 C, PS3.4 B.2.3)."""
+
+    SUCCESS = 0x0000              # PS3.7 C.1.1, the Success of every service
+    REFUSED_NOT_AUTHORIZED = 0x0124
+    PROCESSING_FAILURE = 0x0110
+    CANNOT_UNDERSTAND = 0xC000    # PS3.4 B.2.3: C-STORE "Error: Cannot understand"
+
+
+class FindStatus(enum.IntEnum):
+    """C-FIND statuses of the Modality Worklist SOP Class (PS3.4 K.4.1.1.4, C.4.1.1.4)."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    # Also how an answer capped by Worklists.LimitAnswers ends: Orthanc's choice (its
+    # FindScp answers "matching terminated" once the plugin marks the answers incomplete).
+    CANCEL = 0xFE00
+    REFUSED_NOT_AUTHORIZED = 0x0124
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    OUT_OF_RESOURCES = 0xA700
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    UNABLE_TO_PROCESS = 0xC000
+
+
+class MppsStatus(enum.IntEnum):
+    """N-CREATE / N-SET statuses of the MPPS SOP Class (PS3.4 F.7.2.1.3, F.7.2.2.4; PS3.7 C)."""
+
+    SUCCESS = 0x0000
+    INVALID_ATTRIBUTE_VALUE = 0x0106
+    PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    NO_SUCH_SOP_INSTANCE = 0x0112
+    INVALID_OBJECT_INSTANCE = 0x0117
+    MISSING_ATTRIBUTE = 0x0120
+    MISSING_ATTRIBUTE_VALUE = 0x0121
+    REFUSED_NOT_AUTHORIZED = 0x0124
