@@ -14,12 +14,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "appliance"
 
-# Modules not yet moved onto the Archive's maintenance entry points (issue
-# 11.1): the backup and the reindex still drive the index engine and the file
-# store themselves. Each entry is a known debt; the list only ever shrinks.
-STORE_INSIDES_STILL_USED_BY = {"appliance.ops.backup", "appliance.ops.reindex"}
-
-
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -67,8 +61,7 @@ def test_the_graph_was_read():
 def test_the_store_is_the_only_door():
     def rule(module: str, imported: str) -> bool:
         insides = _within(imported, "appliance.store.index") or _within(imported, "appliance.store.blobs")
-        return (insides and not _within(module, "appliance.store")
-                and module not in STORE_INSIDES_STILL_USED_BY)
+        return insides and not _within(module, "appliance.store")
     assert _violations(rule) == []
 
 
@@ -94,11 +87,3 @@ def test_pure_packages_import_only_themselves(pure):
                 and not _within(imported, pure)
                 and not _within(imported, "appliance.dicomfile"))
     assert _violations(rule) == []
-
-
-def test_the_known_debts_are_still_debts():
-    """An entry of STORE_INSIDES_STILL_USED_BY that no longer imports the
-    store's insides must leave the list (so it cannot hide a new one)."""
-    for module in STORE_INSIDES_STILL_USED_BY:
-        assert any(_within(i, "appliance.store.index") or _within(i, "appliance.store.blobs")
-                   for i in GRAPH[module]), module

@@ -63,12 +63,11 @@ from appliance.config import BackupsConfig
 from appliance.ops.disk import MB, human_bytes
 from appliance.durable import copy_durably, fsync_dir, fsync_file, write_json
 from appliance.ops.files import match_owner, read_json
-from appliance.ops.reindex import (
-    index_files, is_stored_relpath, replace_index, stored_files,
-)
 from appliance.ops.lock import data_folders_locked
-from appliance.store.blobs import BlobStore, file_sha256
-from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index, Snapshot
+from appliance.store.offline import (
+    DB_NAME, SCHEMA_VERSION, Snapshot, file_sha256, is_stored_relpath, reconcile_index,
+    replace_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -712,16 +711,7 @@ def _restore_locked(config: BackupSettings, backup: BackupInfo) -> RestoreReport
         aside = replace_index(index_dir, staging, "restore")
     finally:
         staging.unlink(missing_ok=True)
-    index = Index(index_dir, BlobStore.sync_dirs)
-    index.open()  # migrates a backup made by an older version
-    try:
-        gone = report.missing + report.damaged
-        dropped = index.delete_instances_at(gone) if gone else 0
-        listed = {rel for _sop, rel, _size, _sha in index.all_files()}
-        newer = index_files(index, storage, (r for r in stored_files(storage) if r not in listed))
-        counts = index.counts()
-    finally:
-        index.close()
+    dropped, newer = reconcile_index(index_dir, storage, report.missing + report.damaged)
     for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
         if (index_dir / name).exists():
             match_owner(index_dir / name, index_dir)
@@ -729,7 +719,7 @@ def _restore_locked(config: BackupSettings, backup: BackupInfo) -> RestoreReport
              "indexed, old index kept in %s", backup.name, len(report.in_mirror_only), dropped,
              newer.indexed, aside)
     return RestoreReport(backup, aside, len(report.in_mirror_only), dropped, newer.indexed,
-                         newer.unreadable, counts)
+                         newer.unreadable, newer.counts)
 
 
 # -- the schedule ----------------------------------------------------------------
