@@ -29,8 +29,8 @@ from pydicom.charset import convert_encodings, custom_encoders, default_encoding
 from pydicom.dataelem import DataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
+from appliance.dicomfile.vr import LONG_VRS
 from appliance.worklist.matching import SPECIFIC_CHARACTER_SET, Attrs, Query, ReturnKey
 
 __all__ = ["Headers", "Values", "answer_bytes", "encode_values"]
@@ -40,7 +40,6 @@ Values = Mapping[int, "bytes | None | tuple"]
 pydicom); for a sequence, a tuple of the items' ``Values``."""
 
 _ITEM = struct.pack("<HH", 0xFFFE, 0xE000)
-_LONG_VRS = frozenset(EXPLICIT_VR_LENGTH_32)
 _PACK_TAG = struct.Struct("<HH").pack
 _PACK_U16 = struct.Struct("<H").pack
 _PACK_U32 = struct.Struct("<I").pack
@@ -121,7 +120,7 @@ class Headers(dict):
         tag, vr = key
         if self.implicit:
             made = (_PACK_TAG(tag >> 16, tag & 0xFFFF), True)
-        elif vr in _LONG_VRS:
+        elif vr in LONG_VRS:
             made = (_PACK_TAG(tag >> 16, tag & 0xFFFF) + vr.encode("ascii") + b"\0\0", True)
         else:
             made = (_PACK_TAG(tag >> 16, tag & 0xFFFF) + vr.encode("ascii"), False)

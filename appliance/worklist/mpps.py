@@ -18,7 +18,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import re
 import time
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from pydicom.uid import generate_uid
 
 from appliance.dicom.status import MppsStatus
 from appliance.dicomfile.dicomjson import dataset_to_json
+from appliance.dicomfile.vr import is_valid_uid
 from appliance.store import Archive, MppsRecord
 from appliance.worklist.source import WorklistFolder
 
@@ -83,7 +83,6 @@ NOT_ALLOWED_IN_SET = {
     0x00080060: "Modality",
     0x00200010: "StudyID",
 }
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*\Z")
 
 
 @dataclass(frozen=True)
@@ -162,7 +161,7 @@ class MppsManager:
         """N-CREATE (PS3.4 F.7.2.1): a new step, IN PROGRESS; the SCP assigns the SOP
         Instance UID when the request has none (PS3.7 10.1.5.1.3)."""
         uid = (sop_instance_uid or "").strip(" \0") or generate_uid()
-        if len(uid) > 64 or not _UID.match(uid):
+        if not is_valid_uid(uid):
             return Outcome(MppsStatus.INVALID_OBJECT_INSTANCE, comment="not a valid SOP Instance UID")
         try:
             attrs = _json_of(attributes)

@@ -26,10 +26,12 @@ import struct
 
 import pydicom
 from pydicom.charset import convert_encodings
-from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
 from pydicom.values import convert_value
 
+from appliance.dicomfile.syntax import DEFLATED_LE, EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE
+from appliance.dicomfile.vr import LONG_VRS, SHORT_VRS
 from appliance.worklist.matching import (
     NORMALISERS as _NORMALISERS,
     Attrs,
@@ -49,11 +51,10 @@ class _Unsupported(Exception):
     """The fast reader leaves this file to pydicom."""
 
 
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+# The explicit VR header layout comes from the one VR table (PS3.5 7.1.2).
+_LONG_VRS = frozenset(vr.encode("ascii") for vr in LONG_VRS)
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_IMPLICIT_LE, _EXPLICIT_LE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"
-_EXPLICIT_BE, _DEFLATED = "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _ESC = 0x1B
 _UNPACK_TAG = struct.Struct("<HH").unpack_from
@@ -68,9 +69,7 @@ _STRIP_END = frozenset({"AS", "CS", "DA", "DT", "TM"})  # convert_string (multi_
 _TEXT = frozenset({"LO", "SH", "UC"})                   # convert_text
 _SINGLE = frozenset({"LT", "ST", "UT"})                 # convert_single_string
 _FAST_VRS = _STRIP_BOTH | _STRIP_END | _TEXT | _SINGLE | {"PN", "UI"}
-_KNOWN_VRS = frozenset(
-    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI "
-    "UL UR US UT UV".split())  # not UN: pydicom may read such a value with another VR
+_KNOWN_VRS = (LONG_VRS | SHORT_VRS) - {"UN"}  # not UN: pydicom may read such a value with another VR
 # Explicit VR: the VR as it is written -> (VR, has a 4-byte length).
 _VR_INFO = {vr.encode("ascii"): (vr, vr.encode("ascii") in _LONG_VRS) for vr in _KNOWN_VRS}
 
@@ -94,14 +93,14 @@ def check_structure(data: bytes) -> None:
             if element == 0x0010:
                 syntax = data[value_at:end].rstrip(b"\0 ").decode("ascii", "replace")
             pos = end
-    if syntax == _DEFLATED:
+    if syntax == DEFLATED_LE:
         return  # compressed body: pydicom inflates and parses it whole
     if syntax is None:  # no File Meta: guess explicit VR from the first element's header
         implicit = not (len(data) >= pos + 6 and data[pos + 4:pos + 6].isalpha()
                         and data[pos + 4:pos + 6].isupper())
     else:
-        implicit = syntax == _IMPLICIT_LE
-    _walk(data, pos, len(data), implicit, ">" if syntax == _EXPLICIT_BE else "<", False)
+        implicit = syntax == IMPLICIT_LE
+    _walk(data, pos, len(data), implicit, ">" if syntax == EXPLICIT_BE else "<", False)
 
 
 def _element_end(data: bytes, pos: int, end: int, implicit: bool, order: str) -> tuple[int, int]:
@@ -219,9 +218,9 @@ def read_fast(data: bytes) -> dict:
             pos = value_at + length
     except (struct.error, UnicodeDecodeError):
         raise _Unsupported from None
-    if syntax == _EXPLICIT_LE:
+    if syntax == EXPLICIT_LE:
         implicit = False
-    elif syntax == _IMPLICIT_LE:
+    elif syntax == IMPLICIT_LE:
         implicit = True
     else:
         raise _Unsupported
