@@ -24,7 +24,7 @@ import pydicom
 import pytest
 
 from appliance.dicom.transport import VERIFIED_PYNETDICOM
-from tests.bench.datagen import generate_singles
+from tests.synthetic import generate_singles
 from tests.support import REPO, run
 
 PACKAGE = "pacs-appliance"

@@ -87,3 +87,19 @@ def test_pure_packages_import_only_themselves(pure):
                 and not _within(imported, pure)
                 and not _within(imported, "appliance.dicomfile"))
     assert _violations(rule) == []
+
+
+def test_tests_do_not_import_the_benchmarks():
+    """Shared test data lives in tests/synthetic.py and tests/support.py; the
+    benchmarks may import them, never the other way round (issue 11.9)."""
+    tests = PACKAGE.parent / "tests"
+    offenders = []
+    for path in tests.rglob("*.py"):
+        if (tests / "bench") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            offenders += [f"{path.relative_to(tests)} imports {n}" for n in names
+                          if n == "tests.bench" or n.startswith("tests.bench.")]
+    assert offenders == []

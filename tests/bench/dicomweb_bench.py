@@ -93,8 +93,8 @@ def ensure_small_studies(folder: Path, count: int) -> list[Path]:
     rng = np.random.default_rng(7)
     pixels = rng.integers(0, 255, size=(64, 64, 3), dtype=np.uint8).tobytes()
     for i in missing:
-        ds = datagen._base_dataset(datagen.US_IMAGE_STORAGE, datagen._uid("qido-sop", i),
-                                   datagen._uid("qido-study", i), datagen._uid("qido-series", i),
+        ds = datagen.base_dataset(datagen.US_IMAGE_STORAGE, datagen.uid("qido-sop", i),
+                                   datagen.uid("qido-study", i), datagen.uid("qido-series", i),
                                    1, 1)
         for key, value in small_study_fields(i).items():
             setattr(ds, key, value)
@@ -102,7 +102,7 @@ def ensure_small_studies(folder: Path, count: int) -> list[Path]:
         ds.AccessionNumber = f"ACC{i:07d}"
         ds.Rows = ds.Columns = 64
         ds.PixelData = pixels
-        datagen._write(ds, paths[i])
+        datagen.write_file(ds, paths[i])
     stamp.write_text(json.dumps({"version": SMALL_VERSION}))
     return paths
 
@@ -111,15 +111,15 @@ def ensure_study20(folder: Path, singles: list[Path]) -> list[Path]:
     """A 20-instance study: the first 20 datagen single frames under new UIDs (one series)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"w{i:02d}.dcm" for i in range(STUDY20)]
-    study, series = datagen._uid("wado20-study"), datagen._uid("wado20-series")
+    study, series = datagen.uid("wado20-study"), datagen.uid("wado20-series")
     for i, path in enumerate(paths):
         if path.exists():
             continue
         ds = pydicom.dcmread(singles[i])
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = datagen._uid("wado20", i)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = datagen.uid("wado20", i)
         ds.PatientID, ds.PatientName = "WADO20", "WADO^TWENTY"
-        datagen._write(ds, path)
+        datagen.write_file(ds, path)
     return paths
 
 

@@ -65,7 +65,7 @@ from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
 from appliance.worklist.authoring import dataset_from_tags, delete_item, write_item  # noqa: E402
 from tests.bench.datagen import (  # noqa: E402
-    DEFAULT_CACHE, US_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, _base_dataset, ensure_data,
+    DEFAULT_CACHE, US_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, base_dataset, ensure_data,
     generate_cine,
 )
 from tests.bench.servers import (  # noqa: E402
@@ -622,7 +622,7 @@ class Scanner(threading.Thread):
         run = self.run_
         study = spec.study
         sop_class = US_MULTIFRAME_STORAGE if spec.kind == "cine" else US_IMAGE_STORAGE
-        ds = _base_dataset(sop_class, spec.sop_uid, study.study_uid, spec.series_uid,
+        ds = base_dataset(sop_class, spec.sop_uid, study.study_uid, spec.series_uid,
                            spec.series_number, spec.instance_number)
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = today()
         ds.StudyTime = ds.SeriesTime = study.time

@@ -65,7 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -81,6 +81,7 @@ from tests.bench.servers import (  # noqa: E402
     base_env, kill_all, orthanc_style_config, tail,
 )
 from tests.bench.orthanc_install import InstallError, ensure_orthanc  # noqa: E402
+from tests.synthetic import MODALITIES, PER_DAY, UID_ROOT, item, query_date  # noqa: E402
 
 log = logging.getLogger("wlbench")
 
@@ -88,54 +89,11 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WORKLIST_PLUGIN = Path("/usr/share/orthanc/plugins/libModalityWorklists.so")
 MWL_FIND = "1.2.840.10008.5.1.4.31"
 SERVER_ORDER = ("orthanc", "before", "appliance", "ceiling")
-PER_DAY = 100
-MODALITIES = ("US", "CT", "US", "MR")   # half of each day's items are US
-FIRST_DAY = date(2026, 12, 1)
-UID_ROOT = "1.2.826.0.1.3680043.8.498.77"
 
 
 # --------------------------------------------------------------------------- data
 
 
-def n_days(files: int) -> int:
-    return max(1, files // PER_DAY)
-
-
-def query_date(files: int) -> str:
-    return (FIRST_DAY + timedelta(days=n_days(files) // 2)).strftime("%Y%m%d")
-
-
-def item(i: int, files: int, patient_name: str | None = None) -> Dataset:
-    """Worklist item ``i`` of a folder of ``files`` items."""
-    days = n_days(files)
-    day = FIRST_DAY + timedelta(days=i % days)
-    slot = i // days                       # 0..PER_DAY-1 within its day
-    modality = MODALITIES[slot % len(MODALITIES)]
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.PatientName = patient_name or f"BENCH^PATIENT{i:05d}"
-    ds.PatientID = f"PID{i:05d}"
-    ds.PatientBirthDate = f"19{50 + i % 50:02d}0{1 + i % 9}1{i % 10}"
-    ds.PatientSex = "FM"[i % 2]
-    ds.AccessionNumber = f"ACC{i:06d}"
-    ds.ReferringPhysicianName = "REFERRER^DR"
-    ds.StudyInstanceUID = f"{UID_ROOT}.{files}.{i}"
-    ds.RequestedProcedureID = f"RP{i:05d}"
-    ds.RequestedProcedureDescription = f"{modality} examination"
-    sps = Dataset()
-    sps.Modality = modality
-    station = 1 + slot % 4
-    sps.ScheduledStationAETitle = f"{modality}{station}"
-    sps.ScheduledStationName = f"ROOM{station}"
-    sps.ScheduledProcedureStepStartDate = day.strftime("%Y%m%d")
-    minutes = 7 * 60 + (slot * 6) % (11 * 60)
-    sps.ScheduledProcedureStepStartTime = f"{minutes // 60:02d}{minutes % 60:02d}00"
-    sps.ScheduledPerformingPhysicianName = "SONO^GRAPHER"
-    sps.ScheduledProcedureStepID = f"SPS{i:05d}"
-    sps.ScheduledProcedureStepDescription = f"{modality} abdomen"
-    sps.ScheduledProcedureStepLocation = f"ROOM{station}"
-    ds.ScheduledProcedureStepSequence = [sps]
-    return ds
 
 
 def part10(ds: Dataset, sop_class: str = "1.2.276.0.7230010.3.1.0.1",

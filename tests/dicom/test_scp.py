@@ -14,7 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from tests.bench.datagen import generate_singles
+from tests.synthetic import generate_singles
 from tests.support import (
     PYDICOM_FILES, dataset_bytes, encode, meta_file, pydicom_file, run, scu_store,
 )

@@ -14,7 +14,7 @@ import struct
 import pydicom
 import pytest
 
-from tests.bench.datagen import generate_singles
+from tests.synthetic import generate_singles
 from tests.support import dataset_bytes, encode, meta_file, pydicom_file, scu_store
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -16,7 +16,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from tests.bench.datagen import generate_singles
+from tests.synthetic import generate_singles
 from tests.ops import cli, tmpfs, write_config
 from tests.support import Daemon, base_config, run
 

@@ -16,7 +16,7 @@ import pytest
 from appliance.store.archive import Archive, Origin, StoreResult
 from appliance.store.blobs import BlobStore
 from appliance.store.index import SCHEMA_VERSION
-from tests.bench.datagen import generate_singles
+from tests.synthetic import generate_singles
 from tests.support import pydicom_file
 
 ORIGIN = Origin("DICOM", "127.0.0.1:1234", "TEST")

@@ -18,7 +18,7 @@ from appliance.worklist.parse import (
     parse_worklist_pydicom,
     read_fast,
 )
-from tests.bench.worklist_bench import item as bench_item
+from tests.synthetic import item as bench_item
 from tests.worklist.helpers import wl_bytes, worklist_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
