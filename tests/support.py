@@ -208,10 +208,13 @@ def new_dataset(sop_class: str, sop_uid: str | None = None,
     return ds
 
 
-def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int]:
+def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int | None]:
     """Send files as they are with pynetdicom over one association (with
-    STORE_SEND_CHUNKED_DATASET, byte for byte); return the statuses."""
+    STORE_SEND_CHUNKED_DATASET, byte for byte); return the status of each (None:
+    no answer). Stops at the first file after which the association is gone
+    (the daemon aborted it, e.g. out of space)."""
     ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     contexts = set()
     for f in files:
         meta = read_file_meta_info(f)  # the file meta only: the data set may be anything
@@ -220,11 +223,14 @@ def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int]:
         ae.add_requested_context(sop_class, ts)
     assoc = ae.associate("127.0.0.1", port, ae_title=aec)
     assert assoc.is_established
+    statuses: list[int | None] = []
     try:
-        statuses = []
         for f in files:
             rsp = assoc.send_c_store(f)
-            statuses.append(rsp.Status if "Status" in rsp else None)
+            statuses.append(rsp.Status if rsp is not None and "Status" in rsp else None)
+            if not assoc.is_established:
+                break
         return statuses
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()

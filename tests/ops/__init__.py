@@ -13,9 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pydicom.uid import generate_uid
 
 from tests.support import Daemon, new_dataset, run
 
@@ -68,26 +66,6 @@ def image(folder: Path, patient: str, *, study: str | None = None, series: str |
     path = folder / f"{ds.SOPInstanceUID}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
-
-
-def c_store(port: int, files, *, aet: str = "OPSTEST") -> list[int | None]:
-    """C-STORE ``files`` over one association; the status of each (None: no answer)."""
-    ae = AE(ae_title=aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(US_IMAGE, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ORTHANC")
-    assert assoc.is_established
-    statuses: list[int | None] = []
-    try:
-        for f in files:
-            rsp = assoc.send_c_store(pydicom.dcmread(f))
-            statuses.append(rsp.Status if rsp is not None and "Status" in rsp else None)
-            if not assoc.is_established:
-                break
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    return statuses
 
 
 def stored_files(daemon: Daemon) -> list[Path]:

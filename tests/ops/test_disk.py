@@ -9,8 +9,8 @@ import urllib.request
 import pytest
 
 from appliance.ops.disk import DAY, Forecast, forecast, human_bytes
-from tests.ops import OUT_OF_RESOURCES, c_store, image, leftovers, status_json, stored_files, tmpfs
-from tests.support import Daemon, base_config, run
+from tests.ops import OUT_OF_RESOURCES, image, leftovers, status_json, stored_files, tmpfs
+from tests.support import Daemon, base_config, run, scu_store
 
 MiB = 1 << 20
 
@@ -40,7 +40,7 @@ def test_fill_until_refused_then_free_space_and_store_again(tmp_path, big_images
             "IntervalSeconds": 1, "MinimumFreeMB": 8, "WarnPercent": 40, "CriticalPercent": 60,
         })).start()
         try:
-            statuses = c_store(daemon.dicom_port, big_images[:16])
+            statuses = scu_store(daemon.dicom_port, big_images[:16])
             stored = statuses.count(0)
             # Success until the free space reaches MinimumFreeMB, then only 0xA700.
             assert 3 <= stored < 16, statuses
@@ -58,10 +58,10 @@ def test_fill_until_refused_then_free_space_and_store_again(tmp_path, big_images
 
             ballast.unlink()
             deadline = time.monotonic() + 15
-            while c_store(daemon.dicom_port, big_images[16:17]) != [0]:
+            while scu_store(daemon.dicom_port, big_images[16:17]) != [0]:
                 assert time.monotonic() < deadline, "stores still refused after freeing space"
                 time.sleep(0.2)
-            assert c_store(daemon.dicom_port, big_images[17:18]) == [0]
+            assert scu_store(daemon.dicom_port, big_images[17:18]) == [0]
             assert len(_log_lines(daemon, "new objects are accepted again")) == 1
             assert len(_log_lines(daemon, "INFO appliance.ops.disk: disk storage")) == 1  # back down
             assert daemon.rows("SELECT count(*) FROM instances") == [(stored + 2,)]
@@ -87,7 +87,7 @@ def test_disk_really_full_is_refused_with_nothing_left(tmp_path, big_images):
     with tmpfs(root / "storage", "3m"):
         daemon = Daemon(root, base_config(root, DiskMonitor={"MinimumFreeMB": 0})).start()
         try:
-            statuses = c_store(daemon.dicom_port, big_images[:6])
+            statuses = scu_store(daemon.dicom_port, big_images[:6])
             assert OUT_OF_RESOURCES in statuses and statuses[0] == 0, statuses
             stored = statuses.count(0)
             assert daemon.rows("SELECT count(*) FROM instances") == [(stored,)]

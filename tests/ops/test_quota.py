@@ -9,8 +9,8 @@ import pytest
 
 from appliance.ops.quota import StorageMode, StoreAdmission
 from appliance.store.archive import Archive, Origin
-from tests.ops import OUT_OF_RESOURCES, c_store, image, leftovers, stored_files
-from tests.support import Daemon, base_config
+from tests.ops import OUT_OF_RESOURCES, image, leftovers, stored_files
+from tests.support import Daemon, base_config, scu_store
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +31,14 @@ def test_reject_mode(tmp_path, files):
     daemon = Daemon(tmp_path, base_config(tmp_path, MaximumPatientCount=2, MaximumStorageSize=3,
                                           MaximumStorageMode="Reject")).start()
     try:
-        assert c_store(daemon.dicom_port, small["Q0"] + small["Q1"]) == [0, 0, 0, 0]
+        assert scu_store(daemon.dicom_port, small["Q0"] + small["Q1"]) == [0, 0, 0, 0]
         # A third patient is refused; more of a patient already stored is not.
-        assert c_store(daemon.dicom_port, small["Q2"]) == [OUT_OF_RESOURCES] * 2
-        assert c_store(daemon.dicom_port, [image(tmp_path / "more", "Q0", number=7)]) == [0]
+        assert scu_store(daemon.dicom_port, small["Q2"]) == [OUT_OF_RESOURCES] * 2
+        assert scu_store(daemon.dicom_port, [image(tmp_path / "more", "Q0", number=7)]) == [0]
         assert _patients(daemon) == ["Q0", "Q1"]
         # MaximumStorageSize 3 MB: the third 1 MiB image of a stored patient no longer fits.
         extra = [image(tmp_path / "big", "Q1", number=10 + i, pixels=1024) for i in range(3)]
-        assert c_store(daemon.dicom_port, extra) == [0, 0, OUT_OF_RESOURCES]
+        assert scu_store(daemon.dicom_port, extra) == [0, 0, OUT_OF_RESOURCES]
         assert daemon.rows("SELECT count(*) FROM instances") == [(7,)]
         assert len(stored_files(daemon)) == 7 and leftovers(daemon) == []
         assert "MaximumPatientCount (2) reached" in daemon.log()
@@ -51,19 +51,19 @@ def test_recycle_mode_deletes_the_least_recently_stored_patient(tmp_path, files)
     small, _ = files
     daemon = Daemon(tmp_path, base_config(tmp_path, MaximumPatientCount=2, StableAge=0)).start()
     try:
-        assert c_store(daemon.dicom_port, small["Q0"]) == [0, 0]
-        assert c_store(daemon.dicom_port, small["Q1"]) == [0, 0]
+        assert scu_store(daemon.dicom_port, small["Q0"]) == [0, 0]
+        assert scu_store(daemon.dicom_port, small["Q1"]) == [0, 0]
         q0_files = [daemon.storage / r[0] for r in daemon.rows(
             "SELECT file_path FROM instances i JOIN series se ON se.id = i.series_pk JOIN studies st "
             "ON st.id = se.study_pk JOIN patients p ON p.id = st.patient_pk WHERE p.patient_id = 'Q0'")]
         q0_pk = daemon.rows("SELECT id FROM patients WHERE patient_id = 'Q0'")[0][0]
         # Q0 is stored again later than Q1: now Q1 is the least recently stored.
-        assert c_store(daemon.dicom_port, [image(tmp_path / "again", "Q0", number=5)]) == [0]
-        assert c_store(daemon.dicom_port, small["Q2"]) == [0, 0]
+        assert scu_store(daemon.dicom_port, [image(tmp_path / "again", "Q0", number=5)]) == [0]
+        assert scu_store(daemon.dicom_port, small["Q2"]) == [0, 0]
         assert _patients(daemon) == ["Q0", "Q2"]
         assert all(f.exists() for f in q0_files)
         assert len(stored_files(daemon)) == 5
-        assert c_store(daemon.dicom_port, small["Q3"]) == [0, 0]
+        assert scu_store(daemon.dicom_port, small["Q3"]) == [0, 0]
         assert _patients(daemon) == ["Q2", "Q3"]
         assert not any(f.exists() for f in q0_files)
         lines = [line for line in daemon.log().splitlines() if "recycled patient" in line]

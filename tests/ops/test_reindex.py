@@ -8,8 +8,8 @@ import shutil
 
 from pydicom.uid import generate_uid
 
-from tests.ops import c_store, cli, image
-from tests.support import Daemon, base_config, run
+from tests.ops import cli, image
+from tests.support import Daemon, base_config, run, scu_store
 
 # Everything the files can tell (not: internal ids, created/updated times, where an
 # instance came from).
@@ -39,7 +39,7 @@ def test_reindex_rebuilds_the_same_index(tmp_path):
             files += [image(tmp_path / "in", f"R{p}", study=study, series=series, number=i)
                       for i in range(3)]
     daemon = Daemon(tmp_path / "d", base_config(tmp_path / "d")).start()
-    assert c_store(daemon.dicom_port, files) == [0] * len(files)
+    assert scu_store(daemon.dicom_port, files) == [0] * len(files)
     original = _rows(daemon)
     assert len(original["instances"]) == 18 and len(original["patients"]) == 3
 

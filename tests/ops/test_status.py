@@ -16,8 +16,8 @@ import pydicom
 import pytest
 
 from appliance import __version__
-from tests.ops import c_store, cli, image, status_json
-from tests.support import Daemon, base_config
+from tests.ops import cli, image, status_json
+from tests.support import Daemon, base_config, scu_store
 
 AUTH = "Basic " + base64.b64encode(b"ops:s3cret").decode()
 
@@ -86,7 +86,7 @@ def daemon(tmp_path_factory):
         Backups={"IntervalHours": 0.0005, "Keep": 2, "StorageMirror": str(root / "usb")},
         DiskMonitor={"IntervalSeconds": 1})).start()
     files = [image(root / "in", "S1", number=i) for i in range(4)]
-    assert c_store(d.dicom_port, files) == [0] * 4
+    assert scu_store(d.dicom_port, files) == [0] * 4
     yield d
     d.stop()
 
@@ -106,7 +106,7 @@ def test_metrics(daemon):
     ds = pydicom.dcmread(image(daemon.root / "bad", "S2"))
     del ds.StudyInstanceUID
     ds.save_as(bad, enforce_file_format=True)
-    assert c_store(daemon.dicom_port, [bad]) == [0xC000]
+    assert scu_store(daemon.dicom_port, [bad]) == [0xC000]
 
     def fresh():
         code, headers, text = get(daemon, "/metrics")
