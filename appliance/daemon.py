@@ -28,11 +28,12 @@ from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
-from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
-from appliance.ops.disk import MB, DiskMonitor, Role
+from appliance.ops.backup import BackupScheduler, BackupSettings
+from appliance.ops.disk import DiskMonitor
 from appliance.ops.lock import data_folders_locked
-from appliance.ops.quota import StorageMode, StoreAdmission
+from appliance.ops.quota import StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
+from appliance.ops.space import install_admission
 from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
@@ -214,25 +215,8 @@ class _Ops:
 
 def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                worklist: "_Worklist") -> _Ops:
-    dm = config.disk_monitor
-    admission = StoreAdmission(
-        archive, minimum_free_mb=dm.minimum_free_mb, maximum_storage_mb=config.maximum_storage_size,
-        maximum_patient_count=config.maximum_patient_count,
-        mode=StorageMode(config.maximum_storage_mode), spare_recent_seconds=config.stable_age)
-    archive.admission = admission
-    backup_settings = config.view(BackupSettings)
-    disk = DiskMonitor(
-        directories={Role.STORAGE: config.storage_directory, Role.INDEX: config.index_directory,
-                     Role.TEMPORARY: config.temporary_directory,
-                     Role.BACKUPS: backup_directory(backup_settings),
-                     Role.MIRROR: config.backups.storage_mirror},
-        created_later=(Role.TEMPORARY, Role.BACKUPS) if config.backups.directory_is_default
-        else (Role.TEMPORARY,),
-        archive=archive, interval=dm.interval_seconds, warn_percent=dm.warn_percent,
-        critical_percent=dm.critical_percent, minimum_free_mb=dm.minimum_free_mb,
-        quota_bytes=config.maximum_storage_size * MB, stored_bytes=lambda: admission.stored_bytes,
-        on_state=admission.disk_changed)
-    backups = BackupScheduler(backup_settings)
+    admission, disk = install_admission(config, archive)
+    backups = BackupScheduler(config.view(BackupSettings))
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
     folder = worklist.folder

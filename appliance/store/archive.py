@@ -204,6 +204,29 @@ class Archive:
             self.outcomes[(origin.source, outcome.result)] += 1
         return outcome
 
+    def ingest_file(self, path: Path | str, origin: Origin) -> StoreOutcome:
+        """Store a copy of the file at ``path`` through :meth:`store_instance`.
+
+        The generic "store this file" entry (``pacs-appliance import`` with the
+        daemon stopped; anyone with a file and no protocol around it): the
+        bytes are copied into an incoming file, so the original is never
+        moved or changed, and the object meets the same checks, duplicate
+        rule, quotas and durability as one received over the network. A file
+        that cannot be read is answered INVALID with the OS's reason.
+        """
+        incoming = self.new_incoming(early_header=True)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    incoming.write(chunk)
+            incoming.flush()
+        except OSError as e:
+            incoming.discard()
+            if e.filename is None or incoming.error is not None:
+                return _io_failure(e, incoming.size)  # ours (the storage), not the source's
+            return StoreOutcome(StoreResult.INVALID, f"cannot read: {e.strerror}", size=incoming.size)
+        return self.store_instance(incoming, origin)
+
     # -- reads and searches ------------------------------------------------
     #
     # What the protocol adapters read goes through here, so none of them
@@ -415,6 +438,8 @@ class _Early:
 
 
 _NOBODY = Origin("")
+# ingest_file copies a file in pieces of this size (a few blocks of IncomingFile).
+_COPY_CHUNK = 1 << 20
 # A header longer than this is left to pydicom, which reads it from the file.
 _FAST_HEADER_LIMIT = 256 << 10
 
