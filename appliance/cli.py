@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from appliance import __version__
@@ -21,6 +22,7 @@ log = logging.getLogger("appliance")
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pacs-appliance", description="A mini-PACS for small clinics.")
+    p.add_argument("--version", action="version", version=f"pacs-appliance {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", metavar="PATH",
@@ -47,6 +49,18 @@ def _load(path: str | None):
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script and of ``python -m appliance``."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `status --json | head`: the reader left; what it did not read is not an
+        # error to report. Python would complain once more flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _main(argv: list[str] | None) -> int:
     from appliance.config import ConfigError
 
     args = _parser().parse_args(argv)
@@ -65,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if args.command == "check-config":
         where = config.source or "embedded defaults"
+        from appliance.ops.checks import missing_folders
+
+        problems = missing_folders(config)
+        for problem in problems:
+            print(f"pacs-appliance: {where}: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_CONFIG
         print(f"{where}: OK ({len(config.dicom_modalities)} modalities, "
               f"{len(config.ignored)} Orthanc keys ignored)")
         return EXIT_OK

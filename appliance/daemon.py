@@ -96,8 +96,20 @@ def _log_configuration(config: Config) -> None:
                     "HTTP on localhost only, no authentication", config.storage_directory.parent)
     else:
         log.info("configuration: %s", config.source)
-    for key in config.ignored:
-        log.info("configuration key %s is an Orthanc option with no meaning here: ignored", key)
+    if config.unperformed:
+        log.warning("configuration: ignored, not done by this daemon: %s",
+                    ", ".join(config.unperformed))
+    rest = [key for key in config.ignored if key not in config.unperformed]
+    if rest:
+        log.debug("configuration: Orthanc options with no meaning here, ignored: %s",
+                  ", ".join(rest))
+    if not config.authentication_enabled:
+        # Said at every start, not only on embedded defaults: an orthanc.json without
+        # AuthenticationEnabled leaves it off too (Orthanc's default for localhost).
+        log.warning("HTTP AUTHENTICATION IS OFF (AuthenticationEnabled false): %s can read, "
+                    "store and delete every study over HTTP; set AuthenticationEnabled and "
+                    "RegisteredUsers", "ANY HOST that reaches the HTTP port"
+                    if config.remote_access_allowed else "any local user or process")
 
 
 async def run(config: Config, notifier: Notifier | None = None) -> int:
@@ -132,6 +144,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
     users = Users(live.registered_users, live.authentication_enabled)
     ops = _build_ops(config, archive, handlers, worklist)
+    ops.board.http_authentication = lambda: users.authenticator is not None
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,

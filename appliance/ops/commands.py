@@ -308,7 +308,9 @@ def status_text(s: dict) -> str:
         f"up {_ago(s['uptime'])} (since {_when(s['started'])})",
         f"  DICOM: AE title {s['dicom_aet']}, port {s['ports']['dicom']}, "
         f"{s['associations']} association(s) open",
-        f"  HTTP: port {s['ports']['http']} ({'all interfaces' if s['remote_access'] else 'localhost only'})",
+        f"  HTTP: port {s['ports']['http']} ({'all interfaces' if s['remote_access'] else 'localhost only'})"
+        + ("" if s.get("http_authentication", True) else ", AUTHENTICATION OFF: anyone reaching it "
+           "reads and changes every study"),
         f"  stored: {c.get('patients', '?')} patients, {c.get('studies', '?')} studies, "
         f"{c.get('series', '?')} series, {c.get('instances', '?')} instances, {human_bytes(c.get('bytes'))}",
     ]
