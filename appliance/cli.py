@@ -128,7 +128,7 @@ def _serve(config, *, debug: bool) -> int:
 
     setup_logging(logging.DEBUG if debug else logging.INFO)
     try:
-        return asyncio.run(run(config))
+        code = asyncio.run(run(config))
     except FolderInUse as e:
         # One line, as for a config error: nothing was started or touched.
         print(f"pacs-appliance: {e}", file=sys.stderr)
@@ -138,3 +138,11 @@ def _serve(config, *, debug: bool) -> int:
     except OSError as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILURE
+    # "stopped" is logged: everything is closed, the index checkpointed, the lock
+    # released. Python's own finalization (tearing down pydicom, numpy, aiohttp...)
+    # would keep the process 0.3-1 s longer here, 2 s on a clinic's mini-PC, for
+    # nothing: systemd and scripts waiting for the exit should not wait for it.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

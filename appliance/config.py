@@ -294,6 +294,21 @@ def declaration(cls: type) -> Section:
     return _SECTIONS[cls]
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The keys (dotted JSON names) whose values differ between two configurations
+    (or two sections of the same class): what a reload changes."""
+    changed = []
+    for attr, key in _SECTIONS[type(old)].fields:
+        a, b = getattr(old, attr), getattr(new, attr)
+        if a == b:
+            continue
+        if type(a) in _SECTIONS and type(a) is type(b):
+            changed += changed_keys(a, b, f"{prefix}{key.name}.")
+        else:
+            changed.append(prefix + key.name)
+    return changed
+
+
 def _key(name: str, default: Any, read: Reader, doc: str, *, hash: bool | None = None, **options: Any) -> Any:
     """Declare the field's key: JSON ``name``, ``default`` (or _REQUIRED, or _COMPUTED with a
     ``default_from``), validator ``read``, ``doc``; ``options`` are the other Key fields."""
