@@ -1,6 +1,7 @@
 """The Archive: the one object every protocol adapter stores through.
 
-``store_instance`` is the only ingest path (C-STORE now, STOW-RS later). It
+``store_instance`` is the only ingest path (C-STORE, STOW-RS, ``POST /instances``,
+``import`` through ``ingest_file``). It
 follows Orthanc's order — file first, then index, undo the file if the index
 fails — with the durability of the store contract (docs/DESIGN.md): the file is
 fsynced and renamed into place, its directory fsynced, and the index row
@@ -83,7 +84,7 @@ class StoreResult(enum.Enum):
 class Origin:
     """Where an object came from (kept in the index, used in logs)."""
 
-    source: str                 # "DICOM" | "DICOMweb"
+    source: str                 # "DICOM" | "DICOMweb" | "REST" | "import"
     peer: str | None = None     # "ip:port"
     calling_aet: str | None = None
 
