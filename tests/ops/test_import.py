@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pydicom
-import pytest
 import requests
 from pydicom.fileset import FileSet
 from pydicom.uid import generate_uid
