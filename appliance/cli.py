@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import threading
 
 from appliance import __version__
 from appliance.ops import commands as ops_commands
@@ -142,6 +143,11 @@ def _serve(config, *, debug: bool) -> int:
     # released. Python's own finalization (tearing down pydicom, numpy, aiohttp...)
     # would keep the process 0.3-1 s longer here, 2 s on a clinic's mini-PC, for
     # nothing: systemd and scripts waiting for the exit should not wait for it.
+    # Unless a thread still finishes its work (a cancelled backup stopping at its
+    # next step): then Python waits for it, as it should.
+    main_thread = threading.main_thread()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not main_thread):
+        return code
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
