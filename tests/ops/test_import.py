@@ -5,6 +5,7 @@ authentication."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -206,3 +207,25 @@ def test_post_instances(make_daemon, tmp_path):
     assert len(d.rows("SELECT 1 FROM instances")) == 1
     outcomes = d.rows("SELECT source FROM instances")
     assert outcomes == [("REST",)]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_on_a_terminal_only():
+    from appliance.ops.importer import Progress
+
+    tty = _Terminal()
+    bar = Progress(10, tty)
+    bar.update(5, 5_000_000)
+    bar.update(6, 6_000_000)  # within 0.2 s of the last: not redrawn
+    bar.update(10, 10_000_000, final=True)
+    text = tty.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    assert "] 5/10 files, 5.0 MB" in text and "] 10/10 files" in text
+    assert "[" + "#" * 15 + "." * 15 + "]" in text
+    piped = io.StringIO()
+    Progress(10, piped).update(10, 1, final=True)
+    assert piped.getvalue() == ""
