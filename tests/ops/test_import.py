@@ -63,6 +63,32 @@ def _tree(root: Path) -> dict[str, Path]:
     return good
 
 
+def test_import_follows_quotas_and_overwrite_instances(tmp_path):
+    """The one ingest path: MaximumStorageSize (Reject) refuses what does not fit, and
+    with OverwriteInstances a second import replaces rather than counts duplicates."""
+    study, series = generate_uid(), generate_uid()
+    for i in range(4):
+        p = tmp_path / "src" / f"{i}.dcm"
+        _image(p, study, series)
+        ds = pydicom.dcmread(p)
+        ds.Rows = ds.Columns = 640  # 410 kB each: two fit in MaximumStorageSize 1 MB
+        ds.PixelData = bytes(640 * 640)
+        ds.save_as(p, enforce_file_format=True)
+    quota = tmp_path / "quota.json"
+    quota.write_text(json.dumps(base_config(
+        tmp_path / "quota", MaximumStorageSize=1, MaximumStorageMode="Reject")))
+    code, summary, err = _import(quota, tmp_path / "src")
+    assert code == EXIT_SKIPPED, err
+    assert summary["stored"] == 2 and len(summary["skipped"]) == 2
+    assert all("MaximumStorageSize" in s["reason"] for s in summary["skipped"])
+    overwrite = tmp_path / "overwrite.json"
+    overwrite.write_text(json.dumps(base_config(tmp_path / "overwrite", OverwriteInstances=True)))
+    for _ in range(2):
+        code, summary, err = _import(overwrite, tmp_path / "src")
+        assert code == 0, err
+        assert summary["stored"] == 4 and summary["duplicates"] == 0  # the second: replaced
+
+
 def _import(config: Path, *paths, env: dict | None = None, json_out: bool = True):
     """Run the CLI; (exit code, summary JSON or text, stderr)."""
     cmd = [sys.executable, "-m", "appliance", "import", "--config", str(config), *map(str, paths)]
