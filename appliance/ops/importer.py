@@ -298,8 +298,8 @@ def authorization(config: Config, user: str | None) -> str | None:
         elif sys.stdin.isatty():
             password = getpass.getpass(f"HTTP password of {name}: ")
         else:
-            raise ImportFailed(f"the password of {name} is stored hashed: set "
-                               "PACS_APPLIANCE_PASSWORD")
+            why = "is stored hashed" if stored is not None else "is not in the config"
+            raise ImportFailed(f"the password of {name} {why}: set PACS_APPLIANCE_PASSWORD")
     token = base64.b64encode(f"{name}:{password}".encode()).decode("ascii")
     return f"Basic {token}"
 
