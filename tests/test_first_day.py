@@ -238,3 +238,22 @@ def test_next_backup_after_a_failure_is_the_retry_not_the_past(tmp_path):
     snap, now = asyncio.run(scenario())
     assert snap["next"] > now
     assert os.path.basename(str(tmp_path / "not-mounted")) in snap["last_attempt"]["message"]
+
+
+def test_the_documented_send_command_sends_compressed_files(daemon, tmp_path):
+    """README's `dcmsend ... --scan-directories --recurse FOLDER` sends what scanners
+    produce (JPEG, JPEG 2000, RLE, uncompressed), where storescu +sd stops at the first
+    compressed file."""
+    names = ["SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm", "SC_rgb_rle.dcm", "CT_small.dcm"]
+    for i, name in enumerate(names):
+        target = tmp_path / "folder" / ("sub" if i % 2 else "") / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(pydicom_file(name).read_bytes())
+    out = subprocess.run(["dcmsend", "-aec", "ORTHANC", "127.0.0.1", str(daemon.dicom_port),
+                          "--scan-directories", "--recurse", str(tmp_path / "folder")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    stored = {r[0] for r in daemon.rows("SELECT transfer_syntax_uid FROM instances")}
+    assert len(daemon.rows("SELECT 1 FROM instances")) == len(names)
+    # The lossy ones as they were compressed (dcmsend may decompress a lossless one).
+    assert {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91"} <= stored, stored
