@@ -85,6 +85,8 @@ def test_first_start_from_an_orthanc_config(make_daemon, tmp_path):
     assert _status_file(d)["http_authentication"] is False
     page = requests.get(f"http://127.0.0.1:{d.http_port}/", timeout=10).text
     assert "authentication is OFF" in page
+    metrics = requests.get(f"http://127.0.0.1:{d.http_port}/metrics", timeout=10).text
+    assert "\npacs_http_authentication_enabled 0\n" in metrics
     # The backup disk that is not there: on the status page as in `status`.
     assert re.search(r"Disk backups</th><td>\S*usb-disk\S* MISSING", page)
     status = _cli("status", "--config", str(d.config_path))
@@ -125,6 +127,8 @@ def test_with_authentication_on(make_daemon):
     assert len([w for w in warnings if "authentication failed" in w]) == 1
     assert not [w for w in warnings if "AUTHENTICATION IS OFF" in w]
     assert _status_file(d)["http_authentication"] is True
+    metrics = requests.get(url + "metrics", auth=("emr", "s3cret"), timeout=10).text
+    assert "\npacs_http_authentication_enabled 1\n" in metrics
 
 
 def test_12bit_jpeg_is_one_warning_and_the_daemon_exits_at_once(daemon):
