@@ -253,6 +253,7 @@ class ArchiveSink:
             _, self._disk = install_admission(config, self.archive)
             self._disk.measure()
             self._measured = time.monotonic()
+            self._measuring = threading.Lock()  # one measurement at a time, as in the daemon
             self._interval = config.disk_monitor.interval_seconds
         except BaseException:
             self._locked.__exit__(None, None, None)
@@ -263,9 +264,10 @@ class ArchiveSink:
         """Store one file (any worker thread)."""
         from appliance.store import Origin
 
-        if time.monotonic() - self._measured > self._interval:
-            self._measured = time.monotonic()
-            self._disk.measure()  # free space for MinimumFreeMB, as the daemon's monitor
+        with self._measuring:
+            if time.monotonic() - self._measured > self._interval:
+                self._measured = time.monotonic()
+                self._disk.measure()  # free space for MinimumFreeMB, as the daemon's monitor
         outcome = self.archive.ingest_file(path, Origin("import"))
         return Stored(outcome.result.label, outcome.reason)
 
