@@ -294,6 +294,21 @@ def declaration(cls: type) -> Section:
     return _SECTIONS[cls]
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The keys (dotted JSON names) whose values differ between two configurations
+    (or two sections of the same class): what a reload changes."""
+    changed = []
+    for attr, key in _SECTIONS[type(old)].fields:
+        a, b = getattr(old, attr), getattr(new, attr)
+        if a == b:
+            continue
+        if type(a) in _SECTIONS and type(a) is type(b):
+            changed += changed_keys(a, b, f"{prefix}{key.name}.")
+        else:
+            changed.append(prefix + key.name)
+    return changed
+
+
 def _key(name: str, default: Any, read: Reader, doc: str, *, hash: bool | None = None, **options: Any) -> Any:
     """Declare the field's key: JSON ``name``, ``default`` (or _REQUIRED, or _COMPUTED with a
     ``default_from``), validator ``read``, ``doc``; ``options`` are the other Key fields."""
@@ -360,6 +375,9 @@ class _Object:
         self.ignored_out = ignored_out
         self.base = base  # relative paths are relative to this folder
         self.parent = parent
+        # Ignored keys that ask for something this daemon does not do (the
+        # daemon warns about these; the others are logged at DEBUG).
+        self.unperformed_out: list[str] = parent.unperformed_out if parent else []
         self.got: dict[str, Any] = {}
         # Unknown keys first, so a typo is reported before any consequence of it.
         accepted = section.names
@@ -367,6 +385,8 @@ class _Object:
         for key in data:
             if key in section.ignored:
                 ignored_out.append(self.key(key))
+                if self.key(key) in _NOT_PERFORMED and data[key]:
+                    self.unperformed_out.append(self.key(key))
             elif key not in accepted:
                 fail(self.key(key), "unknown key" + _suggest(key, known))
 
@@ -635,6 +655,9 @@ def _encoding(obj: _Object, where: str, raw: Any) -> str:
     return canonical
 
 
+_PLACEHOLDER = re.compile(r"@[A-Z][A-Z0-9_]*@")
+
+
 @_reader("object: user name to password (or a hash from pacs-appliance hash-password)")
 def _users(obj: _Object, where: str, raw: Any) -> Mapping[str, str]:
     if not isinstance(raw, dict):
@@ -649,6 +672,11 @@ def _users(obj: _Object, where: str, raw: Any) -> Mapping[str, str]:
             obj.fail(key, f"expected string (the password), got {_show(password)}")
         if not password:
             obj.fail(key, "empty password")
+        if _PLACEHOLDER.fullmatch(password):
+            # etc/config.json's "@EMR_PASSWORD@", which the package's postinst replaces: a
+            # copy of the template used as is would let anyone who read it log in.
+            obj.fail(key, f"{password} is the template's placeholder, not a password: put a "
+                          "password here (or what `pacs-appliance hash-password` prints)")
         if (problem := password_entry_problem(password)) is not None:
             obj.fail(key, f"unusable password hash: {problem}")
         result[username] = password
@@ -795,6 +823,25 @@ _IGNORED_CORE = frozenset(
     DicomLossyTranscodingQuality SyncStorageArea MallocArenaMax
     DeidentifyLogs DeidentifyLogsDicomVersion DatabaseServerIdentifier CheckRevisions
     SynchronousZipStream ZipLoaderThreads ZipUseUtf8 ExtraMainDicomTags Warnings
+    """.split()
+)
+
+# Ignored keys (dotted) that, given a value (not empty, not false), ask for a function this
+# daemon does not perform: a clinic relying on one must hear it at start-up (one WARNING
+# line). The other ignored keys are tuning of mechanisms replaced here, or plugin
+# loading whose useful plugins (DICOMweb, worklists) are built in: DEBUG.
+_NOT_PERFORMED = frozenset(
+    """
+    LuaScripts ExecuteLuaEnabled OrthancPeers OrthancPeersInDatabase
+    WebDavEnabled WebDavUploadAllowed WebDavDeleteAllowed
+    AcceptedSopClasses RejectedSopClasses IngestTranscoding
+    DicomTlsCertificate DicomTlsPrivateKey DicomTlsTrustedCertificates
+    UserMetadata UserContentType RestApiWriteToFileSystemEnabled
+    DicomWeb.Servers DicomWeb.ServersInDatabase
+    ServeFolders WebViewer StoneWebViewer OrthancExplorer2 Ohif VolView Wsi
+    PostgreSQL MySQL Odbc Transfers Authorization Python PythonScript
+    Housekeeper DelayedDeletion MultitenantDicom Tcia Indexer
+    AzureBlobStorage AwsS3Storage GoogleCloudStorage AdvancedStorage
     """.split()
 )
 
@@ -1264,6 +1311,11 @@ class Config:
     ignored: tuple[str, ...] = _derived(
         "Keys accepted without effect here, dotted (the daemon logs them).", (),
         compute=lambda obj: tuple(obj.ignored_out),
+    )
+    unperformed: tuple[str, ...] = _derived(
+        "Of ``ignored``, the keys given a value that asks for a function not performed here "
+        "(OrthancPeers, LuaScripts, WebDAV, plugin sections...).", (),
+        compute=lambda obj: tuple(obj.unperformed_out),
     )
     embedded_defaults: bool = _derived("True for the embedded defaults (no file).", False)
 

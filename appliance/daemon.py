@@ -7,6 +7,7 @@ its slice, a section, a few values, or a view (``config.view(WebConfig)``)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -19,20 +20,22 @@ from aiohttp import web
 from pydicom import config as pydicom_config
 
 from appliance import __version__
-from appliance.config import Config, ConfigError, load_config
+from appliance.config import Config, ConfigError, changed_keys, load_config
 from appliance.durable import write_json
 from appliance.dicom import transport
+from appliance.dicomfile import isolated
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
-from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
-from appliance.ops.disk import MB, DiskMonitor, Role
+from appliance.ops.backup import BackupScheduler, BackupSettings
+from appliance.ops.disk import DiskMonitor
 from appliance.ops.lock import data_folders_locked
-from appliance.ops.quota import StorageMode, StoreAdmission
+from appliance.ops.quota import StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
+from appliance.ops.space import install_admission
 from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
@@ -68,13 +71,22 @@ async def _start_http(config: Config, app: web.Application) -> tuple[web.AppRunn
             await site.start()
         except OSError as e:
             if i == 0:
-                raise
+                raise _bind_error("HttpPort", port, host, e) from None
             # No IPv6 on this machine (or the port is taken there): IPv4 serves.
             log.warning("HTTP not listening on [%s]:%d: %s", host, port, e.strerror)
             continue
         if port == 0:
             port = site._server.sockets[0].getsockname()[1]
     return runner, port
+
+
+def _bind_error(key: str, port: int, host: str | None, e: OSError) -> OSError:
+    """``e`` saying which port (and config key) could not be listened on."""
+    where = f"{key} {port}" + (f" on {host}" if host else "")
+    why = e.strerror or str(e)
+    if e.errno == errno.EADDRINUSE:
+        why += " (another program listens there: Orthanc, or a second pacs-appliance?)"
+    return OSError(e.errno, f"{where}: {why}")
 
 
 def _quiet_pydicom() -> None:
@@ -95,8 +107,20 @@ def _log_configuration(config: Config) -> None:
                     "HTTP on localhost only, no authentication", config.storage_directory.parent)
     else:
         log.info("configuration: %s", config.source)
-    for key in config.ignored:
-        log.info("configuration key %s is an Orthanc option with no meaning here: ignored", key)
+    if config.unperformed:
+        log.warning("configuration: ignored, not done by this daemon: %s",
+                    ", ".join(config.unperformed))
+    rest = [key for key in config.ignored if key not in config.unperformed]
+    if rest:
+        log.debug("configuration: Orthanc options with no meaning here, ignored: %s",
+                  ", ".join(rest))
+    if not config.authentication_enabled:
+        # Said at every start, not only on embedded defaults: an orthanc.json without
+        # AuthenticationEnabled leaves it off too (Orthanc's default for localhost).
+        log.warning("HTTP AUTHENTICATION IS OFF (AuthenticationEnabled false): %s can read, "
+                    "store and delete every study over HTTP; set AuthenticationEnabled and "
+                    "RegisteredUsers", "ANY HOST that reaches the HTTP port"
+                    if config.remote_access_allowed else "any local user or process")
 
 
 async def run(config: Config, notifier: Notifier | None = None) -> int:
@@ -131,6 +155,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
     users = Users(live.registered_users, live.authentication_enabled)
     ops = _build_ops(config, archive, handlers, worklist)
+    ops.board.http_authentication = lambda: users.authenticator is not None
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
@@ -153,11 +178,14 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             worklist_start = loop.create_task(worklist.folder.start())
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
-        dicom.start()
+        try:
+            dicom.start()
+        except OSError as e:
+            raise _bind_error("DicomPort", config.dicom_port, None, e) from None
         app = make_app(archive=archive, config=config.view(WebConfig), users=users,
                        dicom_port=dicom.port, dicom_echo=outbound.echo)
         app[STATUS] = ops.board.snapshot
-        loop.add_signal_handler(signal.SIGHUP, _reload, config.source, handlers, worklist,
+        loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
                                 users, notifier)
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
@@ -193,6 +221,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         if runner is not None:
             await runner.cleanup()
         await asyncio.to_thread(archive.close)
+        isolated.shutdown()  # the pixel decoding worker process, if one was started
         runtime_path(config).unlink(missing_ok=True)
         ops.board.remove()
         logging.getLogger().removeHandler(ops.last_error)
@@ -214,25 +243,8 @@ class _Ops:
 
 def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                worklist: "_Worklist") -> _Ops:
-    dm = config.disk_monitor
-    admission = StoreAdmission(
-        archive, minimum_free_mb=dm.minimum_free_mb, maximum_storage_mb=config.maximum_storage_size,
-        maximum_patient_count=config.maximum_patient_count,
-        mode=StorageMode(config.maximum_storage_mode), spare_recent_seconds=config.stable_age)
-    archive.admission = admission
-    backup_settings = config.view(BackupSettings)
-    disk = DiskMonitor(
-        directories={Role.STORAGE: config.storage_directory, Role.INDEX: config.index_directory,
-                     Role.TEMPORARY: config.temporary_directory,
-                     Role.BACKUPS: backup_directory(backup_settings),
-                     Role.MIRROR: config.backups.storage_mirror},
-        created_later=(Role.TEMPORARY, Role.BACKUPS) if config.backups.directory_is_default
-        else (Role.TEMPORARY,),
-        archive=archive, interval=dm.interval_seconds, warn_percent=dm.warn_percent,
-        critical_percent=dm.critical_percent, minimum_free_mb=dm.minimum_free_mb,
-        quota_bytes=config.maximum_storage_size * MB, stored_bytes=lambda: admission.stored_bytes,
-        on_state=admission.disk_changed)
-    backups = BackupScheduler(backup_settings)
+    admission, disk = install_admission(config, archive)
+    backups = BackupScheduler(config.view(BackupSettings))
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
     folder = worklist.folder
@@ -338,27 +350,42 @@ async def _watchdog(notifier: Notifier, period: float, dicom: DicomServer, archi
         await asyncio.sleep(period)
 
 
-def _reload(source: str | None, handlers: DicomHandlers, worklist: _Worklist, users: Users,
+def _reload(config: Config, handlers: DicomHandlers, worklist: _Worklist, users: Users,
             notifier: Notifier) -> None:
-    """SIGHUP: re-read the config file ``source`` and apply the users, the access rules
-    and the worklist options (_Reloadable)."""
+    """SIGHUP: re-read the running ``config``'s file and apply the users, the access
+    rules and the worklist options (_Reloadable); say which other changes wait for a
+    restart."""
     notifier.reloading()
     try:
-        _apply_reload(source, handlers, worklist, users)
+        _apply_reload(config, handlers, worklist, users)
     finally:
         notifier.ready()
 
 
-def _apply_reload(source: str | None, handlers: DicomHandlers, worklist: _Worklist,
+# What SIGHUP applies (the keys behind _Reloadable); any other change needs a restart.
+RELOADED_KEYS = frozenset(
+    """
+    RegisteredUsers AuthenticationEnabled DicomCheckCalledAet DicomCheckModalityHost
+    DicomModalities DicomAlwaysAllowEcho DicomAlwaysAllowStore DicomAlwaysAllowFind
+    DicomAlwaysAllowFindWorklist DicomAlwaysAllowGet DicomAlwaysAllowMove StrictAetComparison
+    Worklists.FilterIssuerAet Worklists.LimitAnswers Worklists.DeleteWorklistsOnStableStudy
+    Worklists.DeleteWorklistsDelay Worklists.HousekeepingInterval Mpps.ArchiveFinishedWorklists
+    """.split()
+)
+
+
+def _apply_reload(config: Config, handlers: DicomHandlers, worklist: _Worklist,
                   users: Users) -> None:
+    source = config.source
     if source is None:
         log.info("SIGHUP: running on embedded defaults, nothing to reload")
         return
     try:
-        live = _reloadable(load_config(source))
+        new = load_config(source)
     except ConfigError as e:
         log.error("SIGHUP: configuration not reloaded: %s", e)
         return
+    live = _reloadable(new)
     users.load(live.registered_users, live.authentication_enabled)
     handlers.set_policy(live.policy)
     if worklist.dimse is not None:
@@ -368,3 +395,8 @@ def _apply_reload(source: str | None, handlers: DicomHandlers, worklist: _Workli
     if worklist.mpps is not None:
         worklist.mpps.archive_finished_worklists = live.archive_finished_worklists
     log.info("SIGHUP: users, DICOM access rules and worklist options reloaded from %s", source)
+    waiting = [key for key in changed_keys(config, new) if key not in RELOADED_KEYS]
+    if waiting:
+        # Ports, folders, AE title...: the running daemon keeps the old values.
+        log.warning("SIGHUP: %s changed in %s: NOT applied, a restart is needed "
+                    "(systemctl restart pacs-appliance)", ", ".join(waiting), source)

@@ -93,8 +93,10 @@ def decode_frame(path: str, transfer_syntax: str, value_offset: int, index: int,
 
 
 def shutdown() -> None:
-    """Stop the worker, if one runs."""
+    """Stop the worker, if one runs: killed, since it holds nothing to finish and
+    the daemon's exit would otherwise wait for it to wind down (spawned, it has
+    pydicom, numpy and GDCM to tear down)."""
     with _lock:
-        pool, globals()["_pool"] = _pool, None
+        pool = _pool
     if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+        _discard(pool, kill=True)

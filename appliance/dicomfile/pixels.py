@@ -234,6 +234,16 @@ def _plugin(decoder) -> str:
     return next((p for p in _PLUGINS if p in decoder.available_plugins), "")
 
 
+_JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+
+
+def _beyond_pillow(layout: PixelLayout) -> bool:
+    """True for what Pillow and GDCM refuse: JPEG Extended with 12-bit samples
+    (PS3.5 A.4.1, Process 4)."""
+    return (str(layout.transfer_syntax) == _JPEG_EXTENDED
+            and _int(layout.header, "BitsStored", 8) > 8)
+
+
 def _decode_isolated(f: BinaryIO, layout: PixelLayout, index: int,
                      as_rgb: bool) -> tuple[np.ndarray, dict]:
     try:
@@ -312,6 +322,11 @@ def decoded_frame(f: BinaryIO, layout: PixelLayout, index: int, *,
     layout.check_decodable()
     decoder = _decoder(layout)
     plugin = _plugin(decoder)
+    if plugin in ("pillow", "") and _beyond_pillow(layout):
+        # Refused before pydicom tries (and logs an ERROR with a traceback per plugin):
+        # neither Pillow nor Debian's GDCM decode 12-bit samples; pylibjpeg would.
+        raise PixelError("12-bit JPEG Extended (Process 4) is not decoded here: Pillow and "
+                         "GDCM decode 8-bit JPEG Extended only")
     if layout.encapsulated:
         _check_frame(layout, index, stored_frame(f, layout, index))
         if not plugin:

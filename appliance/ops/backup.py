@@ -817,7 +817,11 @@ class BackupScheduler:
                 self.running_since = None
             # A failed backup is retried after a while rather than at once.
             if read_state(self._config).get("last_attempt", {}).get("ok") is False:
-                await asyncio.sleep(min(3600.0, self._config.backups.interval_hours * 3600 / 4))
+                retry = min(3600.0, self._config.backups.interval_hours * 3600 / 4)
+                # The retry is the next backup: the status must not show the missed
+                # slot, now in the past, while it waits.
+                self.next_at = time.time() + retry
+                await asyncio.sleep(retry)
 
     def snapshot(self) -> dict:
         """What the status shows about backups."""

@@ -25,7 +25,7 @@ from appliance.ops.runtime import STATUS_EVERY, STATUS_FILE, running_daemon
 # The implementations (and pydicom behind them) are imported by the commands that
 # use them, so that the CLI's other commands start quickly.
 
-COMMANDS = ("backup", "reindex", "status")
+COMMANDS = ("backup", "reindex", "status", "import")
 
 
 class Exit(enum.IntEnum):
@@ -60,6 +60,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "reindex", help="rebuild the index from the stored files (the daemon must be stopped)"))
     status = with_config(sub.add_parser("status", help="show the running daemon's status"))
     status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    imp = with_config(sub.add_parser(
+        "import", help="import DICOM files, folders (recursively) and DICOMDIR media "
+                       "(the daemon may be running)"))
+    imp.add_argument("paths", nargs="+", metavar="PATH", help="a file, a folder or a DICOMDIR")
+    imp.add_argument("--user", metavar="NAME",
+                     help="HTTP user when the daemon runs with authentication (password: "
+                          "PACS_APPLIANCE_PASSWORD, the config, or asked)")
+    imp.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
 def _fail(what: str, message: str, code: Exit = Exit.FAILED) -> int:
@@ -89,6 +97,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             return _status(config, as_json=args.json)
         if args.command == "reindex":
             return _reindex(config)
+        if args.command == "import":
+            return _import(config, args)
         return {"now": _backup_now, "list": _list, "verify": _verify,
                 "restore": _restore}[args.backup_command](config, args)
     except KeyboardInterrupt:
@@ -240,6 +250,33 @@ def _reindex(config: Config) -> int:
     return Exit.OK
 
 
+# -- import ----------------------------------------------------------------------
+
+
+def _import(config: Config, args: argparse.Namespace) -> int:
+    from appliance.ops import importer
+
+    try:
+        sink = importer.open_sink(config, user=args.user)
+    except importer.ImportFailed as e:
+        return _fail("import", str(e))
+    except FolderInUse as e:
+        return _fail("import", str(e), Exit.IN_USE)
+    except OSError as e:
+        return _fail("import", f"{e.filename or ''}: {e.strerror or e}")
+    try:
+        summary = importer.run_import(args.paths, sink)
+    except importer.ImportFailed as e:
+        return _fail("import", str(e))
+    finally:
+        sink.close()
+    print(json.dumps(summary.to_json(), indent=2) if args.json else summary.text())
+    if summary.skipped:
+        return _fail("import", f"{len(summary.skipped)} file(s) not imported (listed above)",
+                     Exit.DAMAGED)
+    return Exit.OK
+
+
 # -- status ----------------------------------------------------------------------
 
 
@@ -271,7 +308,9 @@ def status_text(s: dict) -> str:
         f"up {_ago(s['uptime'])} (since {_when(s['started'])})",
         f"  DICOM: AE title {s['dicom_aet']}, port {s['ports']['dicom']}, "
         f"{s['associations']} association(s) open",
-        f"  HTTP: port {s['ports']['http']} ({'all interfaces' if s['remote_access'] else 'localhost only'})",
+        f"  HTTP: port {s['ports']['http']} ({'all interfaces' if s['remote_access'] else 'localhost only'})"
+        + ("" if s.get("http_authentication", True) else ", AUTHENTICATION OFF: anyone reaching it "
+           "reads and changes every study"),
         f"  stored: {c.get('patients', '?')} patients, {c.get('studies', '?')} studies, "
         f"{c.get('series', '?')} series, {c.get('instances', '?')} instances, {human_bytes(c.get('bytes'))}",
     ]

@@ -103,6 +103,10 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
                 for label, n in sorted(by.items()) if label not in ("Success", "AlreadyStored")])
     out.one("pacs_dicom_associations_open", "gauge", "DICOM associations open now.",
             snap.get("associations"))
+    if "http_authentication" in snap:
+        out.one("pacs_http_authentication_enabled", "gauge",
+                "1 when HTTP Basic authentication is on, 0 when anyone reaching the port "
+                "may read and change every study.", int(snap["http_authentication"]))
     if "worklist_items" in snap:
         out.one("pacs_worklist_items", "gauge", "Worklist items being served.",
                 snap["worklist_items"])

@@ -70,6 +70,9 @@ class StatusBoard:
         self._associations = associations
         self._last_error = last_error
         self._worklist_size = worklist_size
+        # () -> whether HTTP authentication is on now (SIGHUP may change it); set by the
+        # daemon. Off is shown loudly by the status page, the UI and ``status``.
+        self.http_authentication: Callable[[], bool] | None = None
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
         self.path = Path(index_directory) / STATUS_FILE
@@ -124,6 +127,8 @@ class StatusBoard:
             "last_error": self._last_error.last,
             "errors_since_start": self._last_error.count,
         }
+        if self.http_authentication is not None:
+            snap["http_authentication"] = self.http_authentication()
         if self._worklist_size is not None:
             try:
                 snap["worklist_items"] = self._worklist_size()

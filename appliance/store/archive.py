@@ -1,6 +1,7 @@
 """The Archive: the one object every protocol adapter stores through.
 
-``store_instance`` is the only ingest path (C-STORE now, STOW-RS later). It
+``store_instance`` is the only ingest path (C-STORE, STOW-RS, ``POST /instances``,
+``import`` through ``ingest_file``). It
 follows Orthanc's order — file first, then index, undo the file if the index
 fails — with the durability of the store contract (docs/DESIGN.md): the file is
 fsynced and renamed into place, its directory fsynced, and the index row
@@ -83,7 +84,7 @@ class StoreResult(enum.Enum):
 class Origin:
     """Where an object came from (kept in the index, used in logs)."""
 
-    source: str                 # "DICOM" | "DICOMweb"
+    source: str                 # "DICOM" | "DICOMweb" | "REST" | "import"
     peer: str | None = None     # "ip:port"
     calling_aet: str | None = None
 
@@ -203,6 +204,29 @@ class Archive:
                 self.failed_count += 1
             self.outcomes[(origin.source, outcome.result)] += 1
         return outcome
+
+    def ingest_file(self, path: Path | str, origin: Origin) -> StoreOutcome:
+        """Store a copy of the file at ``path`` through :meth:`store_instance`.
+
+        The generic "store this file" entry (``pacs-appliance import`` with the
+        daemon stopped; anyone with a file and no protocol around it): the
+        bytes are copied into an incoming file, so the original is never
+        moved or changed, and the object meets the same checks, duplicate
+        rule, quotas and durability as one received over the network. A file
+        that cannot be read is answered INVALID with the OS's reason.
+        """
+        incoming = self.new_incoming(early_header=True)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                while chunk := f.read(_COPY_CHUNK):
+                    incoming.write(chunk)
+            incoming.flush()
+        except OSError as e:
+            incoming.discard()
+            if e.filename is None or incoming.error is not None:
+                return _io_failure(e, incoming.size)  # ours (the storage), not the source's
+            return StoreOutcome(StoreResult.INVALID, f"cannot read: {e.strerror}", size=incoming.size)
+        return self.store_instance(incoming, origin)
 
     # -- reads and searches ------------------------------------------------
     #
@@ -415,6 +439,8 @@ class _Early:
 
 
 _NOBODY = Origin("")
+# ingest_file copies a file in pieces of this size (a few blocks of IncomingFile).
+_COPY_CHUNK = 1 << 20
 # A header longer than this is left to pydicom, which reads it from the file.
 _FAST_HEADER_LIMIT = 256 << 10
 

@@ -29,6 +29,7 @@ from appliance.config import Modality
 from appliance.store.archive import Archive
 from appliance.web import admin, modalities, qido, stow, wado, wado_uri
 from appliance.web import worklists
+from appliance.web import instances
 from appliance.web import metrics
 from appliance.web.auth import REALM, Authenticator
 from appliance.web.common import CONTEXT, WebConfig, WebContext, http_error, is_loopback
@@ -102,6 +103,7 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
     admin.add_routes(app.router, "")
     modalities.add_routes(app.router, "")
     worklists.add_routes(app.router, "")
+    instances.add_routes(app.router, "")  # POST /instances (Orthanc's; pacs-appliance import)
     metrics.install(app)  # GET /metrics, GET / (status page), request timing
     return app
 

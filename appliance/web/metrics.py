@@ -104,12 +104,18 @@ async def status_page(request: web.Request) -> web.Response:
                    f"{human_bytes(c.get('bytes'))}"),
         ("Since start", f"{s['stored_since_start']} received, {s['failed_since_start']} failed"),
     ]
+    if s.get("http_authentication") is False:
+        rows.insert(0, ("WARNING", "HTTP authentication is OFF: anyone who reaches this port "
+                                   "reads and changes every study (AuthenticationEnabled)"))
     disk = s.get("disk")
     if disk:
         for fs in disk["filesystems"]:
             rows.append((f"Disk {'+'.join(fs['roles'])}",
                          f"{fs['percent']:.0f}% used, {human_bytes(fs['free'])} free ({fs['path']})"
                          + ("" if fs["level"] == "OK" else f" — {fs['level']}")))
+        for m in disk["missing"]:
+            # As `status` says it: a backup disk not mounted must be seen at a glance.
+            rows.append((f"Disk {m['role']}", f"{m['path']} MISSING (not mounted?)"))
         f = disk["forecast"]
         if f["bytes_per_day"] is not None:
             left = f["days_left"]

@@ -373,6 +373,8 @@ async def render_instance(request: web.Request, ctx: WebContext, row: StoredInst
     except IndexError:
         raise http_error(404, f"frame {frame} does not exist") from None
     except pixels.PixelError as e:
+        # One line, no traceback: a known limitation or a damaged frame, not our error.
+        log.warning("%s: %s: no rendered representation: %s", request.remote, request.path, e)
         raise http_error(406, f"no rendered representation: {e}") from None
     except ValueError as e:
         raise http_error(400, str(e)) from None

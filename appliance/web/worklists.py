@@ -107,7 +107,10 @@ async def get_one(request: web.Request) -> web.Response:
     try:
         attrs = await asyncio.to_thread(authoring.read_item, folder, worklist_id)
     except WorklistFileError as e:
-        raise http_error(500, f"worklist {worklist_id}: {e}") from None
+        # The file is there but is no worklist item (not served either): the request is
+        # understood, the resource cannot be processed (RFC 9110 15.5.21), not our fault.
+        raise http_error(422, f"worklist {worklist_id}: the file is not a readable "
+                              f"worklist item: {e}") from None
     if attrs is None:
         raise http_error(404, "Worklist not found")
     return web.json_response({"ID": worklist_id, "Tags": authoring.tags_json(attrs, fmt)})

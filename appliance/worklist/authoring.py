@@ -302,8 +302,10 @@ def read_item(folder: Path, worklist_id: str) -> Attrs | None:
         return None
 
 
-def list_items(folder: Path) -> list[tuple[str, Attrs]]:
-    """(ID, flattened dataset) of every readable item in ``folder``, sorted by ID."""
+def list_items(folder: Path, skipped: list[tuple[str, str]] | None = None
+               ) -> list[tuple[str, Attrs]]:
+    """(ID, flattened dataset) of every readable item in ``folder``, sorted by ID;
+    the others go to ``skipped`` as (file name, why) when it is given."""
     out = []
     try:
         entries = sorted(e.name for e in os.scandir(folder) if is_worklist_name(e.name) and e.is_file())
@@ -312,8 +314,11 @@ def list_items(folder: Path) -> list[tuple[str, Attrs]]:
     for name in entries:
         try:
             out.append((name[: -len(SUFFIX)], parse_worklist((folder / name).read_bytes())))
-        except (WorklistFileError, OSError):
-            continue  # the daemon logs unreadable files; a listing shows what is served
+        except (WorklistFileError, OSError) as e:
+            # Not served (the daemon logs it); a listing shows what is served.
+            if skipped is not None:
+                skipped.append((name, str(e) if isinstance(e, WorklistFileError)
+                                else e.strerror or str(e)))
     return out
 
 

@@ -109,7 +109,12 @@ def _add(args: argparse.Namespace, config, folder: Path) -> int:
 def _list(args: argparse.Namespace, config, folder: Path) -> int:
     from appliance.worklist import authoring
 
-    items = authoring.list_items(folder)
+    skipped: list[tuple[str, str]] = []
+    items = authoring.list_items(folder, skipped)
+    for name, why in skipped:
+        # On stderr: --json output stays the served items only.
+        print(f"pacs-appliance: worklist: {folder / name} skipped (not served): {why}",
+              file=sys.stderr)
     if args.json:
         print(json.dumps([{"ID": i, "Tags": authoring.tags_json(a)} for i, a in items],
                          ensure_ascii=False, indent=2))
@@ -121,6 +126,8 @@ def _list(args: argparse.Namespace, config, folder: Path) -> int:
     widths = [max(len(r[n]) for r in rows) for n in range(len(columns) - 1)]
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths)) + "  " + row[-1])
+    if skipped:
+        print(f"{len(items)} item(s); {len(skipped)} file(s) skipped (listed on stderr)")
     return EXIT_OK
 
 

@@ -98,6 +98,12 @@ def check_structure(data: bytes) -> None:
     if syntax is None:  # no File Meta: guess explicit VR from the first element's header
         implicit = not (len(data) >= pos + 6 and data[pos + 4:pos + 6].isalpha()
                         and data[pos + 4:pos + 6].isupper())
+        try:
+            _element_end(data, pos, len(data), implicit, "<")
+        except WorklistFileError:
+            # Say what it is (a text file, a note) rather than "truncated value".
+            raise WorklistFileError("not a DICOM file (no DICM prefix at byte 128, and no "
+                                    "data set at its start)") from None
     else:
         implicit = syntax == IMPLICIT_LE
     _walk(data, pos, len(data), implicit, ">" if syntax == EXPLICIT_BE else "<", False)
