@@ -156,7 +156,10 @@ def test_12bit_jpeg_is_one_warning_and_the_daemon_exits_at_once(daemon):
     seen = time.monotonic()
     daemon.proc.wait(20)
     assert daemon.proc.returncode == 0
-    assert time.monotonic() - seen < 0.5
+    # It took about 2 s (interpreter teardown of pydicom/numpy/aiohttp, the GDCM
+    # worker) and now about 0.06 s; 1.5 s leaves room for a loaded CI machine and
+    # the log polling while still telling the two apart.
+    assert time.monotonic() - seen < 1.5
 
 
 def _listening_socket() -> tuple[socket.socket, int]:
