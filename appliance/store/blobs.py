@@ -508,3 +508,19 @@ class BlobStore:
             os.unlink(self.path(relpath))
         except FileNotFoundError:
             log.warning("stored file already missing: %s", relpath)
+
+    def remove_durably(self, relpaths: list[str]) -> int:
+        """Delete stored files (missing ones are not an error: a crash may
+        have come after their unlink) and fsync their folders, so that none of
+        them comes back after a power cut. Returns how many were there."""
+        removed, folders = 0, set()
+        for rel in relpaths:
+            path = self.path(rel)
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            folders.add(path.parent)
+        self.sync_dirs(folders)
+        return removed
