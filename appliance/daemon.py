@@ -31,6 +31,7 @@ from appliance.dicom.scu import Outbound
 from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
 from appliance.ops.lock import data_folders_locked
+from appliance.ops.manage import remove_token, write_token
 from appliance.ops.quota import StorageMode, StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.status import LastError, StatusBoard
@@ -130,6 +131,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     worklist = _build_worklist(config, archive, live)
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
     users = Users(live.registered_users, live.authentication_enabled)
+    users.local_token = write_token(config.index_directory)  # pacs-appliance delete/modify
     ops = _build_ops(config, archive, handlers, worklist)
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
@@ -194,6 +196,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             await runner.cleanup()
         await asyncio.to_thread(archive.close)
         runtime_path(config).unlink(missing_ok=True)
+        remove_token(config.index_directory)
         ops.board.remove()
         logging.getLogger().removeHandler(ops.last_error)
     log.info("stopped: %d stored, %d failed since start",

@@ -11,13 +11,15 @@ from appliance.store.archive import (
     Admission, AdmissionTicket, Archive, Deletion, Origin, Refusal, StoreOutcome, StoreResult,
 )
 from appliance.store.blobs import IncomingFile
-from appliance.store.fix_patient import FIXABLE, Modification, ModifyError
+from appliance.store.fix_patient import (
+    FIXABLE, InvalidChange, Modification, ModifyError, check_changes,
+)
 from appliance.store.index import (
     SCHEMA_VERSION, AuditEntry, MppsRecord, PatientUsage, StoredInstance,
 )
 
 __all__ = [
     "FIXABLE", "SCHEMA_VERSION", "Admission", "AuditEntry", "Deletion", "Modification",
-    "ModifyError", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
+    "InvalidChange", "ModifyError", "check_changes", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
     "Origin", "PatientUsage", "Refusal", "StoreOutcome", "StoreResult", "StoredInstance",
 ]

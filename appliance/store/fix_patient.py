@@ -33,6 +33,7 @@ from pathlib import Path
 from threading import Lock
 
 import pydicom
+from pydicom import config as pydicom_config, valuerep
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 from appliance.store.archive import Archive, Origin, StoreOutcome
@@ -49,6 +50,9 @@ FIXABLE: dict[str, str | None] = {
     "PatientSex": "patient_sex",
     "AccessionNumber": None,
 }
+# Their VRs (PS3.6), for the checks of check_changes.
+_VR = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
+       "AccessionNumber": "SH"}
 _ORIGIN = Origin("Modification")
 _WORKERS = 4       # rewrites at once: each waits for its fsync most of its time
 _CHUNK = 1 << 20
@@ -56,6 +60,35 @@ _CHUNK = 1 << 20
 
 class ModifyError(Exception):
     """The study could not be fixed; nothing changed (``str(e)`` says why)."""
+
+
+class InvalidChange(ValueError):
+    """What was asked is not a valid change (the message says why, for the user)."""
+
+
+def check_changes(changes: object) -> dict[str, str]:
+    """``changes`` (keyword -> new value) if every key is one of
+    :data:`FIXABLE` and every value a valid single value of its VR (PS3.5
+    6.2; PatientSex M, F, O or empty, PS3.3 C.7.1.1), else InvalidChange.
+    The HTTP endpoint and the command line both check with this."""
+    if not isinstance(changes, dict) or not changes:
+        raise InvalidChange(f"nothing to replace: give one or more of {', '.join(FIXABLE)}")
+    for keyword, value in changes.items():
+        if keyword not in FIXABLE:
+            raise InvalidChange(f"{keyword!s:.64}: only {', '.join(FIXABLE)} can be replaced")
+        if not isinstance(value, str):
+            raise InvalidChange(f"{keyword}: expected a string")
+        if "\\" in value or any(ord(c) < 32 and c != "\x1b" for c in value):
+            raise InvalidChange(f"{keyword}: one value, without backslash or control characters")
+        try:
+            valuerep.validate_value(_VR[keyword], value, pydicom_config.RAISE)
+        except ValueError as e:
+            raise InvalidChange(f"{keyword}: {str(e).split(' Please see')[0]}") from None
+        if keyword == "PatientSex" and value not in ("", "M", "F", "O"):
+            raise InvalidChange("PatientSex: M, F, O or empty")
+    if changes.get("PatientID") == "":
+        raise InvalidChange("PatientID: the archive files studies by PatientID: give one")
+    return changes
 
 
 @dataclass(frozen=True)
@@ -71,9 +104,11 @@ def modify_study(archive: Archive, study_uid: str, changes: dict[str, str], *,
                  keep_uids: bool, user: str, reason: str = "") -> Modification | None:
     """Rewrite every instance of the study with ``changes`` (keywords of
     :data:`FIXABLE`) and swap the new files in; None when no such study is
-    stored. Raises ModifyError (nothing changed) when an instance cannot be
-    rewritten or the new study cannot be indexed."""
+    stored. Raises InvalidChange for changes :func:`check_changes` refuses,
+    ModifyError (nothing changed) when an instance cannot be rewritten or
+    the new study cannot be indexed."""
     started = time.monotonic()
+    changes = check_changes(changes)
     rows = archive.instances_in(study_uid)
     if not rows:
         return None
