@@ -54,7 +54,7 @@ FIXABLE: dict[str, str | None] = {
 _VR = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "PatientSex": "CS",
        "AccessionNumber": "SH"}
 _ORIGIN = Origin("Modification")
-_WORKERS = 4       # rewrites at once: each waits for its fsync most of its time
+_WORKERS = 8       # rewrites at once: each waits for its fsync most of its time
 _CHUNK = 1 << 20
 
 
