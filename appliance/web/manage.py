@@ -18,13 +18,12 @@ writes the audit entry and its log line; this module parses and maps.
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 
 from appliance.store import InvalidChange, ModifyError
 from appliance.web.auth import AUTH_USER
-from appliance.web.common import check_uid, context, http_error, request_uids
+from appliance.web.common import check_uid, context, http_error, json_object, request_uids
 
 # A fix-patient body is a few hundred bytes; anything much larger is not one.
 _MAX_BODY = 64 << 10
@@ -77,12 +76,7 @@ async def modify(request: web.Request) -> web.Response:
     raw = await request.content.read(_MAX_BODY + 1)
     if len(raw) > _MAX_BODY:
         raise http_error(413, "body too large for a modification")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise http_error(400, "the body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise http_error(400, "the body must be a JSON object")
+    body = json_object(raw)
     unknown = sorted(set(body) - _BODY_KEYS)
     if unknown:
         raise http_error(400, f"not supported here: {', '.join(map(str, unknown))[:200]} "

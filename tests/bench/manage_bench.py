@@ -43,8 +43,8 @@ if __package__ in (None, ""):
 
 from tests.bench import datagen  # noqa: E402
 from tests.bench.servers import (  # noqa: E402
-    CALLED_AET, LOOPBACK, ApplianceServer, OrthancServer, Server, ServerError, base_env, free_port,
-    orthanc_style_config,
+    CALLED_AET, LOOPBACK, REPO_ROOT, ApplianceServer, OrthancServer, Server, ServerError, base_env,
+    free_port, orthanc_style_config,
 )
 
 log = logging.getLogger("manage-bench")
@@ -56,16 +56,30 @@ FIX = {"PatientName": "Right^Patient", "PatientBirthDate": "19910203", "PatientS
 TARGETS = {"delete": 1.0, "modify": 5.0}
 
 
-class Orthanc(OrthancServer):
-    """Orthanc, remembering its HTTP port, with the REST calls measured."""
+class _Measured:
+    """A server of this benchmark: its HTTP port remembered, the Orthanc-style config
+    written; subclasses say how to launch it and what the measured REST calls are."""
 
     http_port = 0
+    config_name = ""
 
     def command(self):
         self.http_port = free_port()
-        config = orthanc_style_config(self.workdir, self.port, self.http_port)
-        path = self.workdir / "orthanc.json"
-        path.write_text(json.dumps(config, indent=2))
+        path = self.workdir / self.config_name
+        path.write_text(json.dumps(orthanc_style_config(self.workdir, self.port, self.http_port),
+                                   indent=2))
+        return self.launch(path)
+
+    def url(self, path: str) -> str:
+        return f"http://{LOOPBACK}:{self.http_port}{path}"
+
+
+class Orthanc(_Measured, OrthancServer):
+    """Debian's Orthanc: /studies/{id}/modify and DELETE /studies/{id}."""
+
+    config_name = "orthanc.json"
+
+    def launch(self, path: Path):
         return [str(self.binary), str(path)], self.workdir
 
     def study(self) -> str:
@@ -81,21 +95,14 @@ class Orthanc(OrthancServer):
     def delete(self, study: str) -> None:
         requests.delete(self.url(f"/studies/{study}"), timeout=600).raise_for_status()
 
-    def url(self, path: str) -> str:
-        return f"http://{LOOPBACK}:{self.http_port}{path}"
 
+class Appliance(_Measured, ApplianceServer):
+    """This checkout: /studies/{uid}/modify and DELETE /dicom-web/studies/{uid}."""
 
-class Appliance(ApplianceServer):
-    """pacs-appliance, remembering its HTTP port, with the REST calls measured."""
+    config_name = "config.json"
 
-    http_port = 0
-
-    def command(self):
-        self.http_port = free_port()
-        config = orthanc_style_config(self.workdir, self.port, self.http_port)
-        path = self.workdir / "config.json"
-        path.write_text(json.dumps(config, indent=2))
-        from tests.bench.servers import REPO_ROOT
+    def launch(self, path: Path):
+        # cwd = repo root so `-m appliance` resolves to this checkout.
         return [self.python, "-m", "appliance", "serve", "--config", str(path)], REPO_ROOT
 
     def study(self) -> str:
@@ -111,9 +118,6 @@ class Appliance(ApplianceServer):
         r = requests.delete(self.url(f"/dicom-web/studies/{study}"), timeout=600)
         if r.status_code != 204:
             raise ServerError(f"DELETE answered {r.status_code}: {r.text[:200]}")
-
-    def url(self, path: str) -> str:
-        return f"http://{LOOPBACK}:{self.http_port}{path}"
 
 
 def _send(server: Server, files: list[Path]) -> None:

@@ -12,7 +12,7 @@ from pydicom.uid import generate_uid
 
 from appliance.store import Archive, AuditEntry, ModifyError
 from appliance.store.blobs import BlobStore
-from tests.store.test_archive import ORIGIN, incoming_copy, stored_files
+from tests.store.test_archive import ORIGIN, archive, incoming_copy, stored_files  # noqa: F401
 from tests.store.test_index_summaries import assert_summaries_right
 from tests.support import new_dataset
 
@@ -40,14 +40,6 @@ def _study(folder: Path, series_sizes: tuple[int, ...], *, name="Doe^John", pid=
             ds.save_as(path, enforce_file_format=True)
             paths.append(path)
     return paths
-
-
-@pytest.fixture
-def archive(tmp_path):
-    a = Archive(tmp_path / "storage", tmp_path / "index")
-    a.open()
-    yield a
-    a.close()
 
 
 def _store_all(archive: Archive, paths: list[Path]) -> str:
