@@ -38,7 +38,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 from appliance.store.archive import Archive, Origin, StoreOutcome
 from appliance.store.blobs import BlobStore, IncomingFile
-from appliance.store.index import AuditEntry, InstanceRecord, StoredInstance
+from appliance.store.index import AuditEntry, InstanceRecord, StoredInstance, StudyChanged
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,11 @@ _CHUNK = 1 << 20
 
 class ModifyError(Exception):
     """The study could not be fixed; nothing changed (``str(e)`` says why)."""
+
+
+class ModifyConflict(ModifyError):
+    """The study changed while it was being fixed (deleted, fixed by another
+    request): nothing changed; look at it again."""
 
 
 class InvalidChange(ValueError):
@@ -120,6 +125,7 @@ def modify_study(archive: Archive, study_uid: str, changes: dict[str, str], *,
                    "SOPInstanceUID": row.sop_instance_uid if keep_uids else generate_uid()},
              BlobStore.new_id()) for row in rows]
     rels = [BlobStore.relpath(file_id) for _, _, file_id in plan]
+    received = archive.index.received_times([row.id for row in rows])
     archive.index.doom_files((rel, row.file_size) for rel, (row, _, _) in zip(rels, plan))
     placed: list[str] = []
     lock = Lock()
@@ -141,7 +147,9 @@ def modify_study(archive: Archive, study_uid: str, changes: dict[str, str], *,
             rel, directory = archive.blobs.adopt(incoming, file_id)
             with lock:
                 placed.append(rel)
-            return replace(checked[1], file_path=rel), directory
+            # Received when the original was: the disk forecast's ingest rate
+            # and recycling's age order do not take a fix for new images.
+            return replace(checked[1], file_path=rel, received_at=received[row.id]), directory
         finally:
             incoming.discard()  # a no-op once renamed into place
 
@@ -162,6 +170,8 @@ def modify_study(archive: Archive, study_uid: str, changes: dict[str, str], *,
         archive.index.forget_doomed(rels)
         if isinstance(e, ModifyError):
             raise
+        if isinstance(e, StudyChanged):
+            raise ModifyConflict(str(e)) from None
         if isinstance(e, Exception):
             raise ModifyError(f"the fixed study could not be indexed: {e}") from e
         raise

@@ -8,7 +8,8 @@
   ``/studies/{id}/modify``) with the DICOM UID for Orthanc's id; body
   ``{"Replace": {"PatientName", "PatientID", "PatientBirthDate",
   "PatientSex", "AccessionNumber"}, "Reason": "...", "KeepUIDs": false}``,
-  answer ``{"StudyInstanceUID": ..., "Instances": n}``.
+  answer ``{"StudyInstanceUID": ..., "Instances": n}``; 409 when the study was
+  deleted or fixed by another request meanwhile (nothing changed).
 - ``GET /audit[?limit=&offset=]``: who deleted or changed what, newest first.
 
 Thin: the Archive does the work (appliance.store: delete, modify_study) and
@@ -21,7 +22,7 @@ import asyncio
 
 from aiohttp import web
 
-from appliance.store import InvalidChange, ModifyError
+from appliance.store import InvalidChange, ModifyConflict, ModifyError
 from appliance.web.auth import AUTH_USER
 from appliance.web.common import check_uid, context, http_error, json_object, request_uids
 
@@ -91,6 +92,8 @@ async def modify(request: web.Request) -> web.Response:
                                        reason=_reason(body.get("Reason", "")))
     except InvalidChange as e:
         raise http_error(400, f"Replace: {e}") from None
+    except ModifyConflict as e:
+        raise http_error(409, f"study not modified: {e}") from None
     except ModifyError as e:
         raise http_error(500, f"study not modified: {e}") from None
     if done is None:

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from appliance.store import Archive, AuditEntry, ModifyError
+from appliance.store import Archive, AuditEntry, ModifyConflict, ModifyError
 from appliance.store.blobs import BlobStore
 from tests.store.test_archive import ORIGIN, archive, incoming_copy, stored_files  # noqa: F401
 from tests.store.test_index_summaries import assert_summaries_right
@@ -111,6 +111,7 @@ def test_modify_rewrites_the_patient_and_swaps(archive, tmp_path, keep_uids):
     paths = _study(tmp_path / "a", (3, 1))
     study = _store_all(archive, paths)
     old = {i.sop_instance_uid: i for i in archive.instances_in(study)}
+    received = sorted(r[0] for r in archive.index.read("SELECT received_at FROM instances"))
     old_pixels = {pydicom.dcmread(archive.file_of(i)).PixelData for i in old.values()}
     done = archive.modify_study(study, {"PatientName": "Roe^Richard", "PatientID": "PAT2",
                                         "AccessionNumber": "ACC9"},
@@ -133,6 +134,8 @@ def test_modify_rewrites_the_patient_and_swaps(archive, tmp_path, keep_uids):
     assert archive.index.read("SELECT accession_number FROM studies") == [("ACC9",)]
     assert_summaries_right(archive.index)
     assert archive.index.read("SELECT count(*) FROM doomed_files") == [(0,)]
+    # Received when the originals were (the forecast's ingest rate is unchanged).
+    assert sorted(r[0] for r in archive.index.read("SELECT received_at FROM instances")) == received
     (entry,) = archive.audit_trail()
     assert (entry.action, entry.level, entry.instances, entry.reason) == (
         "modify", "Study", 4, "DCM 113038")
@@ -162,3 +165,23 @@ def test_modify_that_fails_changes_nothing(archive, tmp_path):
     assert len(stored_files(archive)) == 2
     assert archive.index.read("SELECT count(*) FROM doomed_files") == [(0,)]
     assert archive.audit_trail() == []
+
+
+def test_modify_of_a_study_deleted_meanwhile_changes_nothing(archive, tmp_path, monkeypatch):
+    """A delete that lands while the new files are written: the swap finds the
+    old instances gone and gives up, rather than bring the study back."""
+    import appliance.store.fix_patient as fix
+
+    study = _store_all(archive, _study(tmp_path / "a", (3,)))
+    rewrite = fix._rewrite
+
+    def rewrite_then_delete(src, out, changes, uids):
+        rewrite(src, out, changes, uids)
+        archive.delete(study, user="other")
+
+    monkeypatch.setattr(fix, "_rewrite", rewrite_then_delete)
+    with pytest.raises(ModifyConflict):
+        archive.modify_study(study, {"PatientID": "X"}, keep_uids=False, user="t")
+    assert archive.counts()["instances"] == 0 and stored_files(archive) == []
+    assert archive.index.read("SELECT count(*) FROM doomed_files") == [(0,)]
+    assert [e.action for e in archive.audit_trail()] == ["delete"]

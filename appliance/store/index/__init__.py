@@ -22,12 +22,12 @@ from appliance.store.index.instances import (
 )
 from appliance.store.index.maintenance import COUNT_NAMES, Maintenance, PatientUsage, Snapshot
 from appliance.store.index.mpps import Mpps, MppsRecord
-from appliance.store.index.removals import AuditEntry, Removals, Removed
+from appliance.store.index.removals import AuditEntry, Removals, Removed, StudyChanged
 from appliance.store.index.schema import DB_NAME, MIGRATIONS, QIDO_KEPT, SCHEMA_VERSION
 from appliance.store.index.search import Searches
 
 __all__ = [
-    "AuditEntry", "Removed", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
+    "AuditEntry", "Removed", "StudyChanged", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
     "InsertOutcome", "InstanceRecord", "MppsRecord", "PatientUsage", "Snapshot", "StoredInstance",
 ]
 

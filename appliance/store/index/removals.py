@@ -21,6 +21,10 @@ import apsw
 from appliance.store.index.instances import InstanceRecord, _insert, _keep_summaries
 
 
+class StudyChanged(Exception):
+    """A swap found the old instances no longer all there (nothing was changed)."""
+
+
 @dataclass(frozen=True)
 class AuditEntry:
     """One line of the audit trail (who deleted or changed what, and why)."""
@@ -148,13 +152,18 @@ class Removals:
         PatientID (kept when it has other studies), add the audit entry.
         ``dirs`` (where the new files were renamed) are fsynced before the
         commit. Returns (what was removed, change in the number of patients).
-        Raises if a record's SOP Instance UID is already stored."""
+        Raises StudyChanged when some of ``old_ids`` are gone, and if a
+        record's SOP Instance UID is already stored (nothing changed then)."""
         records = list(records)
 
         def swap(conn: apsw.Connection) -> tuple[Removed, int]:
             (before,) = conn.execute("SELECT count(*) FROM patients").fetchone()
             removed = _remove(conn, "i.id IN (SELECT value FROM json_each(?))",
                               (json.dumps(old_ids),))
+            if len(removed.files) != len(old_ids):
+                # Deleted (or fixed by another request) meanwhile: swapping
+                # in the new study would bring back what is gone, or two.
+                raise StudyChanged("instances of the study were deleted or replaced meanwhile")
             for rec in records:
                 if not _insert(conn, rec, overwrite=False).inserted:
                     raise apsw.ConstraintError(f"instance {rec.sop_instance_uid} is already stored")
@@ -170,6 +179,11 @@ class Removals:
             return removed, after - before
 
         return self.run_write(swap, dirs)
+
+    def received_times(self, instance_ids: list[int]) -> dict[int, float]:
+        """When each of these instances was received, by row id."""
+        return dict(self.read("SELECT id, received_at FROM instances WHERE id IN "
+                              "(SELECT value FROM json_each(?))", (json.dumps(instance_ids),)))
 
     def doomed_files(self) -> list[tuple[str, bool]]:
         """(file_path, still named by an instance row) of every doomed file."""
