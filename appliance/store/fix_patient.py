@@ -17,9 +17,11 @@ doomed), inserts the new ones and takes the new files off the list. A SIGKILL
 before that commit leaves the old study alone visible (the new files are
 unlinked at the next start), after it the new one alone (the old files are).
 
-Only the header is rewritten: it is read with pydicom up to the Pixel Data,
-changed and written again, and the rest of the file (the pixels, and anything
-after them) is copied as it is, so a 200-image study takes about a second.
+Only the header is rewritten: its bytes are patched (appliance.dicomfile.patch:
+the replaced elements written anew, the others copied) or, for a header that
+cannot be patched so, it is read with pydicom up to the Pixel Data, changed
+and written again; the rest of the file (the pixels, and anything after them)
+is copied as it is.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from threading import Lock
 
 import pydicom
 from pydicom import config as pydicom_config, valuerep
+from pydicom.datadict import tag_for_keyword
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
+from appliance.dicomfile import patch
 from appliance.store.archive import Archive, Origin, StoreOutcome
 from appliance.store.blobs import BlobStore, IncomingFile
 from appliance.store.index import AuditEntry, InstanceRecord, StoredInstance, StudyChanged
@@ -56,6 +60,7 @@ _VR = {"PatientName": "PN", "PatientID": "LO", "PatientBirthDate": "DA", "Patien
 _ORIGIN = Origin("Modification")
 _WORKERS = 8       # rewrites at once: each waits for its fsync most of its time
 _CHUNK = 1 << 20
+_HEAD = 256 << 10  # enough for any header a scanner writes before its pixels
 
 
 class ModifyError(Exception):
@@ -186,9 +191,21 @@ def modify_study(archive: Archive, study_uid: str, changes: dict[str, str], *,
 
 def _rewrite(src: Path, out: IncomingFile, changes: dict[str, str], uids: dict[str, str]) -> None:
     """Write into ``out`` the file ``src`` with ``changes`` and ``uids`` applied:
-    its header rewritten by pydicom, the rest from the Pixel Data on copied as
-    it is (a deflated data set is rewritten whole)."""
+    its header patched in its bytes (appliance.dicomfile.patch) or, when that
+    cannot, rewritten by pydicom; the rest (the pixel data) copied as it is
+    (a deflated data set is rewritten whole)."""
     with open(src, "rb") as f:
+        patched = patch.patch(f.read(_HEAD), {tag_for_keyword(k): v for k, v in
+                                              {**changes, **uids}.items()},
+                              uids["SOPInstanceUID"])
+        if patched is not None:  # the usual case: the bytes patched, no pydicom
+            start, rest_at = patched
+            out.write(start)
+            f.seek(rest_at)
+            while chunk := f.read(_CHUNK):
+                out.write(chunk)
+            return
+        f.seek(0)
         ds = pydicom.dcmread(f, stop_before_pixels=True)
         rest_at: int | None = f.tell()
         if ds.file_meta.TransferSyntaxUID == DeflatedExplicitVRLittleEndian:
