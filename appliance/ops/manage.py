@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -97,11 +98,19 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def write_token(index_directory: Path) -> str:
-    """Make the command line's secret for this run of the daemon (mode 0600)."""
-    from appliance.durable import write_atomic
-
+    """Make the command line's secret for this run of the daemon (mode 0600,
+    created so: never readable by others, not even for a moment). Not fsynced:
+    after a crash the next start writes a new one anyway."""
     token = secrets.token_urlsafe(32)
-    write_atomic(Path(index_directory) / TOKEN_FILE, token.encode("ascii"), mode=0o600)
+    path = Path(index_directory) / TOKEN_FILE
+    temp = path.with_name(f".{TOKEN_FILE}.{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, token.encode("ascii"))
+    finally:
+        os.close(fd)
+    os.replace(temp, path)  # whole or absent for a reader
     return token
 
 
