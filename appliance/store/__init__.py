@@ -12,7 +12,8 @@ from appliance.store.archive import (
 )
 from appliance.store.blobs import IncomingFile
 from appliance.store.fix_patient import (
-    FIXABLE, InvalidChange, Modification, ModifyConflict, ModifyError, check_changes,
+    FIXABLE, InvalidChange, Modification, ModifyConflict, ModifyError, ModifyNoSpace,
+    check_changes,
 )
 from appliance.store.index import (
     SCHEMA_VERSION, AuditEntry, MppsRecord, PatientUsage, StoredInstance,
@@ -20,6 +21,6 @@ from appliance.store.index import (
 
 __all__ = [
     "FIXABLE", "SCHEMA_VERSION", "Admission", "AuditEntry", "Deletion", "Modification",
-    "InvalidChange", "ModifyConflict", "ModifyError", "check_changes", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
+    "InvalidChange", "ModifyConflict", "ModifyError", "ModifyNoSpace", "check_changes", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
     "Origin", "PatientUsage", "Refusal", "StoreOutcome", "StoreResult", "StoredInstance",
 ]

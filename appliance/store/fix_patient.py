@@ -40,7 +40,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 from appliance.dicomfile import patch
-from appliance.store.archive import Archive, Origin, StoreOutcome
+from appliance.store.archive import Archive, Origin, StoreOutcome, StoreResult
 from appliance.store.blobs import BlobStore, IncomingFile
 from appliance.store.index import AuditEntry, InstanceRecord, StoredInstance, StudyChanged
 
@@ -70,6 +70,10 @@ class ModifyError(Exception):
 class ModifyConflict(ModifyError):
     """The study changed while it was being fixed (deleted, fixed by another
     request): nothing changed; look at it again."""
+
+
+class ModifyNoSpace(ModifyError):
+    """The new files do not fit (storage full): nothing changed."""
 
 
 class InvalidChange(ValueError):
@@ -147,8 +151,9 @@ def modify_study(archive: Archive, study_uid: str, changes: dict[str, str], *,
             checked = archive.sealed_and_checked(incoming, _ORIGIN, row.sop_class_uid,
                                                  uids["SOPInstanceUID"], replacing=keep_uids)
             if isinstance(checked, StoreOutcome):
-                raise ModifyError(f"instance {row.sop_instance_uid} rewritten is refused: "
-                                  f"{checked.reason}")
+                full = checked.result is StoreResult.OUT_OF_RESOURCES
+                raise (ModifyNoSpace if full else ModifyError)(
+                    f"instance {row.sop_instance_uid} rewritten is refused: {checked.reason}")
             rel, directory = archive.blobs.adopt(incoming, file_id)
             with lock:
                 placed.append(rel)

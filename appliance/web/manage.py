@@ -9,7 +9,8 @@
   ``{"Replace": {"PatientName", "PatientID", "PatientBirthDate",
   "PatientSex", "AccessionNumber"}, "Reason": "...", "KeepUIDs": false}``,
   answer ``{"StudyInstanceUID": ..., "Instances": n}``; 409 when the study was
-  deleted or fixed by another request meanwhile (nothing changed).
+  deleted or fixed by another request meanwhile, 507 when the new files do not
+  fit (nothing changed either way).
 - ``GET /audit[?limit=&offset=]``: who deleted or changed what, newest first.
 
 Thin: the Archive does the work (appliance.store: delete, modify_study) and
@@ -22,7 +23,7 @@ import asyncio
 
 from aiohttp import web
 
-from appliance.store import InvalidChange, ModifyConflict, ModifyError
+from appliance.store import InvalidChange, ModifyConflict, ModifyError, ModifyNoSpace
 from appliance.web.auth import AUTH_USER
 from appliance.web.common import check_uid, context, http_error, json_object, request_uids
 
@@ -94,6 +95,8 @@ async def modify(request: web.Request) -> web.Response:
         raise http_error(400, f"Replace: {e}") from None
     except ModifyConflict as e:
         raise http_error(409, f"study not modified: {e}") from None
+    except ModifyNoSpace as e:
+        raise http_error(507, f"study not modified: {e}") from None
     except ModifyError as e:
         raise http_error(500, f"study not modified: {e}") from None
     if done is None:
