@@ -11,6 +11,7 @@ import threading
 
 from appliance import __version__
 from appliance.ops import commands as ops_commands
+from appliance.ops import manage as manage_commands
 from appliance.worklist import commands as worklist_commands
 
 EXIT_OK = 0
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="PBKDF2 iterations (default 600000)")
     worklist_commands.add_parser(sub)
     ops_commands.add_parsers(sub)
+    manage_commands.add_parsers(sub)
     return p
 
 
@@ -94,6 +96,8 @@ def _main(argv: list[str] | None) -> int:
         return worklist_commands.run(args, config)
     if args.command in ops_commands.COMMANDS:
         return ops_commands.run(args, config)
+    if args.command in manage_commands.COMMANDS:
+        return manage_commands.run(args, config)
     return _serve(config, debug=args.debug)
 
 

@@ -33,6 +33,7 @@ from appliance.dicom.scu import Outbound
 from appliance.ops.backup import BackupScheduler, BackupSettings
 from appliance.ops.disk import DiskMonitor
 from appliance.ops.lock import data_folders_locked
+from appliance.ops.manage import remove_token, write_token
 from appliance.ops.quota import StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.space import install_admission
@@ -154,6 +155,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     worklist = _build_worklist(config, archive, live)
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
     users = Users(live.registered_users, live.authentication_enabled)
+    users.local_token = write_token(config.index_directory)  # pacs-appliance delete/modify
     ops = _build_ops(config, archive, handlers, worklist)
     ops.board.http_authentication = lambda: users.authenticator is not None
     dicom = DicomServer(
@@ -223,6 +225,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         await asyncio.to_thread(archive.close)
         isolated.shutdown()  # the pixel decoding worker process, if one was started
         runtime_path(config).unlink(missing_ok=True)
+        remove_token(config.index_directory)
         ops.board.remove()
         logging.getLogger().removeHandler(ops.last_error)
     log.info("stopped: %d stored, %d failed since start",

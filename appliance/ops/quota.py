@@ -16,8 +16,8 @@ stored:
   (its study may still be arriving), is never recycled; when nothing else is left
   the object is refused.
 
-The totals (bytes, patients) are kept in memory: a store adds to them, a recycled
-patient subtracts, and :meth:`StoreAdmission.totals_changed` resets them from the
+The totals (bytes, patients) are kept in memory: a store adds to them, a delete
+(recycling, the Archive's delete) subtracts, and :meth:`StoreAdmission.totals_changed` resets them from the
 index now and then (the status board's count), so the hot path runs no extra SQL
 (except one indexed lookup per object when MaximumPatientCount is set).
 """
@@ -107,6 +107,17 @@ class StoreAdmission(Admission):
             self._bytes = counts["bytes"]
             self._patients = counts["patients"]
 
+    def stored_changed(self, bytes_delta: int, patients_delta: int) -> None:
+        """Objects were deleted or rewritten (Archive.delete, recycling, a patient
+        fix): the running totals move by these amounts, and the free space
+        measured last grows by the bytes freed until the next measurement."""
+        with self._lock:
+            if self._bytes is not None:
+                self._bytes += bytes_delta
+            self._patients += patients_delta
+            self._stored_since_measure += bytes_delta
+            self._space_check()
+
     # -- the hot path ----------------------------------------------------
 
     def admit(self, patient_id: str, size: int) -> AdmissionTicket:
@@ -187,11 +198,10 @@ class StoreAdmission(Admission):
         if not candidates:
             return False
         victim = candidates[0]
+        # The Archive's own delete (audited, crash-safe); it calls
+        # stored_changed, which takes the freed bytes off the totals.
         deleted, freed = self._archive.delete_patient(victim.pk)
         with self._lock:
-            if self._bytes is not None:
-                self._bytes -= freed
-            self._patients -= 1
             self.recycled_patients += 1
             self.recycled_bytes += freed
         # Internal id and counts only: no patient name or ID at INFO.

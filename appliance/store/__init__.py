@@ -8,12 +8,19 @@ insides.
 from __future__ import annotations
 
 from appliance.store.archive import (
-    Admission, AdmissionTicket, Archive, Origin, Refusal, StoreOutcome, StoreResult,
+    Admission, AdmissionTicket, Archive, Deletion, Origin, Refusal, StoreOutcome, StoreResult,
 )
 from appliance.store.blobs import IncomingFile
-from appliance.store.index import SCHEMA_VERSION, MppsRecord, PatientUsage, StoredInstance
+from appliance.store.fix_patient import (
+    FIXABLE, InvalidChange, Modification, ModifyConflict, ModifyError, ModifyNoSpace,
+    check_changes,
+)
+from appliance.store.index import (
+    SCHEMA_VERSION, AuditEntry, MppsRecord, PatientUsage, StoredInstance,
+)
 
 __all__ = [
-    "SCHEMA_VERSION", "Admission", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
+    "FIXABLE", "SCHEMA_VERSION", "Admission", "AuditEntry", "Deletion", "Modification",
+    "InvalidChange", "ModifyConflict", "ModifyError", "ModifyNoSpace", "check_changes", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
     "Origin", "PatientUsage", "Refusal", "StoreOutcome", "StoreResult", "StoredInstance",
 ]

@@ -35,7 +35,7 @@ from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.blobs import BlobStore, IncomingFile, Sealing
 from appliance.query.model import Row, Search
 from appliance.store.index import (
-    Index, InstanceRecord, MppsRecord, PatientUsage, StoredInstance,
+    AuditEntry, Index, InstanceRecord, MppsRecord, PatientUsage, Removed, StoredInstance,
 )
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,19 @@ class Admission:
         """A ticket for storing ``size`` bytes of this patient, or a :class:`Refusal`."""
         return self._OPEN
 
+    def stored_changed(self, bytes_delta: int, patients_delta: int) -> None:
+        """Objects left the archive or changed (a delete, recycling, a patient
+        fix): the totals the quotas count move by these amounts."""
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What :meth:`Archive.delete` removed."""
+
+    instances: int
+    bytes: int
+    patients: int   # patients left without a study, removed too
+
 
 class Archive:
     """Index + file store behind one thread-safe interface."""
@@ -152,11 +165,21 @@ class Archive:
         self.admission = admission or Admission()
 
     def open(self) -> None:
-        """Sweep partial files left by a crash, open the index."""
+        """Sweep partial files left by a crash, open the index, remove the
+        files a delete or a patient fix interrupted by a crash still owed."""
         swept = self.blobs.open()
         if swept:
             log.warning("removed %d partial file(s) left by an interrupted receive", swept)
         self.index.open()
+        doomed = self.index.doomed_files()
+        if doomed:
+            # A row still naming its file (never, but a bug must not lose an
+            # image): the file stays and leaves the list.
+            kept = [path for path, named in doomed if named]
+            removed = self.blobs.remove_durably([path for path, named in doomed if not named])
+            self.index.forget_doomed(path for path, _ in doomed)
+            log.warning("removed %d file(s) owed by a delete or patient fix interrupted by a "
+                        "crash%s", removed, f" ({len(kept)} still indexed: kept)" if kept else "")
 
     def close(self) -> None:
         """Finish queued index writes and close the index."""
@@ -305,15 +328,69 @@ class Archive:
         return self.index.least_recently_stored(spare=spare, stored_before=stored_before,
                                                 limit=limit)
 
-    def delete_patient(self, patient_pk: int) -> tuple[int, int]:
-        """Delete a patient and everything stored of it: the rows in one
-        transaction first, then the files, so a crash between the two leaves
-        unlisted files (found by a reindex), never a row without its file.
-        Returns (files, bytes) deleted."""
-        files = self.index.delete_patient(patient_pk)
-        for path, _ in files:
-            self.blobs.remove(path)
-        return len(files), sum(size for _, size in files)
+    def delete_patient(self, patient_pk: int, *, user: str = "recycling") -> tuple[int, int]:
+        """Delete a patient and everything stored of it (quota recycling), the
+        same way as :meth:`delete`. Returns (files, bytes) deleted."""
+        removed = self._delete(AuditEntry(user, "delete", "Patient", {"Patient": f"#{patient_pk}"}),
+                               None, patient_pk=patient_pk)
+        return len(removed.files), removed.bytes
+
+    # -- deletes and patient fixes (issue 16) -----------------------------------
+
+    def delete(self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None,
+               *, user: str, reason: str = "") -> Deletion | None:
+        """Delete a study, a series of it, or an instance of that; None when
+        the archive holds no such thing (an instance is only found under its
+        own study and series).
+
+        Crash-safe: the rows go in one transaction that also lists their files
+        as doomed and adds the audit entry; the files are unlinked after the
+        commit, and whatever a crash left listed is unlinked at the next
+        start. So a SIGKILL leaves the object whole or gone, and no orphan.
+        """
+        uids = {"StudyInstanceUID": study_uid}
+        if series_uid is not None:
+            uids["SeriesInstanceUID"] = series_uid
+        if sop_uid is not None:
+            uids["SOPInstanceUID"] = sop_uid
+        level = "Instance" if sop_uid else "Series" if series_uid else "Study"
+        removed = self._delete(AuditEntry(user, "delete", level, uids, reason),
+                               study_uid, series_uid, sop_uid)
+        if not removed.files:
+            return None
+        return Deletion(len(removed.files), removed.bytes, removed.patients)
+
+    def _delete(self, entry: AuditEntry, *scope, patient_pk: int | None = None) -> Removed:
+        removed = self.index.delete_scope(*scope, audit=entry, patient_pk=patient_pk)
+        if removed.files:
+            self.files_removed(removed)
+            log.info("%s: audit: delete %s %s: %d instance(s), %d bytes", entry.user,
+                     entry.level.lower(), _uid_text(entry.uids), len(removed.files), removed.bytes)
+        return removed
+
+    def files_removed(self, removed: Removed, *, bytes_added: int = 0,
+                      patients_added: int = 0) -> None:
+        """After the commit that doomed them: unlink the files, take them off
+        the list, tell the quotas."""
+        paths = [path for path, _ in removed.files]
+        self.blobs.remove_durably(paths)
+        self.index.forget_doomed(paths)
+        self.admission.stored_changed(bytes_added - removed.bytes, patients_added - removed.patients)
+
+    def audit_trail(self, limit: int = 1000, offset: int = 0) -> list[AuditEntry]:
+        """Who deleted or changed what, newest first."""
+        return self.index.audit_entries(limit, offset)
+
+    def modify_study(self, study_uid: str, changes: dict[str, str], *, keep_uids: bool,
+                     user: str, reason: str = ""):
+        """Fix the patient (PatientName, PatientID, PatientBirthDate,
+        PatientSex, AccessionNumber, by keyword in ``changes``) of a study:
+        see appliance.store.fix_patient. Returns its Modification, or None
+        when no such study is stored."""
+        from appliance.store.fix_patient import modify_study
+
+        return modify_study(self, study_uid, changes, keep_uids=keep_uids, user=user,
+                            reason=reason)
 
     def ingest_since(self, since: float) -> tuple[int, float | None]:
         """(bytes received after ``since``, time of the oldest instance)."""
@@ -321,11 +398,35 @@ class Archive:
 
     def _store(self, incoming: IncomingFile, origin: Origin,
                expected_class: str | None, expected_instance: str | None) -> StoreOutcome:
+        checked = self.sealed_and_checked(incoming, origin, expected_class, expected_instance)
+        if isinstance(checked, StoreOutcome):
+            return checked
+        outcome, record = checked
+        ticket = self.admission.admit(record.patient_id, incoming.size)
+        if ticket.refusal is not None:
+            return _with(outcome, StoreResult.OUT_OF_RESOURCES, ticket.refusal)
+        placed = None
+        try:
+            placed = self._place(incoming, outcome, record)
+            return placed
+        finally:
+            ticket.close(placed is not None and placed.result is StoreResult.SUCCESS)
+
+    def sealed_and_checked(self, incoming: IncomingFile, origin: Origin,
+                           expected_class: str | None, expected_instance: str | None, *,
+                           replacing: bool = False,
+                           ) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
+        """The first half of every ingest: the file written out and fsynced,
+        walked whole, its header read and checked; a refusal, or (success
+        outcome, index record with its SHA-256). ``replacing``: the object is
+        to replace a stored instance of the same UID (a patient fix keeping
+        UIDs), so being stored already is no reason to refuse it."""
         if incoming.error is not None:  # the receive itself failed (disk full)
             return _io_failure(incoming.error, incoming.size)
         sealing = self.blobs.seal(incoming)  # beside the checks
         try:
-            checked = self._check(incoming, sealing, origin, expected_class, expected_instance)
+            checked = self._check(incoming, sealing, origin, expected_class, expected_instance,
+                                  replacing)
         finally:
             try:
                 sha256, seal_error = sealing.wait(), None
@@ -336,15 +437,7 @@ class Archive:
         outcome, record = checked
         if seal_error is not None:
             return _io_failure(seal_error, incoming.size, outcome)
-        ticket = self.admission.admit(record.patient_id, incoming.size)
-        if ticket.refusal is not None:
-            return _with(outcome, StoreResult.OUT_OF_RESOURCES, ticket.refusal)
-        placed = None
-        try:
-            placed = self._place(incoming, outcome, replace(record, sha256=sha256))
-            return placed
-        finally:
-            ticket.close(placed is not None and placed.result is StoreResult.SUCCESS)
+        return outcome, replace(record, sha256=sha256)
 
     def _place(self, incoming: IncomingFile, outcome: StoreOutcome,
                record: InstanceRecord) -> StoreOutcome:
@@ -371,7 +464,7 @@ class Archive:
         return outcome
 
     def _check(self, incoming: IncomingFile, sealing: Sealing, origin: Origin,
-               expected_class: str | None, expected_instance: str | None,
+               expected_class: str | None, expected_instance: str | None, replacing: bool,
                ) -> StoreOutcome | tuple[StoreOutcome, InstanceRecord]:
         """Check the object is whole and parse its header: a refusal, or
         (success outcome, index record)."""
@@ -415,7 +508,8 @@ class Archive:
                          f"dataset SOP Instance {uids['SOPInstanceUID']} but command {expected_instance}")
         if unlike is not None:
             return _with(described, StoreResult.DATASET_MISMATCH, unlike)
-        if not self.overwrite_instances and self.index.find_instance(uids["SOPInstanceUID"]):
+        if (not self.overwrite_instances and not replacing
+                and self.index.find_instance(uids["SOPInstanceUID"])):
             # Cheap early answer; the insert below re-checks inside the transaction.
             return _with(described, StoreResult.ALREADY_STORED, "already stored")
 
@@ -506,6 +600,11 @@ def _fast_early(start: bytes) -> _Early | None:
     uids = plain.uids()
     record = _record(plain.text.get, plain.ints.get, uids, plain.transfer_syntax_uid, metadata)
     return _Early(uids, record, start)
+
+
+def _uid_text(uids: dict[str, str]) -> str:
+    """The UIDs of an audit entry for its log line."""
+    return " ".join(f"{k}={v}" for k, v in uids.items())
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:

@@ -27,11 +27,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance.config import Modality
 from appliance.store.archive import Archive
-from appliance.web import admin, modalities, qido, stow, wado, wado_uri
+from appliance.web import admin, manage, modalities, qido, stow, wado, wado_uri
 from appliance.web import worklists
 from appliance.web import instances
 from appliance.web import metrics
-from appliance.web.auth import REALM, Authenticator
+from appliance.web.auth import AUTH_USER, LOCAL_USER, REALM, Authenticator, is_local_token
 from appliance.web.common import CONTEXT, WebConfig, WebContext, http_error, is_loopback
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ class Users:
 
     def __init__(self, registered_users: Mapping[str, str], enabled: bool) -> None:
         self.authenticator: Authenticator | None = None
+        # The command line's secret (appliance.ops.manage), accepted from the
+        # loopback only, as the user "cli"; None: none.
+        self.local_token: str | None = None
         self.load(registered_users, enabled)
 
     def load(self, registered_users: Mapping[str, str], enabled: bool) -> None:
@@ -98,12 +101,14 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
         qido.add_routes(app.router, root)
         wado.add_routes(app.router, root)
         stow.add_routes(app.router, root)
+        manage.add_dicomweb_routes(app.router, root)
         if config.dicom_web.enable_wado:
             wado_uri.add_routes(app.router, config.dicom_web.wado_root.rstrip("/"))
     admin.add_routes(app.router, "")
     modalities.add_routes(app.router, "")
     worklists.add_routes(app.router, "")
     instances.add_routes(app.router, "")  # POST /instances (Orthanc's; pacs-appliance import)
+    manage.add_routes(app.router, "")
     metrics.install(app)  # GET /metrics, GET / (status page), request timing
     return app
 
@@ -148,10 +153,13 @@ def _authentication(users: Users):
 
     @web.middleware
     async def authentication(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization")
+        if is_loopback(request.remote) and is_local_token(header, users.local_token):
+            request[AUTH_USER] = LOCAL_USER
+            return await handler(request)
         authenticator = users.authenticator
         if authenticator is None:
             return await handler(request)
-        header = request.headers.get("Authorization")
         user = await authenticator.check(header)
         if user is None:
             if header:
@@ -160,6 +168,7 @@ def _authentication(users: Users):
                 log.warning("%s: HTTP %s %s: authentication failed", request.remote,
                             request.method, request.rel_url.path)
             raise http_error(401, "authentication required", challenge)
+        request[AUTH_USER] = user
         return await handler(request)
 
     return authentication

@@ -28,11 +28,19 @@ import os
 from collections import OrderedDict
 from collections.abc import Mapping
 
+from aiohttp import web
+
+from appliance.ops.manage import CLI_USER
 from appliance.passwords import SALT_BYTES, Hashed, PasswordFormatError, is_hashed, parse_hash
 
 log = logging.getLogger(__name__)
 
 REALM = "pacs-appliance"
+# Who made a request, as the authentication middleware found it: the HTTP
+# user, LOCAL_USER for the command line's local token, None when
+# authentication is off. What the audit trail records.
+AUTH_USER = web.RequestKey("user", str)
+LOCAL_USER = CLI_USER
 _CACHE_SIZE = 256
 _PBKDF2_CONCURRENCY = 2
 
@@ -119,3 +127,13 @@ def _decode_basic(authorization: str | None) -> tuple[str, str] | None:
     if not sep:
         return None
     return user, password
+
+
+def is_local_token(authorization: str | None, token: str | None) -> bool:
+    """True if the Authorization header is ``Bearer <token>``, the secret the
+    daemon writes for its own command line (``pacs-appliance delete`` and
+    ``modify`` on the same machine), compared in constant time."""
+    if not token or not authorization:
+        return False
+    return hmac.compare_digest(_sha(authorization.strip().encode("utf-8", "surrogateescape")),
+                               _sha(f"Bearer {token}".encode("ascii")))

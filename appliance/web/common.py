@@ -86,6 +86,27 @@ def check_uid(value: str, what: str) -> str:
     return value
 
 
+def json_object(body: bytes) -> dict:
+    """A request body that must be one JSON object, parsed; 400 otherwise."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise http_error(400, "the body is not JSON") from None
+    if not isinstance(value, dict):
+        raise http_error(400, "the body is not a JSON object")
+    return value
+
+
+def request_uids(request: web.Request) -> tuple[str, str | None, str | None]:
+    """Study, series and SOP Instance UIDs of a ``/studies/{study}[/series/{series}
+    [/instances/{instance}]]`` route (None for those not in it), each checked (400)."""
+    info = request.match_info
+    study = check_uid(info["study"], "StudyInstanceUID")
+    series = check_uid(info["series"], "SeriesInstanceUID") if "series" in info else None
+    sop = check_uid(info["instance"], "SOPInstanceUID") if "instance" in info else None
+    return study, series, sop
+
+
 def is_loopback(host: str | None) -> bool:
     """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback."""
     if not host:

@@ -14,11 +14,10 @@ The C-ECHO itself is the daemon's (appliance.dicom.scu, through
 from __future__ import annotations
 
 import asyncio
-import json
 
 from aiohttp import web
 
-from appliance.web.common import context, http_error
+from appliance.web.common import context, http_error, json_object
 
 
 def add_routes(router: web.UrlDispatcher, root: str) -> None:
@@ -45,12 +44,7 @@ def _timeout(body: bytes) -> float | None:
     """The ``Timeout`` of an echo request's body, or None when it has none."""
     if not body.strip():
         return None
-    try:
-        request = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise http_error(400, "the body is not JSON") from None
-    if not isinstance(request, dict):
-        raise http_error(400, "the body is not a JSON object")
+    request = json_object(body)
     if request.get("CheckFind", False) is not False:
         raise http_error(400, "CheckFind is not supported")
     timeout = request.get("Timeout")

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -226,7 +226,8 @@ async def thread_chunks(produce: Callable[[], Iterator[bytes]]) -> AsyncIterator
 
 
 async def send_parts(request: web.Request, parts: Iterable[Part], *,
-                     multipart_type: str | None) -> web.StreamResponse:
+                     multipart_type: str | None,
+                     headers: Mapping[str, str] | None = None) -> web.StreamResponse:
     """Stream ``parts`` as the response.
 
     ``multipart_type`` is the ``type`` parameter of ``multipart/related``
@@ -235,6 +236,7 @@ async def send_parts(request: web.Request, parts: Iterable[Part], *,
     (a failed transcoding...) still becomes a proper HTTP error raised to the
     caller; an error after it is logged and the connection is closed, so the
     client sees a truncated body rather than a complete-looking one.
+    ``headers`` are added to the response's (a Content-Disposition).
     """
     boundary = uuid.uuid4().hex
     total = _total_length(parts, boundary) if multipart_type is not None else None
@@ -244,7 +246,7 @@ async def send_parts(request: web.Request, parts: Iterable[Part], *,
         raise ValueError("no part to send")
     body = first.chunks()
     pending = await anext(body, b"")
-    response = web.StreamResponse()
+    response = web.StreamResponse(headers=headers)
     if multipart_type is None:
         response.headers["Content-Type"] = first.content_type
         total = first.length

@@ -22,8 +22,10 @@ from aiohttp import web
 
 from appliance.dicomfile import dicomjson, pixels, render, syntax
 from appliance.store import StoredInstance
-from appliance.web import media, render_params
-from appliance.web.common import WebContext, check_uid, context, dicomweb_url, http_error
+from appliance.web import media, render_params, zipdownload
+from appliance.web.common import (
+    WebContext, context, dicomweb_url, http_error, request_uids,
+)
 from appliance.web.multipart import Part, file_chunks, send_parts, thread_chunks
 
 __all__ = ["add_routes", "can_transcode", "instance_part", "parse_accept",
@@ -66,17 +68,9 @@ def parse_accept(request: web.Request) -> list[media.MediaRange]:
     return media.parse_accept(request.headers.getall("Accept", []))
 
 
-def _uids(request: web.Request) -> tuple[str, str | None, str | None]:
-    info = request.match_info
-    study = check_uid(info["study"], "StudyInstanceUID")
-    series = check_uid(info["series"], "SeriesInstanceUID") if "series" in info else None
-    sop = check_uid(info["instance"], "SOPInstanceUID") if "instance" in info else None
-    return study, series, sop
-
-
 async def _instances(request: web.Request) -> tuple[WebContext, list[StoredInstance]]:
     ctx = context(request)
-    study, series, sop = _uids(request)
+    study, series, sop = request_uids(request)
     rows = await asyncio.to_thread(ctx.archive.instances_in, study, series, sop)
     if not rows:
         what = "instance" if sop else "series" if series else "study"
@@ -138,6 +132,9 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     ctx, rows = await _instances(request)
     ranges = parse_accept(request)
+    if zipdownload.wants_zip(ranges):
+        named = [uid for uid in request_uids(request) if uid]
+        return await zipdownload.send_zip(request, ctx, rows, named[-1])
     reps = []
     for row in rows:
         ts = row.transfer_syntax_uid
@@ -163,7 +160,7 @@ async def metadata(request: web.Request) -> web.Response:
     if not media.choose_json(parse_accept(request)):
         raise http_error(406, "metadata is available as application/dicom+json only")
     ctx = context(request)
-    study, series, sop = _uids(request)
+    study, series, sop = request_uids(request)
     body = await asyncio.to_thread(_metadata_body, ctx, dicomweb_url(request), study, series, sop)
     if body is None:
         raise http_error(404, "no such instance" if sop else "no such series" if series

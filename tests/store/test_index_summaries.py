@@ -9,7 +9,7 @@ import json
 import apsw
 import pytest
 
-from appliance.store.index import DB_NAME, QIDO_KEPT, SCHEMA_VERSION, Index
+from appliance.store.index import DB_NAME, QIDO_KEPT, SCHEMA_VERSION, AuditEntry, Index
 from tests.store import BODY_PART, IMAGE_TYPE, TIMEZONE, create_v2_index, record
 
 # The summaries as the previous release computed them at query time: an
@@ -106,7 +106,7 @@ def test_counts_and_modalities_follow_every_delete(index):
     index.delete_instance("1.1.1.1")
     assert study_row(index, "1.1") == ()
     (patient,) = index.read("SELECT id FROM patients WHERE patient_id = 'PAT2'")
-    index.delete_patient(patient[0])
+    index.delete_scope(None, patient_pk=patient[0], audit=AuditEntry("test", "delete", "Patient", {}))
     assert index.read("SELECT count(*) FROM studies") == [(0,)]
 
 

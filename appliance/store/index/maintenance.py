@@ -66,25 +66,6 @@ class Maintenance:
             (stored_before, *spare, limit))
         return [PatientUsage(*r) for r in rows]
 
-    def delete_patient(self, patient_pk: int) -> list[tuple[str, int]]:
-        """Delete a patient with its studies, series and instances in one transaction;
-        return the (file_path, file_size) of the files to delete afterwards."""
-        def delete(conn: apsw.Connection) -> list[tuple[str, int]]:
-            files = list(conn.execute(
-                """SELECT i.file_path, i.file_size FROM instances i
-                   JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = se.study_pk
-                   WHERE st.patient_pk = ?""", (patient_pk,)))
-            conn.execute("""DELETE FROM instances WHERE series_pk IN (SELECT se.id FROM series se
-                            JOIN studies st ON st.id = se.study_pk WHERE st.patient_pk = ?)""",
-                         (patient_pk,))
-            conn.execute("DELETE FROM series WHERE study_pk IN "
-                         "(SELECT id FROM studies WHERE patient_pk = ?)", (patient_pk,))
-            conn.execute("DELETE FROM studies WHERE patient_pk = ?", (patient_pk,))
-            conn.execute("DELETE FROM patients WHERE id = ?", (patient_pk,))
-            return files
-
-        return self.run_write(delete)
-
     def ingest_since(self, since: float) -> tuple[int, float | None]:
         """(bytes of the instances received after ``since``, time of the oldest instance)."""
         (row,) = self.read(

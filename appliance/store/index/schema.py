@@ -181,6 +181,34 @@ UPDATE series SET number_of_instances =
 UPDATE studies SET {_STUDY_SUMMARY}, {_kept_attributes("study", "studies")};
 """
 
+# Deletes and patient fixes (issue 16): the stored files whose removal is
+# owed, and the audit trail of who deleted or changed what.
+#
+# doomed_files: a file listed here must go. A delete lists the files of the
+# rows it removes in the same transaction; a fix-patient lists its new files
+# before placing them and takes them off in the transaction that swaps them
+# in. Files are unlinked after the commit, then the rows removed; at start
+# whatever is still listed (a crash in between) is unlinked, so a crash at
+# any moment leaves no orphan file and no row without its file.
+_SCHEMA_DELETE = """
+CREATE TABLE doomed_files (
+    file_path  TEXT PRIMARY KEY,
+    file_size  INTEGER NOT NULL,
+    since      REAL NOT NULL
+);
+CREATE TABLE audit (
+    id         INTEGER PRIMARY KEY,
+    time       REAL NOT NULL,
+    user       TEXT NOT NULL,     -- the HTTP user, "cli", "recycling"
+    action     TEXT NOT NULL,     -- delete | modify
+    level      TEXT NOT NULL,     -- Patient | Study | Series | Instance
+    uids       TEXT NOT NULL,     -- JSON object: the UIDs named (and the new ones)
+    reason     TEXT NOT NULL,
+    instances  INTEGER NOT NULL
+);
+CREATE INDEX audit_time ON audit(time);
+"""
+
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_DELETE)
 SCHEMA_VERSION = len(MIGRATIONS)
