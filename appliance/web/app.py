@@ -30,6 +30,7 @@ from appliance.store.archive import Archive
 from appliance.web import admin, modalities, qido, stow, wado, wado_uri
 from appliance.web import worklists
 from appliance.web import metrics
+from appliance.web import ui
 from appliance.web.auth import REALM, Authenticator
 from appliance.web.common import CONTEXT, WebConfig, WebContext, http_error, is_loopback
 
@@ -102,7 +103,8 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
     admin.add_routes(app.router, "")
     modalities.add_routes(app.router, "")
     worklists.add_routes(app.router, "")
-    metrics.install(app)  # GET /metrics, GET / (status page), request timing
+    metrics.install(app)  # GET /metrics, /status, /status.html, request timing
+    ui.install(app)  # GET / (the web UI), /ui/...
     return app
 
 
