@@ -51,6 +51,8 @@ def install(app: web.Application) -> None:
     app.router.add_get("/ui/dictionary.json", _dictionary)
     app.router.add_get("/ui/worklist", _worklist)
     app.router.add_get("/ui/{name}", functools.partial(_static, files))
+    # Browsers ask for /favicon.ico whatever the page says: the same icon, no 404.
+    app.router.add_get("/favicon.ico", functools.partial(_static, {"favicon.ico": files["icon.svg"]}))
     app.router.add_get("/status/disk-history", _disk_history)
 
 
@@ -72,7 +74,7 @@ async def _index(page: Path, request: web.Request) -> web.Response:
 async def _static(files: dict[str, Path], request: web.Request) -> web.StreamResponse:
     """GET /ui/{name}: a shipped file (revalidated each time: small, and never stale
     after an upgrade)."""
-    path = files.get(request.match_info["name"])
+    path = files.get(request.match_info.get("name", "favicon.ico"))
     if path is None:
         raise http_error(404, "no such file")
     return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix],
