@@ -159,7 +159,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         app = make_app(archive=archive, config=config.view(WebConfig), users=users,
                        dicom_port=dicom.port, dicom_echo=outbound.echo)
         app[STATUS] = ops.board.snapshot
-        disk_history = DiskHistory(config.index_directory, ops.disk)  # the UI's disk plot
+        disk_history = DiskHistory(config.index_directory, lambda: ops.disk.state)  # the UI's disk plot
         app[DISK_HISTORY] = disk_history.samples
         loop.add_signal_handler(signal.SIGHUP, _reload, config.source, handlers, worklist,
                                 users, notifier)

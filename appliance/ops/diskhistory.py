@@ -17,10 +17,11 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.durable import write_json
-from appliance.ops.disk import DiskMonitor, DiskState
+from appliance.ops.disk import DiskState
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,10 @@ def sample_of(state: DiskState, now: float) -> dict:
 class DiskHistory:
     """The samples, in memory and in the file (see the module docstring)."""
 
-    def __init__(self, index_directory: Path, disk: DiskMonitor) -> None:
+    def __init__(self, index_directory: Path, state: Callable[[], DiskState | None]) -> None:
+        """``state``: the disk monitor's latest measurement (None before the first)."""
         self.path = Path(index_directory) / HISTORY_FILE
-        self._disk = disk
+        self._state = state
         self._lock = threading.Lock()
         self._samples: list[dict] = self._load()
 
@@ -68,7 +70,7 @@ class DiskHistory:
         """Take a sample if the last one is ``EVERY`` seconds old or more (blocking:
         run in a thread); True if one was taken."""
         now = time.time() if now is None else now
-        state = self._disk.state
+        state = self._state()
         if state is None:
             return False
         with self._lock:

@@ -660,6 +660,10 @@ async function worklistForm(panel, id) {
 
 // ------------------------------------------------------------------ system
 
+const SHOWN_STATUS_KEYS = new Set(["version", "pid", "time", "started", "uptime", "name", "dicom_aet", "ports",
+  "remote_access", "counts", "stored_since_start", "failed_since_start", "outcomes", "associations", "admission",
+  "disk", "backups", "last_error", "errors_since_start", "worklist_items", "warnings"]);
+
 async function pageSystem() {
   const [s, history] = await Promise.all([get("/status"), get("/status/disk-history").catch(() => [])]);
   const rows = [];
@@ -672,9 +676,6 @@ async function pageSystem() {
   const adm = s.admission || {};
   if (Object.keys(adm).length) row("New objects", adm.accepting ? "accepted" : `REFUSED: ${adm.refusing}`, adm.accepting ? "" : "bad");
   if (s.worklist_items !== undefined) row("Worklist", `${s.worklist_items} item(s)`);
-  for (const key of ["queue", "outbound", "jobs", "adoption", "import"]) {
-    if (s[key] !== undefined && s[key] !== null) row(key[0].toUpperCase() + key.slice(1), typeof s[key] === "object" ? JSON.stringify(s[key]) : String(s[key]));
-  }
   const b = s.backups || {};
   const last = b.last_attempt, good = b.last_success;
   row("Last backup", last ? `${when(last.time)} ${last.ok ? "OK" : "FAILED"}: ${last.message}` : "never", last && !last.ok ? "bad" : "");
@@ -683,6 +684,10 @@ async function pageSystem() {
   for (const w of s.warnings || []) row("Warning", typeof w === "string" ? w : JSON.stringify(w), "bad");
   const err = s.last_error;
   row("Last error", err ? `${when(err.time)} ${err.message}` : "none", err ? "warn" : "");
+  // Parts this page does not know by name (a send queue, an import's progress...) are
+  // still shown, as they come, so a newer daemon's status is never hidden.
+  const more = Object.keys(s).filter((k) => !SHOWN_STATUS_KEYS.has(k) && s[k] !== null && s[k] !== undefined);
+  for (const k of more) row(k.replace(/_/g, " "), typeof s[k] === "object" ? JSON.stringify(s[k]) : String(s[k]), "extra");
 
   const disk = s.disk;
   const fsCards = disk ? disk.filesystems.map((fs) => h("div", { class: `fs ${fs.level.toLowerCase()}` },
