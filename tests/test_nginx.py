@@ -126,3 +126,18 @@ def test_stow_and_wado_through_https_proxy(proxy):
     got = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert got.PixelData == ds.PixelData
     assert pydicom.dcmread(stored).PixelData == ds.PixelData  # a valid Part-10 file on disk
+
+
+def test_web_ui_through_https_proxy(proxy):
+    # The UI's page and files come through the shipped site like any other route;
+    # the page's own URLs are absolute paths, so they stay on the proxy's origin.
+    base, cert, _ = proxy
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(cert)
+    page = session.get(base + "/")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert 'src="/ui/app.js"' in page.text and '"dicomWebRoot": "/dicom-web"' in page.text
+    script = session.get(base + "/ui/app.js")
+    assert script.status_code == 200 and script.headers["Content-Type"].startswith("text/javascript")
+    assert session.get(base + "/status").json()["name"]
