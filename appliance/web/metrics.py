@@ -44,8 +44,10 @@ def install(app: web.Application) -> None:
 
 
 def _service(path: str, prefixes: list[tuple[str, str]]) -> str:
-    if path in ("/status", "/status.html"):
+    if path.startswith("/status"):
         return "status"
+    if path == "/" or path.startswith("/ui/"):
+        return "ui"
     for prefix, name in prefixes:
         if path.startswith(prefix):
             return name

@@ -301,6 +301,17 @@ def test_upload_stores_each_file(page, http, tmp_path):
     assert [m for m in console_errors(page) if "409" not in m] == []
 
 
+def submit_form(page, opener: str, form_id: str, fields: dict[str, str]) -> None:
+    """Click the button that opens a form, replace its fields' values, submit."""
+    page.find_element(By.ID, opener).click()
+    form = wait(page, lambda d: d.find_element(By.ID, form_id), what=form_id)
+    for name, value in fields.items():
+        element = form.find_element(By.NAME, name)
+        element.clear()
+        element.send_keys(value)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
 # -- worklist ------------------------------------------------------------------------------
 
 def test_worklist_lists_adds_and_shows_mpps(page, http, ui_daemon):
@@ -317,23 +328,16 @@ def test_worklist_lists_adds_and_shows_mpps(page, http, ui_daemon):
     assert "WL Wanda" in row and "W1" in row and "WACC1" in row and "09:30" in row
     assert page.find_element(By.CSS_SELECTOR, "tr.wl-item td.mpps").text == "IN PROGRESS"
     # Add one through the form: the same validation as the REST API.
-    page.find_element(By.ID, "add-worklist").click()
-    form = wait(page, lambda d: d.find_element(By.ID, "worklist-form"))
-    for name, value in (("PatientName", "WL^Walter"), ("PatientID", "W2"), ("Modality", "us"),
-                        ("ScheduledProcedureStepStartTime", "1100")):
-        form.find_element(By.NAME, name).send_keys(value)
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    submit_form(page, "add-worklist", "worklist-form", {
+        "PatientName": "WL^Walter", "PatientID": "W2", "Modality": "us",
+        "ScheduledProcedureStepStartTime": "1100"})
     wait(page, lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.wl-item")) == 2, what="two items")
     listed = http.get(http.base + "/worklists").json()
     walter = [i for i in listed if i["Tags"].get("PatientID") == "W2"]
     assert walter and walter[0]["Tags"]["ScheduledProcedureStepSequence"][0]["Modality"] == "US"
     # A bad date is refused with the API's message, shown to the user.
-    page.find_element(By.ID, "add-worklist").click()
-    form = wait(page, lambda d: d.find_element(By.ID, "worklist-form"))
-    date_input = form.find_element(By.NAME, "ScheduledProcedureStepStartDate")
-    date_input.clear()
-    date_input.send_keys("2024-13-99")
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    submit_form(page, "add-worklist", "worklist-form",
+                {"ScheduledProcedureStepStartDate": "2024-13-99"})
     wait(page, lambda d: d.find_element(By.ID, "banner").is_displayed(), what="the error")
     assert "400" in page.find_element(By.ID, "banner").text
     assert [m for m in console_errors(page) if "400" not in m] == []
@@ -425,15 +429,10 @@ def test_fix_patient_shows_the_corrected_name(page, http):
     stow(http, [part10(study, generate_uid(), name="Wrong^Name", pid="F1", day=TODAY,
                        modality="OT", accession="F1")])
     open_study(page, study)
-    page.find_element(By.ID, "fix-patient").click()
-    form = wait(page, lambda d: d.find_element(By.ID, "fix-form"))
-    name = form.find_element(By.NAME, "PatientName")
-    name.clear()
-    name.send_keys("Right^Name")
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    submit_form(page, "fix-patient", "fix-form", {"PatientName": "Right^Name"})
     wait(page, lambda d: d.find_elements(By.ID, "patient-name")
          and d.find_element(By.ID, "patient-name").text == "Right Name", what="the corrected name")
-    assert http.get(http.base + f"/dicom-web/studies?PatientName=Right^Name").json()
+    assert http.get(http.base + "/dicom-web/studies?PatientName=Right^Name").json()
     assert console_errors(page) == []
 
 
