@@ -137,7 +137,9 @@ def test_web_ui_through_https_proxy(proxy):
     session.verify = str(cert)
     page = session.get(base + "/")
     assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
-    assert 'src="/ui/app.js"' in page.text and '"dicomWebRoot": "/dicom-web"' in page.text
-    script = session.get(base + "/ui/app.js")
+    assert '"dicomWebRoot": "/dicom-web"' in page.text
+    src = re.search(r'src="(/ui/app\.js\?v=[0-9a-f]+)"', page.text).group(1)
+    script = session.get(base + src)
     assert script.status_code == 200 and script.headers["Content-Type"].startswith("text/javascript")
+    assert "immutable" in script.headers["Cache-Control"]
     assert session.get(base + "/status").json()["name"]

@@ -8,6 +8,8 @@ few things the pages need that no service API gives:
   template, the server's name) inlined as JSON, so the first paint needs no extra
   round trip;
 * ``GET /ui/{file}`` the static files (only those shipped; never a path from the URL);
+  the page names them with ``?v=`` and a digest of their content, and such a request is
+  cached for a year, so a page load costs no revalidation and an upgrade is never stale;
 * ``GET /ui/dictionary.json`` tag -> keyword of the DICOM dictionary, for the
   attribute table of an instance (DICOM JSON carries tags only);
 * ``GET /ui/worklist`` the worklist items as one line each, with the state of the
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +50,7 @@ DISK_HISTORY = web.AppKey("disk_history", DiskHistorySource)
 def install(app: web.Application) -> None:
     """Add the UI's routes to ``app`` (before it starts)."""
     files = {p.name: p for p in UI_DIR.iterdir() if p.suffix in _TYPES and p.is_file()}
-    app.router.add_get("/", functools.partial(_index, files["index.html"]))
+    app.router.add_get("/", functools.partial(_index, files))
     app.router.add_get("/ui/dictionary.json", _dictionary)
     app.router.add_get("/ui/worklist", _worklist)
     app.router.add_get("/ui/{name}", functools.partial(_static, files))
@@ -64,21 +67,33 @@ def _settings(request: web.Request) -> dict:
             "worklists": bool(config.worklists.enable and config.worklists.database)}
 
 
-async def _index(page: Path, request: web.Request) -> web.Response:
+@functools.cache
+def _page(files: tuple[tuple[str, Path], ...]) -> str:
+    """index.html with each ``/ui/NAME`` it names made ``/ui/NAME?v=DIGEST``."""
+    text = dict(files)["index.html"].read_text("utf-8")
+    for name, path in files:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+        text = text.replace(f'"/ui/{name}"', f'"/ui/{name}?v={digest}"')
+    return text
+
+
+async def _index(files: dict[str, Path], request: web.Request) -> web.Response:
     """GET /: the page, with its settings inlined (``<`` escaped: it sits in HTML)."""
     settings = json.dumps(_settings(request)).replace("<", "\\u003c")
-    text = (await asyncio.to_thread(page.read_text, "utf-8")).replace("{{SETTINGS}}", settings)
-    return web.Response(text=text, content_type="text/html", headers={"Cache-Control": "no-cache"})
+    page = await asyncio.to_thread(_page, tuple(sorted(files.items())))
+    return web.Response(text=page.replace("{{SETTINGS}}", settings), content_type="text/html",
+                        headers={"Cache-Control": "no-cache"})
 
 
 async def _static(files: dict[str, Path], request: web.Request) -> web.StreamResponse:
-    """GET /ui/{name}: a shipped file (revalidated each time: small, and never stale
-    after an upgrade)."""
+    """GET /ui/{name}: a shipped file; for a year when asked by digest (``?v=``),
+    else revalidated each time."""
     path = files.get(request.match_info.get("name", "favicon.ico"))
     if path is None:
         raise http_error(404, "no such file")
+    cache = "max-age=31536000, immutable" if "v" in request.query else "no-cache"
     return web.FileResponse(path, headers={"Content-Type": _TYPES[path.suffix],
-                                           "Cache-Control": "no-cache"})
+                                           "Cache-Control": cache})
 
 
 @functools.cache

@@ -11,6 +11,7 @@ skip, saying so (the check is the endpoint's own 404/405).
 from __future__ import annotations
 
 import io
+import re
 import time
 import zipfile
 from datetime import date
@@ -126,11 +127,18 @@ def page(browser, ui_daemon, data):
 
 
 def go(page, fragment: str) -> None:
-    page.get(f"{page.base}/#{fragment}")
+    """Open a page of the UI afresh (the same URL again reloads it)."""
+    url = f"{page.base}/#{fragment}"
+    if page.current_url == url:
+        page.refresh()
+    else:
+        page.get(url)
 
 
 def rows(page) -> list[str]:
-    return [r.get_attribute("data-uid") for r in page.find_elements(By.CSS_SELECTOR, "tr.study-row")]
+    """The study rows shown, read at once (the list may be redrawn meanwhile)."""
+    return page.execute_script(
+        "return [...document.querySelectorAll('tr.study-row')].map(r => r.dataset.uid)")
 
 
 # -- log in -------------------------------------------------------------------------------
@@ -143,6 +151,10 @@ def test_the_ui_needs_the_same_credentials(http, ui_daemon):
     r = http.get(base + "/")
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     assert '"name": "Clinic UI"' in r.text and "{{SETTINGS}}" not in r.text
+    # The page's files are named by digest and cached for good; by name, revalidated.
+    src = re.search(r'src="(/ui/app\.js\?v=[0-9a-f]{12})"', r.text).group(1)
+    assert http.get(base + src).headers["Cache-Control"] == "max-age=31536000, immutable"
+    assert http.get(base + "/ui/app.js").headers["Cache-Control"] == "no-cache"
     # Only shipped files, never a path from the URL.
     assert http.get(base + "/ui/..%2Fui.py").status_code == 404
     assert http.get(base + "/ui/nothing.js").status_code == 404
@@ -354,6 +366,7 @@ def _mpps_in_progress(daemon, accession: str) -> None:
     step.StudyInstanceUID, step.AccessionNumber = generate_uid(), accession
     ds.ScheduledStepAttributesSequence = [step]
     ds.PatientID, ds.Modality, ds.PerformedProcedureStepID = "W1", "US", "PPS1"
+    ds.PerformedStationAETitle = "SCANNER"
     ds.PerformedProcedureStepStartDate, ds.PerformedProcedureStepStartTime = TODAY, "093500"
     ds.PerformedProcedureStepStatus = "IN PROGRESS"
     ae = AE(ae_title="SCANNER")
