@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import re
+import statistics
 import time
 import zipfile
 from datetime import date
@@ -256,7 +257,20 @@ def test_study_page_and_thumbnails(page, data):
     assert console_errors(page) == []
 
 
-def test_cine_advances_at_the_data_frame_rate(page, data):
+def served_row(http, data, frame: int) -> list[int]:
+    """The first row of a cine frame as the server renders it (JPEG decoded by Pillow)."""
+    from PIL import Image
+
+    instance = http.get(http.base + f"/dicom-web/studies/{data.cine_study}/series/{data.cine_series}"
+                        "/instances").json()[0]["00080018"]["Value"][0]
+    r = http.get(http.base + f"/dicom-web/studies/{data.cine_study}/series/{data.cine_series}"
+                 f"/instances/{instance}/frames/{frame}/rendered", headers={"Accept": "image/jpeg"})
+    assert r.status_code == 200
+    image = Image.open(io.BytesIO(r.content)).convert("L")
+    return [image.getpixel((x, 0)) for x in range(image.width)]
+
+
+def test_cine_advances_at_the_data_frame_rate(page, http, data):
     open_study(page, data.cine_study)
     wait(page, lambda d: d.find_elements(By.ID, "play"), what="the cine controls")
     assert page.find_element(By.ID, "frame-rate").text == "20 fps (FrameTime)"
@@ -277,12 +291,20 @@ def test_cine_advances_at_the_data_frame_rate(page, data):
     label = page.find_element(By.ID, "frame-label").text
     time.sleep(0.4)
     assert page.find_element(By.ID, "frame-label").text == label
-    # The slider shows a chosen frame, rendered by the server.
+    # The slider shows a chosen frame, rendered by the server, drawn at its size.
     page.execute_script("const s = document.getElementById('frame-slider'); s.value = 7;"
                         "s.dispatchEvent(new Event('input'));")
-    wait(page, lambda d: d.find_element(By.ID, "frame").get_attribute("src").endswith("/frames/7/rendered"),
-         what="frame 7")
-    wait(page, lambda d: loaded_images(d, "#frame")[0] == COLUMNS, what="frame 7 drawn")
+    wait(page, lambda d: d.find_element(By.ID, "cine").get_attribute("data-frame") == "7",
+         what="frame 7 drawn")
+    assert page.execute_script("const c = document.getElementById('cine'); return [c.width, c.height]") \
+        == [COLUMNS, ROWS]
+    # What is drawn is frame 7 as the server renders it (decoded here with Pillow),
+    # not another frame: frames differ by 17 grey levels.
+    drawn = page.execute_script(
+        "return Array.from(document.getElementById('cine').getContext('2d')"
+        ".getImageData(0, 0, arguments[0], 1).data).filter((_, i) => i % 4 === 0)", COLUMNS)
+    assert abs(statistics.mean(drawn) - statistics.mean(served_row(http, data, 7))) < 4
+    assert abs(statistics.mean(drawn) - statistics.mean(served_row(http, data, 6))) > 8
     assert console_errors(page) == []
 
 

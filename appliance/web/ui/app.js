@@ -412,7 +412,9 @@ async function openInstance(stage, study, series, sop, frames, strip) {
   stopPlayers();
   strip.querySelectorAll(".instance").forEach((b) => b.classList.toggle("selected", b.dataset.uid === sop));
   const base = instanceUrl(study, series, sop);
-  const img = h("img", { id: "frame", class: "frame", alt: "image", src: `${base}/frames/1/rendered` });
+  // A still image is an <img>; a cine is drawn on a canvas (see cinePlayer).
+  const img = frames > 1 ? h("canvas", { id: "cine", class: "frame" })
+    : h("img", { id: "frame", class: "frame", alt: "image", src: `${base}/frames/1/rendered` });
   const attrs = h("details", { class: "attributes" }, h("summary", {}, "DICOM attributes"));
   attrs.addEventListener("toggle", () => { if (attrs.open && !attrs.dataset.loaded) attributeTable(attrs, base); }, { once: false });
   const controls = h("div", { class: "controls" });
@@ -423,7 +425,8 @@ async function openInstance(stage, study, series, sop, frames, strip) {
   players.push(cinePlayer(controls, img, base, frames, fps, source));
 }
 
-function cinePlayer(controls, img, base, frames, fps, source) {
+function cinePlayer(controls, canvas, base, frames, fps, source) {
+  const ctx = canvas.getContext("2d");
   const cache = new Array(frames + 1);
   let current = 1, playing = false, timer = null, stopped = false, inflight = 0, nextToLoad = 1;
   const slider = h("input", { id: "frame-slider", type: "range", min: 1, max: frames, value: 1 });
@@ -431,16 +434,27 @@ function cinePlayer(controls, img, base, frames, fps, source) {
   const play = h("button", { id: "play" }, "▶ play");
   const rate = h("span", { id: "frame-rate", title: `from ${source}` }, `${Math.round(fps * 10) / 10} fps (${source})`);
   controls.replaceChildren(play, slider, label, rate);
-  // Frames are fetched ahead of playback, a few at a time, and kept as decoded images.
+  // Frames are fetched ahead of playback, a few at a time, and decoded off the main
+  // thread (createImageBitmap): showing one is then a copy onto the canvas, not a JPEG
+  // decode, so playback keeps the data's rate once frames are in.
   const load = (n) => {
     if (cache[n]) return cache[n];
-    const im = new Image();
-    cache[n] = new Promise((resolve) => { im.onload = () => resolve(im); im.onerror = () => resolve(null); });
-    im.src = `${base}/frames/${n}/rendered`;
+    cache[n] = fetch(`${base}/frames/${n}/rendered`, { credentials: "same-origin", headers: { Accept: "image/jpeg" } })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new HttpError(r.status, `frame ${n}: HTTP ${r.status}`))))
+      .then((blob) => createImageBitmap(blob))
+      .catch((e) => { showError(e); return null; });
     return cache[n];
   };
+  const draw = (bitmap, n) => {
+    if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+    }
+    ctx.drawImage(bitmap, 0, 0);
+    canvas.dataset.frame = String(n);
+  };
   const pump = () => {
-    while (!stopped && inflight < 4 && nextToLoad <= frames) {
+    while (!stopped && inflight < 6 && nextToLoad <= frames) {  // a browser opens 6 connections per host
       inflight++;
       load(nextToLoad++).then(() => { inflight--; pump(); });
     }
@@ -449,8 +463,8 @@ function cinePlayer(controls, img, base, frames, fps, source) {
     current = n;
     slider.value = String(n);
     label.textContent = `${n} / ${frames}`;
-    const im = await load(n);
-    if (im && current === n) img.src = im.src;
+    const bitmap = await load(n);
+    if (bitmap && current === n) draw(bitmap, n);
   };
   const tick = async () => {
     if (!playing || stopped) return;
@@ -466,7 +480,11 @@ function cinePlayer(controls, img, base, frames, fps, source) {
   });
   slider.addEventListener("input", () => { show(Number(slider.value)); });
   pump();
-  return { stop() { stopped = true; playing = false; clearTimeout(timer); } };
+  show(1);
+  return { stop() {
+    stopped = true; playing = false; clearTimeout(timer);
+    cache.forEach((p) => p && p.then((b) => b && b.close()));  // free the decoded frames
+  } };
 }
 
 let dictionary = null;
