@@ -46,14 +46,15 @@ DiskHistorySource = Callable[[], list]
 DISK_HISTORY = web.AppKey("disk_history", DiskHistorySource)
 
 
-
 def install(app: web.Application) -> None:
     """Add the UI's routes to ``app`` (before it starts)."""
     files = {p.name: p for p in UI_DIR.iterdir() if p.suffix in _TYPES and p.is_file()}
     app.router.add_get("/", functools.partial(_index, files))
     app.router.add_get("/ui/dictionary.json", _dictionary)
     app.router.add_get("/ui/worklist", _worklist)
-    app.router.add_get("/ui/{name}", functools.partial(_static, files))
+    # index.html only as / (with its settings filled in).
+    static = {name: path for name, path in files.items() if name != "index.html"}
+    app.router.add_get("/ui/{name}", functools.partial(_static, static))
     # Browsers ask for /favicon.ico whatever the page says: the same icon, no 404.
     app.router.add_get("/favicon.ico", functools.partial(_static, {"favicon.ico": files["icon.svg"]}))
     app.router.add_get("/status/disk-history", _disk_history)

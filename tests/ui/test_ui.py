@@ -159,6 +159,7 @@ def test_the_ui_needs_the_same_credentials(http, ui_daemon):
     # Only shipped files, never a path from the URL.
     assert http.get(base + "/ui/..%2Fui.py").status_code == 404
     assert http.get(base + "/ui/nothing.js").status_code == 404
+    assert http.get(base + "/ui/index.html").status_code == 404  # only as /, filled in
 
 
 def test_log_in_and_list_newest_first(page, data):
@@ -369,6 +370,26 @@ def test_worklist_lists_adds_and_shows_mpps(page, http, ui_daemon):
     listed = http.get(http.base + "/worklists").json()
     walter = [i for i in listed if i["Tags"].get("PatientID") == "W2"]
     assert walter and walter[0]["Tags"]["ScheduledProcedureStepSequence"][0]["Modality"] == "US"
+    # Edit it: the other attributes (its StudyInstanceUID...) are kept.
+    item_id = walter[0]["ID"]
+    page.find_element(By.CSS_SELECTOR, f'tr.wl-item[data-id="{item_id}"] button.edit').click()
+    form = wait(page, lambda d: d.find_element(By.ID, "worklist-form"), what="the edit form")
+    assert form.find_element(By.NAME, "PatientName").get_attribute("value") == "WL^Walter"
+    time_input = form.find_element(By.NAME, "ScheduledProcedureStepStartTime")
+    time_input.clear()
+    time_input.send_keys("1215")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(page, lambda d: "12:15" in d.find_element(By.CSS_SELECTOR, f'tr.wl-item[data-id="{item_id}"]').text,
+         what="the edited time")
+    edited = http.get(http.base + f"/worklists/{item_id}").json()["Tags"]
+    assert edited["StudyInstanceUID"] == walter[0]["Tags"]["StudyInstanceUID"]
+    assert edited["ScheduledProcedureStepSequence"][0]["ScheduledProcedureStepStartTime"] == "1215"
+    # Remove it (after a confirmation).
+    page.find_element(By.CSS_SELECTOR, f'tr.wl-item[data-id="{item_id}"] button.remove').click()
+    page.switch_to.alert.accept()
+    wait(page, lambda d: not d.find_elements(By.CSS_SELECTOR, f'tr.wl-item[data-id="{item_id}"]'),
+         what="the item removed")
+    assert http.get(http.base + f"/worklists/{item_id}").status_code == 404
     # A bad date is refused with the API's message, shown to the user.
     submit_form(page, "add-worklist", "worklist-form",
                 {"ScheduledProcedureStepStartDate": "2024-13-99"})

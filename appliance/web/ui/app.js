@@ -635,8 +635,8 @@ async function pageWorklist(q) {
       h("td", {}, pn(i.PatientName)), h("td", {}, i.PatientID), h("td", {}, i.AccessionNumber),
       h("td", {}, i.Modality), h("td", {}, i.ScheduledStationAETitle),
       h("td", { class: `mpps ${(i.MPPS || "").replace(/\s/g, "-").toLowerCase()}` }, i.MPPS || "scheduled"),
-      h("td", {}, h("button", { class: "small", onclick: () => worklistForm(panel, i.ID) }, "edit"), " ",
-        h("button", { class: "small danger", onclick: async () => {
+      h("td", {}, h("button", { class: "small edit", onclick: () => worklistForm(panel, i.ID) }, "edit"), " ",
+        h("button", { class: "small danger remove", onclick: async () => {
           if (!confirm(`Remove worklist item ${i.ID}?`)) return;
           try { await request("DELETE", `/worklists/${enc(i.ID)}`); route(); } catch (e) { showError(e); }
         } }, "remove"))))));
