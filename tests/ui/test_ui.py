@@ -10,6 +10,7 @@ skip, saying so (the check is the endpoint's own 404/405).
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 import statistics
@@ -334,6 +335,40 @@ def test_upload_stores_each_file(page, http, tmp_path):
     assert page.find_element(By.ID, "patient-name").text == "Upload Una"
     # The browser logs the failed file's 409 as a failed resource load: expected here.
     assert [m for m in console_errors(page) if "409" not in m] == []
+
+
+def test_upload_a_folder_and_a_drop(page, http, tmp_path):
+    # A folder chosen (webkitdirectory): every file below it, sub-folders included.
+    study, series_uid = generate_uid(), generate_uid()
+    folder = tmp_path / "exam"
+    (folder / "sub").mkdir(parents=True)
+    for i, path in enumerate((folder / "a.dcm", folder / "sub" / "b.dcm")):
+        path.write_bytes(part10(study, series_uid, name="Folder^Fay", pid="U2", day=TODAY,
+                                modality="OT", accession="U2", number=i + 1))
+    go(page, "/upload")
+    wait(page, lambda d: d.find_element(By.ID, "upload-folder")).send_keys(str(folder))
+    wait(page, lambda d: d.find_element(By.ID, "upload-summary").text == "2 / 2: 2 stored, 0 failed",
+         what="the folder stored")
+    names = sorted(r.find_element(By.TAG_NAME, "td").text for r in page.find_elements(By.CSS_SELECTOR, "tr.upload"))
+    assert names == ["exam/a.dcm", "exam/sub/b.dcm"]
+    series = http.get(http.base + f"/dicom-web/studies/{study}/series").json()
+    assert series[0]["00201209"]["Value"] == [2]
+    # Dropped on the zone (a drop event carrying a file, as the browser makes it).
+    dropped = generate_uid()
+    data = base64.b64encode(part10(dropped, generate_uid(), name="Drop^Dora", pid="U3", day=TODAY,
+                                   modality="OT", accession="U3")).decode()
+    go(page, "/upload")
+    wait(page, lambda d: d.find_element(By.ID, "dropzone"))
+    page.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], "dropped.dcm", {type: "application/dicom"}));
+        document.getElementById("dropzone").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));""", data)
+    wait(page, lambda d: d.find_element(By.ID, "upload-summary").text == "1 / 1: 1 stored, 0 failed",
+         what="the dropped file stored")
+    assert len(http.get(http.base + f"/dicom-web/studies?StudyInstanceUID={dropped}").json()) == 1
+    assert console_errors(page) == []
 
 
 def submit_form(page, opener: str, form_id: str, fields: dict[str, str]) -> None:
