@@ -415,6 +415,11 @@ async function openInstance(stage, study, series, sop, frames, strip) {
   // A still image is an <img>; a cine is drawn on a canvas (see cinePlayer).
   const img = frames > 1 ? h("canvas", { id: "cine", class: "frame" })
     : h("img", { id: "frame", class: "frame", alt: "image", src: `${base}/frames/1/rendered` });
+  if (frames <= 1) {
+    // A report or a document has no frame to render: say so instead of a broken image.
+    img.addEventListener("error", () => img.replaceWith(h("p", { class: "no-image" },
+      "This instance has no image the server can render; its attributes are below.")));
+  }
   const attrs = h("details", { class: "attributes" }, h("summary", {}, "DICOM attributes"));
   attrs.addEventListener("toggle", () => { if (attrs.open && !attrs.dataset.loaded) attributeTable(attrs, base); }, { once: false });
   const controls = h("div", { class: "controls" });
