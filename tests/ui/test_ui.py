@@ -310,6 +310,26 @@ def test_cine_advances_at_the_data_frame_rate(page, http, data):
     assert console_errors(page) == []
 
 
+def test_an_instance_without_image(page, http):
+    # A structured report: no thumbnail and no frame, said in words; its attributes shown.
+    ds = new_dataset("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR
+    study = generate_uid()
+    ds.PatientName, ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = \
+        "Report^Rita", "R1", study, generate_uid()
+    ds.StudyDate, ds.Modality, ds.SeriesNumber, ds.InstanceNumber = TODAY, "SR", 1, 1
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    stow(http, [buf.getvalue()])
+    open_study(page, study)
+    wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, ".no-image"), what="the no-image note")
+    assert page.find_element(By.CSS_SELECTOR, ".series-card .nothumb").text == "SR"
+    page.find_element(By.CSS_SELECTOR, "details.attributes summary").click()
+    wait(page, lambda d: "Report^Rita" in d.find_element(By.CSS_SELECTOR, "details.attributes").text,
+         what="the attributes")
+    # Only the two refused renderings were logged (as failed loads), nothing else.
+    assert all("/thumbnail" in m or "/rendered" in m for m in console_errors(page))
+
+
 # -- upload -------------------------------------------------------------------------------
 
 def test_upload_stores_each_file(page, http, tmp_path):
