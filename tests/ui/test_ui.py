@@ -28,6 +28,7 @@ from tests.ui.conftest import PASSWORD, USER, stow
 pytest.importorskip("selenium")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
@@ -293,6 +294,11 @@ def test_cine_advances_at_the_data_frame_rate(page, http, data):
     label = page.find_element(By.ID, "frame-label").text
     time.sleep(0.4)
     assert page.find_element(By.ID, "frame-label").text == label
+    # The arrow keys step through the frames.
+    before = int(label.split(" /")[0])
+    page.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
+    wait(page, lambda d: d.find_element(By.ID, "frame-label").text
+         == f"{before % CINE_FRAMES + 1} / {CINE_FRAMES}", what="the next frame")
     # The slider shows a chosen frame, rendered by the server, drawn at its size.
     page.execute_script("const s = document.getElementById('frame-slider'); s.value = 7;"
                         "s.dispatchEvent(new Event('input'));")

@@ -393,6 +393,25 @@ async function openSeries(viewer, study, series) {
 let players = [];
 function stopPlayers() { players.forEach((p) => p.stop()); players = []; }
 
+// Keys on the study page: arrows step through the cine's frames (or else the series'
+// instances), space plays and pauses; not while typing in a form.
+document.addEventListener("keydown", (ev) => {
+  if (parseHash().parts[0] !== "study" || ev.target.closest("input, select, textarea, form")) return;
+  const delta = { ArrowLeft: -1, ArrowRight: 1 }[ev.key];
+  const player = players[0];
+  if (player && ev.key === " ") {
+    if (ev.target.closest("button, a")) return;  // the focused button's own click
+    ev.preventDefault(); player.toggle(); return;
+  }
+  if (!delta) return;
+  ev.preventDefault();
+  if (player) { player.step(delta); return; }
+  const buttons = [...document.querySelectorAll(".instance-strip .instance")];
+  const at = buttons.findIndex((b) => b.classList.contains("selected"));
+  const next = buttons[at + delta];
+  if (next) next.click();
+});
+
 // Frames per second from the data: PS3.3 C.7.6.5 (Cine module) Recommended Display
 // Frame Rate, then Cine Rate, then Frame Time (ms per frame), then the mean of the
 // Frame Time Vector; 10 when nothing says.
@@ -477,16 +496,17 @@ function cinePlayer(controls, canvas, base, frames, fps, source) {
     await show(current >= frames ? 1 : current + 1);
     timer = setTimeout(tick, Math.max(0, 1000 / fps - (performance.now() - started)));
   };
-  play.addEventListener("click", () => {
+  const toggle = () => {
     playing = !playing;
     play.textContent = playing ? "❚❚ pause" : "▶ play";
     play.dataset.state = playing ? "playing" : "paused";
     if (playing) tick(); else clearTimeout(timer);
-  });
+  };
+  play.addEventListener("click", toggle);
   slider.addEventListener("input", () => { show(Number(slider.value)); });
   pump();
   show(1);
-  return { stop() {
+  return { toggle, step(delta) { show(((current - 1 + delta + frames) % frames) + 1); }, stop() {
     stopped = true; playing = false; clearTimeout(timer);
     cache.forEach((p) => p && p.then((b) => b && b.close()));  // free the decoded frames
   } };
