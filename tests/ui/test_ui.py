@@ -26,7 +26,8 @@ from tests.support import new_dataset
 from tests.ui.conftest import PASSWORD, USER, stow
 
 pytest.importorskip("selenium")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException, StaleElementReferenceException, TimeoutException)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
@@ -88,7 +89,9 @@ def data(http):
 
 def wait(driver, condition, timeout: float = 10.0, what: str = ""):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition(d))
+        # A page being redrawn (a list refreshed) may drop an element between two looks.
+        return WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(
+            NoSuchElementException, StaleElementReferenceException)).until(lambda d: condition(d))
     except TimeoutException:
         raise AssertionError(f"timed out waiting for {what or condition}: "
                              f"{driver.find_element(By.TAG_NAME, 'body').text[:800]}") from None

@@ -72,7 +72,10 @@ function showError(e) {
   banner.textContent = e.message || String(e);
 }
 function clearBanner() { document.getElementById("banner").hidden = true; }
+// A notice survives the one navigation that follows it ("Deleted", then the list).
+let keepBanner = false;
 function notice(text) {
+  keepBanner = true;
   const banner = document.getElementById("banner");
   banner.hidden = false; banner.className = "notice"; banner.textContent = text;
 }
@@ -276,7 +279,7 @@ async function pageStudy(uid) {
                            src: `${seriesUrl(uid, suid)}/thumbnail?viewport=128,128` });
     img.addEventListener("error", () => { img.replaceWith(h("div", { class: "thumb nothumb" }, val(se, T.Modality) || "?")); });
     return h("div", { class: "series-card", "data-uid": suid },
-      h("button", { class: "thumb-button", title: "view", onclick: () => openSeries(viewer, uid, suid) }, img),
+      h("button", { class: "thumb-button", title: "view", onclick: () => openSeries(viewer, uid, suid).catch(showError) }, img),
       h("div", { class: "series-text" },
         h("b", {}, `${val(se, T.Modality)} #${val(se, T.SeriesNumber)}`), " ",
         val(se, T.SeriesDescription), h("br"),
@@ -285,7 +288,7 @@ async function pageStudy(uid) {
   }));
   $app.replaceChildren(header, actions, panel, h("h2", {}, "Series"), cards, viewer);
   sendButton(uid, actions, panel);  // only when destinations exist
-  if (series.length) openSeries(viewer, uid, val(series[0], T.SeriesInstanceUID));
+  if (series.length) await openSeries(viewer, uid, val(series[0], T.SeriesInstanceUID));
 }
 
 async function deleteResource(url, what, then) {
@@ -379,14 +382,14 @@ async function openSeries(viewer, study, series) {
   const strip = h("div", { class: "instance-strip" }, instances.map((inst, i) => {
     const sop = val(inst, T.SOPInstanceUID);
     const frames = Number(val(inst, T.NumberOfFrames)) || 1;
-    return h("button", { class: "instance", "data-uid": sop, onclick: () => openInstance(stage, study, series, sop, frames, strip) },
+    return h("button", { class: "instance", "data-uid": sop, onclick: () => openInstance(stage, study, series, sop, frames, strip).catch(showError) },
       `#${val(inst, T.InstanceNumber) || i + 1}${frames > 1 ? ` (${frames} frames)` : ""}`);
   }));
   const stage = h("div", { class: "stage" });
   viewer.replaceChildren(h("h2", {}, "Viewer"), strip, stage);
   if (instances.length) {
     const first = instances[0];
-    openInstance(stage, study, series, val(first, T.SOPInstanceUID), Number(val(first, T.NumberOfFrames)) || 1, strip);
+    await openInstance(stage, study, series, val(first, T.SOPInstanceUID), Number(val(first, T.NumberOfFrames)) || 1, strip);
   }
 }
 
@@ -809,5 +812,8 @@ async function route() {
 
 document.getElementById("server-name").textContent = SETTINGS.name;
 document.title = `${SETTINGS.name} — pacs-appliance`;
-window.addEventListener("hashchange", () => { clearBanner(); route(); });
+window.addEventListener("hashchange", () => {
+  if (keepBanner) keepBanner = false; else clearBanner();
+  route();
+});
 route();
