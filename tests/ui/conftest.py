@@ -23,13 +23,27 @@ AUTH = (USER, PASSWORD)
 
 
 @pytest.fixture(scope="module")
-def ui_daemon(tmp_path_factory):
-    """A daemon with Basic authentication and the worklist server on."""
+def peer(tmp_path_factory):
+    """A second daemon: the UI daemon's one send destination ("peer")."""
+    root = tmp_path_factory.mktemp("peer")
+    d = Daemon(root, base_config(root, DicomAet="PEER")).start()
+    yield d
+    try:
+        d.stop()
+    except Exception:  # noqa: BLE001 - stopped or killed by a test
+        d.kill()
+
+
+@pytest.fixture(scope="module")
+def ui_daemon(tmp_path_factory, peer):
+    """A daemon with Basic authentication, the worklist server on, and ``peer`` as its
+    one DICOM destination."""
     root = tmp_path_factory.mktemp("ui")
     (root / "worklists").mkdir()
     config = base_config(root, Name="Clinic UI", AuthenticationEnabled=True,
                          RegisteredUsers={USER: PASSWORD},
                          Worklists={"Enable": True, "Database": str(root / "worklists")},
+                         DicomModalities={"peer": ["PEER", "127.0.0.1", peer.dicom_port]},
                          ViewerUrlTemplate="/viewer/?StudyInstanceUIDs={StudyInstanceUID}")
     d = Daemon(root, config).start()
     yield d

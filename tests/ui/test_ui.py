@@ -97,9 +97,10 @@ def wait(driver, condition, timeout: float = 10.0, what: str = ""):
                              f"{driver.find_element(By.TAG_NAME, 'body').text[:800]}") from None
 
 
-# Endpoints of other branches that the study page asks for (the send button's
-# destinations): until merged, their 404 is logged by Chromium as a failed resource
-# load, which is expected and ignored; once merged they answer 200 and nothing is ignored.
+# Endpoints of other branches that the pages ask for (the send button's destinations,
+# the audit trail on the System page): until merged, their 404 is logged by Chromium as
+# a failed resource load, which is expected and ignored; once merged they answer 200 and
+# nothing is ignored.
 NOT_MERGED: list[str] = []
 
 
@@ -122,7 +123,7 @@ def page(browser, ui_daemon, data):
     """The browser, logged in (HTTP Basic, as a person would through the URL once:
     the browser then keeps the credentials for the origin)."""
     base = f"http://127.0.0.1:{ui_daemon.http_port}"
-    for path in ("/modalities", "/dicom-web/servers"):
+    for path in ("/modalities", "/dicom-web/servers", "/audit"):
         if _no_route(requests.get(base + path, auth=(USER, PASSWORD), timeout=10)):
             NOT_MERGED.append(base + path)
     browser.get(f"http://{USER}:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{ui_daemon.http_port}/ui/icon.svg")
@@ -501,6 +502,8 @@ def test_system_page_shows_disk_and_status(page, http):
     status = page.find_element(By.ID, "status-table").text
     assert "Version" in status and "Stored" in status and "Last backup" in status
     assert "Worklist" in status
+    if f"{page.base}/audit" not in NOT_MERGED:  # the delete branch's audit trail
+        assert page.find_element(By.ID, "audit").text.startswith("Deletes and corrections")
     assert console_errors(page) == []
 
 
@@ -556,12 +559,24 @@ def test_fix_patient_shows_the_corrected_name(page, http):
     assert console_errors(page) == []
 
 
-def test_send_button_only_with_destinations(page, http, data):
+def test_send_shows_progress(page, http, data, peer):
+    # The daemon has one destination, "peer": another daemon. The button sends the
+    # study through the send queue; the form shows the job until it succeeded.
     _needs(http, "GET", "/modalities", "send (GET /modalities)")
-    # This daemon has no DicomModalities and no DICOMweb servers: no button.
-    assert http.get(http.base + "/modalities").json() == []
-    open_study(page, data.other_study)
-    assert not page.find_elements(By.ID, "send-study")
+    assert http.get(http.base + "/modalities").json() == ["peer"]
+    open_study(page, data.old_study)
+    wait(page, lambda d: d.find_elements(By.ID, "send-study"), what="the send button")
+    page.find_element(By.ID, "send-study").click()
+    form = wait(page, lambda d: d.find_element(By.ID, "send-form"), what="the send form")
+    Select(form.find_element(By.NAME, "dest")).select_by_value("dicom:peer")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(page, lambda d: d.find_element(By.CSS_SELECTOR, ".job-state").text.startswith("Success"),
+         timeout=60, what="the job done")
+    assert page.find_element(By.CSS_SELECTOR, "form.send progress").get_attribute("value") == "100"
+    r = requests.get(f"http://127.0.0.1:{peer.http_port}/dicom-web/studies?StudyInstanceUID={data.old_study}",
+                     timeout=10)
+    assert r.status_code == 200 and r.json()[0]["00201208"]["Value"] == [3]
+    assert console_errors(page) == []
 
 
 def test_console_stayed_clean(page):

@@ -322,8 +322,13 @@ function fixPatientForm(uid, s, panel) {
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const data = new FormData(form);
+    // Only what the user changed is replaced; the rest of the files stays as it is.
     const replace = {};
-    for (const k of ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber"]) replace[k] = data.get(k) || "";
+    for (const k of ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber"]) {
+      const value = String(data.get(k) || "").trim();
+      if (value !== String(val(s, T[k]) || "")) replace[k] = value;
+    }
+    if (!Object.keys(replace).length) { notice("Nothing was changed."); return; }
     try {
       const answer = await request("POST", `/studies/${enc(uid)}/modify`,
         { Replace: replace, Reason: data.get("Reason"), KeepUIDs: data.get("KeepUIDs") === "on" });
@@ -347,7 +352,7 @@ async function sendButton(uid, actions, panel) {
       h("option", { value: `${kind}:${n}` }, `${n} (${kind === "dicom" ? "DICOM" : "DICOMweb"})`)));
     const progress = h("progress", { max: 100, value: 0, hidden: true });
     const state = h("span", { class: "job-state" });
-    const form = h("form", { class: "send" }, h("h3", {}, "Send study"), select, " ",
+    const form = h("form", { class: "send", id: "send-form" }, h("h3", {}, "Send study"), select, " ",
       h("button", { type: "submit" }, "Send"), " ", progress, " ", state);
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
@@ -359,7 +364,8 @@ async function sendButton(uid, actions, panel) {
         const poll = async () => {
           const j = await get(job.Path || `/jobs/${enc(job.ID)}`);
           progress.value = Number(j.Progress) || 0;
-          state.textContent = j.State;
+          state.textContent = `${j.State}${j.Instances !== undefined ? `: ${j.Sent ?? 0} of ${j.Instances} sent` : ""}`
+            + (j.ErrorDetails ? ` (${j.ErrorDetails})` : "");
           if (!["Success", "Failure", "Failed", "Done", "Completed"].includes(j.State)) {
             const t = setTimeout(() => poll().catch(showError), 1000);
             onLeave(() => clearTimeout(t));
@@ -711,7 +717,8 @@ const SHOWN_STATUS_KEYS = new Set(["version", "pid", "time", "started", "uptime"
   "disk", "backups", "last_error", "errors_since_start", "worklist_items", "warnings"]);
 
 async function pageSystem() {
-  const [s, history] = await Promise.all([get("/status"), get("/status/disk-history").catch(() => [])]);
+  const [s, history, audit] = await Promise.all([get("/status"), get("/status/disk-history").catch(() => []),
+    optional("/audit?limit=20")]);
   const rows = [];
   const row = (k, v, cls) => rows.push(h("tr", { class: cls || "" }, h("th", {}, k), h("td", {}, v)));
   const c = s.counts || {};
@@ -749,9 +756,25 @@ async function pageSystem() {
     h("section", { id: "disk" }, h("h2", {}, "Disk"), fsCards, missing, h("p", { id: "forecast" }, forecast),
       diskPlot(history, disk)),
     h("section", {}, h("h2", {}, "Status"), h("table", { class: "status", id: "status-table" }, h("tbody", {}, rows))),
+    auditSection(audit),
     h("p", { class: "muted" }, "Refreshed every 10 s. ", h("a", { href: "/metrics" }, "metrics"), " · ", h("a", { href: "/status.html" }, "plain status page")));
   const t = setTimeout(() => { if (parseHash().parts[0] === "system") route(); }, 10000);
   onLeave(() => clearTimeout(t));
+}
+
+// The last deletes and patient fixes (GET /audit, newest first): who, what, when, why.
+function auditSection(entries) {
+  if (!entries) return null;  // a daemon without the audit trail
+  const uids = (u) => (u && typeof u === "object" && !Array.isArray(u)
+    ? Object.entries(u).map(([level, uid]) => `${level} ${uid}`) : [].concat(u)).filter(Boolean).join(", ");
+  return h("section", { id: "audit" }, h("h2", {}, "Deletes and corrections"),
+    entries.length ? h("table", { class: "list audit" },
+      h("thead", {}, h("tr", {}, ["Time (UTC)", "User", "Action", "Level", "UIDs", "Reason", "Images"].map((t) => h("th", {}, t)))),
+      h("tbody", {}, entries.map((e) => h("tr", {},
+        h("td", {}, typeof e.Time === "number" ? when(e.Time) : String(e.Time || "").replace("T", " ").replace("Z", "")),
+        h("td", {}, e.User), h("td", {}, e.Action), h("td", {}, e.Level),
+        h("td", { class: "uids" }, uids(e.UIDs)), h("td", {}, e.Reason), h("td", { class: "num" }, e.Instances)))))
+      : h("p", { class: "empty" }, "None yet."));
 }
 
 // Used bytes of the storage filesystem over the samples (30 days), and the forecast
