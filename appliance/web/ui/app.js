@@ -265,7 +265,7 @@ async function pageStudy(uid) {
           ["Series / images", `${val(s, T.NumberOfStudyRelatedSeries)} / ${val(s, T.NumberOfStudyRelatedInstances)}`]]
         .flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v || "–")])));
   const actions = h("div", { class: "actions" },
-    h("a", { class: "button", id: "download-zip", href: `${studyUrl(uid)}?accept=${enc("application/zip")}`,
+    h("a", { class: "button", id: "download-zip", href: `${studyUrl(uid)}?accept=application/zip`,
               download: `${uid}.zip` }, "Download ZIP"),
     SETTINGS.viewerUrlTemplate && h("a", { class: "button", id: "open-viewer", target: "_blank", rel: "noopener",
       href: SETTINGS.viewerUrlTemplate.replaceAll("{StudyInstanceUID}", enc(uid)) }, "Open in viewer"),
