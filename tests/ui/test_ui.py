@@ -502,6 +502,7 @@ def test_system_page_shows_disk_and_status(page, http):
     status = page.find_element(By.ID, "status-table").text
     assert "Version" in status and "Stored" in status and "Last backup" in status
     assert "Worklist" in status
+    assert "null" not in page.find_element(By.ID, "app").text.split()
     if f"{page.base}/audit" not in NOT_MERGED:  # the delete branch's audit trail
         assert page.find_element(By.ID, "audit").text.startswith("Deletes and corrections")
     assert console_errors(page) == []

@@ -739,8 +739,13 @@ async function pageSystem() {
   row("Last error", err ? `${when(err.time)} ${err.message}` : "none", err ? "warn" : "");
   // Parts this page does not know by name (a send queue, an import's progress...) are
   // still shown, as they come, so a newer daemon's status is never hidden.
-  const more = Object.keys(s).filter((k) => !SHOWN_STATUS_KEYS.has(k) && s[k] !== null && s[k] !== undefined);
-  for (const k of more) row(k.replace(/_/g, " "), typeof s[k] === "object" ? JSON.stringify(s[k]) : String(s[k]), "extra");
+  const plain = (v) => (Array.isArray(v) ? v.map(plain).join("; ")
+    : v && typeof v === "object" ? Object.entries(v).map(([k, x]) => `${k.replace(/_/g, " ")}: ${plain(x)}`).join(", ")
+    : String(v));
+  const empty = (v) => v === null || v === undefined || (typeof v === "object" && !Object.keys(v).length);
+  for (const k of Object.keys(s).filter((k) => !SHOWN_STATUS_KEYS.has(k) && !empty(s[k]))) {
+    row(k[0].toUpperCase() + k.slice(1).replace(/_/g, " "), plain(s[k]), "extra");
+  }
 
   const disk = s.disk;
   const fsCards = disk ? disk.filesystems.map((fs) => h("div", { class: `fs ${fs.level.toLowerCase()}` },
@@ -756,7 +761,7 @@ async function pageSystem() {
     h("section", { id: "disk" }, h("h2", {}, "Disk"), fsCards, missing, h("p", { id: "forecast" }, forecast),
       diskPlot(history, disk)),
     h("section", {}, h("h2", {}, "Status"), h("table", { class: "status", id: "status-table" }, h("tbody", {}, rows))),
-    auditSection(audit),
+    auditSection(audit) || "",
     h("p", { class: "muted" }, "Refreshed every 10 s. ", h("a", { href: "/metrics" }, "metrics"), " · ", h("a", { href: "/status.html" }, "plain status page")));
   const t = setTimeout(() => { if (parseHash().parts[0] === "system") route(); }, 10000);
   onLeave(() => clearTimeout(t));
