@@ -22,16 +22,21 @@ USER, PASSWORD = "clinic", "s3cret pw"
 AUTH = (USER, PASSWORD)
 
 
-@pytest.fixture(scope="module")
-def peer(tmp_path_factory):
-    """A second daemon: the UI daemon's one send destination ("peer")."""
-    root = tmp_path_factory.mktemp("peer")
-    d = Daemon(root, base_config(root, DicomAet="PEER")).start()
+def _running(root: Path, config: dict):
+    """Start a daemon, yield it, stop it (or kill it if it will not stop)."""
+    d = Daemon(root, config).start()
     yield d
     try:
         d.stop()
     except Exception:  # noqa: BLE001 - stopped or killed by a test
         d.kill()
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    """A second daemon: the UI daemon's one send destination ("peer")."""
+    root = tmp_path_factory.mktemp("peer")
+    yield from _running(root, base_config(root, DicomAet="PEER"))
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +50,7 @@ def ui_daemon(tmp_path_factory, peer):
                          Worklists={"Enable": True, "Database": str(root / "worklists")},
                          DicomModalities={"peer": ["PEER", "127.0.0.1", peer.dicom_port]},
                          ViewerUrlTemplate="/viewer/?StudyInstanceUIDs={StudyInstanceUID}")
-    d = Daemon(root, config).start()
-    yield d
-    try:
-        d.stop()
-    except Exception:  # noqa: BLE001 - stopped or killed by a test
-        d.kill()
+    yield from _running(root, config)
 
 
 @pytest.fixture(scope="module")
