@@ -602,6 +602,16 @@ def _wado_root(obj: _Object, where: str, raw: Any) -> str:
     return value
 
 
+@_reader('URL or path with {StudyInstanceUID}, like "/ohif/viewer?StudyInstanceUIDs={StudyInstanceUID}"')
+def _viewer_url(obj: _Object, where: str, raw: Any) -> str:
+    value = _text(obj, where, raw).strip()
+    if ("{StudyInstanceUID}" not in value or re.search(r"[\s<>\"']", value)
+            or not re.match(r"^(https?://|/)", value)):
+        obj.fail(where, "expected a URL (http://, https://) or a path (/...) containing "
+                        f"{{StudyInstanceUID}}, got {_show(value)}")
+    return value
+
+
 @_reader("host or host:port, or empty")
 def _url_host(obj: _Object, where: str, raw: Any) -> str:
     value = _text(obj, where, raw).strip()
@@ -1307,6 +1317,11 @@ class Config:
     http_bind_addresses: tuple[str, ...] = _key(
         "HttpBindAddresses", (), _ip_addresses,
         "The addresses HTTP listens on; empty: decided by RemoteAccessAllowed.",
+    )
+    viewer_url_template: str | None = _key(
+        "ViewerUrlTemplate", None, _optional(_viewer_url),
+        "The web UI's \"open in viewer\" link for a study (e.g. OHIF behind the same nginx): "
+        "a URL or path with {StudyInstanceUID}; null: no such link.", ours=True,
     )
     ignored: tuple[str, ...] = _derived(
         "Keys accepted without effect here, dotted (the daemon logs them).", (),

@@ -37,12 +37,14 @@ from appliance.ops.manage import remove_token, write_token
 from appliance.ops.quota import StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.space import install_admission
+from appliance.ops.diskhistory import DiskHistory
 from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
 from appliance.web.app import Users, make_app
 from appliance.web.common import WebConfig
 from appliance.web.metrics import STATUS
+from appliance.web.ui import DISK_HISTORY
 from appliance.worklist.housekeeping import CleanupRules, Housekeeper
 from appliance.worklist.mpps import MppsManager
 from appliance.worklist.source import CACHE_NAME as WORKLIST_CACHE, WorklistFolder
@@ -187,11 +189,14 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         app = make_app(archive=archive, config=config.view(WebConfig), users=users,
                        dicom_port=dicom.port, dicom_echo=outbound.echo)
         app[STATUS] = ops.board.snapshot
+        disk_history = DiskHistory(config.index_directory, lambda: ops.disk.state)  # the UI's disk plot
+        app[DISK_HISTORY] = disk_history.samples
         loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
                                 users, notifier)
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
-        ops_tasks = [loop.create_task(t.run()) for t in (ops.disk, ops.backups, ops.board)]
+        ops_tasks = [loop.create_task(t.run())
+                     for t in (ops.disk, ops.backups, ops.board, disk_history)]
         period = notifier.watchdog_period()
         if period is not None:
             ops_tasks.append(loop.create_task(_watchdog(notifier, period, dicom, archive, ops.board)))

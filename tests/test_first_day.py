@@ -83,7 +83,7 @@ def test_first_start_from_an_orthanc_config(make_daemon, tmp_path):
     # Authentication off: loud at start, in the status snapshot and on the status page.
     assert len([w for w in warnings if "HTTP AUTHENTICATION IS OFF" in w]) == 1
     assert _status_file(d)["http_authentication"] is False
-    page = requests.get(f"http://127.0.0.1:{d.http_port}/", timeout=10).text
+    page = requests.get(f"http://127.0.0.1:{d.http_port}/status.html", timeout=10).text
     assert "authentication is OFF" in page
     metrics = requests.get(f"http://127.0.0.1:{d.http_port}/metrics", timeout=10).text
     assert "\npacs_http_authentication_enabled 0\n" in metrics
@@ -120,7 +120,7 @@ def test_with_authentication_on(make_daemon):
     for _ in range(3):
         assert requests.get(url, headers={"Accept": "text/html"}, timeout=10).status_code == 401
     assert requests.get(url, auth=("emr", "wrong"), timeout=10).status_code == 401
-    page = requests.get(url, auth=("emr", "s3cret"), timeout=10)
+    page = requests.get(url + "status.html", auth=("emr", "s3cret"), timeout=10)
     assert page.status_code == 200 and "authentication is OFF" not in page.text
     time.sleep(0.2)  # the log lines of the requests above
     warnings = _lines(d.log(), "WARNING")
@@ -149,7 +149,7 @@ def test_12bit_jpeg_is_one_warning_and_the_daemon_exits_at_once(daemon):
     log = daemon.log()
     assert "Traceback" not in log and not _lines(log, "ERROR")
     assert len([w for w in _lines(log, "WARNING") if "12-bit" in w]) == 1
-    assert "Last error</th><td>none" in requests.get(base + "/", timeout=10).text
+    assert "Last error</th><td>none" in requests.get(base + "/status.html", timeout=10).text
 
     daemon.proc.send_signal(signal.SIGTERM)
     _wait_for(lambda: "INFO appliance.daemon: stopped:" in daemon.log(), what="stopped")

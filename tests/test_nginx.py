@@ -126,3 +126,20 @@ def test_stow_and_wado_through_https_proxy(proxy):
     got = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
     assert got.PixelData == ds.PixelData
     assert pydicom.dcmread(stored).PixelData == ds.PixelData  # a valid Part-10 file on disk
+
+
+def test_web_ui_through_https_proxy(proxy):
+    # The UI's page and files come through the shipped site like any other route;
+    # the page's own URLs are absolute paths, so they stay on the proxy's origin.
+    base, cert, _ = proxy
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(cert)
+    page = session.get(base + "/")
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert '"dicomWebRoot": "/dicom-web"' in page.text
+    src = re.search(r'src="(/ui/app\.js\?v=[0-9a-f]+)"', page.text).group(1)
+    script = session.get(base + src)
+    assert script.status_code == 200 and script.headers["Content-Type"].startswith("text/javascript")
+    assert "immutable" in script.headers["Cache-Control"]
+    assert session.get(base + "/status").json()["name"]

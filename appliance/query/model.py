@@ -64,7 +64,8 @@ class Search:
     C-FIND). ``computed``: computed keys to return (appliance.query.keys.COMPUTED);
     ``metadata_tags``: other attributes to return, from a representative
     instance of each result; ``whole_metadata``: IMAGE level, each instance's
-    whole stored DICOM JSON too.
+    whole stored DICOM JSON too. ``newest_first``: STUDY level, by StudyDate and
+    StudyTime descending (undated last) instead of storage order.
     """
 
     level: Level
@@ -76,6 +77,7 @@ class Search:
     whole_metadata: bool = False
     limit: int = 100
     offset: int = 0
+    newest_first: bool = False
 
 
 @dataclass

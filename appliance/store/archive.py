@@ -316,6 +316,11 @@ class Archive:
         """Change a step only if it is still ``previous``; False if it moved on."""
         return self.index.mpps_update(previous, **changes)
 
+    def mpps_states(self, study_uids: set[str], accession_numbers: set[str],
+                    ) -> dict[tuple[str, str], str]:
+        """The newest procedure step's status per ("study", uid) and ("accession", number)."""
+        return self.index.mpps_states(study_uids, accession_numbers)
+
     # -- space: quotas, recycling, the disk forecast ---------------------------
 
     def patient_exists(self, patient_id: str) -> bool:

@@ -31,6 +31,7 @@ from appliance.web import admin, manage, modalities, qido, stow, wado, wado_uri
 from appliance.web import worklists
 from appliance.web import instances
 from appliance.web import metrics
+from appliance.web import ui
 from appliance.web.auth import AUTH_USER, LOCAL_USER, REALM, Authenticator, is_local_token
 from appliance.web.common import CONTEXT, WebConfig, WebContext, http_error, is_loopback
 
@@ -109,7 +110,8 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
     worklists.add_routes(app.router, "")
     instances.add_routes(app.router, "")  # POST /instances (Orthanc's; pacs-appliance import)
     manage.add_routes(app.router, "")
-    metrics.install(app)  # GET /metrics, GET / (status page), request timing
+    metrics.install(app)  # GET /metrics, /status, /status.html, request timing
+    ui.install(app)  # GET / (the web UI), /ui/...
     return app
 
 

@@ -33,6 +33,7 @@ class WebConfig:
     dicom_web: DicomWebConfig
     worklists: WorklistsConfig
     dicom_modalities: tuple[Modality, ...]  # POST /modalities/{name}/echo
+    viewer_url_template: str | None  # the web UI's "open in viewer" link
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""``GET /metrics`` (Prometheus text) and ``GET /`` (a small read-only status page).
+"""``GET /metrics`` (Prometheus text), ``GET /status`` (the snapshot as JSON, for the
+web UI's system page) and ``GET /status.html`` (a small read-only status page, for a
+text browser; ``/`` is the web UI, appliance.web.ui).
 
 Both render the daemon's status snapshot, which the daemon hands over as a
 callable under :data:`STATUS` (absent in an application built without a daemon:
@@ -37,12 +39,15 @@ def install(app: web.Application) -> None:
             prefixes.append((config.dicom_web.wado_root, "wado"))
     app.middlewares.append(_timing(prefixes))
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/", status_page)
+    app.router.add_get("/status", status_json)
+    app.router.add_get("/status.html", status_page)
 
 
 def _service(path: str, prefixes: list[tuple[str, str]]) -> str:
-    if path == "/":
+    if path.startswith("/status"):
         return "status"
+    if path == "/" or path.startswith("/ui/"):
+        return "ui"
     for prefix, name in prefixes:
         if path.startswith(prefix):
             return name
@@ -79,6 +84,11 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition format."""
     text = render(_snapshot(request), request.app[HTTP_STATS])
     return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def status_json(request: web.Request) -> web.Response:
+    """The status snapshot (what ``pacs-appliance status --json`` prints)."""
+    return web.json_response(_snapshot(request))
 
 
 def _when(t: float | None) -> str:

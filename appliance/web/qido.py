@@ -24,6 +24,9 @@ What is supported, and how (PS3.18 8.3.4, PS3.4 C.2.2.2):
 * ``includefield`` (repeated and/or comma lists, keywords or tags, ``all``);
   ``limit`` (1-10000) and ``offset``; ``fuzzymatching`` is accepted and
   ignored, with the PS3.18 8.3.4.2 Warning header.
+* ``orderby=-StudyDate`` (or ``-StudyDate,-StudyTime``, dcm4chee's spelling;
+  not in PS3.18), study searches only: newest first by StudyDate and
+  StudyTime, undated studies last: the web UI's study list.
 * Not supported, answered 400 with a message: unknown keys, matching inside
   sequences (``0040A370.00400009``), matching on binary, numeric (except the
   integer columns), sequence or private attributes.
@@ -119,7 +122,10 @@ _INT_VRS = frozenset("IS US".split())
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_RESERVED = frozenset({"includefield", "limit", "offset", "fuzzymatching", "accept", "charset"})
+_RESERVED = frozenset({"includefield", "limit", "offset", "fuzzymatching", "accept", "charset",
+                       "orderby"})
+# The orderby values understood (study searches): newest first.
+_NEWEST_FIRST = frozenset({"-StudyDate", "-StudyDate,-StudyTime", "-00080020", "-00080020,-00080030"})
 _JSON_MEDIA = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
 
 
@@ -269,10 +275,11 @@ def _parse(request: web.Request, level: Level) -> tuple[Search, set[int], bool, 
     for lvl in _LEVELS[top if level is not Level.STUDY else 0:_LEVELS.index(level) + 1]:
         wanted.update(DEFAULTS[lvl])
 
-    for key in ("limit", "offset", "fuzzymatching"):
+    for key in ("limit", "offset", "fuzzymatching", "orderby"):
         if len(query.getall(key, [])) > 1:
             raise http_error(400, f"{key} given twice")
     limit, offset, fuzzy, limit_given = None, 0, False, False
+    newest_first = _newest_first(query.get("orderby"), level)
     matches: dict[int, Match | None] = {}
     whole = False
     fold_text = not config.dicom_web.qido_case_sensitive
@@ -316,9 +323,19 @@ def _parse(request: web.Request, level: Level) -> tuple[Search, set[int], bool, 
         computed=tuple(sorted(t for t in wanted if t in COMPUTED)),
         metadata_tags=tuple(sorted(
             t for t in wanted if t not in INDEXED and t not in COMPUTED and t not in _CONSTANT)),
-        whole_metadata=whole, limit=limit, offset=offset,
+        whole_metadata=whole, limit=limit, offset=offset, newest_first=newest_first,
     )
     return search, wanted, fuzzy, limit_given
+
+
+def _newest_first(orderby: str | None, level: Level) -> bool:
+    """Whether ``orderby`` asks for newest first; 400 for any other order."""
+    if orderby is None:
+        return False
+    if level is not Level.STUDY or orderby.replace(" ", "") not in _NEWEST_FIRST:
+        raise http_error(400, f"orderby {orderby[:60]!r}: only -StudyDate (newest first) "
+                              "is supported, on study searches")
+    return True
 
 
 # -- response ----------------------------------------------------------------

@@ -179,11 +179,17 @@ def test_scheduled_backups_and_status(daemon):
 
 
 def test_status_page(daemon):
-    assert get(daemon, "/", auth=None)[0] == 401
-    code, headers, page = get(daemon, "/")
+    # / is the web UI (tests/ui); the text page moved to /status.html.
+    assert get(daemon, "/status.html", auth=None)[0] == 401
+    code, headers, page = get(daemon, "/status.html")
     assert code == 200 and headers["Content-Type"].startswith("text/html")
     assert "<h1>Clinic &lt;US&gt;</h1>" in page  # escaped
     assert "<th>Stored</th><td>1 patients" in page and "<th>Last backup</th>" in page
+    assert get(daemon, "/status", auth=None)[0] == 401
+    code, headers, body = get(daemon, "/status")
+    assert code == 200 and headers["Content-Type"].startswith("application/json")
+    snap = json.loads(body)
+    assert snap["name"] == "Clinic <US>" and snap["counts"]["patients"] == 1
 
 
 def test_status_when_not_running(tmp_path):

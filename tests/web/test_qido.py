@@ -439,3 +439,23 @@ def test_configured_host_and_result_cap(tuned):
     assert values(results[0], RETRIEVE_URL)[0].startswith("https://pacs.example.org:8443/dicomweb/studies/")
     explicit = get(daemon, "/dicomweb/studies?limit=10")
     assert len(explicit.json()) == 5 and "Warning" not in explicit.headers
+
+
+def test_orderby_newest_first_pages_by_date_and_time(daemon, studies):
+    # The web UI's study list: StudyDate then StudyTime descending (two studies share
+    # 20240110 and are told apart by their times), paged with limit/offset.
+    newest = ["ACC004", "ACC002", "ACC*5", "ACC001", "ACC003"]
+    r = get(daemon, "/dicom-web/studies?orderby=-StudyDate")
+    assert r.status_code == 200
+    assert [values(s, ACCESSION)[0] for s in r.json()] == newest
+    pages = [get(daemon, f"/dicom-web/studies?orderby=-StudyDate,-StudyTime&limit=2&offset={o}").json()
+             for o in (0, 2, 4)]
+    assert [values(s, ACCESSION)[0] for page in pages for s in page] == newest
+    matched = get(daemon, "/dicom-web/studies?orderby=-StudyDate&PatientName=doe*").json()
+    assert [values(s, ACCESSION)[0] for s in matched] == ["ACC004", "ACC001", "ACC003"]
+    # Any other order, or at another level, is refused rather than ignored.
+    for bad in ("/dicom-web/studies?orderby=PatientName", "/dicom-web/studies?orderby=StudyDate",
+                "/dicom-web/series?orderby=-StudyDate",
+                "/dicom-web/studies?orderby=-StudyDate&orderby=-StudyDate"):
+        r = get(daemon, bad)
+        assert r.status_code == 400 and "orderby" in r.json()["Message"], bad

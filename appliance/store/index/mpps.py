@@ -67,3 +67,21 @@ class Mpps:
             return conn.changes() == 1
 
         return self.run_write(update)
+
+    def mpps_states(self, study_uids: set[str], accession_numbers: set[str],
+                    ) -> dict[tuple[str, str], str]:
+        """The newest step's status per ("study", StudyInstanceUID) and per
+        ("accession", AccessionNumber) among those given (the worklist page).
+
+        Both columns are indexed; the lists are bounded by the caller's worklist."""
+        found: dict[tuple[str, str], str] = {}
+        for kind, column, values in (("study", "study_instance_uid", study_uids),
+                                     ("accession", "accession_number", accession_numbers)):
+            values = sorted(values)
+            for start in range(0, len(values), 500):  # SQLite's bound variable limit
+                chunk = values[start:start + 500]
+                rows = self.read(
+                    f"SELECT {column}, status FROM mpps WHERE {column} IN "
+                    f"({', '.join('?' * len(chunk))}) ORDER BY updated_at", tuple(chunk))
+                found.update(((kind, value), status) for value, status in rows)
+        return found

@@ -145,8 +145,12 @@ def _order(search: Search) -> str:
 
     Within one study or series, series and instance numbers, as a viewer
     lists them; across the archive, storage order, which the primary key
-    gives without sorting.
+    gives without sorting. Newest first (a study list): StudyDate, StudyTime
+    descending, the primary key breaking ties, so the studies_patient_date
+    index is read backwards (no sort) and undated studies (NULL) come last.
     """
+    if search.newest_first and search.level is ST:
+        return "st.study_date DESC, st.study_time DESC, st.id DESC"
     if search.level is SE and search.study_uid:
         return "se.series_number IS NULL, se.series_number, se.id"
     if search.level is IM and search.series_uid:

@@ -1,0 +1,95 @@
+"""Fixtures of the web UI's browser tests: one daemon with authentication, data
+stored through STOW-RS, and one headless Debian Chromium driven by Selenium
+(Debian's chromium-driver; Selenium never downloads a browser or a driver here).
+
+The module-scoped fixtures are shared by the tests of a module, so the browser
+starts once (a couple of seconds) rather than per test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import Daemon, base_config
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+USER, PASSWORD = "clinic", "s3cret pw"
+AUTH = (USER, PASSWORD)
+
+
+def _running(root: Path, config: dict):
+    """Start a daemon, yield it, stop it (or kill it if it will not stop)."""
+    d = Daemon(root, config).start()
+    yield d
+    try:
+        d.stop()
+    except Exception:  # noqa: BLE001 - stopped or killed by a test
+        d.kill()
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    """A second daemon: the UI daemon's one send destination ("peer")."""
+    root = tmp_path_factory.mktemp("peer")
+    yield from _running(root, base_config(root, DicomAet="PEER"))
+
+
+@pytest.fixture(scope="module")
+def ui_daemon(tmp_path_factory, peer):
+    """A daemon with Basic authentication, the worklist server on, and ``peer`` as its
+    one DICOM destination."""
+    root = tmp_path_factory.mktemp("ui")
+    (root / "worklists").mkdir()
+    config = base_config(root, Name="Clinic UI", AuthenticationEnabled=True,
+                         RegisteredUsers={USER: PASSWORD},
+                         Worklists={"Enable": True, "Database": str(root / "worklists")},
+                         DicomModalities={"peer": ["PEER", "127.0.0.1", peer.dicom_port]},
+                         ViewerUrlTemplate="/viewer/?StudyInstanceUIDs={StudyInstanceUID}")
+    yield from _running(root, config)
+
+
+@pytest.fixture(scope="module")
+def http(ui_daemon):
+    """A requests session with the credentials, and the base URL."""
+    s = requests.Session()
+    s.auth = AUTH
+    s.base = f"http://127.0.0.1:{ui_daemon.http_port}"  # type: ignore[attr-defined]
+    yield s
+    s.close()
+
+
+def stow(http, files: list[bytes]) -> dict:
+    """STOW-RS the Part-10 files in one request; the response (status 200 asserted)."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                    + f + b"\r\n" for f in files) + b"--" + boundary.encode() + b"--\r\n"
+    r = http.post(http.base + "/dicom-web/studies", data=body, headers={
+        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        "Accept": "application/dicom+json"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, console messages kept (goog:loggingPrefs)."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        pytest.skip("apt-get install chromium chromium-driver (tests/run.sh does)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000", "--disable-extensions", "--no-first-run"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
