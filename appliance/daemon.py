@@ -25,6 +25,7 @@ from appliance.dicom import transport
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
@@ -128,7 +129,11 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     incoming = ReceivedFiles(archive)
     live = _reloadable(config)
     worklist = _build_worklist(config, archive, live)
-    handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
+    retrieve = RetrieveDimse(archive, our_aet=config.dicom_aet,
+                             scu_timeout=config.dicom_scu_timeout,
+                             spool_dir=config.temporary_directory)
+    handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse,
+                             retrieve=retrieve)
     users = Users(live.registered_users, live.authentication_enabled)
     ops = _build_ops(config, archive, handlers, worklist)
     dicom = DicomServer(

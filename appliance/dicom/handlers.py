@@ -20,6 +20,7 @@ from pynetdicom import events as evt
 from appliance.dicom.mwl import WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.status import Status
 from appliance.store import Archive, Origin, StoreOutcome
 
@@ -54,11 +55,13 @@ class DicomHandlers:
     """The event handlers of the DICOM server."""
 
     def __init__(self, archive: Archive, policy: AccessPolicy, incoming: ReceivedFiles,
-                 worklist: WorklistDimse | None = None) -> None:
+                 worklist: WorklistDimse | None = None,
+                 retrieve: RetrieveDimse | None = None) -> None:
         self.archive = archive
         self.policy = policy
         self.incoming = incoming
         self.worklist = worklist  # MWL C-FIND and MPPS, when configured
+        self.retrieve = retrieve  # C-MOVE and C-GET
         self._lock = threading.Lock()
         self._assocs: dict[int, _AssocStats] = {}
         self._in_flight = 0
@@ -81,7 +84,10 @@ class DicomHandlers:
             (evt.EVT_C_FIND, self.handle_find),
             (evt.EVT_N_CREATE, self.handle_n_create),
             (evt.EVT_N_SET, self.handle_n_set),
-        ] if self.worklist is not None else [])
+        ] if self.worklist is not None else []) + ([
+            (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_C_GET, self.handle_get),
+        ] if self.retrieve is not None else [])
 
     # -- association events ---------------------------------------------
 
@@ -199,6 +205,18 @@ class DicomHandlers:
         host, peer, calling = self._who(event)
         allowed = self.policy.allows(Service.FIND_WORKLIST, calling, host)
         yield from self.worklist.find(event, allowed=allowed, peer=peer, calling=calling)
+
+    def handle_move(self, event):
+        """C-MOVE (PS3.4 C.4.2): sub-operations to a DicomModalities destination."""
+        host, peer, calling = self._who(event)
+        yield from self.retrieve.move(event, policy=self.policy, peer=peer, calling=calling,
+                                      host=host)
+
+    def handle_get(self, event):
+        """C-GET (PS3.4 C.4.3): sub-operations back on the requestor's association."""
+        host, peer, calling = self._who(event)
+        yield from self.retrieve.get(event, policy=self.policy, peer=peer, calling=calling,
+                                     host=host)
 
     def _may_report(self, calling: str, host: str) -> bool:
         # MPPS has no Allow* flag of its own in Orthanc's rules: an AE that may query the
