@@ -247,7 +247,8 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                         archive=archive, admission=admission, disk=disk,
                         backups=backups, associations=handlers.open_associations,
                         last_error=last_error,
-                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None)
+                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
+                        retrieves=handlers.retrieve.stats if handlers.retrieve is not None else None)
     return _Ops(admission, disk, backups, board, last_error)
 
 
