@@ -43,7 +43,7 @@ from pynetdicom.status import code_to_category
 
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.sender import (
-    Destination, Outgoing, SendOutcome, SendResult, StoreSender, dataset_for, needs_of,
+    AckPrompter, Destination, Outgoing, SendOutcome, SendResult, StoreSender, dataset_for, needs_of,
 )
 from appliance.dicom.status import RetrieveStatus, Status
 from appliance.query.retrieve import UNIQUE_KEYS, scope_of
@@ -343,9 +343,13 @@ class RetrieveDimse:
             return ds
 
         assoc.bind(evt.EVT_DIMSE_RECV, on_response)
+        # The requestor answers each sub-operation: ACK its responses at once, as the
+        # sender does on its own associations (a getscu with Nagle on stalls otherwise).
+        prompter = AckPrompter(getattr(assoc.dul.socket, "socket", None)).start()
         try:
             yield from self._sub_operations(event, job, to_send)
         finally:
+            prompter.stop()
             assoc.unbind(evt.EVT_DIMSE_RECV, on_response)
         self._total(job)
 
