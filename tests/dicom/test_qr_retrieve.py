@@ -333,6 +333,7 @@ def build_role(sop_class: str):
     return role
 
 
+@pytest.mark.fast_path_only
 def test_a_stored_rle_image_is_transcoded_for_a_destination_taking_explicit_le_only(
         make_daemon, destinations):
     dest = destinations(syntaxes=(ExplicitVRLittleEndian,))
