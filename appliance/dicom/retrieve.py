@@ -39,6 +39,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom import events as evt
+from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.status import code_to_category
 
 from appliance.dicom.policy import AccessPolicy, Service
@@ -108,6 +109,9 @@ class Retrieval:
     sender: StoreSender | None = None
     refused: bool = False      # answered without sub-operations (no association opened)
     outcome: str = ""
+    # (association, context ID, C-MOVE request) to send pending responses on while one
+    # sub-operation lasts more than a second.
+    requestor: tuple | None = None
 
     # -- the stand-in for pynetdicom's move association ---------------------------
 
@@ -141,8 +145,9 @@ class Retrieval:
         item = self.items[str(dataset.SOPInstanceUID)]
         # PS3.7 9.1.1.1: the Move Originator is the AE that asked for the C-MOVE (pynetdicom
         # would put our own AE title).
-        outcome = self.sender.send(item, move_originator=(self.calling_aet, originator_id),
-                                   priority=priority)
+        with _Heartbeat(self):
+            outcome = self.sender.send(item, move_originator=(self.calling_aet, originator_id),
+                                       priority=priority)
         self.counts.add(outcome.result, outcome.sent_bytes)
         rsp = Dataset()
         rsp.Status = outcome.status if outcome.status is not None else Status.PROCESSING_FAILURE
@@ -172,6 +177,48 @@ class Retrieval:
                         "OPERATION": self.operation.value, "LEVEL": self.level,
                         "COMPLETED": c.completed, "FAILED": c.failed, "WARNING": c.warning,
                         "BYTES": c.bytes, "DURATION_MS": int(seconds * 1000)})
+
+
+class _Heartbeat:
+    """While one C-MOVE sub-operation lasts (a large cine to a slow destination), a
+    pending C-MOVE-RSP with the counts every second (PS3.4 C.4.2.1.4: pending responses
+    are optional; the issue asks for one at least every second), so the requestor sees
+    progress. pynetdicom sends its own after each sub-operation; it is waiting on this
+    one meanwhile, so nothing else is sent on that association at the same time."""
+
+    PERIOD = 1.0
+
+    def __init__(self, job: "Retrieval") -> None:
+        self._job = job
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="move-pending", daemon=True)
+
+    def __enter__(self) -> "_Heartbeat":
+        if self._job.requestor is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        assoc, context_id, req = self._job.requestor
+        while not self._stop.wait(self.PERIOD):
+            if not assoc.is_established:
+                return
+            c = self._job.counts
+            rsp = C_MOVE()
+            rsp.MessageIDBeingRespondedTo = req.MessageID
+            rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+            rsp.Status = int(RetrieveStatus.PENDING)
+            rsp.NumberOfRemainingSuboperations = (len(self._job.items) - c.completed
+                                                  - c.warning - c.failed)
+            rsp.NumberOfCompletedSuboperations = c.completed
+            rsp.NumberOfFailedSuboperations = c.failed
+            rsp.NumberOfWarningSuboperations = c.warning
+            assoc.dimse.send_msg(rsp, context_id)
 
 
 class RetrieveAE(AE):
@@ -294,6 +341,7 @@ class RetrieveDimse:
             yield from self._refuse(job, RetrieveStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                                     problem)
             return
+        job.requestor = (event.assoc, event.context.context_id, req)
         yield modality.host, modality.port, {"retrieval": job}
         yield from self._sub_operations(event, job, lambda item: _placeholder(item))
         self._total(job)
