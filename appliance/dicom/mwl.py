@@ -237,11 +237,6 @@ class WorklistDimse:
         """Swap the C-FIND options (SIGHUP reload); new queries use them."""
         self.options = options
 
-    def sop_classes(self) -> list[str]:
-        """The SOP classes to accept in association negotiation."""
-        return ([MODALITY_WORKLIST_FIND] if self.worklists is not None else []) + (
-            [MODALITY_PERFORMED_PROCEDURE_STEP] if self.mpps is not None else [])
-
     # -- C-FIND ------------------------------------------------------------
 
     def find(self, event, *, allowed: bool, peer: str, calling: str) -> Iterator[tuple]:
