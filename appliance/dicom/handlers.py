@@ -20,6 +20,7 @@ from pynetdicom import events as evt
 
 from appliance.dicom.mwl import MODALITY_PERFORMED_PROCEDURE_STEP, MODALITY_WORKLIST_FIND, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.qr_find import QueryRetrieveFind
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.services import (ALL_TRANSFER_SYNTAXES, UNCOMPRESSED, VERIFICATION, Caller,
                                       DimseService, ServiceRegistry, storage_sop_classes)
@@ -57,11 +58,13 @@ class DicomHandlers:
     """The event handlers of the DICOM server."""
 
     def __init__(self, archive: Archive, policy: AccessPolicy, incoming: ReceivedFiles,
-                 worklist: WorklistDimse | None = None) -> None:
+                 worklist: WorklistDimse | None = None,
+                 find: QueryRetrieveFind | None = None) -> None:
         self.archive = archive
         self.policy = policy
         self.incoming = incoming
         self.worklist = worklist  # MWL C-FIND and MPPS, when configured
+        self.find = find  # Query/Retrieve C-FIND (appliance.dicom.qr_find)
         self._lock = threading.Lock()
         self._assocs: dict[int, _AssocStats] = {}
         self._in_flight = 0
@@ -91,6 +94,7 @@ class DicomHandlers:
                          UNCOMPRESSED, (Service.FIND_WORKLIST, Service.STORE),
                          {evt.EVT_N_CREATE: self.handle_n_create, evt.EVT_N_SET: self.handle_n_set})
             if worklist is not None and worklist.mpps is not None else None,
+            self.find.service() if self.find is not None else None,
         ])
 
     def bindings(self) -> list[tuple]:
