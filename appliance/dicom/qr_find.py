@@ -42,11 +42,12 @@ import logging
 import struct
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from pydicom.charset import convert_encodings, custom_encoders
+from pydicom.charset import convert_encodings, custom_encoders, encode_string
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import evt
@@ -311,11 +312,13 @@ def answer_charset(elements: list[tuple[int, str, list]], stored: str | None) ->
     if stored:
         try:
             encodings = convert_encodings(stored.split("\\"))
-            if len(encodings) == 1:
+            with warnings.catch_warnings():
+                # pydicom warns, and writes replacement characters, for what a set cannot hold.
+                warnings.simplefilter("error")
                 for t in texts:
-                    t.encode(encodings[0])
-                return stored
-        except (LookupError, UnicodeError, ValueError):
+                    encode_string(t, encodings)
+            return stored
+        except (LookupError, UnicodeError, ValueError, UserWarning):
             pass
     return _UTF8
 

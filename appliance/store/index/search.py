@@ -269,6 +269,11 @@ def _condition(level: Level, match: Match) -> tuple[str, list]:
     if found is not None:
         table, column = found
         at = _LEVEL_OF_ALIAS[table]
+        if at is P and level is not P:
+            # The matching patients first, then their studies by index: a name pattern
+            # that no index serves (a leading *) scans the patients, not every study.
+            cond, args = _value_condition(f"mp.{column}", match)
+            return f"st.patient_pk IN (SELECT mp.id FROM patients mp WHERE {cond})", args
         if at.rank <= level.rank:
             return _value_condition(f"{table}.{column}", match)
         cond, args = _value_condition(f"{_BELOW[at][1]}.{column}", match)
