@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-# pending_command and _p_data_pdus are imported by tests/worklist and the worklist benchmark.
-from appliance.dicom.find_answers import DirectAnswers, _p_data_pdus, pending_command  # noqa: F401
+from appliance.dicom.find_answers import DirectAnswers
 from appliance.dicom.find_answers import status_dataset as _status
 from appliance.dicom.status import FindStatus, MppsStatus
 from appliance.worklist.encoded import Headers, answer_bytes

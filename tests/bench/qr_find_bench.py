@@ -42,7 +42,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -51,9 +50,10 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.dicomweb_bench import PARALLEL, ensure_small_studies, fill, uids  # noqa: E402
-from tests.bench.orthanc_install import InstallError, ensure_orthanc  # noqa: E402
-from tests.bench.run import STORESCU_CFG, Client, versions  # noqa: E402
+from tests.bench.dicomweb_bench import (  # noqa: E402
+    PARALLEL, ensure_small_studies, fill, prepare, start_servers, storescu_client, uids,
+)
+from tests.bench.run import versions  # noqa: E402
 from tests.bench.servers import (  # noqa: E402
     CALLED_AET, CALLING_AET, LOOPBACK, ApplianceServer, OrthancServer, Server, ServerError,
     base_env, finish, free_port, kill_all, orthanc_style_config,
@@ -222,49 +222,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
-    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-    if "orthanc" in args.only:
-        try:
-            ensure_orthanc()
-        except (InstallError, OSError) as exc:
-            log.error("Orthanc unavailable: %s", exc)
-            args.only.remove("orthanc")
-    if not args.only:
+    if not prepare(args):
         return 1
     started = datetime.now()
     load_before = os.getloadavg()
     small = ensure_small_studies(args.data / "dicomweb-small", args.studies[-1])
     for p in small:
         p.read_bytes()  # warm the page cache
-    root = Path(tempfile.mkdtemp(prefix="pacs-qrbench-"))
-    cfg = root / "storescu.cfg"
-    cfg.write_text(STORESCU_CFG)
-    client = Client(root, cfg, timeout=1800)
+    root, client = storescu_client("pacs-qrbench-", timeout=1800)
     env = base_env(True)  # TCP_NODELAY=1 for servers and tools alike
-    classes = {"orthanc": FindOrthanc, "appliance": FindAppliance}
     servers: dict[str, Server] = {}
-    results: dict = {"fill": {}, "find": {}}
+    results: dict = {"fill": {}, "find": {}, "startup": {}}
     errors: list[str] = []
     try:
-        for name in args.only:
-            srv = classes[name](name=name, root=root, keep=args.keep)
-            try:
-                srv.start(env)
-                srv.wait_ready(timeout=60)
-                servers[name] = srv
-            except (ServerError, OSError) as exc:
-                errors.append(f"{name} cannot start: {exc}")
-                srv.stop()
-        if not servers:
-            raise ServerError("no server started")
+        servers = start_servers({"orthanc": FindOrthanc, "appliance": FindAppliance}, args, root,
+                                env, errors, results["startup"])
         filled = 0
         for size in args.studies:
-            batch = small[filled:size]
             for name, srv in servers.items():
-                res = fill(name, srv, client, batch, env)
-                results["fill"].setdefault(name, []).append({"to": size, **res})
+                res = fill(name, srv, client, small[filled:size], env, results["fill"], size)
                 log.info("%s: filled %d -> %d studies at %.0f inst/s (%d associations)",
                          name, filled, size, res["inst_s"], PARALLEL)
             filled = size

@@ -340,18 +340,9 @@ def test_c_cancel_ends_the_answers(bulk, pynetdicom_mode):
     assoc = rawdicom.Association(bulk.dicom_port, [(STUDY_ROOT, ExplicitVRLittleEndian),
                                                    (rawdicom.VERIFICATION, "1.2.840.10008.1.2")])
     try:
-        cx = assoc.context(STUDY_ROOT, ExplicitVRLittleEndian)
-        message_id = assoc.next_id()
-        assoc.send_message(cx, rawdicom.find_command(STUDY_ROOT, message_id),
-                           encode(identifier, False, True))
-        first = assoc.read_response()
-        assert first.pending
-        assoc.send_message(cx, rawdicom.command([
-            (0x00000100, rawdicom.us(0x0FFF)), (0x00000120, rawdicom.us(message_id)),
-            (0x00000800, rawdicom.us(rawdicom.NO_DATA_SET))]))
-        responses = [first]
-        while responses[-1].pending:
-            responses.append(assoc.read_response())
+        responses = assoc.find_and_cancel(STUDY_ROOT, ExplicitVRLittleEndian,
+                                          encode(identifier, False, True))
+        assert responses[0].pending
         if responses[-1].status == CANCEL:
             assert 1 <= len(responses) - 1 < BULK_IMAGES
             deadline = time.monotonic() + 10
