@@ -13,6 +13,7 @@ import requests
 from pydicom.dataset import Dataset
 from pynetdicom import AE
 
+from tests.ops import cli
 from tests.support import Daemon, base_config, new_dataset, run
 
 PATIENT_ROOT = "1.2.840.10008.5.1.4.1.2.1.1"
@@ -260,6 +261,7 @@ def test_refused_device_gets_0124_and_a_log_line(qr):
 
 
 def test_one_info_line_per_query_without_patient_data_and_counted(qr):
+    """The INFO line, /metrics and pacs-appliance status."""
     statuses, answers, _ = pyfind(qr, STUDY_ROOT, query("STUDY", PatientName="Doe^John",
                                                         StudyInstanceUID=""))
     assert statuses == [PENDING, PENDING, SUCCESS] and len(answers) == 2
@@ -270,6 +272,13 @@ def test_one_info_line_per_query_without_patient_data_and_counted(qr):
     line = next(ln for ln in metrics.splitlines() if ln.startswith("pacs_dicom_queries_total{")
                 and 'model="Study Root",level="STUDY",outcome="complete"' in ln)
     assert int(line.rsplit(" ", 1)[1]) >= 1
+    # pacs-appliance status reads the status file, rewritten every 5 s.
+    deadline, out = time.monotonic() + 15, ""
+    while time.monotonic() < deadline and "C-FIND (" not in out:
+        out = cli(qr.config_path, "status").stdout
+        time.sleep(0.5)
+    line = next(ln for ln in out.splitlines() if "queries since start:" in ln)
+    assert int(line.split("queries since start:")[1].split()[0]) >= 1 and "complete" in line
 
 
 # --------------------------------------------------------------------------- many answers
