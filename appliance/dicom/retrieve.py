@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from pynetdicom.dimse_primitives import C_MOVE
 from pynetdicom.status import code_to_category
 
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.services import UNCOMPRESSED, Caller, DimseService
 from appliance.dicom.sender import (
     AckPrompter, Destination, Outgoing, SendOutcome, SendResult, StoreSender, dataset_for, needs_of,
 )
@@ -262,10 +264,16 @@ class RetrieveDimse:
         self._lock = threading.Lock()
         self._totals: Counter[str] = Counter()
 
-    @staticmethod
-    def sop_classes() -> list[str]:
-        """The Query/Retrieve MOVE and GET SOP classes served."""
-        return [*MOVE_MODELS, *GET_MODELS]
+    def services(self, *, policy: Callable[[], AccessPolicy]) -> tuple[DimseService, ...]:
+        """Their declarations (appliance.dicom.services); ``policy`` gives the access rules
+        in force (reloaded on SIGHUP), whose DicomModalities name the move destinations."""
+        return (
+            DimseService("Query/Retrieve C-MOVE", tuple(MOVE_MODELS), UNCOMPRESSED,
+                         (Service.MOVE,),
+                         {evt.EVT_C_MOVE: lambda event, caller: self.move(event, caller, policy())}),
+            DimseService("Query/Retrieve C-GET", tuple(GET_MODELS), UNCOMPRESSED, (Service.GET,),
+                         {evt.EVT_C_GET: lambda event, caller: self.get(event, caller)}),
+        )
 
     def stats(self) -> dict[str, int]:
         """Totals since start: retrieves, instances and bytes sent, by operation."""
@@ -311,15 +319,16 @@ class RetrieveDimse:
 
     # -- C-MOVE ------------------------------------------------------------------------
 
-    def move(self, event, *, policy: AccessPolicy, peer: str, calling: str, host: str):
+    def move(self, event, caller: Caller, policy: AccessPolicy):
         """The EVT_C_MOVE handler (a generator, pynetdicom's protocol): the destination,
         the number of sub-operations, then (status, data set) per sub-operation."""
+        peer, calling = caller.peer, caller.calling_aet
         req = event.request
         patient_root = MOVE_MODELS.get(str(req.AffectedSOPClassUID), False)
         job = Retrieval(Operation.MOVE, peer, calling, "patient" if patient_root else "study",
                         spool_dir=self._spool_dir())
         wanted = _text(req.MoveDestination)
-        if not policy.allows(Service.MOVE, calling, host):
+        if not caller.allowed:
             log.warning("%s: C-MOVE from %s refused: not allowed to move", peer, calling)
             yield from self._refuse(job, RetrieveStatus.REFUSED_NOT_AUTHORIZED, "not allowed")
             return
@@ -348,13 +357,14 @@ class RetrieveDimse:
 
     # -- C-GET -------------------------------------------------------------------------
 
-    def get(self, event, *, policy: AccessPolicy, peer: str, calling: str, host: str):
+    def get(self, event, caller: Caller):
         """The EVT_C_GET handler (a generator, pynetdicom's protocol): the number of
         sub-operations, then (status, data set) per sub-operation."""
+        peer, calling = caller.peer, caller.calling_aet
         req = event.request
         patient_root = GET_MODELS.get(str(req.AffectedSOPClassUID), False)
         job = Retrieval(Operation.GET, peer, calling, "patient" if patient_root else "study")
-        if not policy.allows(Service.GET, calling, host):
+        if not caller.allowed:
             log.warning("%s: C-GET from %s refused: not allowed to get", peer, calling)
             yield from self._refuse(job, RetrieveStatus.REFUSED_NOT_AUTHORIZED, "not allowed",
                                     move=False)

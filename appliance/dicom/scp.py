@@ -10,32 +10,12 @@ from __future__ import annotations
 
 import logging
 
-import pydicom.uid
-from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
-
 from appliance.dicom import transport
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.retrieve import RetrieveAE
 
 log = logging.getLogger(__name__)
-
-# Every transfer syntax pydicom knows, uncompressed ones first so that a
-# requestor proposing several in one context gets a cheap one.
-_UNCOMPRESSED = [
-    pydicom.uid.ExplicitVRLittleEndian,
-    pydicom.uid.ImplicitVRLittleEndian,
-    pydicom.uid.DeflatedExplicitVRLittleEndian,
-    pydicom.uid.ExplicitVRBigEndian,
-]
-TRANSFER_SYNTAXES = _UNCOMPRESSED + [
-    ts for ts in pydicom.uid.AllTransferSyntaxes if ts not in _UNCOMPRESSED
-]
-
-
-def storage_sop_classes() -> list[str]:
-    """Every storage SOP class pynetdicom knows."""
-    return sorted(set(_STORAGE_CLASSES.values()))
 
 
 class DicomServer:
@@ -53,6 +33,7 @@ class DicomServer:
         self._mode = mode
         self._bind = bind
         self._port = port
+        # The C-MOVE SCP asks this AE for its destination associations (dicom/retrieve.py).
         self.ae = RetrieveAE(ae_title=aet)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu
@@ -61,17 +42,7 @@ class DicomServer:
         self.ae.acse_timeout = limit
         self.ae.dimse_timeout = limit
         self.ae.network_timeout = limit
-        self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
-        # Both roles accepted when proposed: a C-GET requestor asks to be the storage SCP
-        # of the sub-operations (PS3.7 D.3.3.4); without role selection nothing changes.
-        for uid in storage_sop_classes():
-            self.ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
-        if handlers.retrieve is not None:  # C-MOVE, C-GET: small identifiers, uncompressed
-            for uid in handlers.retrieve.sop_classes():
-                self.ae.add_supported_context(uid, _UNCOMPRESSED)
-        if handlers.worklist is not None:  # MWL C-FIND, MPPS: small datasets, uncompressed
-            for uid in handlers.worklist.sop_classes():
-                self.ae.add_supported_context(uid, _UNCOMPRESSED)
+        handlers.registry.add_contexts(self.ae)  # appliance.dicom.services
         self._server = None
 
     @property

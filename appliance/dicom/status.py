@@ -19,6 +19,7 @@ class Status(enum.IntEnum):
     SUCCESS = 0x0000              # PS3.7 C.1.1, the Success of every service
     REFUSED_NOT_AUTHORIZED = 0x0124
     PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.6: a request no declared service answers
     CANNOT_UNDERSTAND = 0xC000    # PS3.4 B.2.3: C-STORE "Error: Cannot understand"
 
 

@@ -106,6 +106,10 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
     if "worklist_items" in snap:
         out.one("pacs_worklist_items", "gauge", "Worklist items being served.",
                 snap["worklist_items"])
+    out.family("pacs_dicom_queries_total", "counter",
+               "Query/Retrieve C-FIND queries since start, by model, level and outcome.",
+               [({"model": q["model"], "level": q["level"], "outcome": q["outcome"]}, q["count"])
+                for q in snap.get("queries") or ()])
     _retrieves(out, snap.get("retrieves"))
     _disk(out, snap.get("disk"))
     _admission(out, snap.get("admission") or {})
@@ -224,3 +228,17 @@ def _http(out: _Out, http: HttpStats) -> None:
         out.lines.append(f'{name}_bucket{_labels({"service": service, "le": "+Inf"})} {_number(h[-1])}')
         out.lines.append(f'{name}_sum{_labels({"service": service})} {_number(h[-2])}')
         out.lines.append(f'{name}_count{_labels({"service": service})} {_number(h[-1])}')
+
+
+def queries_summary(snap: dict) -> str | None:
+    """One line on the Q/R C-FIND queries answered since start (None: no Q/R SCP), for
+    ``pacs-appliance status`` and the status page."""
+    queries = snap.get("queries")
+    if queries is None:
+        return None
+    by_outcome: dict[str, int] = {}
+    for q in queries:
+        by_outcome[q["outcome"]] = by_outcome.get(q["outcome"], 0) + q["count"]
+    total = sum(by_outcome.values())
+    detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(by_outcome.items()))
+    return f"{total} C-FIND" + (f" ({detail})" if detail else "")

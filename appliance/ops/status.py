@@ -60,6 +60,7 @@ class StatusBoard:
                  archive: Archive, admission: StoreAdmission,
                  disk: DiskMonitor, backups: BackupScheduler, associations: Callable[[], int], last_error: LastError,
                  worklist_size: Callable[[], int] | None = None,
+                 queries: Callable[[], list[dict]] | None = None,
                  retrieves: Callable[[], dict[str, int]] | None = None) -> None:
         self._name = name
         self._dicom_aet = dicom_aet
@@ -71,6 +72,7 @@ class StatusBoard:
         self._associations = associations
         self._last_error = last_error
         self._worklist_size = worklist_size
+        self._queries = queries
         self._retrieves = retrieves  # C-MOVE/C-GET totals (appliance.dicom.retrieve)
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
@@ -131,6 +133,8 @@ class StatusBoard:
                 snap["worklist_items"] = self._worklist_size()
             except Exception:  # noqa: BLE001 - a status must not fail on one part
                 pass
+        if self._queries is not None:
+            snap["queries"] = self._queries()  # Q/R C-FIND by model, level, outcome
         if self._retrieves is not None:
             snap["retrieves"] = self._retrieves()
         return snap

@@ -16,7 +16,7 @@ from datetime import datetime
 from aiohttp import web
 
 from appliance.ops.disk import human_bytes
-from appliance.ops.metrics import CONTENT_TYPE, HttpStats, render
+from appliance.ops.metrics import CONTENT_TYPE, HttpStats, queries_summary, render
 from appliance.web.common import CONTEXT, http_error
 
 StatusSource = Callable[[], dict]
@@ -104,6 +104,9 @@ async def status_page(request: web.Request) -> web.Response:
                    f"{human_bytes(c.get('bytes'))}"),
         ("Since start", f"{s['stored_since_start']} received, {s['failed_since_start']} failed"),
     ]
+    queries = queries_summary(s)
+    if queries is not None:
+        rows.append(("Queries", queries))
     disk = s.get("disk")
     if disk:
         for fs in disk["filesystems"]:
