@@ -322,36 +322,13 @@ class RetrieveDimse:
     def move(self, event, caller: Caller, policy: AccessPolicy):
         """The EVT_C_MOVE handler (a generator, pynetdicom's protocol): the destination,
         the number of sub-operations, then (status, data set) per sub-operation."""
-        peer, calling = caller.peer, caller.calling_aet
-        req = event.request
-        patient_root = MOVE_MODELS.get(str(req.AffectedSOPClassUID), False)
-        job = Retrieval(Operation.MOVE, peer, calling, "patient" if patient_root else "study",
-                        spool_dir=self._spool_dir())
-        wanted = _text(req.MoveDestination)
-        if not caller.allowed:
-            log.warning("%s: C-MOVE from %s refused: not allowed to move", peer, calling)
-            yield from self._refuse(job, RetrieveStatus.REFUSED_NOT_AUTHORIZED, "not allowed")
+        job = self._job(Operation.MOVE, event, caller)
+        refusal = self._refusal(event, job, caller, policy)
+        if refusal is not None:
+            yield from self._refuse(job, *refusal)
             return
-        modality = policy.destination(wanted)
-        if modality is None:
-            # PS3.4 C.4.2.1.5: Refused, Move Destination unknown; nothing is sent.
-            log.warning("%s: C-MOVE from %s refused: destination %r is not in DicomModalities",
-                        peer, calling, wanted)
-            yield from self._refuse(job, RetrieveStatus.MOVE_DESTINATION_UNKNOWN,
-                                    f"unknown destination {wanted!r}")
-            return
-        job.destination = Destination.from_modality(modality, default_aet=self._our_aet,
-                                                    default_timeout=self._scu_timeout)
-        identifier = self._identifier(event, job)
-        problem = "identifier not decodable" if identifier is None else \
-            self._resolve(job, identifier, patient_root)
-        if problem is not None:
-            log.warning("%s: C-MOVE from %s refused: %s", peer, calling, problem)
-            yield from self._refuse(job, RetrieveStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                                    problem)
-            return
-        job.requestor = (event.assoc, event.context.context_id, req)
-        yield modality.host, modality.port, {"retrieval": job}
+        job.requestor = (event.assoc, event.context.context_id, event.request)
+        yield job.destination.host, job.destination.port, {"retrieval": job}
         yield from self._sub_operations(event, job, lambda item: _placeholder(item))
         self._total(job)
 
@@ -361,21 +338,10 @@ class RetrieveDimse:
         """The EVT_C_GET handler (a generator, pynetdicom's protocol): the number of
         sub-operations, then (status, data set) per sub-operation."""
         peer, calling = caller.peer, caller.calling_aet
-        req = event.request
-        patient_root = GET_MODELS.get(str(req.AffectedSOPClassUID), False)
-        job = Retrieval(Operation.GET, peer, calling, "patient" if patient_root else "study")
-        if not caller.allowed:
-            log.warning("%s: C-GET from %s refused: not allowed to get", peer, calling)
-            yield from self._refuse(job, RetrieveStatus.REFUSED_NOT_AUTHORIZED, "not allowed",
-                                    move=False)
-            return
-        identifier = self._identifier(event, job)
-        problem = "identifier not decodable" if identifier is None else \
-            self._resolve(job, identifier, patient_root)
-        if problem is not None:
-            log.warning("%s: C-GET from %s refused: %s", peer, calling, problem)
-            yield from self._refuse(job, RetrieveStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                                    problem, move=False)
+        job = self._job(Operation.GET, event, caller)
+        refusal = self._refusal(event, job, caller)
+        if refusal is not None:
+            yield from self._refuse(job, *refusal)
             return
         assoc = event.assoc
         spool = self._spool_dir()
@@ -413,6 +379,40 @@ class RetrieveDimse:
 
     # -- shared --------------------------------------------------------------------------
 
+    def _job(self, operation: Operation, event, caller: Caller) -> Retrieval:
+        models = MOVE_MODELS if operation is Operation.MOVE else GET_MODELS
+        patient_root = models.get(str(event.request.AffectedSOPClassUID), False)
+        return Retrieval(operation, caller.peer, caller.calling_aet,
+                         "patient" if patient_root else "study", spool_dir=self._spool_dir())
+
+    def _refusal(self, event, job: Retrieval, caller: Caller,
+                 policy: AccessPolicy | None = None) -> tuple[RetrieveStatus, str] | None:
+        """Why the request is refused (its status and reason, logged), or None once
+        ``job`` knows its instances (and, for a C-MOVE, given ``policy``, its destination)."""
+        what = job.operation.value
+        if not caller.allowed:
+            log.warning("%s: %s from %s refused: not allowed to %s", job.peer, what,
+                        job.calling_aet, job.operation.name.lower())
+            return RetrieveStatus.REFUSED_NOT_AUTHORIZED, "not allowed"
+        if policy is not None:
+            wanted = _text(event.request.MoveDestination)
+            modality = policy.destination(wanted)
+            if modality is None:
+                # PS3.4 C.4.2.1.5: Refused, Move Destination unknown; nothing is sent.
+                log.warning("%s: %s from %s refused: destination %r is not in "
+                            "DicomModalities", job.peer, what, job.calling_aet, wanted)
+                return RetrieveStatus.MOVE_DESTINATION_UNKNOWN, f"unknown destination {wanted!r}"
+            job.destination = Destination.from_modality(modality, default_aet=self._our_aet,
+                                                        default_timeout=self._scu_timeout)
+        identifier = self._identifier(event, job)
+        patient_root = job.model == "patient"
+        problem = "identifier not decodable" if identifier is None else \
+            self._resolve(job, identifier, patient_root)
+        if problem is not None:
+            log.warning("%s: %s from %s refused: %s", job.peer, what, job.calling_aet, problem)
+            return RetrieveStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, problem
+        return None
+
     def _sub_operations(self, event, job: Retrieval, payload):
         """Yield the count, then each sub-operation until done or cancelled (PS3.4
         C.4.2.3.1, C-CANCEL: the final response is Cancel with the counts so far)."""
@@ -427,7 +427,7 @@ class RetrieveDimse:
         job.finish("success" if not (c.failed or c.warning) else
                    "all failed" if c.failed == len(job.items) else "some failed")
 
-    def _refuse(self, job: Retrieval, status: RetrieveStatus, why: str, *, move: bool = True):
+    def _refuse(self, job: Retrieval, status: RetrieveStatus, why: str):
         """Answer ``status`` without a sub-operation or an association.
 
         pynetdicom's service class only answers a status after the destination and
@@ -437,7 +437,7 @@ class RetrieveDimse:
         job.refused = True
         job.finish(f"refused: {why}")
         self._total(job)
-        if move:
+        if job.operation is Operation.MOVE:
             yield "", 0, {"retrieval": job}
         yield 1
         yield _status(status, why), None

@@ -67,28 +67,26 @@ def retrieve_config(workdir: Path, dicom_port: int, http_port: int, dest_port: i
     return config
 
 
-@dataclass
-class RetrieveOrthanc(OrthancServer):
-    dest_port: int = 0
+class _WithModalities:
+    """A server whose config (the last argument of its command) declares the modalities."""
+
+    dest_port: int
 
     def command(self):
         cmd, cwd = super().command()
-        path = Path(cmd[-1])
-        path.write_text(json.dumps(retrieve_config(self.workdir, self.port, free_port(),
-                                                   self.dest_port), indent=2))
+        Path(cmd[-1]).write_text(json.dumps(
+            retrieve_config(self.workdir, self.port, free_port(), self.dest_port), indent=2))
         return cmd, cwd
 
 
 @dataclass
-class RetrieveAppliance(ApplianceServer):
+class RetrieveOrthanc(_WithModalities, OrthancServer):
     dest_port: int = 0
 
-    def command(self):
-        cmd, cwd = super().command()
-        path = Path(cmd[-1])
-        path.write_text(json.dumps(retrieve_config(self.workdir, self.port, free_port(),
-                                                   self.dest_port), indent=2))
-        return cmd, cwd
+
+@dataclass
+class RetrieveAppliance(_WithModalities, ApplianceServer):
+    dest_port: int = 0
 
 
 SERVERS = {"orthanc": RetrieveOrthanc, "appliance": RetrieveAppliance}
