@@ -33,6 +33,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from types import SimpleNamespace
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,9 @@ class _NoSocket:
         """Nothing to close: the sender owns (and has closed) its connection."""
 
 
+_NO_DUL = SimpleNamespace(socket=_NoSocket())
+
+
 @dataclass
 class Retrieval:
     """One C-MOVE or C-GET being served: what it sends and how it went.
@@ -114,6 +118,7 @@ class Retrieval:
     # (association, context ID, C-MOVE request) to send pending responses on while one
     # sub-operation lasts more than a second.
     requestor: tuple | None = None
+    on_finish: Callable[["Retrieval"], None] | None = None   # counts the totals
 
     # -- the stand-in for pynetdicom's move association ---------------------------
 
@@ -135,9 +140,9 @@ class Retrieval:
         return self.refused or (self.sender is not None and self.sender.is_established)
 
     @property
-    def dul(self):
+    def dul(self) -> SimpleNamespace:
         """pynetdicom reaches ``dul.socket`` of a move association it could not open."""
-        return type("_Dul", (), {"socket": _NoSocket()})()
+        return _NO_DUL
 
     def send_c_store(self, dataset: Dataset, msg_id: int = 1, priority: int = 2,
                      originator_aet: str | None = None,
@@ -167,6 +172,8 @@ class Retrieval:
         if self.outcome:
             return
         self.outcome = outcome
+        if self.on_finish is not None:
+            self.on_finish(self)
         c = self.counts
         where = f" to {self.destination}" if self.destination is not None else ""
         seconds = time.monotonic() - self.started
@@ -330,7 +337,6 @@ class RetrieveDimse:
         job.requestor = (event.assoc, event.context.context_id, event.request)
         yield job.destination.host, job.destination.port, {"retrieval": job}
         yield from self._sub_operations(event, job, lambda item: _placeholder(item))
-        self._total(job)
 
     # -- C-GET -------------------------------------------------------------------------
 
@@ -375,7 +381,6 @@ class RetrieveDimse:
         finally:
             prompter.stop()
             assoc.unbind(evt.EVT_DIMSE_RECV, on_response)
-        self._total(job)
 
     # -- shared --------------------------------------------------------------------------
 
@@ -383,7 +388,8 @@ class RetrieveDimse:
         models = MOVE_MODELS if operation is Operation.MOVE else GET_MODELS
         patient_root = models.get(str(event.request.AffectedSOPClassUID), False)
         return Retrieval(operation, caller.peer, caller.calling_aet,
-                         "patient" if patient_root else "study", spool_dir=self._spool_dir())
+                         "patient" if patient_root else "study", spool_dir=self._spool_dir(),
+                         on_finish=self._total)
 
     def _refusal(self, event, job: Retrieval, caller: Caller,
                  policy: AccessPolicy | None = None) -> tuple[RetrieveStatus, str] | None:
@@ -436,7 +442,6 @@ class RetrieveDimse:
         """
         job.refused = True
         job.finish(f"refused: {why}")
-        self._total(job)
         if job.operation is Operation.MOVE:
             yield "", 0, {"retrieval": job}
         yield 1

@@ -312,10 +312,13 @@ def test_unknown_destination_and_refused_devices_send_nothing(
     bare = Dataset()
     bare.QueryRetrieveLevel = "SERIES"
     bare.StudyInstanceUID = ident.StudyInstanceUID
-    d2 = make_daemon("d2", DicomAlwaysAllowMove=True, **modalities(dest.port, AllowMove=False))
+    mods2 = modalities(dest.port, AllowMove=False)
+    mods2["DicomModalities"]["gone"] = ["GONE", "127.0.0.1", closed_port()]
+    d2 = make_daemon("d2", DicomAlwaysAllowMove=True, **mods2)
     assert scu_store(d2.dicom_port, files) == [0] * 2
     assert pynetdicom_move(d2.dicom_port, "NOWHERE", ident)[-1][0] == 0xA801
     assert pynetdicom_move(d2.dicom_port, "DEST", bare)[-1][0] == 0xA900
+    assert pynetdicom_move(d2.dicom_port, "GONE", ident)[-1][0] == 0xA801  # not listening
     assert pynetdicom_move(d2.dicom_port, "DEST", ident)[-1][0] == 0x0000  # always allowed
     assert len(dest.received) == 2 and len(dest.requests) == 1
     log = d.log()
@@ -323,6 +326,8 @@ def test_unknown_destination_and_refused_devices_send_nothing(
         in d2.log()
     assert "C-MOVE from VIEWER refused: not allowed to move" in log
     assert "C-GET from VIEWER refused: not allowed to get" in log
+    assert re.search(r"C-MOVE from VIEWER to gone .*: destination unreachable: .*; 0 completed, "
+                     r"0 warning, 2 failed of 2", d2.log()), d2.log()
 
 
 def build_role(sop_class: str):
