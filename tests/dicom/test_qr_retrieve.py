@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+import requests
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
@@ -24,6 +25,7 @@ from pynetdicom.sop_class import (
 )
 
 from tests.dicom.test_scu import closed_port
+from tests.ops import cli
 from tests.support import dataset_bytes, new_dataset, run, scu_store
 from tests.worklist.helpers import poll
 
@@ -373,11 +375,16 @@ def test_retrieves_are_counted_in_metrics(make_daemon, destinations, tmp_path):
     files = write_study(tmp_path / "study", series=1, per_series=3)
     assert scu_store(d.dicom_port, files) == [0] * 3
     assert pynetdicom_move(d.dicom_port, "DEST", study_identifier(files))[-1][0] == 0
-    import requests
     text = requests.get(f"http://127.0.0.1:{d.http_port}/metrics", timeout=10).text
     assert 'pacs_retrieved_instances_total{operation="move"} 3' in text, text
     size = sum(d.stored_path(pydicom.dcmread(f).SOPInstanceUID).stat().st_size for f in files)
     assert f'pacs_retrieved_bytes_total{{operation="move"}} {size}' in text
+    # pacs-appliance status reads the status file, rewritten every 5 s.
+    deadline, out = time.monotonic() + 15, ""
+    while time.monotonic() < deadline and "retrieved: C-MOVE 3 instances" not in out:
+        out = cli(d.config_path, "status").stdout
+        time.sleep(0.5)
+    assert "retrieved: C-MOVE 3 instances" in out and "C-GET 0 instances" in out, out
 
 
 @pytest.mark.fast_path_only
