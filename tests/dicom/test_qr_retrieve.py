@@ -214,6 +214,19 @@ def test_getscu_receives_the_stored_data_sets(make_daemon, tmp_path):
         assert got[sent.SOPInstanceUID].StudyInstanceUID == study
     assert re.search(r"C-GET from VIEWER, study root, STUDY level: success; 4 completed, 0 "
                      r"warning, 0 failed of 4", d.log())
+    # A stored RLE image comes back in Explicit VR LE: getscu proposes uncompressed syntaxes.
+    rle = Path(get_testdata_file("SC_rgb_rle.dcm"))
+    original = pydicom.dcmread(rle)
+    assert scu_store(d.dicom_port, [rle]) == [0]
+    out = tmp_path / "got-rle"
+    out.mkdir()
+    r = run(["getscu", "-S", "-aet", "VIEWER", "-aec", "ORTHANC", "-od", str(out),
+             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={original.StudyInstanceUID}",
+             "127.0.0.1", str(d.dicom_port)])
+    assert r.returncode == 0, r.stderr
+    (got,) = [pydicom.dcmread(f) for f in out.iterdir()]
+    assert got.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert np.array_equal(got.pixel_array, original.pixel_array)
 
 
 def pynetdicom_move(port: int, destination: str, identifier: Dataset, *, cancel_after=None,
