@@ -336,7 +336,7 @@ class RetrieveDimse:
             return
         job.requestor = (event.assoc, event.context.context_id, event.request)
         yield job.destination.host, job.destination.port, {"retrieval": job}
-        yield from self._sub_operations(event, job, lambda item: _placeholder(item))
+        yield from self._sub_operations(event, job, _placeholder)
 
     # -- C-GET -------------------------------------------------------------------------
 
@@ -352,17 +352,21 @@ class RetrieveDimse:
         assoc = event.assoc
         spool = self._spool_dir()
 
+        sending: list[Outgoing] = []   # the sub-operation in flight (one at a time)
+
         # pynetdicom keeps the sub-operation statuses to itself: read them off the
-        # C-STORE responses this association receives while the C-GET runs.
+        # C-STORE responses this association receives while the C-GET runs. The
+        # response's Affected SOP Instance UID is optional (PS3.7 9.3.1.2).
         def on_response(recv) -> None:
             msg = recv.message
             if type(msg).__name__ == "C_STORE_RSP":
                 status = msg.command_set.get("Status")
                 uid = str(msg.command_set.get("AffectedSOPInstanceUID", "") or "")
-                item = job.items.get(uid)
+                item = job.items.get(uid) or (sending[-1] if sending else None)
                 job.counts.add(_result_of(status), item.size if item else 0)
 
         def to_send(item: Outgoing) -> Dataset:
+            sending[:] = [item]
             ds, why = dataset_for(assoc, item, spool_dir=spool)
             if ds is None:
                 log.warning("%s: C-GET from %s: %s (%s, %s) not sent: %s", peer, calling,
