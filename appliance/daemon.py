@@ -27,6 +27,8 @@ from appliance.dicomfile import isolated
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.qr_find import FindLimits, QueryRetrieveFind
+from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
@@ -155,7 +157,12 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     incoming = ReceivedFiles(archive)
     live = _reloadable(config)
     worklist = _build_worklist(config, archive, live)
-    handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
+    retrieve = RetrieveDimse(archive, our_aet=config.dicom_aet,
+                             scu_timeout=config.dicom_scu_timeout,
+                             spool_dir=config.temporary_directory)
+    handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse,
+                             find=QueryRetrieveFind(archive, find_limits(config)),
+                             retrieve=retrieve)
     users = Users(live.registered_users, live.authentication_enabled)
     users.local_token = write_token(config.index_directory)  # pacs-appliance delete/modify
     ops = _build_ops(config, archive, handlers, worklist)
@@ -262,7 +269,9 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                         archive=archive, admission=admission, disk=disk,
                         backups=backups, associations=handlers.open_associations,
                         last_error=last_error,
-                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None)
+                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
+                        queries=handlers.find.counts.snapshot if handlers.find is not None else None,
+                        retrieves=handlers.retrieve.stats if handlers.retrieve is not None else None)
     return _Ops(admission, disk, backups, board, last_error)
 
 
@@ -322,6 +331,12 @@ def access_policy(config: Config) -> AccessPolicy:
         always=frozenset(s for s, on in always.items() if on),
         strict_aet=config.strict_aet_comparison,
     )
+
+
+def find_limits(config: Config) -> FindLimits:
+    """Q/R C-FIND's caps and name matching: LimitFindResults, LimitFindInstances, CaseSensitivePN."""
+    return FindLimits(results=config.limit_find_results, instances=config.limit_find_instances,
+                      case_sensitive_pn=config.case_sensitive_pn)
 
 
 def _reloadable(config: Config) -> _Reloadable:

@@ -9,6 +9,7 @@ Logs name the peer first; patient names and IDs never appear at INFO.
 from __future__ import annotations
 
 import logging
+import functools
 import socket
 import threading
 import time
@@ -17,9 +18,13 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom import events as evt
 
-from appliance.dicom.mwl import WorklistDimse
+from appliance.dicom.mwl import MODALITY_PERFORMED_PROCEDURE_STEP, MODALITY_WORKLIST_FIND, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.qr_find import QueryRetrieveFind
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.retrieve import RetrieveDimse
+from appliance.dicom.services import (ALL_TRANSFER_SYNTAXES, UNCOMPRESSED, VERIFICATION, Caller,
+                                      DimseService, ServiceRegistry, storage_sop_classes)
 from appliance.dicom.status import Status
 from appliance.store import Archive, Origin, StoreOutcome
 
@@ -54,34 +59,63 @@ class DicomHandlers:
     """The event handlers of the DICOM server."""
 
     def __init__(self, archive: Archive, policy: AccessPolicy, incoming: ReceivedFiles,
-                 worklist: WorklistDimse | None = None) -> None:
+                 worklist: WorklistDimse | None = None,
+                 find: QueryRetrieveFind | None = None,
+                 retrieve: RetrieveDimse | None = None) -> None:
         self.archive = archive
         self.policy = policy
         self.incoming = incoming
         self.worklist = worklist  # MWL C-FIND and MPPS, when configured
+        self.find = find  # Query/Retrieve C-FIND (appliance.dicom.qr_find)
+        self.retrieve = retrieve  # Query/Retrieve C-MOVE and C-GET (appliance.dicom.retrieve)
         self._lock = threading.Lock()
         self._assocs: dict[int, _AssocStats] = {}
         self._in_flight = 0
         self._idle = threading.Condition(self._lock)
+        self.registry = self.services()
 
     def set_policy(self, policy: AccessPolicy) -> None:
         """Swap the access rules (SIGHUP reload); new requests use them."""
         self.policy = policy
 
+    def services(self) -> ServiceRegistry:
+        """The DIMSE services offered (appliance.dicom.services), those configured only."""
+        worklist = self.worklist
+        return ServiceRegistry.of([
+            DimseService("Verification", (VERIFICATION,), ALL_TRANSFER_SYNTAXES, (Service.ECHO,),
+                         {evt.EVT_C_ECHO: self.handle_echo}),
+            # Fallback: with UnknownSopClassAccepted, classes pynetdicom does not know too.
+            # Both roles accepted when proposed: a C-GET requestor asks to be the storage SCP
+            # of the sub-operations (PS3.7 D.3.3.4); without role selection nothing changes.
+            DimseService("Storage", storage_sop_classes(), ALL_TRANSFER_SYNTAXES, (Service.STORE,),
+                         {evt.EVT_C_STORE: self.handle_store}, fallback=True,
+                         scp_role=True, scu_role=True),
+            # MWL C-FIND and MPPS: small data sets, uncompressed.
+            DimseService("Modality Worklist", (MODALITY_WORKLIST_FIND,), UNCOMPRESSED,
+                         (Service.FIND_WORKLIST,), {evt.EVT_C_FIND: self.handle_worklist_find})
+            if worklist is not None and worklist.worklists is not None else None,
+            # MPPS has no Allow* flag of its own in Orthanc's rules: an AE that may query the
+            # worklist or store its images may report the procedure it performs.
+            DimseService("Modality Performed Procedure Step", (MODALITY_PERFORMED_PROCEDURE_STEP,),
+                         UNCOMPRESSED, (Service.FIND_WORKLIST, Service.STORE),
+                         {evt.EVT_N_CREATE: self.handle_n_create, evt.EVT_N_SET: self.handle_n_set})
+            if worklist is not None and worklist.mpps is not None else None,
+            self.find.service() if self.find is not None else None,
+            *(self.retrieve.services(policy=lambda: self.policy)
+              if self.retrieve is not None else ()),
+        ])
+
     def bindings(self) -> list[tuple]:
-        """(event, handler) pairs for ``AE.start_server(evt_handlers=...)``."""
+        """(event, handler) pairs for ``AE.start_server(evt_handlers=...)``: the
+        association events, and one dispatcher per DIMSE event the services answer."""
+        registry = self.registry
         return [
             (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_CONN_CLOSE, self.on_conn_close),
-            (evt.EVT_C_ECHO, self.handle_echo),
-            (evt.EVT_C_STORE, self.handle_store),
-        ] + ([
-            (evt.EVT_C_FIND, self.handle_find),
-            (evt.EVT_N_CREATE, self.handle_n_create),
-            (evt.EVT_N_SET, self.handle_n_set),
-        ] if self.worklist is not None else [])
+        ] + [(event_type, functools.partial(registry.dispatch, event_type, caller_of=self._caller))
+             for event_type in registry.events()]
 
     # -- association events ---------------------------------------------
 
@@ -142,21 +176,26 @@ class DicomHandlers:
 
     # -- services --------------------------------------------------------
 
-    def _who(self, event) -> tuple[str, str, str]:
+    def _caller(self, event, service: DimseService) -> Caller:
+        """Who sent this request, and whether ``service``'s access rule lets them."""
         host, peer = _peer(event.assoc)
-        return host, peer, _aet(event.assoc.requestor.ae_title)
+        calling = _aet(event.assoc.requestor.ae_title)
+        policy = self.policy
+        allowed = (not service.access
+                   or any(policy.allows(rule, calling, host) for rule in service.access))
+        return Caller(host, peer, calling, allowed)
 
-    def handle_echo(self, event) -> int:
+    def handle_echo(self, event, caller: Caller) -> int:
         """C-ECHO (PS3.4 A): Success, unless this AE may not echo."""
-        host, peer, calling = self._who(event)
-        if not self.policy.allows(Service.ECHO, calling, host):
+        peer, calling = caller.peer, caller.calling_aet
+        if not caller.allowed:
             log.warning("%s: C-ECHO from %s refused: not allowed", peer, calling)
             return Status.REFUSED_NOT_AUTHORIZED
         return Status.SUCCESS
 
-    def handle_store(self, event) -> Dataset:
+    def handle_store(self, event, caller: Caller) -> Dataset:
         """C-STORE (PS3.4 B): store through the Archive, answer its status."""
-        host, peer, calling = self._who(event)
+        peer, calling = caller.peer, caller.calling_aet
         req = event.request
         if event.dataset_path is None:
             # The command said it had no data set (Command Data Set Type 0x0101): nothing
@@ -168,7 +207,7 @@ class DicomHandlers:
         if incoming is None:  # chunked receive is off, or the file went away
             log.error("%s: C-STORE from %s: received data not found", peer, calling)
             return _status(Status.PROCESSING_FAILURE, "received data not found")
-        if not self.policy.allows(Service.STORE, calling, host):
+        if not caller.allowed:
             incoming.discard()
             self._count(event, None, incoming.size)
             log.warning("%s: C-STORE from %s refused: not allowed to store", peer, calling)
@@ -194,31 +233,22 @@ class DicomHandlers:
                   extra={"SOP_INSTANCE_UID": outcome.sop_instance_uid})
         return _status(outcome.result.dimse_status)
 
-    def handle_find(self, event):
+    def handle_worklist_find(self, event, caller: Caller):
         """C-FIND (PS3.4 K): the Modality Worklist, answered from the worklist snapshot."""
-        host, peer, calling = self._who(event)
-        allowed = self.policy.allows(Service.FIND_WORKLIST, calling, host)
-        yield from self.worklist.find(event, allowed=allowed, peer=peer, calling=calling)
+        yield from self.worklist.find(event, allowed=caller.allowed, peer=caller.peer,
+                                      calling=caller.calling_aet)
 
-    def _may_report(self, calling: str, host: str) -> bool:
-        # MPPS has no Allow* flag of its own in Orthanc's rules: an AE that may query the
-        # worklist or store its images may report the procedure it performs.
-        return (self.policy.allows(Service.FIND_WORKLIST, calling, host)
-                or self.policy.allows(Service.STORE, calling, host))
-
-    def handle_n_create(self, event):
+    def handle_n_create(self, event, caller: Caller):
         """N-CREATE (PS3.4 F.7.2.1): a Modality Performed Procedure Step begins."""
-        host, peer, calling = self._who(event)
-        allowed = self._may_report(calling, host)
+        peer, calling, allowed = caller.peer, caller.calling_aet, caller.allowed
         failure = _undecodable(event, "attribute_list", peer, calling) if allowed else None
         if failure is not None:
             return failure, None
         return self.worklist.n_create(event, allowed=allowed, peer=peer, calling=calling)
 
-    def handle_n_set(self, event):
+    def handle_n_set(self, event, caller: Caller):
         """N-SET (PS3.4 F.7.2.2): a Modality Performed Procedure Step changes or ends."""
-        host, peer, calling = self._who(event)
-        allowed = self._may_report(calling, host)
+        peer, calling, allowed = caller.peer, caller.calling_aet, caller.allowed
         failure = _undecodable(event, "modification_list", peer, calling) if allowed else None
         if failure is not None:
             return failure, None

@@ -10,32 +10,12 @@ from __future__ import annotations
 
 import logging
 
-import pydicom.uid
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
-
 from appliance.dicom import transport
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.retrieve import RetrieveAE
 
 log = logging.getLogger(__name__)
-
-# Every transfer syntax pydicom knows, uncompressed ones first so that a
-# requestor proposing several in one context gets a cheap one.
-_UNCOMPRESSED = [
-    pydicom.uid.ExplicitVRLittleEndian,
-    pydicom.uid.ImplicitVRLittleEndian,
-    pydicom.uid.DeflatedExplicitVRLittleEndian,
-    pydicom.uid.ExplicitVRBigEndian,
-]
-TRANSFER_SYNTAXES = _UNCOMPRESSED + [
-    ts for ts in pydicom.uid.AllTransferSyntaxes if ts not in _UNCOMPRESSED
-]
-
-
-def storage_sop_classes() -> list[str]:
-    """Every storage SOP class pynetdicom knows."""
-    return sorted(set(_STORAGE_CLASSES.values()))
 
 
 class DicomServer:
@@ -53,7 +33,8 @@ class DicomServer:
         self._mode = mode
         self._bind = bind
         self._port = port
-        self.ae = AE(ae_title=aet)
+        # The C-MOVE SCP asks this AE for its destination associations (dicom/retrieve.py).
+        self.ae = RetrieveAE(ae_title=aet)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu
         # Orthanc's DicomScpTimeout: 0 means no timeout.
@@ -61,12 +42,7 @@ class DicomServer:
         self.ae.acse_timeout = limit
         self.ae.dimse_timeout = limit
         self.ae.network_timeout = limit
-        self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
-        for uid in storage_sop_classes():
-            self.ae.add_supported_context(uid, TRANSFER_SYNTAXES)
-        if handlers.worklist is not None:  # MWL C-FIND, MPPS: small datasets, uncompressed
-            for uid in handlers.worklist.sop_classes():
-                self.ae.add_supported_context(uid, _UNCOMPRESSED)
+        handlers.registry.add_contexts(self.ae)  # appliance.dicom.services
         self._server = None
 
     @property

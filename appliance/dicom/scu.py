@@ -6,9 +6,9 @@ made of subclasses that only pynetdicom's acceptor builds, through the request
 handler appliance.dicom.transport gives to the server, and no pynetdicom module
 is patched, so nothing of it can reach an association opened here.
 
-Today: C-ECHO to a ``DicomModalities`` entry (Orthanc's ``POST
-/modalities/{name}/echo``). C-MOVE sub-operations, forwarding and storage
-commitment reports will open their associations here too.
+Here: C-ECHO to a ``DicomModalities`` entry (Orthanc's ``POST
+/modalities/{name}/echo``). C-STORE of stored instances (C-MOVE sub-operations,
+forwarding) is appliance.dicom.sender's, on the same terms.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["FindStatus", "MppsStatus", "Status"]
+__all__ = ["FindStatus", "MppsStatus", "RetrieveStatus", "Status"]
 
 
 class Status(enum.IntEnum):
@@ -19,6 +19,7 @@ class Status(enum.IntEnum):
     SUCCESS = 0x0000              # PS3.7 C.1.1, the Success of every service
     REFUSED_NOT_AUTHORIZED = 0x0124
     PROCESSING_FAILURE = 0x0110
+    SOP_CLASS_NOT_SUPPORTED = 0x0122  # PS3.7 C.5.6: a request no declared service answers
     CANNOT_UNDERSTAND = 0xC000    # PS3.4 B.2.3: C-STORE "Error: Cannot understand"
 
 
@@ -49,3 +50,20 @@ class MppsStatus(enum.IntEnum):
     MISSING_ATTRIBUTE = 0x0120
     MISSING_ATTRIBUTE_VALUE = 0x0121
     REFUSED_NOT_AUTHORIZED = 0x0124
+
+
+class RetrieveStatus(enum.IntEnum):
+    """C-MOVE and C-GET statuses of the Query/Retrieve SOP Classes (PS3.4 C.4.2.1.5,
+    C.4.3.1.4)."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    CANCEL = 0xFE00
+    # Warning: sub-operations complete, one or more failures (or warnings).
+    SUB_OPERATIONS_FAILED = 0xB000
+    REFUSED_NOT_AUTHORIZED = 0x0124
+    # Failure: unable to perform sub-operations (every one failed).
+    UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    UNABLE_TO_PROCESS = 0xC000

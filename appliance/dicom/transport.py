@@ -4,8 +4,8 @@ The fast path (appliance.dicom.tuning) is a set of subclasses of pynetdicom's
 acceptor: a request handler given to pynetdicom's documented server hook
 (``AE.make_server(..., request_handler=...)``) builds them for each accepted
 connection. Nothing in pynetdicom's modules or classes is patched, so the
-associations this daemon requests itself (appliance.dicom.scu: C-ECHO, and the
-coming C-MOVE sub-operations, forwarding and storage commitment reports) always
+associations this daemon requests itself (appliance.dicom.scu: C-ECHO;
+appliance.dicom.sender: C-MOVE sub-operations, forwarding) always
 run stock pynetdicom, fast path or not.
 
 The subclasses extend or repeat pynetdicom code they do not own (reactor loops,

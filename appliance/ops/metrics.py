@@ -110,6 +110,11 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
     if "worklist_items" in snap:
         out.one("pacs_worklist_items", "gauge", "Worklist items being served.",
                 snap["worklist_items"])
+    out.family("pacs_dicom_queries_total", "counter",
+               "Query/Retrieve C-FIND queries since start, by model, level and outcome.",
+               [({"model": q["model"], "level": q["level"], "outcome": q["outcome"]}, q["count"])
+                for q in snap.get("queries") or ()])
+    _retrieves(out, snap.get("retrieves"))
     _disk(out, snap.get("disk"))
     _admission(out, snap.get("admission") or {})
     _backups(out, snap.get("backups") or {}, snap["time"])
@@ -122,6 +127,24 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
     if http is not None:
         _http(out, http)
     return "\n".join(out.lines) + "\n"
+
+
+_RETRIEVE_METRICS = (
+    ("pacs_retrieve_requests_total", "requests", "C-MOVE/C-GET requests answered since start"),
+    ("pacs_retrieved_instances_total", "instances",
+     "Instances sent by C-MOVE/C-GET sub-operations since start"),
+    ("pacs_retrieved_bytes_total", "bytes", "Bytes sent by C-MOVE/C-GET sub-operations since start"),
+    ("pacs_retrieve_failed_total", "failed", "Failed C-MOVE/C-GET sub-operations since start"),
+)
+
+
+def _retrieves(out: _Out, totals: dict | None) -> None:
+    """C-MOVE and C-GET since start (appliance.dicom.retrieve.RetrieveDimse.stats)."""
+    if totals is None:
+        return
+    for metric, name, what in _RETRIEVE_METRICS:
+        out.family(metric, "counter", what + ", by operation.",
+                   [({"operation": op}, totals.get(f"{op}_{name}", 0)) for op in ("move", "get")])
 
 
 def _disk(out: _Out, disk: dict | None) -> None:
@@ -209,3 +232,17 @@ def _http(out: _Out, http: HttpStats) -> None:
         out.lines.append(f'{name}_bucket{_labels({"service": service, "le": "+Inf"})} {_number(h[-1])}')
         out.lines.append(f'{name}_sum{_labels({"service": service})} {_number(h[-2])}')
         out.lines.append(f'{name}_count{_labels({"service": service})} {_number(h[-1])}')
+
+
+def queries_summary(snap: dict) -> str | None:
+    """One line on the Q/R C-FIND queries answered since start (None: no Q/R SCP), for
+    ``pacs-appliance status`` and the status page."""
+    queries = snap.get("queries")
+    if queries is None:
+        return None
+    by_outcome: dict[str, int] = {}
+    for q in queries:
+        by_outcome[q["outcome"]] = by_outcome.get(q["outcome"], 0) + q["count"]
+    total = sum(by_outcome.values())
+    detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(by_outcome.items()))
+    return f"{total} C-FIND" + (f" ({detail})" if detail else "")

@@ -59,7 +59,9 @@ class StatusBoard:
     def __init__(self, *, name: str, dicom_aet: str, remote_access: bool, index_directory: Path,
                  archive: Archive, admission: StoreAdmission,
                  disk: DiskMonitor, backups: BackupScheduler, associations: Callable[[], int], last_error: LastError,
-                 worklist_size: Callable[[], int] | None = None) -> None:
+                 worklist_size: Callable[[], int] | None = None,
+                 queries: Callable[[], list[dict]] | None = None,
+                 retrieves: Callable[[], dict[str, int]] | None = None) -> None:
         self._name = name
         self._dicom_aet = dicom_aet
         self._remote_access = remote_access
@@ -73,6 +75,8 @@ class StatusBoard:
         # () -> whether HTTP authentication is on now (SIGHUP may change it); set by the
         # daemon. Off is shown loudly by the status page, the UI and ``status``.
         self.http_authentication: Callable[[], bool] | None = None
+        self._queries = queries
+        self._retrieves = retrieves  # C-MOVE/C-GET totals (appliance.dicom.retrieve)
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
         self.path = Path(index_directory) / STATUS_FILE
@@ -134,6 +138,10 @@ class StatusBoard:
                 snap["worklist_items"] = self._worklist_size()
             except Exception:  # noqa: BLE001 - a status must not fail on one part
                 pass
+        if self._queries is not None:
+            snap["queries"] = self._queries()  # Q/R C-FIND by model, level, outcome
+        if self._retrieves is not None:
+            snap["retrieves"] = self._retrieves()
         return snap
 
     def write(self) -> None:

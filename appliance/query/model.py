@@ -64,8 +64,9 @@ class Search:
     C-FIND). ``computed``: computed keys to return (appliance.query.keys.COMPUTED);
     ``metadata_tags``: other attributes to return, from a representative
     instance of each result; ``whole_metadata``: IMAGE level, each instance's
-    whole stored DICOM JSON too. ``newest_first``: STUDY level, by StudyDate and
-    StudyTime descending (undated last) instead of storage order.
+    whole stored DICOM JSON too; ``charset``: the Specific Character Set of that
+    representative instance (a C-FIND answer is written in it). ``newest_first``: STUDY
+    level, by StudyDate and StudyTime descending (undated last) instead of storage order.
     """
 
     level: Level
@@ -78,6 +79,7 @@ class Search:
     limit: int = 100
     offset: int = 0
     newest_first: bool = False
+    charset: bool = False       # also the representative instance's SpecificCharacterSet
 
 
 @dataclass
@@ -87,3 +89,4 @@ class Row:
     values: dict[int, Any]            # appliance.query.keys.INDEXED up to the level, computed
     metadata: dict[int, str | None]   # tag -> JSON text of that attribute, or None
     whole_metadata: str | None = None
+    charset: str | None = None        # Search.charset: as stored, values joined by "\\"

@@ -18,7 +18,7 @@ from datetime import datetime
 from aiohttp import web
 
 from appliance.ops.disk import human_bytes
-from appliance.ops.metrics import CONTENT_TYPE, HttpStats, render
+from appliance.ops.metrics import CONTENT_TYPE, HttpStats, queries_summary, render
 from appliance.web.common import CONTEXT, http_error
 
 StatusSource = Callable[[], dict]
@@ -117,6 +117,9 @@ async def status_page(request: web.Request) -> web.Response:
     if s.get("http_authentication") is False:
         rows.insert(0, ("WARNING", "HTTP authentication is OFF: anyone who reaches this port "
                                    "reads and changes every study (AuthenticationEnabled)"))
+    queries = queries_summary(s)
+    if queries is not None:
+        rows.append(("Queries", queries))
     disk = s.get("disk")
     if disk:
         for fs in disk["filesystems"]:

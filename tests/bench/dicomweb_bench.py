@@ -290,12 +290,47 @@ def stow(name: str, server: _WebMixin, session: requests.Session, files: list[Pa
     return {"inst_s": len(files) / seconds, "seconds": seconds}
 
 
-def fill(name: str, server: Server, client: Client, files: list[Path], env: dict) -> dict:
-    """C-STORE ``files`` over PARALLEL storescu associations; instances/s."""
+def storescu_client(prefix: str, timeout: float) -> tuple[Path, Client]:
+    """A run folder and the storescu client that fills the servers from it."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    cfg = root / "storescu.cfg"
+    cfg.write_text(STORESCU_CFG)
+    return root, Client(root, cfg, timeout=timeout)
+
+
+def start_servers(classes: dict[str, type], args: argparse.Namespace, root: Path,
+                  env: dict[str, str], errors: list[str], startup: dict[str, float],
+                  ready: Callable[[Server], None] = lambda srv: None) -> dict[str, Server]:
+    """Start each server of ``args.only`` and wait for its C-ECHO (seconds in ``startup``)
+    and ``ready``; one that cannot start is noted in ``errors``. ServerError if none did."""
+    servers = {}
+    for name in args.only:
+        srv = classes[name](name=name, root=root, keep=args.keep)
+        try:
+            srv.start(env)
+            startup[name] = srv.wait_ready(timeout=60)
+            ready(srv)
+            servers[name] = srv
+        except (ServerError, OSError) as exc:
+            errors.append(f"{name} cannot start: {exc}")
+            log.error("%s cannot start: %s", name, exc)
+            srv.stop()
+    if not servers:
+        raise ServerError("no server started")
+    return servers
+
+
+def fill(name: str, server: Server, client: Client, files: list[Path], env: dict,
+         record: dict[str, list] | None = None, to: int = 0) -> dict:
+    """C-STORE ``files`` over PARALLEL storescu associations; instances/s (also appended,
+    with ``to``, the archive size reached, to ``record[name]``)."""
     size = -(-len(files) // PARALLEL)
     chunks = [files[i:i + size] for i in range(0, len(files), size)]
     seconds = client.send_parallel(server.port, chunks, env, f"{name}-fill")
-    return {"instances": len(files), "seconds": seconds, "inst_s": len(files) / seconds}
+    res = {"instances": len(files), "seconds": seconds, "inst_s": len(files) / seconds}
+    if record is not None:
+        record.setdefault(name, []).append({"to": to, **res})
+    return res
 
 
 # -- report -------------------------------------------------------------------------------
@@ -379,8 +414,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def prepare(args: argparse.Namespace, plugins: tuple[str, ...] = ()) -> bool:
+    """Logging, and Orthanc (with ``plugins``) installed, else dropped from ``args.only``;
+    False when no server is left to measure. Shared with qr_find_bench."""
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(message)s", stream=sys.stderr)
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -391,10 +427,16 @@ def main(argv: list[str] | None = None) -> int:
         except (InstallError, OSError) as exc:
             log.error("Orthanc unavailable: %s", exc)
             args.only.remove("orthanc")
-        if not Path(DICOMWEB_PLUGIN).exists() and "orthanc" in args.only:
-            log.error("%s missing: apt-get install orthanc-dicomweb", DICOMWEB_PLUGIN)
+        missing = [p for p in plugins if not Path(p).exists()]
+        if missing and "orthanc" in args.only:
+            log.error("%s missing: apt-get install orthanc-dicomweb", ", ".join(missing))
             args.only.remove("orthanc")
-    if not args.only:
+    return bool(args.only)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not prepare(args, (DICOMWEB_PLUGIN,)):
         return 1
 
     started = datetime.now()
@@ -409,10 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in [*small, *study20]:
         p.read_bytes()
 
-    root = Path(tempfile.mkdtemp(prefix="pacs-dwbench-"))
-    cfg = root / "storescu.cfg"
-    cfg.write_text(STORESCU_CFG)
-    client = Client(root, cfg, timeout=900)
+    root, client = storescu_client("pacs-dwbench-", timeout=900)
     env = base_env(True)  # TCP_NODELAY=1 for servers and storescu alike
     classes = {"orthanc": WebOrthanc, "appliance": WebAppliance}
     servers: dict[str, _WebMixin] = {}
@@ -421,21 +460,13 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     rows: list[dict] = []
     interrupted = False
+
+    def web_ready(srv: _WebMixin) -> None:
+        sessions[srv.name] = requests.Session()
+        wait_http(srv, sessions[srv.name])
+
     try:
-        for name in args.only:
-            srv = classes[name](name=name, root=root, keep=args.keep)
-            try:
-                srv.start(env)
-                results["startup"][name] = srv.wait_ready(timeout=60)
-                sessions[name] = requests.Session()
-                wait_http(srv, sessions[name])
-                servers[name] = srv
-            except (ServerError, OSError) as exc:
-                errors.append(f"{name} cannot start: {exc}")
-                log.error("%s cannot start: %s", name, exc)
-                srv.stop()
-        if not servers:
-            raise ServerError("no server started")
+        servers = start_servers(classes, args, root, env, errors, results["startup"], web_ready)
 
         # Fixed objects: the 20-instance study and the cine (C-STORE, untimed).
         for name, srv in servers.items():
@@ -447,10 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         frame_bytes = datagen.ROWS * datagen.COLUMNS * 3
         filled = 0
         for size in args.studies:
-            batch = small[filled:size]
             for name, srv in servers.items():
-                res = fill(name, srv, client, batch, env)
-                results["fill"].setdefault(name, []).append({"to": size, **res})
+                res = fill(name, srv, client, small[filled:size], env, results["fill"], size)
                 n = count_studies(srv, sessions[name])
                 log.info("%s: filled %d -> %d studies at %.0f inst/s (%.0f s); index has %d "
                          "studies", name, filled, size, res["inst_s"], res["seconds"], n)

@@ -243,7 +243,7 @@ def serve_ceiling(port: int, files: int) -> int:
     from pynetdicom import AE, evt
     from pynetdicom import _config as pynetdicom_config
 
-    from appliance.dicom.mwl import pending_command
+    from appliance.dicom.find_answers import pending_command
     from appliance.worklist.encoded import answer_bytes, encode_values
     from appliance.worklist.matching import answer_charset, attrs_from_dataset, compile_query
 

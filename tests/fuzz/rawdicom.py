@@ -342,6 +342,21 @@ class Association:
             if not rsp.pending:
                 return responses
 
+    def find_and_cancel(self, sop_class: str, ts: str, identifier: bytes) -> list[Response]:
+        """A C-FIND, a C-CANCEL (PS3.7 9.3.2.3) as soon as its first answer is in, then
+        every response up to the final one."""
+        cx = self.context(sop_class, ts)
+        assert cx is not None, f"no accepted context for {sop_class} in {ts}"
+        message_id = self.next_id()
+        self.send_message(cx, find_command(sop_class, message_id), identifier)
+        responses = [self.read_response()]
+        if responses[0].pending:
+            self.send_message(cx, command([(0x00000100, us(0x0FFF)), (0x00000120, us(message_id)),
+                                           (0x00000800, us(NO_DATA_SET))]))
+        while responses[-1].pending:
+            responses.append(self.read_response())
+        return responses
+
     def release(self) -> None:
         try:
             self.send(pdu(RELEASE_RQ, bytes(4)))

@@ -18,7 +18,7 @@ from pynetdicom.dimse_messages import C_FIND_RSP
 from pynetdicom.dimse_primitives import C_FIND
 from pynetdicom.dsutils import decode, encode
 
-from appliance.dicom.mwl import _p_data_pdus, pending_command
+from appliance.dicom.find_answers import _p_data_pdus, pending_command
 from appliance.worklist.catalog import WorklistItem
 from appliance.worklist.encoded import _leaf, answer_bytes, encode_values
 from appliance.worklist.matching import answer, answer_charset, attrs_from_dataset, compile_query
@@ -227,7 +227,7 @@ def test_items_are_packed_once_and_unpacked_as_new_objects():
 @pytest.mark.parametrize(("max_pdu", "size"), [(0, 100), (4096, 9000), (16384, 16378),
                                                (16384, 16379)])
 def test_direct_pdus_are_what_the_dul_would_send(max_pdu, size):
-    # mwl._p_data_pdus writes to the socket what tuning.send_message has the DUL send.
+    # find_answers._p_data_pdus writes to the socket what tuning.send_message has the DUL send.
     from pynetdicom.pdu import P_DATA_TF
 
     from appliance.dicom import tuning

@@ -113,8 +113,11 @@ class Searches:
         select_args = [f'$."{tag:08X}"' for tag in search.metadata_tags]
         if search.whole_metadata:
             select.append("rep.metadata")
+        if search.charset:
+            select.append("rep.specific_character_set")
         representative = (f"LEFT JOIN instances rep ON rep.id = {_REPRESENTATIVE[level]} "
-                          if search.whole_metadata or "rep.metadata" in sources else "")
+                          if search.whole_metadata or search.charset or "rep.metadata" in sources
+                          else "")
         sql = (
             f"WITH page(k) AS MATERIALIZED (SELECT {_KEY[level]} FROM {_FROM[level]}{where} "
             f"ORDER BY {order} LIMIT ? OFFSET ?) "
@@ -130,7 +133,8 @@ class Searches:
             values = {tag: row[k] for k, (tag, _) in enumerate(columns)}
             metadata = dict(zip(search.metadata_tags, row[n_values:n_values + n_meta]))
             whole = row[n_values + n_meta] if search.whole_metadata else None
-            result.append(Row(values, metadata, whole))
+            charset = row[-1] if search.charset else None
+            result.append(Row(values, metadata, whole, charset))
         return result
 
     def count(self, search: Search) -> int:
@@ -269,6 +273,11 @@ def _condition(level: Level, match: Match) -> tuple[str, list]:
     if found is not None:
         table, column = found
         at = _LEVEL_OF_ALIAS[table]
+        if at is P and level is not P:
+            # The matching patients first, then their studies by index: a name pattern
+            # that no index serves (a leading *) scans the patients, not every study.
+            cond, args = _value_condition(f"mp.{column}", match)
+            return f"st.patient_pk IN (SELECT mp.id FROM patients mp WHERE {cond})", args
         if at.rank <= level.rank:
             return _value_condition(f"{table}.{column}", match)
         cond, args = _value_condition(f"{_BELOW[at][1]}.{column}", match)
