@@ -11,9 +11,14 @@ from appliance.store.archive import (
     Admission, AdmissionTicket, Archive, Origin, Refusal, StoreOutcome, StoreResult,
 )
 from appliance.store.blobs import IncomingFile
-from appliance.store.index import SCHEMA_VERSION, MppsRecord, PatientUsage, StoredInstance
+from appliance.store.index import (
+    SCHEMA_VERSION, Forward, MppsRecord, PatientUsage, QueueItem, Settled, StoredInstance,
+    UnknownResources,
+)
+from appliance.store.outbox import Outbox, open_outbox
 
 __all__ = [
     "SCHEMA_VERSION", "Admission", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
     "Origin", "PatientUsage", "Refusal", "StoreOutcome", "StoreResult", "StoredInstance",
+    "Forward", "Outbox", "QueueItem", "Settled", "UnknownResources", "open_outbox",
 ]

@@ -5,6 +5,7 @@
 - :mod:`.instances`: instances and their parents (insert, delete, read);
 - :mod:`.search`: searches (appliance.query) compiled to SQL;
 - :mod:`.mpps`: Modality Performed Procedure Steps;
+- :mod:`.queue`: the outbound queue and the StableStudy debounce;
 - :mod:`.maintenance`: recycling, backups, reindex; :class:`Snapshot` for a
   database that is not the live one.
 
@@ -21,16 +22,18 @@ from appliance.store.index.instances import (
 )
 from appliance.store.index.maintenance import COUNT_NAMES, Maintenance, PatientUsage, Snapshot
 from appliance.store.index.mpps import Mpps, MppsRecord
+from appliance.store.index.queue import Forward, Outbox, QueueItem, Settled, UnknownResources
 from appliance.store.index.schema import DB_NAME, MIGRATIONS, QIDO_KEPT, SCHEMA_VERSION
 from appliance.store.index.search import Searches
 
 __all__ = [
     "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
     "InsertOutcome", "InstanceRecord", "MppsRecord", "PatientUsage", "Snapshot", "StoredInstance",
+    "Forward", "QueueItem", "Settled", "UnknownResources",
 ]
 
 
-class Index(Engine, Instances, Searches, Mpps, Maintenance):
+class Index(Engine, Instances, Searches, Mpps, Maintenance, Outbox):
     """The SQLite index of the archive: the engine and every operation on it.
 
     ``sync_dirs`` is called by the writer thread with the directories a batch
