@@ -22,12 +22,15 @@ from appliance import __version__
 from appliance.config import Config, ConfigError, load_config
 from appliance.durable import write_json
 from appliance.dicom import transport
+from appliance.dicom.commitment import CommitmentScp
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
+from appliance.outbound.engine import OutboundEngine
+from appliance.outbound.rules import Rules
 from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
 from appliance.ops.lock import data_folders_locked
@@ -128,9 +131,11 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     incoming = ReceivedFiles(archive)
     live = _reloadable(config)
     worklist = _build_worklist(config, archive, live)
-    handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse)
+    handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse,
+                             commitment=CommitmentScp(archive))
     users = Users(live.registered_users, live.authentication_enabled)
-    ops = _build_ops(config, archive, handlers, worklist)
+    sending = _build_outbound(config, archive)
+    ops = _build_ops(config, archive, handlers, worklist, sending)
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
@@ -153,6 +158,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             worklist_start = loop.create_task(worklist.folder.start())
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
+        sending.start()
         dicom.start()
         app = make_app(archive=archive, config=config.view(WebConfig), users=users,
                        dicom_port=dicom.port, dicom_echo=outbound.echo)
@@ -185,6 +191,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         if housekeeping is not None:
             housekeeping.cancel()
         await asyncio.to_thread(dicom.stop)
+        await asyncio.to_thread(sending.stop)
         if worklist_start is not None and not worklist_start.done():
             worklist_start.cancel()
             await asyncio.gather(worklist_start, return_exceptions=True)
@@ -212,8 +219,21 @@ class _Ops:
     last_error: LastError
 
 
+def _build_outbound(config: Config, archive: Archive) -> OutboundEngine:
+    """The send queue's workers; with Forwarding.Rules, the Archive queues what
+    they match as it stores (without rules its store path is unchanged)."""
+    rules = Rules(config.forwarding.rules, config.stable_age, config.strict_aet_comparison)
+    if rules:
+        archive.forwarding = rules
+    return OutboundEngine(archive, modalities=config.dicom_modalities,
+                          servers=config.dicom_web.servers, dicom_aet=config.dicom_aet,
+                          scu_timeout=config.dicom_scu_timeout,
+                          max_retry=config.forwarding.max_retry_seconds,
+                          spool_dir=config.temporary_directory / "outbound")
+
+
 def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
-               worklist: "_Worklist") -> _Ops:
+               worklist: "_Worklist", sending: OutboundEngine) -> _Ops:
     dm = config.disk_monitor
     admission = StoreAdmission(
         archive, minimum_free_mb=dm.minimum_free_mb, maximum_storage_mb=config.maximum_storage_size,
@@ -242,7 +262,8 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                         archive=archive, admission=admission, disk=disk,
                         backups=backups, associations=handlers.open_associations,
                         last_error=last_error,
-                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None)
+                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
+                        outbound=sending.stats)
     return _Ops(admission, disk, backups, board, last_error)
 
 
@@ -293,6 +314,7 @@ def access_policy(config: Config) -> AccessPolicy:
         Service.FIND_WORKLIST: config.dicom_always_allow_find_worklist,
         Service.GET: config.dicom_always_allow_get,
         Service.MOVE: config.dicom_always_allow_move,
+        Service.STORAGE_COMMITMENT: config.dicom_always_allow_storage_commitment,
     }
     return AccessPolicy(
         our_aet=config.dicom_aet,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom import events as evt
 
+from appliance.dicom.commitment import CommitmentScp
 from appliance.dicom.mwl import WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
@@ -54,8 +55,10 @@ class DicomHandlers:
     """The event handlers of the DICOM server."""
 
     def __init__(self, archive: Archive, policy: AccessPolicy, incoming: ReceivedFiles,
-                 worklist: WorklistDimse | None = None) -> None:
+                 worklist: WorklistDimse | None = None,
+                 commitment: CommitmentScp | None = None) -> None:
         self.archive = archive
+        self.commitment = commitment  # storage commitment N-ACTION, when configured
         self.policy = policy
         self.incoming = incoming
         self.worklist = worklist  # MWL C-FIND and MPPS, when configured
@@ -81,7 +84,9 @@ class DicomHandlers:
             (evt.EVT_C_FIND, self.handle_find),
             (evt.EVT_N_CREATE, self.handle_n_create),
             (evt.EVT_N_SET, self.handle_n_set),
-        ] if self.worklist is not None else [])
+        ] if self.worklist is not None else []) + ([
+            (evt.EVT_N_ACTION, self.handle_n_action),
+        ] if self.commitment is not None else [])
 
     # -- association events ---------------------------------------------
 
@@ -223,6 +228,12 @@ class DicomHandlers:
         if failure is not None:
             return failure, None
         return self.worklist.n_set(event, allowed=allowed, peer=peer, calling=calling)
+
+    def handle_n_action(self, event):
+        """N-ACTION (PS3.4 J.3.2): a storage commitment request, persisted before the answer."""
+        host, peer, calling = self._who(event)
+        return self.commitment.n_action(event, policy=self.policy, host=host, peer=peer,
+                                        calling=calling)
 
     def _count(self, event, outcome: StoreOutcome | None, size: int) -> None:
         with self._lock:

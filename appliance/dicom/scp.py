@@ -14,7 +14,7 @@ import pydicom.uid
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
 
-from appliance.dicom import transport
+from appliance.dicom import commitment, transport
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.receive import ReceivedFiles
 
@@ -66,6 +66,9 @@ class DicomServer:
             self.ae.add_supported_context(uid, TRANSFER_SYNTAXES)
         if handlers.worklist is not None:  # MWL C-FIND, MPPS: small datasets, uncompressed
             for uid in handlers.worklist.sop_classes():
+                self.ae.add_supported_context(uid, _UNCOMPRESSED)
+        if handlers.commitment is not None:  # storage commitment N-ACTION (PS3.4 J)
+            for uid in commitment.sop_classes():
                 self.ae.add_supported_context(uid, _UNCOMPRESSED)
         self._server = None
 

@@ -59,7 +59,8 @@ class StatusBoard:
     def __init__(self, *, name: str, dicom_aet: str, remote_access: bool, index_directory: Path,
                  archive: Archive, admission: StoreAdmission,
                  disk: DiskMonitor, backups: BackupScheduler, associations: Callable[[], int], last_error: LastError,
-                 worklist_size: Callable[[], int] | None = None) -> None:
+                 worklist_size: Callable[[], int] | None = None,
+                 outbound: Callable[[], list[dict]] | None = None) -> None:
         self._name = name
         self._dicom_aet = dicom_aet
         self._remote_access = remote_access
@@ -70,6 +71,7 @@ class StatusBoard:
         self._associations = associations
         self._last_error = last_error
         self._worklist_size = worklist_size
+        self._outbound = outbound  # the send queue per destination (appliance.outbound)
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
         self.path = Path(index_directory) / STATUS_FILE
@@ -127,6 +129,11 @@ class StatusBoard:
         if self._worklist_size is not None:
             try:
                 snap["worklist_items"] = self._worklist_size()
+            except Exception:  # noqa: BLE001 - a status must not fail on one part
+                pass
+        if self._outbound is not None:
+            try:
+                snap["outbound"] = self._outbound()
             except Exception:  # noqa: BLE001 - a status must not fail on one part
                 pass
         return snap

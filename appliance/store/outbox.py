@@ -74,6 +74,10 @@ class Outbox:
         """Cancel pending items; how many."""
         return self._index.queue_cancel(destination, task_id)
 
+    def prune(self, rules_before: float, tasks_before: float) -> int:
+        """Forget finished items (rule-made ones sooner than requested ones); how many."""
+        return self._index.queue_prune(rules_before, tasks_before)
+
     def task(self, task_id: int) -> dict | None:
         """A task and its items' states, or None."""
         return self._index.queue_task(task_id)

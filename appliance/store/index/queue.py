@@ -284,6 +284,24 @@ class Outbox:
         return self.run_write(lambda conn: _change(
             conn, "state = 'cancelled', done_at = ?", "state = 'pending'", destination, task_id))
 
+    def queue_prune(self, rules_before: float, tasks_before: float) -> int:
+        """Forget finished items: those a rule queued, finished before ``rules_before``;
+        those of a task (and the task), finished before ``tasks_before``. The count."""
+        def write(conn: apsw.Connection) -> int:
+            conn.execute("DELETE FROM send_items WHERE task_id IS NULL AND state != 'pending' "
+                         "AND done_at < ?", (rules_before,))
+            n = conn.changes()
+            old = [r[0] for r in conn.execute(
+                "SELECT id FROM send_tasks t WHERE created_at < ? AND NOT EXISTS (SELECT 1 FROM "
+                "send_items q WHERE q.task_id = t.id AND (q.state = 'pending' OR q.done_at >= ?))",
+                (tasks_before, tasks_before))]
+            for task in old:
+                conn.execute("DELETE FROM send_items WHERE task_id = ?", (task,))
+                n += conn.changes()
+                conn.execute("DELETE FROM send_tasks WHERE id = ?", (task,))
+            return n
+        return self.run_write(write)
+
     def queue_task(self, task_id: int) -> dict | None:
         """A task and the states of its items, or None."""
         rows = self.read("SELECT id, destination, kind, created_at FROM send_tasks WHERE id = ?",
