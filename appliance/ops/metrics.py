@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from appliance.ops.disk import human_bytes
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request latency buckets (seconds): a QIDO answer is milliseconds, a study's
 # WADO-RS download can take seconds.
@@ -142,6 +144,17 @@ def _outbound(out: _Out, destinations: list[dict] | None, now: float) -> None:
            lambda d: d["bytes_since_start"])
     family("pacs_outbound_failures_total", "counter", "Failed attempts (per item) since start.",
            lambda d: d["failed_attempts_since_start"])
+
+
+def outbound_line(d: dict, now: float) -> str:
+    """One destination of the send queue in words (``status``, the status page)."""
+    text = (f"{d['pending']} queued, {d['sent_since_start']} sent since start "
+            f"({human_bytes(d['bytes_since_start'])})")
+    if d["oldest"]:
+        text += f", oldest {max(0.0, now - d['oldest']):.0f} s"
+    if d["failing"]:
+        text += f", {d['failing']} FAILING: {d['last_error']}"
+    return text
 
 
 def _disk(out: _Out, disk: dict | None) -> None:
