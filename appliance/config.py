@@ -725,11 +725,19 @@ def _hours(obj: _Object, where: str, raw: Any) -> float:
 _MODALITY_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")  # Orthanc's CheckAlphanumeric
 
 
+def _named(entry: Callable[[_Object, str, str, Any], Any]) -> Callable[[_Object, str, Any], tuple]:
+    """A reader of an object of named entries (DicomModalities, DicomWeb.Servers):
+    ``entry(obj, where, name, value)`` reads each one."""
+    def read(obj: _Object, where: str, raw: Any) -> tuple:
+        if not isinstance(raw, dict):
+            obj.fail(where, f"expected object, got {_show(raw)}")
+        return tuple(entry(obj, f"{where}.{name}", name, value) for name, value in raw.items())
+    return read
+
+
 @_reader("object: modality name to [AET, host, port], [AET, host, port, manufacturer] or an object")
 def _modalities(obj: _Object, where: str, raw: Any) -> tuple[Modality, ...]:
-    if not isinstance(raw, dict):
-        obj.fail(where, f"expected object, got {_show(raw)}")
-    return tuple(_modality(obj, f"{where}.{name}", name, value) for name, value in raw.items())
+    return _named(_modality)(obj, where, raw)
 
 
 def _modality(obj: _Object, where: str, name: str, value: Any) -> Modality:
@@ -771,9 +779,7 @@ _SERVER_NAME = _MODALITY_NAME  # the DICOMweb plugin checks server names the sam
 
 @_reader("object: server name to [URL], [URL, user, password] or an object with Url")
 def _dicomweb_servers(obj: _Object, where: str, raw: Any) -> tuple[DicomWebServer, ...]:
-    if not isinstance(raw, dict):
-        obj.fail(where, f"expected object, got {_show(raw)}")
-    return tuple(_dicomweb_server(obj, f"{where}.{name}", name, value) for name, value in raw.items())
+    return _named(_dicomweb_server)(obj, where, raw)
 
 
 def _dicomweb_server(obj: _Object, where: str, name: str, value: Any) -> DicomWebServer:
