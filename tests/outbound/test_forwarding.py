@@ -42,12 +42,11 @@ def test_destination_down_then_up_backs_off_then_delivers(make_daemon, storescp,
     files = make_instances(tmp_path / "a", 3)
     assert scu_store(d.dicom_port, files) == [0] * 3
 
-    def failing_twice():
-        rows = {r["destination"]: r for r in queue_json(d)["destinations"]}
-        row = rows.get("ARCH")
-        return row if row and row["failing"] == 3 and (row["attempts"] or 0) >= 2 else None
-    row = wait_for(failing_twice, 20, "two failed attempts")
-    assert row["pending"] == 3 and row["last_error"]
+    wait_for(lambda: d.rows("SELECT min(attempts) FROM send_items")[0][0] >= 2, 20,
+             "two failed attempts")
+    row = {r["destination"]: r for r in queue_json(d)["destinations"]}["ARCH"]
+    assert row["pending"] == 3 and row["failing"] == 3 and row["attempts"] >= 2 and row["last_error"]
+    assert row["next_attempt"] > row["oldest"]  # backing off
     shown = cli(d, "queue", "list", "--items")
     assert shown.returncode == 0 and "failing" in shown.stdout and "next in" in shown.stdout, shown.stdout
     assert "not sent, retried later" in d.log()

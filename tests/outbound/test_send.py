@@ -3,6 +3,7 @@ REST routes, with the task's progress at GET /jobs/{id}."""
 
 from __future__ import annotations
 
+import apsw
 import requests
 
 from tests.outbound.conftest import cli, make_instances, wait_for
@@ -65,13 +66,13 @@ def test_deleted_instance_is_dropped_from_the_queue(make_daemon, storescp, tmp_p
     done = cli(d, "send", "--to", "ARCH", *[p.stem for p in files])
     assert done.returncode == 0, done.stderr
     task = done.stdout.split()[1].rstrip(":")
-    d.stop()
-    # The other engineer's delete removes index rows; here, the same rows by hand.
-    import apsw
+    wait_for(lambda: d.rows("SELECT min(attempts) FROM send_items")[0][0] >= 1, 20, "an attempt")
+    # A delete removes the index row (the instance's own row is enough here), the daemon
+    # running: SQLite lets this second writer in.
     conn = apsw.Connection(str(d.index_file))
+    conn.setbusytimeout(10_000)
     conn.execute("DELETE FROM instances WHERE sop_instance_uid = ?", (files[0].stem,))
     conn.close()
-    d.start()
     scp.start()
     wait_for(lambda: scp.received() == {files[1].stem}, 20, "the remaining instance")
     http = f"http://127.0.0.1:{d.http_port}"
