@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role
@@ -36,6 +38,7 @@ WELL_KNOWN_INSTANCE = "1.2.840.10008.1.20.1.1"
 REQUEST_STORAGE_COMMITMENT = 1     # Action Type ID, PS3.4 J.3.2.1
 ALL_COMMITTED, SOME_FAILED = 1, 2  # Event Type ID, PS3.4 J.3.3.1
 
+_CHECKERS = min(4, os.cpu_count() or 1)
 # Archive.commitment_problem -> Failure Reason (PS3.4 J.3.3.1.1.2).
 _REASONS = {"missing": FailureReason.NO_SUCH_OBJECT_INSTANCE,
             "class": FailureReason.CLASS_INSTANCE_CONFLICT,
@@ -98,9 +101,13 @@ def evaluate(archive: Archive, payload: str) -> tuple[str, list[tuple[str, str]]
     """(Transaction UID, committed (class, uid), failed (class, uid, reason)) of a
     persisted request, each reference checked against the archive now."""
     request = json.loads(payload)
+    references = request["references"]
     committed, failed = [], []
-    for sop_class, sop_uid in request["references"]:
-        problem = archive.commitment_problem(sop_uid, sop_class)
+    # Each check hashes a whole file: hashlib releases the GIL, so a few threads
+    # use every core (200 references of 0.92 MB are 184 MB to read and hash).
+    with ThreadPoolExecutor(max_workers=_CHECKERS) as pool:
+        problems = list(pool.map(lambda ref: archive.commitment_problem(ref[1], ref[0]), references))
+    for (sop_class, sop_uid), problem in zip(references, problems):
         if problem is None:
             committed.append((sop_class, sop_uid))
         else:

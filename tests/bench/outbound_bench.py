@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="forward,commitment,soak")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     parts = set(args.only.split(","))
     data = datagen.ensure_data()
     files = data.singles
