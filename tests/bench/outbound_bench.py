@@ -118,6 +118,7 @@ def store_all(port: int, files: list[Path]) -> None:
     from pynetdicom import AE, _config
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title="BENCH")
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 300  # a loaded machine is slow
     ae.add_requested_context(datagen.US_IMAGE_STORAGE, "1.2.840.10008.1.2.1")
     assoc = ae.associate(LOOPBACK, port, ae_title=CALLED_AET)
     assert assoc.is_established, "store association"
