@@ -26,6 +26,7 @@ from appliance.dicom.commitment import CommitmentScp
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
@@ -131,8 +132,11 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     incoming = ReceivedFiles(archive)
     live = _reloadable(config)
     worklist = _build_worklist(config, archive, live)
+    retrieve = RetrieveDimse(archive, our_aet=config.dicom_aet,
+                             scu_timeout=config.dicom_scu_timeout,
+                             spool_dir=config.temporary_directory)
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse,
-                             commitment=CommitmentScp(archive))
+                             retrieve=retrieve, commitment=CommitmentScp(archive))
     users = Users(live.registered_users, live.authentication_enabled)
     sending = _build_outbound(config, archive)
     ops = _build_ops(config, archive, handlers, worklist, sending)
@@ -263,7 +267,8 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                         backups=backups, associations=handlers.open_associations,
                         last_error=last_error,
                         worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
-                        outbound=sending.stats)
+                        outbound=sending.stats,
+                        retrieves=handlers.retrieve.stats if handlers.retrieve is not None else None)
     return _Ops(admission, disk, backups, board, last_error)
 
 

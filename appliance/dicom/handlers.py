@@ -21,6 +21,7 @@ from appliance.dicom.commitment import CommitmentScp
 from appliance.dicom.mwl import WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.status import Status
 from appliance.store import Archive, Origin, StoreOutcome
 
@@ -56,12 +57,14 @@ class DicomHandlers:
 
     def __init__(self, archive: Archive, policy: AccessPolicy, incoming: ReceivedFiles,
                  worklist: WorklistDimse | None = None,
+                 retrieve: RetrieveDimse | None = None,
                  commitment: CommitmentScp | None = None) -> None:
         self.archive = archive
         self.commitment = commitment  # storage commitment N-ACTION, when configured
         self.policy = policy
         self.incoming = incoming
         self.worklist = worklist  # MWL C-FIND and MPPS, when configured
+        self.retrieve = retrieve  # C-MOVE and C-GET
         self._lock = threading.Lock()
         self._assocs: dict[int, _AssocStats] = {}
         self._in_flight = 0
@@ -85,6 +88,9 @@ class DicomHandlers:
             (evt.EVT_N_CREATE, self.handle_n_create),
             (evt.EVT_N_SET, self.handle_n_set),
         ] if self.worklist is not None else []) + ([
+            (evt.EVT_C_MOVE, self.handle_move),
+            (evt.EVT_C_GET, self.handle_get),
+        ] if self.retrieve is not None else []) + ([
             (evt.EVT_N_ACTION, self.handle_n_action),
         ] if self.commitment is not None else [])
 
@@ -204,6 +210,18 @@ class DicomHandlers:
         host, peer, calling = self._who(event)
         allowed = self.policy.allows(Service.FIND_WORKLIST, calling, host)
         yield from self.worklist.find(event, allowed=allowed, peer=peer, calling=calling)
+
+    def handle_move(self, event):
+        """C-MOVE (PS3.4 C.4.2): sub-operations to a DicomModalities destination."""
+        host, peer, calling = self._who(event)
+        yield from self.retrieve.move(event, policy=self.policy, peer=peer, calling=calling,
+                                      host=host)
+
+    def handle_get(self, event):
+        """C-GET (PS3.4 C.4.3): sub-operations back on the requestor's association."""
+        host, peer, calling = self._who(event)
+        yield from self.retrieve.get(event, policy=self.policy, peer=peer, calling=calling,
+                                     host=host)
 
     def _may_report(self, calling: str, host: str) -> bool:
         # MPPS has no Allow* flag of its own in Orthanc's rules: an AE that may query the

@@ -103,3 +103,8 @@ class AccessPolicy:
         if service in self.always:
             return True
         return any(getattr(m, service.value) for m in self._known(calling_aet, host))
+
+    def destination(self, aet: str) -> Modality | None:
+        """The DicomModalities entry a C-MOVE Move Destination AE title names, or None
+        (compared as calling AE titles are, StrictAetComparison included)."""
+        return next((m for m in self.modalities if same_aet(m.aet, aet, self.strict_aet)), None)

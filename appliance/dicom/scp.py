@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 
 import pydicom.uid
-from pynetdicom import AE
 from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
 
 from appliance.dicom import commitment, transport
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.receive import ReceivedFiles
+from appliance.dicom.retrieve import RetrieveAE
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class DicomServer:
         self._mode = mode
         self._bind = bind
         self._port = port
-        self.ae = AE(ae_title=aet)
+        self.ae = RetrieveAE(ae_title=aet)
         self.ae.maximum_associations = max_associations
         self.ae.maximum_pdu_size = max_pdu
         # Orthanc's DicomScpTimeout: 0 means no timeout.
@@ -62,8 +62,13 @@ class DicomServer:
         self.ae.dimse_timeout = limit
         self.ae.network_timeout = limit
         self.ae.add_supported_context(Verification, TRANSFER_SYNTAXES)
+        # Both roles accepted when proposed: a C-GET requestor asks to be the storage SCP
+        # of the sub-operations (PS3.7 D.3.3.4); without role selection nothing changes.
         for uid in storage_sop_classes():
-            self.ae.add_supported_context(uid, TRANSFER_SYNTAXES)
+            self.ae.add_supported_context(uid, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+        if handlers.retrieve is not None:  # C-MOVE, C-GET: small identifiers, uncompressed
+            for uid in handlers.retrieve.sop_classes():
+                self.ae.add_supported_context(uid, _UNCOMPRESSED)
         if handlers.worklist is not None:  # MWL C-FIND, MPPS: small datasets, uncompressed
             for uid in handlers.worklist.sop_classes():
                 self.ae.add_supported_context(uid, _UNCOMPRESSED)

@@ -50,8 +50,10 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import select
 import socket
 import tempfile
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +70,7 @@ from appliance.dicomfile import pixels, syntax
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Destination", "Outgoing", "SendOutcome", "SendResult", "StoreSender", "dataset_for",
+    "AckPrompter", "Destination", "Outgoing", "SendOutcome", "SendResult", "StoreSender", "dataset_for",
     "needs_of", "presentation_contexts",
 ]
 
@@ -236,6 +238,56 @@ def dataset_for(assoc, item: Outgoing, *, allow_transcoding: bool = True,
         return None, f"{type(e).__name__}: {e}"
 
 
+class AckPrompter:
+    """Acknowledges at once what the peer sends on a socket, while it runs.
+
+    Why: a peer with Nagle's algorithm on that writes a response in two pieces
+    (DCMTK writes the PDU header, then the rest: storescp, getscu) holds the
+    second piece until the first is acknowledged, and Linux delays that ACK by
+    40 ms when the receiver has nothing to send: one stall per C-STORE-RSP,
+    Orthanc's 15-20 instances/s. pynetdicom's reader cannot be told to ACK
+    early, so this thread waits for the socket to turn readable and sets
+    TCP_QUICKACK (tcp(7)), which sends the pending ACK now. Nothing is read
+    here; pynetdicom's reader takes the bytes as usual.
+    """
+
+    _QUICKACK = getattr(socket, "TCP_QUICKACK", None)   # Linux only
+    _LET_READ = 0.0003   # seconds for the reader to take the bytes before looking again
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self._sock = sock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "AckPrompter":
+        """Start prompting (a no-op without a socket or off Linux)."""
+        if self._sock is not None and self._QUICKACK is not None and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="ack-prompter", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop; returns within the thread's select timeout."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        sock, stop = self._sock, self._stop
+        try:
+            while not stop.is_set():
+                readable, _, _ = select.select([sock], [], [], 0.05)
+                if readable:
+                    sock.setsockopt(socket.IPPROTO_TCP, self._QUICKACK, 1)
+                    stop.wait(self._LET_READ)
+        except (OSError, ValueError):
+            pass   # the socket was closed under us: the association is over
+
+    def __enter__(self) -> "AckPrompter":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class StoreSender:
     """One outbound association to a destination, sending stored instances."""
 
@@ -245,6 +297,7 @@ class StoreSender:
         self._contexts = presentation_contexts(needs)
         self._spool = spool_dir   # where transcoded copies are written (None: the system's)
         self._assoc = None
+        self._prompter: AckPrompter | None = None
         self._msg_id = 0
         self.error = ""           # why the association could not be opened
         self.sent_bytes = 0
@@ -273,7 +326,7 @@ class StoreSender:
                           "association aborted" if assoc.is_aborted else "no association")
             log.warning("C-STORE to %s: %s", dest, self.error)
             return False
-        _no_delay(assoc)
+        self._prompter = AckPrompter(_no_delay(assoc)).start()
         self._assoc = assoc
         return True
 
@@ -284,6 +337,8 @@ class StoreSender:
 
     def release(self) -> None:
         """Release the association (A-RELEASE, PS3.8 7.2) if it is still up."""
+        if self._prompter is not None:
+            self._prompter.stop()
         if self._assoc is not None and self._assoc.is_established:
             self._assoc.release()
 
@@ -356,13 +411,14 @@ class StoreSender:
                            comment or f"status 0x{int(status):04X}")
 
 
-def _no_delay(assoc) -> None:
+def _no_delay(assoc) -> socket.socket | None:
     """TCP_NODELAY on our side too: each C-STORE request ends in a small PDU that
-    Nagle would hold until the peer's delayed ACK (the stall Orthanc's sender has)."""
+    Nagle would hold until the peer's delayed ACK. Returns the socket."""
     sock = getattr(assoc.dul.socket, "socket", None)
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+    return sock
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["CommitmentStatus", "FailureReason", "FindStatus", "MppsStatus", "Status"]
+__all__ = ["CommitmentStatus", "FailureReason", "FindStatus", "MppsStatus", "RetrieveStatus",
+           "Status"]
 
 
 class Status(enum.IntEnum):
@@ -68,3 +69,20 @@ class FailureReason(enum.IntEnum):
     PROCESSING_FAILURE = 0x0110
     NO_SUCH_OBJECT_INSTANCE = 0x0112
     CLASS_INSTANCE_CONFLICT = 0x0119
+
+
+class RetrieveStatus(enum.IntEnum):
+    """C-MOVE and C-GET statuses of the Query/Retrieve SOP Classes (PS3.4 C.4.2.1.5,
+    C.4.3.1.4)."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    CANCEL = 0xFE00
+    # Warning: sub-operations complete, one or more failures (or warnings).
+    SUB_OPERATIONS_FAILED = 0xB000
+    REFUSED_NOT_AUTHORIZED = 0x0124
+    # Failure: unable to perform sub-operations (every one failed).
+    UNABLE_TO_PERFORM_SUB_OPERATIONS = 0xA702
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    UNABLE_TO_PROCESS = 0xC000

@@ -280,6 +280,12 @@ def status_text(s: dict) -> str:
                           for src, by in sorted((s.get("outcomes") or {}).items()))
     lines.append(f"  since start: {s['stored_since_start']} received"
                  + (f" ({by_source})" if by_source else "") + f", {s['failed_since_start']} failed")
+    r = s.get("retrieves")
+    if r is not None:
+        lines.append(f"  retrieved: C-MOVE {r.get('move_instances', 0)} instances "
+                     f"({human_bytes(r.get('move_bytes', 0))}), C-GET {r.get('get_instances', 0)} "
+                     f"instances ({human_bytes(r.get('get_bytes', 0))}), "
+                     f"{r.get('move_failed', 0) + r.get('get_failed', 0)} failed")
     disk = s.get("disk")
     if disk:
         for fs in disk["filesystems"]:

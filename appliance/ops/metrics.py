@@ -108,6 +108,7 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
     if "worklist_items" in snap:
         out.one("pacs_worklist_items", "gauge", "Worklist items being served.",
                 snap["worklist_items"])
+    _retrieves(out, snap.get("retrieves"))
     _disk(out, snap.get("disk"))
     _outbound(out, snap.get("outbound"), snap["time"])
     _admission(out, snap.get("admission") or {})
@@ -155,6 +156,24 @@ def outbound_line(d: dict, now: float) -> str:
     if d["failing"]:
         text += f", {d['failing']} FAILING: {d['last_error']}"
     return text
+
+
+_RETRIEVE_METRICS = (
+    ("pacs_retrieve_requests_total", "requests", "C-MOVE/C-GET requests answered since start"),
+    ("pacs_retrieved_instances_total", "instances",
+     "Instances sent by C-MOVE/C-GET sub-operations since start"),
+    ("pacs_retrieved_bytes_total", "bytes", "Bytes sent by C-MOVE/C-GET sub-operations since start"),
+    ("pacs_retrieve_failed_total", "failed", "Failed C-MOVE/C-GET sub-operations since start"),
+)
+
+
+def _retrieves(out: _Out, totals: dict | None) -> None:
+    """C-MOVE and C-GET since start (appliance.dicom.retrieve.RetrieveDimse.stats)."""
+    if totals is None:
+        return
+    for metric, name, what in _RETRIEVE_METRICS:
+        out.family(metric, "counter", what + ", by operation.",
+                   [({"operation": op}, totals.get(f"{op}_{name}", 0)) for op in ("move", "get")])
 
 
 def _disk(out: _Out, disk: dict | None) -> None:

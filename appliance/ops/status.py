@@ -60,7 +60,8 @@ class StatusBoard:
                  archive: Archive, admission: StoreAdmission,
                  disk: DiskMonitor, backups: BackupScheduler, associations: Callable[[], int], last_error: LastError,
                  worklist_size: Callable[[], int] | None = None,
-                 outbound: Callable[[], list[dict]] | None = None) -> None:
+                 outbound: Callable[[], list[dict]] | None = None,
+                 retrieves: Callable[[], dict[str, int]] | None = None) -> None:
         self._name = name
         self._dicom_aet = dicom_aet
         self._remote_access = remote_access
@@ -72,6 +73,7 @@ class StatusBoard:
         self._last_error = last_error
         self._worklist_size = worklist_size
         self._outbound = outbound  # the send queue per destination (appliance.outbound)
+        self._retrieves = retrieves  # C-MOVE/C-GET totals (appliance.dicom.retrieve)
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
         self.path = Path(index_directory) / STATUS_FILE
@@ -136,6 +138,8 @@ class StatusBoard:
                 snap["outbound"] = self._outbound()
             except Exception:  # noqa: BLE001 - a status must not fail on one part
                 pass
+        if self._retrieves is not None:
+            snap["retrieves"] = self._retrieves()
         return snap
 
     def write(self) -> None:

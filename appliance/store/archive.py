@@ -34,6 +34,7 @@ from appliance.dicomfile.header import Header, InvalidObject, read_header, read_
 from appliance.dicomfile.vr import is_valid_uid
 from appliance.store.blobs import BlobStore, IncomingFile, Sealing, file_sha256
 from appliance.query.model import Row, Search
+from appliance.query.retrieve import Scope
 from appliance.store.index import (
     Forward, Index, InstanceRecord, MppsRecord, PatientUsage, StoredInstance,
 )
@@ -233,6 +234,10 @@ class Archive:
         """The instances of a study (or of one series in it, or one instance in
         that), in viewing order; none when a parent named does not hold them."""
         return self.index.instances_in(study_uid, series_uid, sop_uid)
+
+    def instances_under(self, scope: Scope) -> list[StoredInstance]:
+        """The stored instances a retrieve (C-MOVE, C-GET) names, in viewing order."""
+        return self.index.instances_under(scope)
 
     def metadata_in(self, study_uid: str, series_uid: str | None = None,
                     sop_uid: str | None = None) -> list[str]:

@@ -4,6 +4,7 @@
 - :mod:`.engine`: connections, the writer thread and its group commit;
 - :mod:`.instances`: instances and their parents (insert, delete, read);
 - :mod:`.search`: searches (appliance.query) compiled to SQL;
+- :mod:`.retrieve`: the instances a C-MOVE or C-GET names;
 - :mod:`.mpps`: Modality Performed Procedure Steps;
 - :mod:`.queue`: the outbound queue and the StableStudy debounce;
 - :mod:`.maintenance`: recycling, backups, reindex; :class:`Snapshot` for a
@@ -24,6 +25,7 @@ from appliance.store.index.maintenance import COUNT_NAMES, Maintenance, PatientU
 from appliance.store.index.mpps import Mpps, MppsRecord
 from appliance.store.index.queue import Forward, Outbox, QueueItem, Settled, UnknownResources
 from appliance.store.index.schema import DB_NAME, MIGRATIONS, QIDO_KEPT, SCHEMA_VERSION
+from appliance.store.index.retrieve import Retrieves
 from appliance.store.index.search import Searches
 
 __all__ = [
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 
-class Index(Engine, Instances, Searches, Mpps, Maintenance, Outbox):
+class Index(Engine, Instances, Searches, Retrieves, Mpps, Maintenance, Outbox):
     """The SQLite index of the archive: the engine and every operation on it.
 
     ``sync_dirs`` is called by the writer thread with the directories a batch
