@@ -3,15 +3,16 @@
 One thread per destination (a ``DicomModalities`` or ``DicomWeb.Servers``
 name) takes its due items in queue order (storage commitment reports first,
 then instances in the order they were queued, hence per study), sends them over
-one association (or a few STOW-RS requests), and records the outcomes in one
-transaction. Delivered items leave the queue; a failed attempt puts the item
+one association (or a few STOW-RS requests), and records the outcomes as it
+goes, a few dozen per transaction. Delivered items leave the queue; a failed attempt puts the item
 back with a capped exponential backoff (1 s, 2 s, 4 s... Forwarding.MaxRetrySeconds)
 until it is delivered or cancelled. An instance deleted (or recycled) before it
 was sent is dropped with a log line.
 
-Because outcomes are written only after the association, a crash (SIGKILL) at
-any moment sends again at most the instances of the association in flight:
-at least once, never lost.
+Because an outcome is written only after the destination acknowledged the
+instance, a crash (SIGKILL) at any moment sends again at most the instances
+acknowledged since the last write (SETTLE_EVERY, SETTLE_SECONDS) and the one in
+flight: at least once, never lost.
 
 A scheduler thread wakes the workers when items fall due and moves studies
 that became stable (Trigger StableStudy) into the queue; an enqueue in this
@@ -44,6 +45,11 @@ BATCH = 500
 # Instances (and bytes) per STOW-RS request.
 STOW_INSTANCES = 50
 STOW_BYTES = 64 << 20
+# Outcomes are written every SETTLE_EVERY instances or SETTLE_SECONDS, whichever
+# comes first: each write is a commit (an fsync), each unwritten outcome an
+# instance sent again after a crash.
+SETTLE_EVERY = 32
+SETTLE_SECONDS = 0.5
 # Longest sleep of the scheduler: how soon what another process queued is seen.
 POLL = 1.0
 # Finished items are forgotten after these delays (the queue must not grow with
@@ -229,9 +235,9 @@ class OutboundEngine:
                 sent = self._send_stow(self._servers[name], present)
             else:
                 sent = [Settled(i.id, _PENDING, f"unknown destination {name!r}") for i in present]
-            outcomes += sent
+                self._outbox.settle(sent, self._max_retry)
             self._account(name, sent, time.monotonic() - started)
-        return outcomes
+        return outcomes  # what is left to write: the sends wrote theirs
 
     def _account(self, name: str, outcomes: list[Settled], seconds: float) -> None:
         """Counters, and the batch's log lines: INFO when delivered, WARNING per failed attempt."""
@@ -256,15 +262,17 @@ class OutboundEngine:
                                          default_timeout=self._timeout)
 
     def _send_dicom(self, modality: Modality, items: list[QueueItem]) -> list[Settled]:
+        """Send over one association, writing outcomes as they come; all of them."""
         outgoing = [Outgoing.of(self._archive.file_of(i.instance), i.instance) for i in items]
         if self._spool is not None:
             self._spool.mkdir(parents=True, exist_ok=True)
-        outcomes = []
+        outcomes: list[Settled] = []
+        written, written_at = 0, time.monotonic()
         with StoreSender(self._destination(modality), needs_of(outgoing),
                          spool_dir=self._spool) as sender:
             if not sender.is_established:
-                return [Settled(i.id, _PENDING, sender.error) for i in items]
-            for item, out in zip(items, outgoing):
+                outcomes = [Settled(i.id, _PENDING, sender.error) for i in items]
+            for item, out in zip(items, outgoing) if not outcomes else ():
                 if self._stopping.is_set():
                     break  # the rest stays queued as it was
                 o = sender.send(out)
@@ -273,9 +281,15 @@ class OutboundEngine:
                 else:
                     outcomes.append(Settled(item.id, _PENDING,
                                             f"{o.result.value}: {o.detail}"[:500]))
+                if (len(outcomes) - written >= SETTLE_EVERY
+                        or time.monotonic() - written_at >= SETTLE_SECONDS):
+                    self._outbox.settle(outcomes[written:], self._max_retry)
+                    written, written_at = len(outcomes), time.monotonic()
+        self._outbox.settle(outcomes[written:], self._max_retry)
         return outcomes
 
     def _send_stow(self, server: DicomWebServer, items: list[QueueItem]) -> list[Settled]:
+        """Send in STOW-RS requests, writing each one's outcomes; all of them."""
         outcomes: list[Settled] = []
         chunk: list[QueueItem] = []
         size = 0
@@ -285,7 +299,9 @@ class OutboundEngine:
                 size += item.instance.file_size
                 continue
             if chunk and not self._stopping.is_set():
-                outcomes += self._stow_chunk(server, chunk)
+                done = self._stow_chunk(server, chunk)
+                self._outbox.settle(done, self._max_retry)
+                outcomes += done
             if item is not None:
                 chunk, size = [item], item.instance.file_size
         return outcomes

@@ -42,7 +42,8 @@ class Outbox:
 
     def settle(self, outcomes: Sequence[Settled], max_retry: float) -> None:
         """Record one attempt's outcomes; failures back off up to ``max_retry`` s."""
-        self._index.queue_settle(outcomes, max_retry)
+        if outcomes:
+            self._index.queue_settle(outcomes, max_retry)
 
     def next_due(self) -> dict[str, float]:
         """destination -> when its next pending item is due."""
