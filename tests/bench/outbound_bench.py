@@ -113,20 +113,31 @@ class Proc:
         return f"http://{LOOPBACK}:{self.http_port}"
 
 
-def store_all(port: int, files: list[Path]) -> None:
-    """Store ``files`` over one pynetdicom association (byte for byte)."""
+def store_all(port: int, files: list[Path], attempts: int = 3) -> None:
+    """Store ``files`` with pynetdicom (byte for byte), one association, a new one
+    for the rest when a store gets no answer (it happens on a loaded machine)."""
     from pynetdicom import AE, _config
     _config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title="BENCH")
-    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 300  # a loaded machine is slow
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 300
     ae.add_requested_context(datagen.US_IMAGE_STORAGE, "1.2.840.10008.1.2.1")
-    assoc = ae.associate(LOOPBACK, port, ae_title=CALLED_AET)
-    assert assoc.is_established, "store association"
-    try:
-        for f in files:
-            assert assoc.send_c_store(f).Status == 0
-    finally:
-        assoc.release()
+    left = list(files)
+    for _ in range(attempts):
+        assoc = ae.associate(LOOPBACK, port, ae_title=CALLED_AET)
+        assert assoc.is_established, "store association"
+        try:
+            while left:
+                rsp = assoc.send_c_store(left[0], msg_id=len(files) - len(left) + 1)
+                if "Status" not in rsp:
+                    break
+                assert rsp.Status == 0, f"store status 0x{rsp.Status:04X}"
+                left.pop(0)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if not left:
+            return
+    raise ServerError(f"{len(left)} images not stored")
 
 
 def sink(env: dict[str, str], root: Path, ignore: bool = True) -> tuple[subprocess.Popen, int, Path]:
