@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 
 import pytest
@@ -142,7 +144,10 @@ def test_commitment_refused_without_permission(make_daemon, scanner, tmp_path):
     status, _ = scanner.request(d, [])
     assert status == 0x0124
     assert "storage commitment from US01 refused" in d.log()
-    d2 = make_daemon("d2", DicomModalities=scanner.modality(AllowNAction=False),
-                     DicomAlwaysAllowStorageCommitment=True)
-    status, _ = scanner.request(d2, [])
+    # DicomAlwaysAllowStorageCommitment overrides the modality's flag (SIGHUP reloads it).
+    d.config["DicomAlwaysAllowStorageCommitment"] = True
+    d.config_path.write_text(json.dumps(d.config))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "DICOM access rules and worklist options reloaded" in d.log(), 10, "reload")
+    status, _ = scanner.request(d, [])
     assert status == 0x0000
