@@ -107,7 +107,7 @@ class OutboundEngine:
                                            daemon=True)
         self._scheduler.start()
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self, grace: float = 3.0) -> None:
         """Stop the workers: an association in flight ends after its current instance;
         what it did not send stays queued, as it was."""
         self._stopping.set()
@@ -181,17 +181,19 @@ class OutboundEngine:
                 if now - pruned_at > 60:
                     pruned_at = now
                     self._outbox.prune(now - KEEP_RULE_ITEMS, now - KEEP_TASKS)
-                released = self._outbox.release_stable(now)
-                if released:
-                    log.info("stable studies queued for %s", ", ".join(released))
+                stable = self._outbox.next_stable_due()
+                if stable is not None and stable <= now:  # a write only when one is due
+                    released = self._outbox.release_stable(now)
+                    if released:
+                        log.info("stable studies queued for %s", ", ".join(released))
+                    stable = self._outbox.next_stable_due()
+                if stable is not None:
+                    sleep = min(sleep, max(0.0, stable - now))
                 for name, due in self._outbox.next_due().items():
                     if due <= now:
                         self._lane(name).wake.set()
                     else:
                         sleep = min(sleep, due - now)
-                stable = self._outbox.next_stable_due()
-                if stable is not None:
-                    sleep = min(sleep, max(0.0, stable - now))
             except Exception:  # noqa: BLE001 - the scheduler must outlive a bad moment
                 log.exception("outbound scheduler")
             self._tick.wait(max(0.05, sleep))
