@@ -12,6 +12,7 @@ import threading
 from appliance import __version__
 from appliance.ops import commands as ops_commands
 from appliance.ops import manage as manage_commands
+from appliance.outbound import commands as outbound_commands
 from appliance.worklist import commands as worklist_commands
 
 EXIT_OK = 0
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     worklist_commands.add_parser(sub)
     ops_commands.add_parsers(sub)
     manage_commands.add_parsers(sub)
+    outbound_commands.add_parsers(sub)
     return p
 
 
@@ -98,6 +100,8 @@ def _main(argv: list[str] | None) -> int:
         return ops_commands.run(args, config)
     if args.command in manage_commands.COMMANDS:
         return manage_commands.run(args, config)
+    if args.command in outbound_commands.COMMANDS:
+        return outbound_commands.run(args, config)
     return _serve(config, debug=args.debug)
 
 

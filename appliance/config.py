@@ -42,7 +42,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "DicomWebConfig",
+    "DicomWebServer",
     "DiskMonitorConfig",
+    "ForwardingConfig",
+    "ForwardingRule",
     "Key",
     "Modality",
     "MppsConfig",
@@ -760,11 +763,19 @@ def _hours(obj: _Object, where: str, raw: Any) -> float:
 _MODALITY_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")  # Orthanc's CheckAlphanumeric
 
 
+def _named(entry: Callable[[_Object, str, str, Any], Any]) -> Callable[[_Object, str, Any], tuple]:
+    """A reader of an object of named entries (DicomModalities, DicomWeb.Servers):
+    ``entry(obj, where, name, value)`` reads each one."""
+    def read(obj: _Object, where: str, raw: Any) -> tuple:
+        if not isinstance(raw, dict):
+            obj.fail(where, f"expected object, got {_show(raw)}")
+        return tuple(entry(obj, f"{where}.{name}", name, value) for name, value in raw.items())
+    return read
+
+
 @_reader("object: modality name to [AET, host, port], [AET, host, port, manufacturer] or an object")
 def _modalities(obj: _Object, where: str, raw: Any) -> tuple[Modality, ...]:
-    if not isinstance(raw, dict):
-        obj.fail(where, f"expected object, got {_show(raw)}")
-    return tuple(_modality(obj, f"{where}.{name}", name, value) for name, value in raw.items())
+    return _named(_modality)(obj, where, raw)
 
 
 def _modality(obj: _Object, where: str, name: str, value: Any) -> Modality:
@@ -796,6 +807,84 @@ def _modality(obj: _Object, where: str, name: str, value: Any) -> Modality:
             f"with AET, Host and Port, got {_show(value)}",
         )
     return _read_object(Modality, value, where + ".", obj, name=name)
+
+
+# --------------------------------------------------------------------------- outbound (issue 13)
+
+
+_SERVER_NAME = _MODALITY_NAME  # the DICOMweb plugin checks server names the same way
+
+
+@_reader("object: server name to [URL], [URL, user, password] or an object with Url")
+def _dicomweb_servers(obj: _Object, where: str, raw: Any) -> tuple[DicomWebServer, ...]:
+    return _named(_dicomweb_server)(obj, where, raw)
+
+
+def _dicomweb_server(obj: _Object, where: str, name: str, value: Any) -> DicomWebServer:
+    # The plugin's DicomWebServers::Configure: a list [url] or [url, user, password],
+    # or an object with Url and optional Username, Password, HttpHeaders...
+    if not _SERVER_NAME.match(name):
+        obj.fail(where, 'a server name may only contain letters, digits, "-" and "_"')
+    if isinstance(value, list):
+        if len(value) not in (1, 3):
+            obj.fail(where, f"expected [URL] or [URL, user, password], got a list of {len(value)} item(s)")
+        declared = _SECTIONS[DicomWebServer]
+        items = {k: declared.key(k).read(obj, f"{where}[{i}]", value[i])
+                 for i, k in enumerate(("Url", "Username", "Password")[:len(value)])}
+        return DicomWebServer(name=name, url=items["Url"], username=items.get("Username"),
+                              password=items.get("Password"))
+    if not isinstance(value, dict):
+        obj.fail(where, f"expected [URL], [URL, user, password] or an object with Url, got {_show(value)}")
+    return _read_object(DicomWebServer, value, where + ".", obj, name=name)
+
+
+@_reader("http:// or https:// URL")
+def _http_url(obj: _Object, where: str, raw: Any) -> str:
+    value = _non_empty_text(obj, where, raw)
+    if not re.match(r"https?://[^/\s]+", value):
+        obj.fail(where, f"expected an http:// or https:// URL, got {_show(value)}")
+    return value if value.endswith("/") else value + "/"
+
+
+@_reader("object: header name to value")
+def _http_headers(obj: _Object, where: str, raw: Any) -> Mapping[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        obj.fail(where, f"expected an object of strings, got {_show(raw)}")
+    return MappingProxyType(dict(raw))
+
+
+@_reader("list of non-empty strings")
+def _names(obj: _Object, where: str, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        obj.fail(where, f"expected a list, got {_show(raw)}")
+    return tuple(_non_empty_text(obj, f"{where}[{i}]", v).strip() for i, v in enumerate(raw))
+
+
+@_reader("list of AE titles")
+def _aets(obj: _Object, where: str, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        obj.fail(where, f"expected a list, got {_show(raw)}")
+    return tuple(_aet(obj, f"{where}[{i}]", v) for i, v in enumerate(raw))
+
+
+@_reader("list of rule objects (Destination, Trigger, Modalities, CallingAets)")
+def _rules(obj: _Object, where: str, raw: Any) -> tuple[ForwardingRule, ...]:
+    if not isinstance(raw, list):
+        obj.fail(where, f"expected a list, got {_show(raw)}")
+    rules = []
+    for i, value in enumerate(raw):
+        if not isinstance(value, dict):
+            obj.fail(f"{where}[{i}]", f"expected an object, got {_show(value)}")
+        rules.append(_read_object(ForwardingRule, value, f"{where}[{i}].", obj))
+    return tuple(rules)
+
+
+def _known_destination(obj: _Object, destination: str) -> None:
+    top = obj.parent.parent
+    names = [m.name for m in top.got["DicomModalities"]] + [s.name for s in top.got["DicomWeb"].servers]
+    if destination not in names:
+        obj.fail(obj.key("Destination"), f'unknown destination "{destination}" (neither a '
+                 "DicomModalities nor a DicomWeb.Servers name)" + _suggest(destination, names))
 
 
 # --------------------------------------------------------------------------- ignored keys
@@ -869,7 +958,7 @@ _IGNORED_PLUGIN_SECTIONS = frozenset(
 # DICOMweb client features (Servers...) and plugin performance knobs.
 _DICOMWEB_IGNORED = frozenset(
     """
-    Servers ServersInDatabase StowMaxInstances StowMaxSize EnableMetadataCache
+    ServersInDatabase StowMaxInstances StowMaxSize EnableMetadataCache
     EnablePerformanceLogs MetadataWorkerThreadsCount WadoRsLoaderThreadsCount
     StudiesMetadataExtrapolatedTags SeriesMetadataExtrapolatedTags
     """.split()
@@ -1000,6 +1089,54 @@ class Modality:
                         "Seconds, when we are the SCU towards this modality; 0: DicomScuTimeout (Orthanc).")
 
 
+@_declared(
+    ignored=frozenset({"HasDelete", "ChunkedTransfers", "HasWadoRsUniversalTransferSyntax",
+                       "CertificateFile", "CertificateKeyFile", "CertificateKeyPassword",
+                       "Pkcs11", "Timeout"}),
+    noun="a DICOMweb server object",
+)
+@dataclass(frozen=True)
+class DicomWebServer:
+    """One entry of ``DicomWeb.Servers`` (the DICOMweb plugin's client side): a STOW-RS
+    destination. Forms as the plugin reads them: ``[URL]``, ``[URL, user, password]`` or
+    an object with ``Url``, ``Username``, ``Password``, ``HttpHeaders``."""
+
+    name: str = _derived("The entry's JSON key.")
+    url: str = _key("Url", _REQUIRED, _http_url, "The server's DICOMweb root URL (STOW-RS goes to <Url>studies).")
+    username: str | None = _key("Username", None, _optional(_text), "HTTP Basic user name, if any.")
+    password: str | None = _key("Password", None, _optional(_text), "HTTP Basic password, if any.")
+    http_headers: Mapping[str, str] = _key("HttpHeaders", MappingProxyType({}), _http_headers,
+                                           "Extra HTTP headers sent with each request.", hash=False)
+
+
+@_declared(noun="a forwarding rule")
+@dataclass(frozen=True)
+class ForwardingRule:
+    """One rule of ``Forwarding.Rules``: send what it matches to ``Destination``."""
+
+    destination: str = _key("Destination", _REQUIRED, _non_empty_text,
+                            "A DicomModalities or DicomWeb.Servers name.", check=_known_destination, ours=True)
+    trigger: str = _key("Trigger", "Instance", _choice("Instance", "StableStudy"),
+                        "Instance: each instance once stored; StableStudy: the study once it had no "
+                        "new instance for StableAge seconds (persisted across restarts).", ours=True)
+    modalities: tuple[str, ...] = _key("Modalities", (), _names,
+                                       "Only series of these modalities (empty: any).", ours=True)
+    calling_aets: tuple[str, ...] = _key("CallingAets", (), _aets,
+                                         "Only instances received from these AE titles (empty: any).", ours=True)
+
+
+@_declared()
+@dataclass(frozen=True)
+class ForwardingConfig:
+    """The ``Forwarding`` section (ours): automatic forwarding through the durable queue."""
+
+    rules: tuple[ForwardingRule, ...] = _key("Rules", (), _rules, "The forwarding rules.",
+                                             ours=True, section=ForwardingRule)
+    max_retry_seconds: int = _key("MaxRetrySeconds", 300, _integer(lo=1),
+                                  "Longest pause between two attempts to send (capped exponential backoff).",
+                                  ours=True)
+
+
 @_declared(ignored=_DICOMWEB_IGNORED)
 @dataclass(frozen=True)
 class DicomWebConfig:
@@ -1029,6 +1166,11 @@ class DicomWebConfig:
                                  "How the plugin builds study metadata.", effect=False)
     series_metadata: str = _key("SeriesMetadata", "Full", _choice(*_METADATA_MODES),
                                 "How the plugin builds series metadata.", effect=False)
+    servers: tuple[DicomWebServer, ...] = _key(
+        "Servers", (), _dicomweb_servers,
+        "The remote DICOMweb servers, by name: destinations of STOW-RS (send, forwarding).",
+        section=DicomWebServer, each=True,
+    )
     maximum_stow_body_size: int = _key(
         "MaximumStowBodySize", 4096, _integer(),
         "MB: the largest STOW-RS request body accepted (413 past it); 0: no limit. Orthanc has "
@@ -1241,6 +1383,12 @@ class Config:
                                         "Accept C-GET from any AE, not only from DicomModalities.")
     dicom_always_allow_move: bool = _key("DicomAlwaysAllowMove", False, _boolean,
                                          "Accept C-MOVE from any AE, not only from DicomModalities.")
+    # Orthanc has no such key: there, only DicomModalities entries may ask for storage
+    # commitment. Off by default: a report goes back to the AE's DicomModalities entry anyway.
+    dicom_always_allow_storage_commitment: bool = _key(
+        "DicomAlwaysAllowStorageCommitment", False, _boolean,
+        "Accept storage commitment requests (N-ACTION) from any AE declared in DicomModalities, "
+        "whatever its AllowStorageCommitment.", ours=True)
     dicom_check_modality_host: bool = _key(
         "DicomCheckModalityHost", False, _boolean,
         "A DicomModalities entry applies only to connections from its Host.",
@@ -1296,13 +1444,15 @@ class Config:
     disk_monitor: DiskMonitorConfig = _section("DiskMonitor", DiskMonitorConfig,
                                                "Free space of the data filesystems.", ours=True)
     backups: BackupsConfig = _section("Backups", BackupsConfig, "Online backups and the storage mirror.", ours=True)
+    forwarding: ForwardingConfig = _section("Forwarding", ForwardingConfig,
+                                            "Forwarding rules and the send queue's retries.", ours=True)
     # Orthanc keys parsed for later modules (same meaning and default as Orthanc).
     stable_age: int = _key("StableAge", 60, _integer(),
                            "Seconds without a new instance before a study is stable.")
     strict_aet_comparison: bool = _key("StrictAetComparison", False, _boolean,
                                        "Compare AE titles case-sensitively (false: case-insensitively).")
     dicom_scu_timeout: int = _key("DicomScuTimeout", 10, _integer(),
-                                  "Seconds, when we are the SCU (C-MOVE sub-operations).", effect=False)
+                                  "Seconds, when we are the SCU (sending, storage commitment reports).")
     unknown_sop_class_accepted: bool = _key("UnknownSopClassAccepted", False, _boolean,
                                             "Accept C-STORE of SOP classes we do not know.")
     default_encoding: str = _key("DefaultEncoding", "Latin1", _encoding,

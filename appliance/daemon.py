@@ -24,6 +24,7 @@ from appliance.config import Config, ConfigError, changed_keys, load_config
 from appliance.durable import write_json
 from appliance.dicom import transport
 from appliance.dicomfile import isolated
+from appliance.dicom.commitment import CommitmentScp
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
@@ -32,6 +33,8 @@ from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
+from appliance.outbound.engine import OutboundEngine
+from appliance.outbound.rules import Rules
 from appliance.ops.backup import BackupScheduler, BackupSettings
 from appliance.ops.disk import DiskMonitor
 from appliance.ops.lock import data_folders_locked
@@ -162,10 +165,11 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
                              spool_dir=config.temporary_directory)
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse,
                              find=QueryRetrieveFind(archive, find_limits(config)),
-                             retrieve=retrieve)
+                             retrieve=retrieve, commitment=CommitmentScp(archive))
     users = Users(live.registered_users, live.authentication_enabled)
     users.local_token = write_token(config.index_directory)  # pacs-appliance delete/modify
-    ops = _build_ops(config, archive, handlers, worklist)
+    sending = _build_outbound(config, archive)
+    ops = _build_ops(config, archive, handlers, worklist, sending)
     ops.board.http_authentication = lambda: users.authenticator is not None
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
@@ -189,6 +193,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             worklist_start = loop.create_task(worklist.folder.start())
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
+        sending.start()
         try:
             dicom.start()
         except OSError as e:
@@ -227,6 +232,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         if housekeeping is not None:
             housekeeping.cancel()
         await asyncio.to_thread(dicom.stop)
+        await asyncio.to_thread(sending.stop)
         if worklist_start is not None and not worklist_start.done():
             worklist_start.cancel()
             await asyncio.gather(worklist_start, return_exceptions=True)
@@ -256,8 +262,21 @@ class _Ops:
     last_error: LastError
 
 
+def _build_outbound(config: Config, archive: Archive) -> OutboundEngine:
+    """The send queue's workers; with Forwarding.Rules, the Archive queues what
+    they match as it stores (without rules its store path is unchanged)."""
+    rules = Rules(config.forwarding.rules, config.stable_age, config.strict_aet_comparison)
+    if rules:
+        archive.forwarding = rules
+    return OutboundEngine(archive, modalities=config.dicom_modalities,
+                          servers=config.dicom_web.servers, dicom_aet=config.dicom_aet,
+                          scu_timeout=config.dicom_scu_timeout,
+                          max_retry=config.forwarding.max_retry_seconds,
+                          spool_dir=config.temporary_directory / "outbound")
+
+
 def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
-               worklist: "_Worklist") -> _Ops:
+               worklist: "_Worklist", sending: OutboundEngine) -> _Ops:
     admission, disk = install_admission(config, archive)
     backups = BackupScheduler(config.view(BackupSettings))
     last_error = LastError()
@@ -271,6 +290,7 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                         last_error=last_error,
                         worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
                         queries=handlers.find.counts.snapshot if handlers.find is not None else None,
+                        outbound=sending.stats,
                         retrieves=handlers.retrieve.stats if handlers.retrieve is not None else None)
     return _Ops(admission, disk, backups, board, last_error)
 
@@ -322,6 +342,7 @@ def access_policy(config: Config) -> AccessPolicy:
         Service.FIND_WORKLIST: config.dicom_always_allow_find_worklist,
         Service.GET: config.dicom_always_allow_get,
         Service.MOVE: config.dicom_always_allow_move,
+        Service.STORAGE_COMMITMENT: config.dicom_always_allow_storage_commitment,
     }
     return AccessPolicy(
         our_aet=config.dicom_aet,

@@ -291,7 +291,6 @@ def test_ignored_keys_are_reported_with_dotted_names(tmp_path):
         "PostgreSQL",
         "DicomModalities.us1.RetrieveMethod",
         "DicomWeb.StowMaxInstances",
-        "DicomWeb.Servers",
         "Worklists.LogMatchedWorklistIds",
     )
 
@@ -874,7 +873,8 @@ def test_temporary_directory_must_not_contain_backups(tmp_path):
 def test_validated_keys_without_effect_are_reported_ignored(tmp_path):
     config = load(tmp_path, {"DefaultEncoding": "Utf8", "DicomScuTimeout": 5,
                              "DicomWeb": {"StudiesMetadata": "MainDicomTags"}})
-    assert {"DefaultEncoding", "DicomScuTimeout", "DicomWeb.StudiesMetadata"} <= set(config.ignored)
+    assert {"DefaultEncoding", "DicomWeb.StudiesMetadata"} <= set(config.ignored)
+    assert "DicomScuTimeout" not in config.ignored  # the send queue's associations use it
     with pytest.raises(ConfigError):
         load(tmp_path, {"DicomScuTimeout": "soon"})
 
@@ -897,7 +897,9 @@ def test_every_key_and_field_is_declared_with_a_doc():
     without a doc, no key both declared and ignored (the import refuses them too)."""
     sections = declarations()
     assert {s.cls for s in sections} == {Config, DicomWebConfig, WorklistsConfig, MppsConfig,
-                                         DiskMonitorConfig, BackupsConfig, Modality}
+                                         DiskMonitorConfig, BackupsConfig, Modality,
+                                         cfg.DicomWebServer, cfg.ForwardingConfig,
+                                         cfg.ForwardingRule}
     for section in sections:
         assert section.problems() == [], section.cls
         assert section.undeclared == ()
@@ -947,9 +949,11 @@ def test_keys_given_at_their_declared_defaults_change_nothing(tmp_path):
             continue
         written.setdefault(key.name, _json_default(key))
     for name, cls in [("DicomWeb", DicomWebConfig), ("Worklists", WorklistsConfig), ("Mpps", MppsConfig),
-                      ("DiskMonitor", DiskMonitorConfig), ("Backups", BackupsConfig)]:
+                      ("DiskMonitor", DiskMonitorConfig), ("Backups", BackupsConfig),
+                      ("Forwarding", cfg.ForwardingConfig)]:
         written[name] = {key.name: _json_default(key) for key in cfg.declaration(cls).keys
-                         if key.default_from is None and key.default is not None}
+                         if key.default_from is None and key.default is not None
+                         and not (key.section is not None and key.each)}
     written["DicomModalities"] = {"us1": {
         **{key.name: _json_default(key) for key in cfg.declaration(Modality).keys
            if not key.required and key.default_from is None and key.default is not None},
@@ -957,7 +961,7 @@ def test_keys_given_at_their_declared_defaults_change_nothing(tmp_path):
     given = load(tmp_path, written)
     assert dataclasses.replace(given, dicom_modalities=(), ignored=()) == load(tmp_path, BASE)
     assert given.dicom_modalities == (Modality(name="us1", aet="US1", host="h", port=104),)
-    assert given.ignored == ("DicomWeb.StudiesMetadata", "DicomWeb.SeriesMetadata", "DicomScuTimeout",
+    assert given.ignored == ("DicomWeb.StudiesMetadata", "DicomWeb.SeriesMetadata",
                              "DefaultEncoding", "HttpRequestTimeout")  # validated, no effect yet
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pydicom.dataset import Dataset
 from pynetdicom import events as evt
 
+from appliance.dicom.commitment import STORAGE_COMMITMENT_PUSH_MODEL, CommitmentScp
 from appliance.dicom.mwl import MODALITY_PERFORMED_PROCEDURE_STEP, MODALITY_WORKLIST_FIND, WorklistDimse
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.qr_find import QueryRetrieveFind
@@ -61,8 +62,10 @@ class DicomHandlers:
     def __init__(self, archive: Archive, policy: AccessPolicy, incoming: ReceivedFiles,
                  worklist: WorklistDimse | None = None,
                  find: QueryRetrieveFind | None = None,
-                 retrieve: RetrieveDimse | None = None) -> None:
+                 retrieve: RetrieveDimse | None = None,
+                 commitment: CommitmentScp | None = None) -> None:
         self.archive = archive
+        self.commitment = commitment  # storage commitment N-ACTION, when configured
         self.policy = policy
         self.incoming = incoming
         self.worklist = worklist  # MWL C-FIND and MPPS, when configured
@@ -103,6 +106,11 @@ class DicomHandlers:
             self.find.service() if self.find is not None else None,
             *(self.retrieve.services(policy=lambda: self.policy)
               if self.retrieve is not None else ()),
+            # Storage Commitment Push Model (PS3.4 J): N-ACTION in, N-EVENT-REPORT out on
+            # an association of our own (appliance.outbound), so no role selection here.
+            DimseService("Storage Commitment", (STORAGE_COMMITMENT_PUSH_MODEL,), UNCOMPRESSED,
+                         (Service.STORAGE_COMMITMENT,), {evt.EVT_N_ACTION: self.handle_n_action})
+            if self.commitment is not None else None,
         ])
 
     def bindings(self) -> list[tuple]:
@@ -253,6 +261,13 @@ class DicomHandlers:
         if failure is not None:
             return failure, None
         return self.worklist.n_set(event, allowed=allowed, peer=peer, calling=calling)
+
+    def handle_n_action(self, event, caller: Caller):
+        """N-ACTION (PS3.4 J.3.2): a storage commitment request, persisted before the answer.
+        The commitment SCP applies its own access rule: the report needs the AE's
+        DicomModalities entry, not only a permission."""
+        return self.commitment.n_action(event, policy=self.policy, host=caller.host,
+                                        peer=caller.peer, calling=caller.calling_aet)
 
     def _count(self, event, outcome: StoreOutcome | None, size: int) -> None:
         with self._lock:

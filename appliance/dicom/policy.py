@@ -34,6 +34,7 @@ class Service(enum.Enum):
     FIND_WORKLIST = "allow_find_worklist"
     GET = "allow_get"
     MOVE = "allow_move"
+    STORAGE_COMMITMENT = "allow_storage_commitment"  # N-ACTION, storage commitment (PS3.4 J)
 
 
 class Rejection(enum.Enum):
@@ -91,6 +92,11 @@ class AccessPolicy:
         if not self._known(calling_aet, host):
             return Rejection.CALLING_AET_NOT_RECOGNIZED
         return None
+
+    def modality_for(self, calling_aet: str, host: str) -> Modality | None:
+        """The DicomModalities entry of this AE (and host, when checked), or None."""
+        found = self._known(calling_aet, host)
+        return found[0] if found else None
 
     def allows(self, service: Service, calling_aet: str, host: str) -> bool:
         """True if this AE, from this host, may use ``service``."""

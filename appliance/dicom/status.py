@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["FindStatus", "MppsStatus", "RetrieveStatus", "Status"]
+__all__ = ["CommitmentStatus", "FailureReason", "FindStatus", "MppsStatus", "RetrieveStatus",
+           "Status"]
 
 
 class Status(enum.IntEnum):
@@ -50,6 +51,25 @@ class MppsStatus(enum.IntEnum):
     MISSING_ATTRIBUTE = 0x0120
     MISSING_ATTRIBUTE_VALUE = 0x0121
     REFUSED_NOT_AUTHORIZED = 0x0124
+
+
+class CommitmentStatus(enum.IntEnum):
+    """N-ACTION statuses of Storage Commitment Push Model (PS3.4 J.3.2.1.1, PS3.7 C and 10.1.4)."""
+
+    SUCCESS = 0x0000
+    PROCESSING_FAILURE = 0x0110
+    NO_SUCH_ACTION_TYPE = 0x0123
+    MISSING_ATTRIBUTE = 0x0120
+    REFUSED_NOT_AUTHORIZED = 0x0124
+
+
+class FailureReason(enum.IntEnum):
+    """Failure Reason (0008,1197) of a FailedSOPSequence item in a storage commitment
+    report (PS3.4 J.3.3.1.1.2)."""
+
+    PROCESSING_FAILURE = 0x0110
+    NO_SUCH_OBJECT_INSTANCE = 0x0112
+    CLASS_INSTANCE_CONFLICT = 0x0119
 
 
 class RetrieveStatus(enum.IntEnum):

@@ -20,7 +20,7 @@ from appliance.config import Config
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import read_json
 from appliance.ops.lock import FolderInUse
-from appliance.ops.metrics import queries_summary
+from appliance.ops.metrics import outbound_line, queries_summary
 from appliance.ops.runtime import STATUS_EVERY, STATUS_FILE, running_daemon
 
 # The implementations (and pydicom behind them) are imported by the commands that
@@ -366,6 +366,8 @@ def status_text(s: dict) -> str:
     if b.get("running_since"):
         lines.append(f"  backup running since {_when(b['running_since'])}")
     lines.append("  next backup: " + (_when(b["next"]) if b.get("next") else "not scheduled"))
+    for d in s.get("outbound") or []:
+        lines.append(f"  send to {d['destination']}: " + outbound_line(d, s["time"]))
     err = s.get("last_error")
     lines.append("  last error: " + (f"{_when(err['time'])} {err['message']}" if err else "none"))
     return "\n".join(lines)

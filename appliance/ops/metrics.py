@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from appliance.ops.disk import human_bytes
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request latency buckets (seconds): a QIDO answer is milliseconds, a study's
 # WADO-RS download can take seconds.
@@ -116,6 +118,7 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
                 for q in snap.get("queries") or ()])
     _retrieves(out, snap.get("retrieves"))
     _disk(out, snap.get("disk"))
+    _outbound(out, snap.get("outbound"), snap["time"])
     _admission(out, snap.get("admission") or {})
     _backups(out, snap.get("backups") or {}, snap["time"])
     last_error = snap.get("last_error")
@@ -127,6 +130,40 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
     if http is not None:
         _http(out, http)
     return "\n".join(out.lines) + "\n"
+
+
+def _outbound(out: _Out, destinations: list[dict] | None, now: float) -> None:
+    """The send queue per destination (appliance.outbound)."""
+    if destinations is None:
+        return
+
+    def family(name: str, kind: str, help_text: str, value) -> None:
+        out.family(name, kind, help_text,
+                   [({"destination": d["destination"]}, value(d)) for d in destinations])
+
+    family("pacs_outbound_queue_depth", "gauge", "Instances and reports waiting to be sent.",
+           lambda d: d["pending"])
+    family("pacs_outbound_failing", "gauge", "Queued items whose last attempt failed.",
+           lambda d: d["failing"])
+    family("pacs_outbound_oldest_age_seconds", "gauge", "Age of the oldest queued item (0: none).",
+           lambda d: max(0.0, now - d["oldest"]) if d["oldest"] else 0)
+    family("pacs_outbound_sent_total", "counter", "Instances delivered since start.",
+           lambda d: d["sent_since_start"])
+    family("pacs_outbound_sent_bytes_total", "counter", "Bytes delivered since start.",
+           lambda d: d["bytes_since_start"])
+    family("pacs_outbound_failures_total", "counter", "Failed attempts (per item) since start.",
+           lambda d: d["failed_attempts_since_start"])
+
+
+def outbound_line(d: dict, now: float) -> str:
+    """One destination of the send queue in words (``status``, the status page)."""
+    text = (f"{d['pending']} queued, {d['sent_since_start']} sent since start "
+            f"({human_bytes(d['bytes_since_start'])})")
+    if d["oldest"]:
+        text += f", oldest {max(0.0, now - d['oldest']):.0f} s"
+    if d["failing"]:
+        text += f", {d['failing']} FAILING: {d['last_error']}"
+    return text
 
 
 _RETRIEVE_METRICS = (

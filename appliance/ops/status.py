@@ -61,6 +61,7 @@ class StatusBoard:
                  disk: DiskMonitor, backups: BackupScheduler, associations: Callable[[], int], last_error: LastError,
                  worklist_size: Callable[[], int] | None = None,
                  queries: Callable[[], list[dict]] | None = None,
+                 outbound: Callable[[], list[dict]] | None = None,
                  retrieves: Callable[[], dict[str, int]] | None = None) -> None:
         self._name = name
         self._dicom_aet = dicom_aet
@@ -76,6 +77,7 @@ class StatusBoard:
         # daemon. Off is shown loudly by the status page, the UI and ``status``.
         self.http_authentication: Callable[[], bool] | None = None
         self._queries = queries
+        self._outbound = outbound  # the send queue per destination (appliance.outbound)
         self._retrieves = retrieves  # C-MOVE/C-GET totals (appliance.dicom.retrieve)
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
@@ -140,6 +142,11 @@ class StatusBoard:
                 pass
         if self._queries is not None:
             snap["queries"] = self._queries()  # Q/R C-FIND by model, level, outcome
+        if self._outbound is not None:
+            try:
+                snap["outbound"] = self._outbound()
+            except Exception:  # noqa: BLE001 - a status must not fail on one part
+                pass
         if self._retrieves is not None:
             snap["retrieves"] = self._retrieves()
         return snap

@@ -16,11 +16,14 @@ from appliance.store.fix_patient import (
     check_changes,
 )
 from appliance.store.index import (
-    SCHEMA_VERSION, AuditEntry, MppsRecord, PatientUsage, StoredInstance,
+    SCHEMA_VERSION, AuditEntry, Forward, MppsRecord, PatientUsage, QueueItem, Settled,
+    StoredInstance, UnknownResources,
 )
+from appliance.store.outbox import Outbox, open_outbox
 
 __all__ = [
     "FIXABLE", "SCHEMA_VERSION", "Admission", "AuditEntry", "Deletion", "Modification",
     "InvalidChange", "ModifyConflict", "ModifyError", "ModifyNoSpace", "check_changes", "AdmissionTicket", "Archive", "IncomingFile", "MppsRecord",
     "Origin", "PatientUsage", "Refusal", "StoreOutcome", "StoreResult", "StoredInstance",
+    "Forward", "Outbox", "QueueItem", "Settled", "UnknownResources", "open_outbox",
 ]

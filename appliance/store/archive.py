@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,12 +33,13 @@ from appliance.dicomfile import dicomjson, fastheader, structure
 from appliance.dicomfile.columns import INTEGER_COLUMNS, TEXT_COLUMNS, UID_KEYWORDS
 from appliance.dicomfile.header import Header, InvalidObject, read_header, read_header_start
 from appliance.dicomfile.vr import is_valid_uid
-from appliance.store.blobs import BlobStore, IncomingFile, Sealing
+from appliance.store.blobs import BlobStore, IncomingFile, Sealing, file_sha256
 from appliance.query.model import Row, Search
 from appliance.query.retrieve import Scope
 from appliance.store.index import (
-    AuditEntry, Index, InstanceRecord, MppsRecord, PatientUsage, Removed, StoredInstance,
+    AuditEntry, Forward, Index, InstanceRecord, MppsRecord, PatientUsage, Removed, StoredInstance,
 )
+from appliance.store.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,10 @@ class Archive:
         # Outcomes since start by (Origin.source, StoreResult) for the metrics.
         self.outcomes: Counter[tuple[str, StoreResult]] = Counter()
         self.admission = admission or Admission()
+        self.outbox = Outbox(self.index)
+        # Set by the daemon when Forwarding.Rules exist: what to queue for a new
+        # instance (appliance.outbound.rules); None keeps the store path as it was.
+        self.forwarding: Callable[[InstanceRecord], tuple[Forward, ...]] | None = None
 
     def open(self) -> None:
         """Sweep partial files left by a crash, open the index, remove the
@@ -288,6 +294,22 @@ class Archive:
     def instance_metadata(self, sop_instance_uid: str) -> str | None:
         """The DICOM JSON text of one instance, or None."""
         return self.index.instance_metadata(sop_instance_uid)
+
+    def commitment_problem(self, sop_instance_uid: str, sop_class_uid: str) -> str | None:
+        """Why this instance cannot be committed (storage commitment, PS3.4 J.3.2),
+        or None when it is safely kept: its row exists (else "missing"), with this
+        SOP class (else "class"), and its file has the recorded size and SHA-256
+        (else "damaged"). Reads the whole file: run it on a worker thread."""
+        found = self.index.find_instance(sop_instance_uid)
+        if found is None:
+            return "missing"
+        if found.sop_class_uid != sop_class_uid:
+            return "class"
+        try:
+            sha256, size = file_sha256(self.file_of(found))
+        except OSError:
+            return "damaged"
+        return None if (sha256, size) == (found.sha256, found.file_size) else "damaged"
 
     def file_of(self, instance: StoredInstance) -> Path:
         """Where the stored file of ``instance`` is (read it, never write it)."""
@@ -456,9 +478,11 @@ class Archive:
             rel, directory = self.blobs.adopt(incoming, BlobStore.new_id())
         except OSError as e:
             return _io_failure(e, incoming.size, outcome)
+        forwards = self.forwarding(record) if self.forwarding is not None else ()
         try:
             done = self.index.insert_instance(
-                replace(record, file_path=rel), overwrite=self.overwrite_instances, dirs={directory}
+                replace(record, file_path=rel), overwrite=self.overwrite_instances, dirs={directory},
+                forwards=forwards,
             )
         except Exception as e:  # noqa: BLE001 - compensate, then report
             self.blobs.remove(rel)
@@ -471,6 +495,8 @@ class Archive:
             return _with(outcome, StoreResult.ALREADY_STORED, "already stored")
         if done.replaced_file:
             self.blobs.remove(done.replaced_file)
+        if forwards:
+            self.outbox.on_queued([f.destination for f in forwards if f.stable_age is None])
         return outcome
 
     def _check(self, incoming: IncomingFile, sealing: Sealing, origin: Origin,

@@ -27,7 +27,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from appliance.config import Modality
 from appliance.store.archive import Archive
-from appliance.web import admin, manage, modalities, qido, stow, wado, wado_uri
+from appliance.web import admin, manage, modalities, outbound, qido, stow, wado, wado_uri
 from appliance.web import worklists
 from appliance.web import instances
 from appliance.web import metrics
@@ -107,6 +107,8 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
             wado_uri.add_routes(app.router, config.dicom_web.wado_root.rstrip("/"))
     admin.add_routes(app.router, "")
     modalities.add_routes(app.router, "")
+    outbound.add_routes(app.router,
+                        config.dicom_web.root.rstrip("/") if config.dicom_web.enable else None)
     worklists.add_routes(app.router, "")
     instances.add_routes(app.router, "")  # POST /instances (Orthanc's; pacs-appliance import)
     manage.add_routes(app.router, "")

@@ -18,7 +18,7 @@ from datetime import datetime
 from aiohttp import web
 
 from appliance.ops.disk import human_bytes
-from appliance.ops.metrics import CONTENT_TYPE, HttpStats, queries_summary, render
+from appliance.ops.metrics import CONTENT_TYPE, HttpStats, outbound_line, queries_summary, render
 from appliance.web.common import CONTEXT, http_error
 
 StatusSource = Callable[[], dict]
@@ -144,6 +144,8 @@ async def status_page(request: web.Request) -> web.Response:
     if ok and last and not last["ok"]:
         rows.append(("Last good backup", _when(ok["time"])))
     rows.append(("Next backup", _when(b.get("next")) if b.get("next") else "not scheduled"))
+    for d in s.get("outbound") or []:
+        rows.append((f"Send to {d['destination']}", outbound_line(d, s["time"])))
     err = s.get("last_error")
     rows.append(("Last error", f"{_when(err['time'])} {err['message']}" if err else "none"))
     body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)

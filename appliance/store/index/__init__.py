@@ -7,6 +7,7 @@
 - :mod:`.retrieve`: the instances a C-MOVE or C-GET names;
 - :mod:`.mpps`: Modality Performed Procedure Steps;
 - :mod:`.removals`: deletes, the swap of a fixed study, doomed files, audit;
+- :mod:`.queue`: the outbound queue and the StableStudy debounce;
 - :mod:`.maintenance`: recycling, backups, reindex; :class:`Snapshot` for a
   database that is not the live one.
 
@@ -24,6 +25,7 @@ from appliance.store.index.instances import (
 from appliance.store.index.maintenance import COUNT_NAMES, Maintenance, PatientUsage, Snapshot
 from appliance.store.index.mpps import Mpps, MppsRecord
 from appliance.store.index.removals import AuditEntry, Removals, Removed, StudyChanged
+from appliance.store.index.queue import Forward, Outbox, QueueItem, Settled, UnknownResources
 from appliance.store.index.schema import DB_NAME, MIGRATIONS, QIDO_KEPT, SCHEMA_VERSION
 from appliance.store.index.retrieve import Retrieves
 from appliance.store.index.search import Searches
@@ -31,10 +33,11 @@ from appliance.store.index.search import Searches
 __all__ = [
     "AuditEntry", "Removed", "StudyChanged", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
     "InsertOutcome", "InstanceRecord", "MppsRecord", "PatientUsage", "Snapshot", "StoredInstance",
+    "Forward", "QueueItem", "Settled", "UnknownResources",
 ]
 
 
-class Index(Engine, Instances, Searches, Retrieves, Mpps, Maintenance, Removals):
+class Index(Engine, Instances, Searches, Retrieves, Mpps, Maintenance, Removals, Outbox):
     """The SQLite index of the archive: the engine and every operation on it.
 
     ``sync_dirs`` is called by the writer thread with the directories a batch

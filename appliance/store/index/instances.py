@@ -15,6 +15,7 @@ from typing import Any
 
 import apsw
 
+from appliance.store.index.queue import Forward, enqueue_forwards
 from appliance.store.index.schema import _STUDY_SUMMARY, _kept_attributes
 
 @dataclass(frozen=True)
@@ -111,14 +112,26 @@ def _scope(study_uid: str, series_uid: str | None, sop_uid: str | None) -> tuple
 class Instances:
     """The instance operations of the index."""
 
-    def insert_instance(self, rec: InstanceRecord, *, overwrite: bool, dirs: Iterable[Path]) -> InsertOutcome:
+    def insert_instance(self, rec: InstanceRecord, *, overwrite: bool, dirs: Iterable[Path],
+                        forwards: tuple[Forward, ...] = ()) -> InsertOutcome:
         """Insert one instance (and its patient/study/series) durably.
 
         A second copy of a SOPInstanceUID is kept out (``overwrite`` False)
         or replaces the row (``overwrite`` True, Orthanc's OverwriteInstances);
         either way there is never more than one row per SOPInstanceUID.
+        ``forwards`` (what the forwarding rules decided) are queued in the same
+        transaction as the row, so no acknowledged instance misses its enqueue.
         """
-        return self.run_write(lambda conn: _insert(conn, rec, overwrite), dirs)
+        if not forwards:
+            return self.run_write(lambda conn: _insert(conn, rec, overwrite), dirs)
+
+        def insert_and_queue(conn: apsw.Connection) -> InsertOutcome:
+            done = _insert(conn, rec, overwrite)
+            if done.inserted:
+                enqueue_forwards(conn, rec.study_instance_uid, rec.sop_instance_uid, forwards,
+                                 time.time())
+            return done
+        return self.run_write(insert_and_queue, dirs)
 
     def delete_instance(self, sop_instance_uid: str) -> str | None:
         """Delete an instance row (and parents left empty); return its file path."""

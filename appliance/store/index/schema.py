@@ -209,6 +209,55 @@ CREATE TABLE audit (
 CREATE INDEX audit_time ON audit(time);
 """
 
+# The outbound queue (issue 13): what is to be sent where, kept in the index so
+# that an enqueue commits with the instance row that triggers it and survives
+# any crash. send_tasks are the requests (send on demand, a storage commitment
+# report); send_items one instance (or one report) to one destination each,
+# task_id NULL when a forwarding rule made it. stable_waiting/stable_due are the
+# persisted StableStudy debounce: instances waiting for their study to be
+# quiet, and when it will be.
+_SCHEMA_QUEUE = """
+CREATE TABLE send_tasks (
+    id            INTEGER PRIMARY KEY,
+    destination   TEXT NOT NULL,
+    kind          TEXT NOT NULL,      -- 'store' | 'commitment'
+    origin        TEXT NOT NULL,      -- 'request' | 'commitment'
+    created_at    REAL NOT NULL,
+    payload       TEXT                -- commitment: the N-ACTION request as JSON
+);
+CREATE TABLE send_items (
+    id                  INTEGER PRIMARY KEY,
+    task_id             INTEGER REFERENCES send_tasks(id),
+    destination         TEXT NOT NULL,
+    kind                TEXT NOT NULL,      -- 'store' | 'commitment'
+    origin              TEXT NOT NULL,      -- 'Instance' | 'StableStudy' | 'request' | 'commitment'
+    study_instance_uid  TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,      -- commitment: the Transaction UID
+    state               TEXT NOT NULL,      -- 'pending' | 'sent' | 'dropped' | 'cancelled'
+    attempts            INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at     REAL NOT NULL,
+    last_error          TEXT,
+    bytes               INTEGER NOT NULL DEFAULT 0,
+    created_at          REAL NOT NULL,
+    done_at             REAL
+);
+CREATE INDEX send_items_due ON send_items(state, destination, next_attempt_at);
+CREATE INDEX send_items_task ON send_items(task_id);
+CREATE TABLE stable_waiting (
+    destination         TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    sop_instance_uid    TEXT NOT NULL,
+    PRIMARY KEY (destination, study_instance_uid, sop_instance_uid)
+) WITHOUT ROWID;
+CREATE TABLE stable_due (
+    destination         TEXT NOT NULL,
+    study_instance_uid  TEXT NOT NULL,
+    due_at              REAL NOT NULL,
+    PRIMARY KEY (destination, study_instance_uid)
+) WITHOUT ROWID;
+CREATE INDEX stable_due_at ON stable_due(due_at);
+"""
+
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_DELETE)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_DELETE, _SCHEMA_QUEUE)
 SCHEMA_VERSION = len(MIGRATIONS)
