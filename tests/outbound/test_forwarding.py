@@ -32,7 +32,7 @@ def test_instance_rule_forwards_each_stored_instance(make_daemon, storescp, tmp_
     metrics = requests.get(f"http://127.0.0.1:{d.http_port}/metrics", timeout=10).text
     assert 'pacs_outbound_queue_depth{destination="ARCH"} 0' in metrics
     assert 'pacs_outbound_sent_total{destination="ARCH"} 5' in metrics
-    page = requests.get(f"http://127.0.0.1:{d.http_port}/", timeout=10).text
+    page = requests.get(f"http://127.0.0.1:{d.http_port}/status.html", timeout=10).text
     assert "Send to ARCH" in page and "5 sent since start" in page
     status = cli(d, "status")
     assert "send to ARCH: 0 queued" in status.stdout, status.stdout
