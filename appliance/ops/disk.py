@@ -22,10 +22,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
-from appliance.store import Archive
+if TYPE_CHECKING:  # the annotation only: the store pulls pydicom, which the CLI need not load
+    from appliance.store import Archive
 
 log = logging.getLogger(__name__)
 
