@@ -38,6 +38,8 @@ DEFERRED = frozenset({
     "PIL.Image", "PIL.ImageCms", "PIL.features",
     "gdcm", "pylibjpeg", "openjpeg", "rle", "libjpeg", "jpeg_ls",
     "requests",
+    # pydicom's documentation examples: 13 test-file look-ups at ``import pydicom``.
+    "pydicom.examples",
     "pydicom.pixel_data_handlers.gdcm_handler",
     "pydicom.pixel_data_handlers.pylibjpeg_handler",
     "pydicom.pixel_data_handlers.pillow_handler",
@@ -143,9 +145,10 @@ def _defer_plugin_registration(common: types.ModuleType) -> bool:
 
     def _flush(self):
         with _PLUGIN_LOCK:
-            pending = self.__dict__.get("_deferred_plugins")
-            while pending:
-                eager_add(self, *pending.pop(0))
+            # Taken out first: registering reads the tables, and must find them as the
+            # eager registration would, not register the next plugins ahead of itself.
+            for label, import_path in self.__dict__.pop("_deferred_plugins", ()):
+                eager_add(self, label, import_path)
 
     def table(name):
         def get(self):
