@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -297,8 +298,8 @@ def http_answers(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def tree_rss(pid: int) -> int | None:
-    """RSS in bytes of process ``pid`` and its descendants; None if it is gone."""
+def _tree_sum(pid: int, measure: Callable[[psutil.Process], float]) -> float | None:
+    """``measure`` summed over process ``pid`` and its descendants; None if it is gone."""
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -307,27 +308,20 @@ def tree_rss(pid: int) -> int | None:
     total = 0
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            total += measure(proc)
         except psutil.Error:
             pass  # a child that just exited
     return total
 
 
+def tree_rss(pid: int) -> int | None:
+    """RSS in bytes of process ``pid`` and its descendants; None if it is gone."""
+    return _tree_sum(pid, lambda proc: proc.memory_info().rss)
+
+
 def tree_cpu(pid: int) -> float | None:
     """CPU seconds (user + system) used so far by process ``pid`` and its descendants."""
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return None
-    total = 0.0
-    for proc in procs:
-        try:
-            t = proc.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+    return _tree_sum(pid, lambda proc: sum(proc.cpu_times()[:2]))
 
 
 class RssSampler:
