@@ -8,10 +8,12 @@ its code has run, whatever ``sys.modules`` holds.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
+from appliance import lazyimports
 from tests.support import scu_store
 
 # Folders under site-packages whose shared objects say that the package's code ran.
@@ -113,3 +116,42 @@ def test_deferred_plugins_answer_as_eager_ones():
     assert deferred["loaded_at_import"] == []
     assert deferred["coders"] == eager["coders"]
     assert any(plugins for _, _, plugins, _ in eager["coders"])  # the comparison compares
+
+
+
+def first_reads(loader_type, module_path: Path, name: str, threads: int = 8) -> list:
+    """What ``threads`` threads read at once from a module loaded lazily by ``loader_type``."""
+    spec = importlib.util.spec_from_file_location(name, module_path)
+    spec.loader = loader_type(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        barrier, results = threading.Barrier(threads), []
+
+        def first_use():
+            barrier.wait()
+            try:
+                results.append(module.value)
+            except AttributeError as e:
+                results.append(repr(e))
+
+        workers = [threading.Thread(target=first_use) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        return results
+    finally:
+        del sys.modules[name]
+
+
+def test_threads_first_reading_a_deferred_module_all_get_it_whole(tmp_path):
+    """Eight threads read a deferred module at once while it takes 0.3 s to execute: one
+    executes it, the others wait and none sees it half-initialised. Python 3.11's own
+    LazyLoader, run the same way, lets them read the empty module (the control)."""
+    slow = tmp_path / "slow_module.py"
+    slow.write_text("import time\ntime.sleep(0.3)\nvalue = 6\n")
+    assert first_reads(lazyimports._LazyLoader, slow, "slow_ours") == [6] * 8
+    if sys.version_info < (3, 12):
+        assert first_reads(importlib.util.LazyLoader, slow, "slow_stock") != [6] * 8
