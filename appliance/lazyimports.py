@@ -9,6 +9,11 @@ at import (so pydicom's ``except ImportError`` still sees what is installed) but
 only when one of its attributes is first read, i.e. on the first request that decodes
 pixels (issue 11 point 8; docs/DESIGN.md "Start-up").
 
+Two more pieces keep pydicom from loading them anyway: its pixel coders' plugin
+registration (which imports and probes every plugin) is queued until a coder's tables are
+first read, and its writer's ``isinstance(value, numpy.ndarray)`` is answered without
+numpy while numpy is not loaded. Both are checked against pydicom 3.0.x.
+
 The lazy module is a backport of Python 3.12's thread-safe ``importlib.util._LazyModule``
 (3.11's flips the module to loaded before executing it, so a second thread could read a
 half-initialised numpy): the first reader executes the module under a lock, the others
@@ -30,14 +35,14 @@ import types
 
 # Modules whose execution is deferred. Top-level names cover what pydicom's handlers and
 # pixel modules import; the PIL submodules are listed one by one because PIL's own
-# ``__init__`` is light and ``from PIL import Image`` needs PIL's ``__path__``. The three
-# pydicom legacy handlers are deferred themselves because they read an attribute at import
+# ``__init__`` is light and ``from PIL import Image`` needs PIL's ``__path__``. Four of
+# pydicom's legacy handlers are deferred themselves because they read an attribute at import
 # (``from gdcm import DataElement``, ``from pylibjpeg.utils import ...``).
 DEFERRED = frozenset({
     "numpy",
     "PIL.Image", "PIL.ImageCms", "PIL.features",
     "gdcm", "pylibjpeg", "openjpeg", "rle", "libjpeg", "jpeg_ls",
-    "requests",
+    "requests",  # pydicom.data's downloader of test files
     # pydicom's documentation examples: 13 test-file look-ups at ``import pydicom``.
     "pydicom.examples",
     "pydicom.pixel_data_handlers.gdcm_handler",
