@@ -131,6 +131,10 @@ def _hash_password(iterations: int | None) -> int:
 
 
 def _serve(config, *, debug: bool) -> int:
+    from appliance import lazyimports
+
+    # Before anything imports pydicom: the pixel stack loads on first use (issue 11.8).
+    lazyimports.install()
     from appliance.daemon import run
     from appliance.logs import setup_logging
     from appliance.ops.lock import FolderInUse

@@ -15,12 +15,12 @@ Blocking code for the web layer's worker threads, like :mod:`appliance.dicomfile
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import threading
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # multiprocessing loads with the first worker, not with the daemon
+    from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["DecodeFailed", "decode_frame", "shutdown"]
 
@@ -50,6 +50,9 @@ def _decode_in_worker(path: str, transfer_syntax: str, value_offset: int, index:
 
 
 def _executor() -> ProcessPoolExecutor:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     global _pool
     with _lock:
         if _pool is None:
@@ -74,6 +77,8 @@ def decode_frame(path: str, transfer_syntax: str, value_offset: int, index: int,
                  as_rgb: bool, options: dict[str, Any]):
     """Frame ``index`` decoded by GDCM in the worker: (array, info) as pydicom's
     ``Decoder.as_array`` gives. DecodeFailed if it raises, kills the worker or hangs."""
+    from concurrent.futures.process import BrokenProcessPool
+
     pool = _executor()
     try:
         future = pool.submit(_decode_in_worker, str(path), str(transfer_syntax), value_offset,

@@ -56,11 +56,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import apsw
-import psutil
 
 from appliance import __version__
 from appliance.config import BackupsConfig
-from appliance.ops.disk import MB, human_bytes
+from appliance.ops.disk import MB, disk_usage, human_bytes
 from appliance.durable import copy_durably, fsync_dir, fsync_file, write_json
 from appliance.ops.files import match_owner, read_json
 from appliance.ops.lock import data_folders_locked
@@ -285,6 +284,8 @@ def _background_priority():
     while it backs up, so the copy, the hashing and the integrity check yield the
     CPU and the disk to ingest (Linux applies both to one thread). Restoring them
     may need privileges: the daemon runs each backup in a thread of its own."""
+    import psutil  # here, not at start: the daemon needs it only while it backs up
+
     tid = threading.get_native_id()
     saved_nice = saved_io = None
     try:
@@ -404,7 +405,7 @@ def _is_full(e: BaseException) -> bool:
 
 def _free(directory: Path) -> int:
     try:
-        return psutil.disk_usage(str(directory)).free
+        return disk_usage(directory).free
     except OSError:
         return 0
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import psutil
 
 from appliance.ops import lock
 from appliance.ops.files import read_json
@@ -44,6 +43,8 @@ def running_daemon(index_directory: Path) -> dict | None:
 def _runtime_file_alive(info: dict | None) -> dict | None:
     if not info or not isinstance(info.get("pid"), int):
         return None
+    import psutil  # here, not at start: only the CLI's look at a running daemon needs it
+
     try:
         cmdline = " ".join(psutil.Process(info["pid"]).cmdline())
     except (psutil.Error, OSError):

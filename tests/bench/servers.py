@@ -21,6 +21,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -137,6 +138,7 @@ class Server:
     keep: bool = False
     workdir: Path = field(init=False)
     port: int = field(init=False, default=0)
+    http_port: int = field(init=False, default=0)  # 0: the server has no HTTP side
     proc: subprocess.Popen | None = field(init=False, default=None)
     log_path: Path = field(init=False)
     spawned_at: float = field(init=False, default=0.0)
@@ -232,7 +234,8 @@ class OrthancServer(Server):
     binary: Path = Path("/usr/sbin/Orthanc")
 
     def command(self) -> tuple[list[str], Path | None]:
-        config = orthanc_style_config(self.workdir, self.port, free_port())
+        self.http_port = free_port()
+        config = orthanc_style_config(self.workdir, self.port, self.http_port)
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
         # Without --logdir/--logfile Orthanc logs warnings to stderr (the packaged service
@@ -247,7 +250,8 @@ class ApplianceServer(Server):
     python: str = str(REPO_ROOT / ".venv" / "bin" / "python")
 
     def command(self) -> tuple[list[str], Path | None]:
-        config = orthanc_style_config(self.workdir, self.port, free_port())
+        self.http_port = free_port()
+        config = orthanc_style_config(self.workdir, self.port, self.http_port)
         path = self.workdir / "config.json"
         path.write_text(json.dumps(config, indent=2))
         # cwd = repo root so `-m appliance` resolves to this checkout even if not installed.
@@ -273,6 +277,53 @@ SERVER_CLASSES: dict[str, type[Server]] = {
 }
 
 
+def byte_compile() -> None:
+    """Compile the checkout's ``appliance`` package to ``__pycache__`` once, as the .deb
+    does (pip byte-compiles what it installs): with PYTHONDONTWRITEBYTECODE set, as in
+    some environments, every start would otherwise compile every module again (~0.1 s),
+    which no installed daemon pays."""
+    import compileall
+
+    compileall.compile_dir(str(REPO_ROOT / "appliance"), quiet=1)
+
+
+def http_answers(port: int, timeout: float = 2.0) -> bool:
+    """True if GET /system on loopback ``port`` answers 200 (Orthanc and the appliance)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/system", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _tree_sum(pid: int, measure: Callable[[psutil.Process], float]) -> float | None:
+    """``measure`` summed over process ``pid`` and its descendants; None if it is gone."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    total = 0
+    for proc in procs:
+        try:
+            total += measure(proc)
+        except psutil.Error:
+            pass  # a child that just exited
+    return total
+
+
+def tree_rss(pid: int) -> int | None:
+    """RSS in bytes of process ``pid`` and its descendants; None if it is gone."""
+    return _tree_sum(pid, lambda proc: proc.memory_info().rss)
+
+
+def tree_cpu(pid: int) -> float | None:
+    """CPU seconds (user + system) used so far by process ``pid`` and its descendants."""
+    return _tree_sum(pid, lambda proc: sum(proc.cpu_times()[:2]))
+
+
 class RssSampler:
     """Samples the RSS of a process and its descendants every ``interval`` s in a thread."""
 
@@ -284,18 +335,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def _sample(self) -> int | None:
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return None
-        total = 0
-        for proc in procs:
-            try:
-                total += proc.memory_info().rss
-            except psutil.Error:
-                pass  # a child that just exited
-        return total
+        return tree_rss(self.pid)
 
     def _run(self) -> None:
         while not self._stop.is_set():

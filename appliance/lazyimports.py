@@ -1,0 +1,247 @@
+"""Defer the pixel stack (numpy, Pillow, GDCM, pylibjpeg) until it is used.
+
+pydicom 3.0 imports its pixel data handlers when ``pydicom.config`` is imported, and they
+import numpy, Pillow, GDCM and pylibjpeg at once (``try: import numpy`` and friends), so
+every ``import pydicom`` costs ~0.2 s and ~40 MB of resident memory although the daemon
+only needs pixels for WADO rendering, frames and transcoding. ``install()`` puts a finder
+first on ``sys.meta_path`` that gives those modules a lazy loader: the module is *found*
+at import (so pydicom's ``except ImportError`` still sees what is installed) but *executed*
+only when one of its attributes is first read, i.e. on the first request that decodes
+pixels (issue 11 point 8; docs/DESIGN.md "Start-up").
+
+Two more pieces keep pydicom from loading them anyway: its pixel coders' plugin
+registration (which imports and probes every plugin) is queued until a coder's tables are
+first read, and its writer's ``isinstance(value, numpy.ndarray)`` is answered without
+numpy while numpy is not loaded. Both are checked against pydicom 3.0.x.
+
+The lazy module is a backport of Python 3.12's thread-safe ``importlib.util._LazyModule``
+(3.11's flips the module to loaded before executing it, so a second thread could read a
+half-initialised numpy): the first reader executes the module under a lock, the others
+wait for it.
+
+Only ``cli serve`` installs it (an import-time side effect would change every importer,
+tests included); ``loaded()`` says which deferred modules have been executed since.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import logging
+import sys
+import threading
+import types
+
+# Modules whose execution is deferred. Top-level names cover what pydicom's handlers and
+# pixel modules import; the PIL submodules are listed one by one because PIL's own
+# ``__init__`` is light and ``from PIL import Image`` needs PIL's ``__path__``. Four of
+# pydicom's legacy handlers are deferred themselves because they read an attribute at import
+# (``from gdcm import DataElement``, ``from pylibjpeg.utils import ...``).
+DEFERRED = frozenset({
+    "numpy",
+    "PIL.Image", "PIL.ImageCms", "PIL.features",
+    "gdcm", "pylibjpeg", "openjpeg", "rle", "libjpeg", "jpeg_ls",
+    "requests",  # pydicom.data's downloader of test files
+    # pydicom's documentation examples: 13 test-file look-ups at ``import pydicom``.
+    "pydicom.examples",
+    "pydicom.pixel_data_handlers.gdcm_handler",
+    "pydicom.pixel_data_handlers.pylibjpeg_handler",
+    "pydicom.pixel_data_handlers.pillow_handler",
+    "pydicom.pixel_data_handlers.jpeg_ls_handler",
+})
+
+
+# pydicom tests every string value it writes and every element it compares with
+# ``isinstance(value, numpy.ndarray)``: that would load numpy on the first C-ECHO
+# response. While numpy is not loaded no ndarray can exist, so these callers get a class
+# nothing is an instance of, which answers the same.
+_TYPE_PROBES = {("numpy", "ndarray"): frozenset({"pydicom.filewriter", "pydicom.dataelem"})}
+
+
+class _NoInstanceYet:
+    """Stands for a class of a module not loaded yet: nothing is an instance of it."""
+
+
+class _LazyModule(types.ModuleType):
+    """A module executed on its first attribute read (Python 3.12's, thread-safe)."""
+
+    def __getattribute__(self, attr):
+        spec = object.__getattribute__(self, "__spec__")
+        state = spec.loader_state
+        callers = _TYPE_PROBES.get((spec.name, attr))
+        if callers and sys._getframe(1).f_globals.get("__name__") in callers:
+            return _NoInstanceYet
+        with state["lock"]:
+            # The first thread to get the lock executes the module and resets its class;
+            # the others then just read the attribute.
+            if object.__getattribute__(self, "__class__") is _LazyModule:
+                cls = state["__class__"]
+                # The import system reads ``__spec__`` of every module it finds in
+                # sys.modules (is it still initialising?): that is no use of the module.
+                if attr == "__spec__":
+                    return spec
+                # Re-entrant reads from the executing thread (the module's own code, a
+                # self-referential import) must not trigger the load again.
+                if state["is_loading"]:
+                    return cls.__getattribute__(self, attr)
+                state["is_loading"] = True
+                mod_dict = cls.__getattribute__(self, "__dict__")
+                original_name = spec.name
+                # What importers set on the module before it was loaded (a submodule
+                # bound as an attribute, for example) is kept over the fresh values.
+                then = state["__dict__"]
+                updated = {k: v for k, v in mod_dict.items()
+                           if k not in then or then[k] is not v}
+                spec.loader.exec_module(self)
+                if original_name in sys.modules and sys.modules[original_name] is not self:
+                    raise ValueError(f"module object for {original_name!r} "
+                                     "substituted in sys.modules during a lazy load")
+                mod_dict.update(updated)
+                self.__class__ = cls
+        return getattr(self, attr)
+
+    def __delattr__(self, attr):
+        self.__getattribute__(attr)
+        delattr(self, attr)
+
+
+class _LazyLoader(importlib.util.LazyLoader):
+    """``importlib.util.LazyLoader`` with the thread-safe module above."""
+
+    def exec_module(self, module):
+        module.__spec__.loader = self.loader
+        module.__loader__ = self.loader
+        module.__spec__.loader_state = {
+            "__dict__": module.__dict__.copy(),
+            "__class__": module.__class__,
+            "lock": threading.RLock(),
+            "is_loading": False,
+        }
+        module.__class__ = _LazyModule
+
+
+# pydicom's pixel coders register their plugins when pydicom.pixels.decoders.base and
+# .encoders.base are imported (which pydicom.dataset does): ``CoderBase.add_plugin``
+# imports each plugin module and asks ``is_available(uid)``, which runs GDCM's version
+# check, pylibjpeg's entry-point scan (loading openjpeg and rle) and Pillow's codec check.
+# The patch below queues the plugins instead and registers them, in the same order with
+# the same code, the first time a coder's plugin tables are read (any decode, encode or
+# availability question). Verified against pydicom 3.0.x; any other version, or a
+# CoderBase without these members, is left alone (eager, as stock pydicom).
+_VERIFIED_PYDICOM = "3.0."
+_PLUGIN_MODULE = "pydicom.pixels.common"
+_PLUGIN_LOCK = threading.RLock()
+
+
+def _defer_plugin_registration(common: types.ModuleType) -> bool:
+    """Make ``common.CoderBase`` register its plugins on first use; False if not verified."""
+    from pydicom._version import __version__  # pydicom itself is still initialising
+
+    coder = getattr(common, "CoderBase", None)
+    if (not __version__.startswith(_VERIFIED_PYDICOM) or coder is None
+            or not callable(getattr(coder, "add_plugin", None))
+            or "_available" in vars(coder) or "_unavailable" in vars(coder)):
+        return False
+    eager_add = coder.add_plugin
+
+    def add_plugin(self, label, import_path):
+        self.__dict__.setdefault("_deferred_plugins", []).append((label, import_path))
+
+    def _flush(self):
+        with _PLUGIN_LOCK:
+            # Taken out first: registering reads the tables, and must find them as the
+            # eager registration would, not register the next plugins ahead of itself.
+            for label, import_path in self.__dict__.pop("_deferred_plugins", ()):
+                eager_add(self, label, import_path)
+
+    def table(name):
+        def get(self):
+            if _read_by_initialising_pydicom(sys._getframe(1)):
+                # The coders' modules build their docstrings from the plugin labels at
+                # import; they get every label (as registered they would: available +
+                # unavailable) without registering anything.
+                if name == "_unavailable":
+                    return {}
+                labels = [*self.__dict__[name], *self.__dict__["_unavailable"],
+                          *(label for label, _ in self.__dict__.get("_deferred_plugins", ()))]
+                return dict.fromkeys(labels)
+            _flush(self)
+            return self.__dict__[name]
+
+        def set_(self, value):
+            self.__dict__[name] = value
+        return property(get, set_, doc=f"{name}, with the queued plugins registered first")
+
+    coder.add_plugin = add_plugin
+    coder._available = table("_available")
+    coder._unavailable = table("_unavailable")
+    return True
+
+
+_CODER_MODULES = ("pydicom.pixels.decoders.base", "pydicom.pixels.encoders.base")
+
+
+def _read_by_initialising_pydicom(frame) -> bool:
+    """True if ``frame`` runs in a coder module of pydicom that is still being imported."""
+    name = frame.f_globals.get("__name__")
+    module = sys.modules.get(name) if name in _CODER_MODULES else None
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Executes pydicom.pixels.common, then defers its plugin registration."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        if not _defer_plugin_registration(module):
+            logging.getLogger(__name__).debug(
+                "pydicom's pixel plugins register eagerly: version not verified")
+
+
+class _DeferringFinder(importlib.abc.MetaPathFinder):
+    """Finds the DEFERRED modules with the other finders and makes their loader lazy."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in DEFERRED and fullname != _PLUGIN_MODULE:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None  # not installed: the importer's ImportError, as without us
+        if fullname == _PLUGIN_MODULE:
+            if spec.loader is not None:
+                spec.loader = _PatchingLoader(spec.loader)
+            return spec
+        # Extension modules execute in create_module(); deferring them gains nothing.
+        if spec.loader is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader
+                                                 | importlib.machinery.SourcelessFileLoader):
+            return spec
+        spec.loader = _LazyLoader(spec.loader)
+        return spec
+
+
+_FINDER = _DeferringFinder()
+
+
+def install() -> None:
+    """Defer the DEFERRED modules imported from now on (idempotent). Call it before
+    anything imports pydicom."""
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+
+
+def loaded() -> list[str]:
+    """The DEFERRED modules that have been executed (imported and then used)."""
+    return sorted(name for name in DEFERRED
+                  if name in sys.modules and type(sys.modules[name]) is not _LazyModule)

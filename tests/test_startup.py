@@ -1,0 +1,157 @@
+"""Start-up stays light (issue 11 point 8): the pixel stack loads on the first request
+that needs pixels, not before, and deferring it changes nothing pydicom answers.
+
+What a process has loaded is read from outside, in ``/proc/PID/maps``: a deferred
+package (numpy, Pillow, GDCM, pylibjpeg's codecs) maps its shared objects only once
+its code has run, whatever ``sys.modules`` holds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pynetdicom import AE
+
+from appliance import lazyimports
+from tests.support import scu_store
+
+# Folders under site-packages whose shared objects say that the package's code ran.
+HEAVY = {
+    "numpy": ("numpy/", "numpy.libs/"),
+    "Pillow": ("PIL/", "pillow.libs/"),
+    "GDCM": ("_gdcm/", "python_gdcm.libs/"),
+    "openjpeg": ("openjpeg/", "_openjpeg."),
+    "pylibjpeg-rle": ("rle/",),
+}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def loaded_heavy(pid: int) -> set[str]:
+    """The HEAVY packages mapped into process ``pid``."""
+    found = set()
+    with open(f"/proc/{pid}/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            _, sep, inside = (fields[5] if len(fields) == 6 else "").partition("site-packages/")
+            if not sep:
+                continue
+            found.update(name for name, prefixes in HEAVY.items() if inside.startswith(prefixes))
+    return found
+
+
+def http_get(daemon, path: str, accept: str = "application/dicom+json") -> bytes:
+    request = urllib.request.Request(f"http://127.0.0.1:{daemon.http_port}{path}",
+                                     headers={"Accept": accept})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        assert r.status == 200
+        return r.read()
+
+
+def test_ready_daemon_has_not_loaded_the_pixel_stack(daemon):
+    """C-ECHO, a C-STORE, QIDO-RS and metadata need no pixels: nothing heavy is loaded.
+    The first rendered frame loads numpy, Pillow and a JPEG codec (so the check can fail)."""
+    ae = AE(ae_title="STARTUP")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", daemon.dicom_port, ae_title="ORTHANC")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert http_get(daemon, "/system", "application/json")
+    assert loaded_heavy(daemon.proc.pid) == set()
+
+    jpeg = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))  # JPEG Baseline, RGB
+    assert scu_store(daemon.dicom_port, [jpeg]) == [0]
+    ds = dcmread(jpeg, stop_before_pixels=True)
+    study, series, sop = ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID
+    found = json.loads(http_get(daemon, f"/dicom-web/studies?StudyInstanceUID={study}"))
+    assert len(found) == 1
+    assert json.loads(http_get(daemon, f"/dicom-web/studies/{study}/metadata"))
+    assert loaded_heavy(daemon.proc.pid) == set()
+
+    body = http_get(daemon, f"/dicom-web/studies/{study}/series/{series}/instances/{sop}"
+                            "/rendered", "image/jpeg")
+    assert body[:2] == b"\xff\xd8"
+    assert {"numpy", "Pillow"} <= loaded_heavy(daemon.proc.pid)
+
+
+# Everything pydicom says about its pixel coders, as a JSON string.
+_CODERS = """
+import json, sys
+from appliance import lazyimports
+if sys.argv[1] == "deferred":
+    lazyimports.install()
+from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+from pydicom.pixels.encoders.base import _PIXEL_DATA_ENCODERS
+before = lazyimports.loaded()
+coders = [c for c, _ in [*_PIXEL_DATA_DECODERS.values(), *_PIXEL_DATA_ENCODERS.values()]]
+print(json.dumps({
+    "loaded_at_import": before,
+    "coders": [[str(c.UID), c.__doc__, list(c.available_plugins), c.missing_dependencies]
+               for c in coders],
+}))
+"""
+
+
+def coders(mode: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _CODERS, mode], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def test_deferred_plugins_answer_as_eager_ones():
+    """With the pixel stack deferred pydicom's coders have the same plugins, available or
+    not (with the same missing dependencies), and the same docstrings, as stock pydicom;
+    and importing them loads none of the deferred modules."""
+    eager, deferred = coders("eager"), coders("deferred")
+    assert deferred["loaded_at_import"] == []
+    assert deferred["coders"] == eager["coders"]
+    assert any(plugins for _, _, plugins, _ in eager["coders"])  # the comparison compares
+
+
+
+def first_reads(loader_type, module_path: Path, name: str, threads: int = 8) -> list:
+    """What ``threads`` threads read at once from a module loaded lazily by ``loader_type``."""
+    spec = importlib.util.spec_from_file_location(name, module_path)
+    spec.loader = loader_type(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        barrier, results = threading.Barrier(threads), []
+
+        def first_use():
+            barrier.wait()
+            try:
+                results.append(module.value)
+            except AttributeError as e:
+                results.append(repr(e))
+
+        workers = [threading.Thread(target=first_use) for _ in range(threads)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        return results
+    finally:
+        del sys.modules[name]
+
+
+def test_threads_first_reading_a_deferred_module_all_get_it_whole(tmp_path):
+    """Eight threads read a deferred module at once while it takes 0.3 s to execute: one
+    executes it, the others wait and none sees it half-initialised. Python 3.11's own
+    LazyLoader, run the same way, lets them read the empty module (the control)."""
+    slow = tmp_path / "slow_module.py"
+    slow.write_text("import time\ntime.sleep(0.3)\nvalue = 6\n")
+    assert first_reads(lazyimports._LazyLoader, slow, "slow_ours") == [6] * 8
+    if sys.version_info < (3, 12):
+        assert first_reads(importlib.util.LazyLoader, slow, "slow_stock") != [6] * 8
