@@ -8,6 +8,7 @@ import logging
 import sys
 
 from appliance import __version__
+from appliance.ops import adopt_command
 from appliance.ops import commands as ops_commands
 from appliance.worklist import commands as worklist_commands
 
@@ -35,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="PBKDF2 iterations (default 600000)")
     worklist_commands.add_parser(sub)
     ops_commands.add_parsers(sub)
+    adopt_command.add_parser(sub)
     return p
 
 
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return worklist_commands.run(args, config)
     if args.command in ops_commands.COMMANDS:
         return ops_commands.run(args, config)
+    if args.command == adopt_command.COMMAND:
+        return adopt_command.run(args, config)
     return _serve(config, debug=args.debug)
 
 

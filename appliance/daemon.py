@@ -28,6 +28,7 @@ from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
+from appliance.ops.adopt import OrthancAdopter
 from appliance.ops.backup import BackupScheduler, BackupSettings, backup_directory
 from appliance.ops.disk import MB, DiskMonitor, Role
 from appliance.ops.lock import data_folders_locked
@@ -97,6 +98,9 @@ def _log_configuration(config: Config) -> None:
         log.info("configuration: %s", config.source)
     for key in config.ignored:
         log.info("configuration key %s is an Orthanc option with no meaning here: ignored", key)
+    if config.storage_compression:
+        log.info("StorageCompression is true: Orthanc's compressed files are decompressed once "
+                 "when adopted, and new objects are stored uncompressed")
 
 
 async def run(config: Config, notifier: Notifier | None = None) -> int:
@@ -139,6 +143,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         mode=transport.choose_mode(),
     )
     outbound = Outbound(aet=config.dicom_aet, timeout=config.dicom_scu_timeout)
+    adoption: asyncio.Task | None = None
     runner = None
     housekeeping = None
     worklist_start: asyncio.Task | None = None
@@ -175,10 +180,17 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
                  "all interfaces" if config.remote_access_allowed else "localhost",
                  http_port, counts["instances"])
         notifier.ready(f"{counts['instances']} instances")
+        # An Orthanc archive in the data folders is adopted in the background,
+        # once everything serves (appliance/ops/adopt.py); SIGUSR1 asks again.
+        adoption = loop.create_task(ops.adopter.run_forever())
+        loop.add_signal_handler(signal.SIGUSR1, ops.adopter.request)
         await stop.wait()
         log.info("stopping")
         notifier.stopping()
     finally:
+        if adoption is not None:
+            ops.adopter.stop()  # after the batch being written
+            await asyncio.gather(adoption, return_exceptions=True)
         for task in ops_tasks:
             task.cancel()
         await asyncio.gather(*ops_tasks, return_exceptions=True)
@@ -210,6 +222,7 @@ class _Ops:
     backups: BackupScheduler
     board: StatusBoard
     last_error: LastError
+    adopter: OrthancAdopter
 
 
 def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
@@ -236,14 +249,16 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
     folder = worklist.folder
+    adopter = OrthancAdopter(archive, config.storage_directory, config.index_directory)
     board = StatusBoard(name=config.name, dicom_aet=config.dicom_aet,
                         remote_access=config.remote_access_allowed,
                         index_directory=config.index_directory,
                         archive=archive, admission=admission, disk=disk,
                         backups=backups, associations=handlers.open_associations,
                         last_error=last_error,
-                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None)
-    return _Ops(admission, disk, backups, board, last_error)
+                        worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
+                        adoption=adopter.snapshot)
+    return _Ops(admission, disk, backups, board, last_error, adopter)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from appliance.ops.adoption_view import adoption_metrics
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request latency buckets (seconds): a QIDO answer is milliseconds, a study's
 # WADO-RS download can take seconds.
@@ -107,6 +109,8 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
         out.one("pacs_worklist_items", "gauge", "Worklist items being served.",
                 snap["worklist_items"])
     _disk(out, snap.get("disk"))
+    for family in adoption_metrics(snap.get("adoption")):
+        out.family(*family)
     _admission(out, snap.get("admission") or {})
     _backups(out, snap.get("backups") or {}, snap["time"])
     last_error = snap.get("last_error")

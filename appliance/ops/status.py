@@ -59,7 +59,8 @@ class StatusBoard:
     def __init__(self, *, name: str, dicom_aet: str, remote_access: bool, index_directory: Path,
                  archive: Archive, admission: StoreAdmission,
                  disk: DiskMonitor, backups: BackupScheduler, associations: Callable[[], int], last_error: LastError,
-                 worklist_size: Callable[[], int] | None = None) -> None:
+                 worklist_size: Callable[[], int] | None = None,
+                 adoption: Callable[[], dict] | None = None) -> None:
         self._name = name
         self._dicom_aet = dicom_aet
         self._remote_access = remote_access
@@ -70,6 +71,7 @@ class StatusBoard:
         self._associations = associations
         self._last_error = last_error
         self._worklist_size = worklist_size
+        self._adoption = adoption
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
         self.path = Path(index_directory) / STATUS_FILE
@@ -86,7 +88,7 @@ class StatusBoard:
         """
         now = time.monotonic()
         marker = (self._archive.stored_count + self._archive.failed_count,
-                  self._admission.recycled_patients)
+                  self._admission.recycled_patients, self._archive.adopted_count)
         if not force and (marker == self._counted_after or
                           now - self._counted_at < max(COUNTS_MIN_EVERY, 20 * self._count_cost)):
             return
@@ -129,6 +131,8 @@ class StatusBoard:
                 snap["worklist_items"] = self._worklist_size()
             except Exception:  # noqa: BLE001 - a status must not fail on one part
                 pass
+        if self._adoption is not None:
+            snap["adoption"] = self._adoption()  # an Orthanc archive adopted in place
         return snap
 
     def write(self) -> None:

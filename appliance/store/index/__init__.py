@@ -6,7 +6,8 @@
 - :mod:`.search`: searches (appliance.query) compiled to SQL;
 - :mod:`.mpps`: Modality Performed Procedure Steps;
 - :mod:`.maintenance`: recycling, backups, reindex; :class:`Snapshot` for a
-  database that is not the live one.
+  database that is not the live one;
+- :mod:`.adopted`: the progress of an Orthanc archive's adoption.
 
 Every operation is a method of :class:`Index` (``index.find_instance(uid)``,
 ``index.search(search)``, ``index.mpps_get(uid)``). Only appliance.store
@@ -15,6 +16,7 @@ uses this package: the rest of the appliance goes through the Archive.
 
 from __future__ import annotations
 
+from appliance.store.index.adopted import Adopted, AdoptionMark
 from appliance.store.index.engine import Engine, IndexError_
 from appliance.store.index.instances import (
     InsertOutcome, Instances, InstanceRecord, StoredInstance,
@@ -25,12 +27,12 @@ from appliance.store.index.schema import DB_NAME, MIGRATIONS, QIDO_KEPT, SCHEMA_
 from appliance.store.index.search import Searches
 
 __all__ = [
-    "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
+    "AdoptionMark", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
     "InsertOutcome", "InstanceRecord", "MppsRecord", "PatientUsage", "Snapshot", "StoredInstance",
 ]
 
 
-class Index(Engine, Instances, Searches, Mpps, Maintenance):
+class Index(Engine, Instances, Searches, Mpps, Maintenance, Adopted):
     """The SQLite index of the archive: the engine and every operation on it.
 
     ``sync_dirs`` is called by the writer thread with the directories a batch

@@ -181,6 +181,25 @@ UPDATE series SET number_of_instances =
 UPDATE studies SET {_STUDY_SUMMARY}, {_kept_attributes("study", "studies")};
 """
 
+# Adoption of an Orthanc archive in place (appliance/store/adoption.py): one
+# row per Orthanc DICOM attachment seen, keyed by Orthanc's attachment uuid,
+# written in the same transaction as the instance row it produced, so a crash
+# leaves both or neither and a restart goes on where it stopped. ``outcome``:
+# linked (a hard link to Orthanc's file), copied (no link possible),
+# decompressed (Orthanc's zlib attachment written out once), duplicate (the
+# instance was already here), unreadable (retried at every pass).
+_SCHEMA_ADOPTION = """
+CREATE TABLE orthanc_adopted (
+    uuid              TEXT PRIMARY KEY,
+    orthanc_instance  TEXT,
+    sop_instance_uid  TEXT,
+    outcome           TEXT NOT NULL,
+    bytes             INTEGER NOT NULL,
+    reason            TEXT,
+    adopted_at        REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_ADOPTION)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,329 @@
+"""Adopting an Orthanc archive in place: its DICOM files become stored
+instances of this archive without being copied, and Orthanc's folders stay
+exactly as they were.
+
+For each DICOM attachment of Orthanc's index (appliance.store.orthanc) not
+adopted yet:
+
+1. its file is read once, hashed (SHA-256 for our index, MD5 to compare with
+   the ``uncompressedMD5`` Orthanc recorded: a file damaged on disk is
+   reported, not adopted), walked whole and its header read with ingest's own
+   record building (:func:`appliance.store.archive.record_of_file`);
+2. it is made part of the store under the file id Orthanc's uuid gives
+   (its 32 hex digits, so ``ab/ab…dcm`` in our fan-out folders; a rerun
+   finds its own leftover): a **hard link** to Orthanc's file, so nothing is
+   copied and Orthanc's file is untouched (same inode, same bytes; deleting
+   our name never deletes Orthanc's). When no link can be made (another
+   filesystem, ``fs.protected_hardlinks`` and another owner) the file is
+   copied, and that is counted and logged. A zlib attachment
+   (``StorageCompression``) is decompressed once into a file of our own;
+3. batches of instance rows are committed together with one
+   ``orthanc_adopted`` mark per attachment, after the folders of the new
+   names are fsynced: a crash leaves both or neither, so a restart adopts
+   exactly what is left, and nothing twice.
+
+An instance already here (received meanwhile, or twice in Orthanc) is a
+duplicate: the archive's copy stays. An unreadable attachment (missing,
+damaged, not DICOM) is marked and listed, tried again at the next pass, and
+never stops the others. Adopted instances skip quotas: they were already on
+this disk.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import apsw
+
+from appliance.dicomfile import structure
+from appliance.dicomfile.header import InvalidObject
+from appliance.store import orthanc
+from appliance.store.archive import Archive, Origin, record_of_file
+from appliance.store.blobs import BlobStore
+from appliance.store.index import DB_NAME, AdoptionMark, InstanceRecord
+from appliance.store.orthanc import Attachment
+
+log = logging.getLogger(__name__)
+
+ORTHANC_ORIGIN = "Orthanc"
+# The head kept in memory for the header readers (as ingest's _FAST_HEADER_LIMIT).
+_HEAD = 256 << 10
+_CHUNK = 1 << 20
+# Link errors after which the file is copied instead (no link possible here).
+_NO_LINK = {errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+class Way(enum.Enum):
+    """What became of one Orthanc attachment."""
+
+    LINKED = "linked"               # a hard link: no byte copied
+    COPIED = "copied"               # no link possible: copied
+    DECOMPRESSED = "decompressed"   # a zlib attachment, written out once
+    DUPLICATE = "duplicate"         # the instance was already in the archive
+    UNREADABLE = "unreadable"       # missing, damaged or not DICOM: listed, retried later
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """The outcome of one attachment."""
+
+    uuid: str
+    way: Way
+    bytes: int                      # of the DICOM file
+    study: str | None               # Study Instance UID, when read
+    reason: str | None = None
+
+
+@dataclass
+class _Prepared:
+    attachment: Attachment
+    way: Way
+    size: int = 0
+    record: InstanceRecord | None = None
+    rel: str | None = None
+    reason: str | None = None
+
+
+class Damaged(Exception):
+    """An attachment whose bytes are not what Orthanc's index says."""
+
+
+def file_id_of(uuid: str) -> str:
+    """Our file id of an Orthanc attachment: its uuid's 32 hex digits (Orthanc
+    makes version 4 uuids), so the same attachment always gets the same name."""
+    file_id = uuid.replace("-", "").lower()
+    BlobStore.relpath(file_id)  # ValueError if it is not 32 hex digits
+    return file_id
+
+
+class OrthancAdoption:
+    """Adopts the attachments of the Orthanc archive in ``orthanc_storage``
+    into ``archive`` (whose store is on the same filesystem: the same folder,
+    Orthanc's guide layout, or another one)."""
+
+    def __init__(self, archive: Archive, orthanc_storage: Path, *, workers: int = 2) -> None:
+        self._archive = archive
+        self._storage = Path(orthanc_storage)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adopt")
+        self.copy_reason: str | None = None   # why files are copied, once known
+
+    def close(self) -> None:
+        """Stop the worker threads."""
+        self._pool.shutdown(wait=True)
+
+    def settled(self) -> set[str]:
+        """Uuids of the attachments adopted (or found duplicate) already."""
+        return self._archive.index.adopted_uuids()
+
+    def unreadable(self, limit: int = 100) -> list[tuple[str, str | None, str]]:
+        """(uuid, Orthanc instance id, why) of the attachments that could not be adopted."""
+        return self._archive.index.adoption_unreadable(limit)
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """outcome -> (attachments, bytes) so far, from the index."""
+        return self._archive.index.adoption_totals()
+
+    def adopt(self, batch: list[Attachment]) -> list[Adopted]:
+        """Adopt ``batch`` (files read on the worker threads), commit it, and
+        say what became of each attachment."""
+        prepared = list(self._pool.map(self._prepare, batch))
+        dirs = {self._archive.blobs.path(p.rel).parent for p in prepared if p.rel}
+        items = [(p.record, AdoptionMark(p.attachment.uuid, p.attachment.instance,
+                                         p.record.sop_instance_uid if p.record else None,
+                                         p.way.value, p.size, p.reason))
+                 for p in prepared]
+        try:
+            outcomes = self._archive.index.record_adoption(items, dirs)
+        except Exception:
+            for p in prepared:  # nothing committed: nothing of ours stays
+                if p.rel:
+                    self._archive.blobs.remove(p.rel)
+            raise
+        done = []
+        for p, outcome in zip(prepared, outcomes):
+            way, reason = p.way, p.reason
+            if outcome is not None and not outcome.inserted:
+                self._archive.blobs.remove(p.rel)  # only our name goes
+                way, reason = Way.DUPLICATE, "already stored"
+            done.append(Adopted(p.attachment.uuid, way, p.size,
+                                p.record.study_instance_uid if p.record else None, reason))
+        self._archive.note_adopted(sum(1 for a in done if a.way in _PLACED))
+        return done
+
+    # -- one attachment, on a worker thread ------------------------------------
+
+    def _prepare(self, a: Attachment) -> _Prepared:
+        try:
+            return self._place(a)
+        except (OSError, zlib.error, ValueError, InvalidObject, structure.Malformed, Damaged) as e:
+            why = f"{type(e).__name__}: {e}" if isinstance(e, (zlib.error, ValueError)) else str(e)
+            if isinstance(e, OSError):
+                why = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+            return _Prepared(a, Way.UNREADABLE, a.uncompressed_size, reason=why[:500])
+
+    def _place(self, a: Attachment) -> _Prepared:
+        source = orthanc.attachment_path(self._storage, a.uuid)
+        rel = BlobStore.relpath(file_id_of(a.uuid))
+        dest = self._archive.blobs.path(rel)
+        temp = None
+        try:
+            if a.compression == orthanc.COMPRESSION_NONE:
+                readable, (head, size, sha256, md5) = source, _read_hashed(source)
+            elif a.compressed:
+                temp, (head, size, sha256, md5) = self._decompress(source)
+                readable = Path(temp)
+            else:
+                raise Damaged(f"compression type {a.compression} unknown")
+            if a.md5 and md5 != a.md5.lower():
+                raise Damaged("MD5 differs from the one in Orthanc's index: the file is damaged")
+            if a.uncompressed_size and size != a.uncompressed_size:
+                raise Damaged(f"{size} bytes, Orthanc's index says {a.uncompressed_size}")
+            origin = Origin(ORTHANC_ORIGIN, None, a.remote_aet)
+            record, unlike = record_of_file(readable, head, size, origin,
+                                            received_at=a.received_at, sha256=sha256)
+            if unlike is not None:
+                # Orthanc stored it: kept, as it was served there.
+                log.debug("adopting %s although %s", a.uuid, unlike)
+            existing = self._archive.index.find_instance(record.sop_instance_uid)
+            if existing is not None:
+                if existing.file_path != rel:
+                    _unlink_quietly(dest)  # a leftover of an interrupted pass
+                return _Prepared(a, Way.DUPLICATE, size, record, reason="already stored")
+            if temp is not None:
+                os.replace(temp, dest)
+                temp = None
+                way = Way.DECOMPRESSED
+            else:
+                way = self._link(source, dest)
+            return _Prepared(a, way, size, record=replace(record, file_path=rel), rel=rel)
+        finally:
+            if temp is not None:
+                _unlink_quietly(Path(temp))
+
+    def _link(self, source: Path, dest: Path) -> Way:
+        """Give ``dest`` the file ``source`` (a hard link, else a copy)."""
+        try:
+            os.link(source, dest)
+            return Way.LINKED
+        except FileExistsError:
+            if os.path.samefile(source, dest):
+                return Way.LINKED  # linked by an interrupted pass
+            os.unlink(dest)
+            return self._link(source, dest)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+            if self.copy_reason is None:
+                self.copy_reason = e.strerror or str(e)
+                log.warning("cannot hard-link Orthanc's files into %s (%s): COPYING them instead, "
+                            "which takes as much space again", self._archive.blobs.root, e.strerror)
+        fd, temp = tempfile.mkstemp(dir=self._archive.blobs.incoming, suffix=".part")
+        try:
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(src, out, _CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, dest)
+        except BaseException:
+            _unlink_quietly(Path(temp))
+            raise
+        return Way.COPIED
+
+    def _decompress(self, source: Path) -> tuple[str, tuple[bytes, int, str, str]]:
+        """Orthanc's ZlibWithSize (8-byte little-endian size, then a zlib stream)
+        written out to an fsynced file in the incoming folder."""
+        fd, temp = tempfile.mkstemp(dir=self._archive.blobs.incoming, suffix=".part")
+        try:
+            with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
+                prefix = src.read(8)
+                if len(prefix) < 8:
+                    raise Damaged("compressed attachment shorter than its size prefix")
+                expected = int.from_bytes(prefix, "little")
+                z = zlib.decompressobj()
+                hashed = _Hashing()
+                while chunk := src.read(_CHUNK):
+                    data = z.decompress(chunk)
+                    hashed.update(data)
+                    out.write(data)
+                data = z.flush()
+                hashed.update(data)
+                out.write(data)
+                if not z.eof:
+                    raise Damaged("compressed attachment cut short")
+                if hashed.size != expected:
+                    raise Damaged(f"decompressed to {hashed.size} bytes, its prefix says {expected}")
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            _unlink_quietly(Path(temp))
+            raise
+        return temp, hashed.result()
+
+
+_PLACED = (Way.LINKED, Way.COPIED, Way.DECOMPRESSED)
+
+
+class _Hashing:
+    """SHA-256 and MD5 of a stream, and its first bytes (for the header readers)."""
+
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5()
+        self.head = bytearray()
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        if len(self.head) < _HEAD:
+            self.head += data[:_HEAD - len(self.head)]
+        self.sha256.update(data)
+        self.md5.update(data)
+        self.size += len(data)
+
+    def result(self) -> tuple[bytes, int, str, str]:
+        return bytes(self.head), self.size, self.sha256.hexdigest(), self.md5.hexdigest()
+
+
+def _read_hashed(path: Path) -> tuple[bytes, int, str, str]:
+    hashed = _Hashing()
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(_CHUNK):
+            hashed.update(chunk)
+    return hashed.result()
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def settled_readonly(index_directory: Path) -> set[str]:
+    """The settled attachments as the index in ``index_directory`` lists them,
+    read without opening the archive (a dry run beside a running daemon, or
+    with none); empty when there is no index or it predates adoption."""
+    path = Path(index_directory) / DB_NAME
+    if not path.exists():
+        return set()
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.setbusytimeout(5000)
+        return {r[0] for r in conn.execute(
+            "SELECT uuid FROM orthanc_adopted WHERE outcome != 'unreadable'")}
+    except apsw.SQLError:
+        return set()  # no such table: nothing adopted yet
+    finally:
+        conn.close()
+
+
+__all__ = ["Adopted", "OrthancAdoption", "Way", "file_id_of", "settled_readonly"]

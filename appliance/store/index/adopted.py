@@ -1,0 +1,79 @@
+"""What the index keeps of an Orthanc archive's adoption (schema: _SCHEMA_ADOPTION).
+
+A mixin of :class:`appliance.store.index.Index`. One row per Orthanc DICOM
+attachment seen, written in the same transaction as the instance row it gave,
+so that a crash leaves both or neither: a restart adopts exactly what is not
+marked yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from appliance.store.index.instances import InsertOutcome, InstanceRecord, _insert
+
+# The outcome of an attachment that is tried again at every pass.
+UNREADABLE = "unreadable"
+DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class AdoptionMark:
+    """One Orthanc attachment's outcome, as the index keeps it."""
+
+    uuid: str                       # Orthanc's attachment uuid
+    orthanc_instance: str | None    # Orthanc's public id of its instance
+    sop_instance_uid: str | None
+    outcome: str                    # linked | copied | decompressed | duplicate | unreadable
+    bytes: int
+    reason: str | None = None
+
+
+class Adopted:
+    """The adoption operations of the index."""
+
+    def adopted_uuids(self) -> set[str]:
+        """The Orthanc attachments already settled (every outcome but unreadable)."""
+        return {r[0] for r in self.read("SELECT uuid FROM orthanc_adopted WHERE outcome != ?",
+                                        (UNREADABLE,))}
+
+    def adoption_unreadable(self, limit: int = 100) -> list[tuple[str, str | None, str]]:
+        """(uuid, Orthanc instance id, why) of the attachments that could not be read."""
+        return self.read("SELECT uuid, orthanc_instance, coalesce(reason, '') FROM orthanc_adopted "
+                         "WHERE outcome = ? ORDER BY adopted_at LIMIT ?", (UNREADABLE, limit))
+
+    def adoption_totals(self) -> dict[str, tuple[int, int]]:
+        """outcome -> (attachments, bytes) of everything adopted so far."""
+        return {o: (n, b) for o, n, b in self.read(
+            "SELECT outcome, count(*), coalesce(sum(bytes), 0) FROM orthanc_adopted GROUP BY outcome")}
+
+    def record_adoption(self, items: Iterable[tuple[InstanceRecord | None, AdoptionMark]],
+                        dirs: Iterable[Path]) -> list[InsertOutcome | None]:
+        """Insert the instances (never over an existing one) and their marks in
+        one transaction, once ``dirs`` (where their files were placed) are
+        fsynced. An instance found already there gets its mark turned into a
+        duplicate; the caller removes the file it placed for it."""
+        batch = list(items)
+
+        def write(conn: apsw.Connection) -> list[InsertOutcome | None]:
+            now = time.time()
+            done: list[InsertOutcome | None] = []
+            for record, mark in batch:
+                outcome = None if record is None else _insert(conn, record, overwrite=False)
+                if outcome is not None and not outcome.inserted:
+                    mark = AdoptionMark(mark.uuid, mark.orthanc_instance, mark.sop_instance_uid,
+                                        DUPLICATE, mark.bytes, "already stored")
+                conn.execute(
+                    "INSERT OR REPLACE INTO orthanc_adopted (uuid, orthanc_instance, "
+                    "sop_instance_uid, outcome, bytes, reason, adopted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (mark.uuid, mark.orthanc_instance, mark.sop_instance_uid, mark.outcome,
+                     mark.bytes, mark.reason, now))
+                done.append(outcome)
+            return done
+
+        return self.run_write(write, dirs)
