@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 LOG_EVERY = 5.0
 _BATCH = 128
+# Attachments per transaction; the environment can lower it (tests: a slow
+# pass to interrupt) without a configuration key.
+BATCH_ENV = "PACS_APPLIANCE_ADOPT_BATCH"
 # Unreadable attachments listed in the status (all are in the index).
 _LISTED = 20
 
@@ -95,6 +99,7 @@ class OrthancAdopter:
         self._index_dir = Path(index_directory)
         self._on_progress = on_progress
         self._log_every = log_every
+        self._batch = max(1, int(os.environ.get(BATCH_ENV) or _BATCH))
         self._stop = threading.Event()
         self._requested = asyncio.Event()
         self._lock = threading.Lock()
@@ -162,14 +167,15 @@ class OrthancAdopter:
                 log.info("adopting Orthanc's archive %s: %d instance(s) to adopt, %d adopted before",
                          path, len(pending), len(settled))
             last_log = time.monotonic()
-            for start in range(0, len(pending), _BATCH):
+            for start in range(0, len(pending), self._batch):
                 if self._stop.is_set():
                     log.info("adoption stopped at %d of %d (goes on at the next start)",
                              self.progress.done, self.progress.total)
                     with self._lock:
                         self.progress.state = "stopped"
                     return
-                self._account(pending[start:start + _BATCH], adoption.adopt(pending[start:start + _BATCH]))
+                batch = pending[start:start + self._batch]
+                self._account(batch, adoption.adopt(batch))
                 if time.monotonic() - last_log >= self._log_every:
                     last_log = time.monotonic()
                     self._log_progress()
