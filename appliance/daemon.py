@@ -258,6 +258,9 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                         last_error=last_error,
                         worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
                         adoption=adopter.snapshot)
+    # The status file follows an adoption closely (import-orthanc beside the
+    # daemon follows it there), not only every STATUS_EVERY seconds.
+    adopter.on_progress, adopter.report_every = (lambda _progress: board.write()), 1.0
     return _Ops(admission, disk, backups, board, last_error, adopter)
 
 

@@ -10,11 +10,13 @@ sudo=""
 # Debian packages: DCMTK's echoscu/storescu/findscu are the reference DICOM
 # clients, curl and nginx (with openssl for a test certificate) the HTTP side;
 # libsystemd-dev and pkg-config build systemd-python; dpkg-dev, debhelper,
-# dh-virtualenv and lintian build and check the .deb (tests/test_debian.py).
+# dh-virtualenv and lintian build and check the .deb (tests/test_debian.py);
+# orthanc stores the archives tests/adopt adopts (run by the tests with their own
+# config and ports, never as the packaged service).
 $sudo apt-get update -qq
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     dcmtk curl nginx openssl python3-venv python3-dev gcc pkg-config libsystemd-dev \
-    dpkg-dev debhelper dh-virtualenv lintian >/dev/null
+    dpkg-dev debhelper dh-virtualenv lintian orthanc >/dev/null
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -97,7 +97,9 @@ class OrthancAdopter:
         self._archive = archive
         self._storage = Path(storage_directory)
         self._index_dir = Path(index_directory)
-        self._on_progress = on_progress
+        self.on_progress = on_progress
+        self.report_every = 0.0      # seconds between two on_progress calls during a pass
+        self._reported = 0.0
         self._log_every = log_every
         self._batch = max(1, int(os.environ.get(BATCH_ENV) or _BATCH))
         self._stop = threading.Event()
@@ -142,7 +144,7 @@ class OrthancAdopter:
         if path is None:
             with self._lock:
                 self.progress.finished = time.time()
-            self._report()
+            self._report(last=True)
             return self.progress
         try:
             self._adopt(path)
@@ -152,7 +154,7 @@ class OrthancAdopter:
                 self.progress.state, self.progress.error = "failed", str(e)[:500]
         with self._lock:
             self.progress.finished = time.time()
-        self._report()
+        self._report(last=True)
         return self.progress
 
     def _adopt(self, path: Path) -> None:
@@ -225,9 +227,19 @@ class OrthancAdopter:
             log.warning("Orthanc's files were copied, not linked (%s): %s more on disk",
                         adoption.copy_reason, human_bytes(b["copied"]))
 
-    def _report(self) -> None:
-        if self._on_progress is not None:
-            self._on_progress(self.progress)
+    def _report(self, *, last: bool = False) -> None:
+        """Tell ``on_progress`` (the CLI's bar, the daemon's status file): after
+        every batch, or at most once a second with ``REPORT_EVERY``."""
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if not last and now - self._reported < self.report_every:
+            return
+        self._reported = now
+        try:
+            self.on_progress(self.progress)
+        except Exception:  # noqa: BLE001 - progress must not stop the adoption
+            log.exception("adoption progress not reported")
 
 
 @dataclass(frozen=True)
