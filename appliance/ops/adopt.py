@@ -169,19 +169,25 @@ class OrthancAdopter:
                 log.info("adopting Orthanc's archive %s: %d instance(s) to adopt, %d adopted before",
                          path, len(pending), len(settled))
             last_log = time.monotonic()
-            for start in range(0, len(pending), self._batch):
-                if self._stop.is_set():
+            batches = [pending[i:i + self._batch] for i in range(0, len(pending), self._batch)]
+            # The next batch is read on the worker threads while one commits.
+            prepared = adoption.prepare(batches[0]) if batches else None
+            for k, batch in enumerate(batches):
+                following = None
+                if k + 1 < len(batches) and not self._stop.is_set():
+                    following = adoption.prepare(batches[k + 1])
+                self._account(batch, adoption.commit(prepared))
+                prepared = following
+                if time.monotonic() - last_log >= self._log_every:
+                    last_log = time.monotonic()
+                    self._log_progress()
+                self._report()
+                if prepared is None and k + 1 < len(batches):
                     log.info("adoption stopped at %d of %d (goes on at the next start)",
                              self.progress.done, self.progress.total)
                     with self._lock:
                         self.progress.state = "stopped"
                     return
-                batch = pending[start:start + self._batch]
-                self._account(batch, adoption.adopt(batch))
-                if time.monotonic() - last_log >= self._log_every:
-                    last_log = time.monotonic()
-                    self._log_progress()
-                self._report()
             with self._lock:
                 self.progress.state = "done"
             self._log_summary(adoption)

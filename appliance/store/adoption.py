@@ -39,7 +39,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -136,7 +136,17 @@ class OrthancAdoption:
     def adopt(self, batch: list[Attachment]) -> list[Adopted]:
         """Adopt ``batch`` (files read on the worker threads), commit it, and
         say what became of each attachment."""
-        prepared = list(self._pool.map(self._prepare, batch))
+        return self.commit(self.prepare(batch))
+
+    def prepare(self, batch: list[Attachment]) -> list[Future]:
+        """Start reading and placing ``batch`` on the worker threads; hand the
+        result to :meth:`commit` (always: placed files wait for their rows).
+        The next batch can be prepared while this one commits."""
+        return [self._pool.submit(self._prepare, a) for a in batch]
+
+    def commit(self, futures: list[Future]) -> list[Adopted]:
+        """Commit a prepared batch and say what became of each attachment."""
+        prepared = [f.result() for f in futures]
         dirs = {self._archive.blobs.path(p.rel).parent for p in prepared if p.rel}
         items = [(p.record, AdoptionMark(p.attachment.uuid, p.attachment.instance,
                                          p.record.sop_instance_uid if p.record else None,

@@ -184,17 +184,17 @@ def test_sigkill_during_adoption_then_restart(shared_archive: Archive):
         except apsw.Error:
             seen = 0
         if seen >= 3:
-            # C-STORE and QIDO go on during the adoption.
-            new = make_corpus(d.root / "new", singles=1)[0]
-            assert scu_store(d.dicom_port, [new.path]) == [0]
-            assert new.study in _studies(d)
             d.kill()
             break
         time.sleep(0.002)
     adopted_at_kill = d.rows("SELECT count(*) FROM orthanc_adopted")[0][0]
     assert 3 <= adopted_at_kill < len(a.sent), adopted_at_kill
-    d = a.daemon("restarted").start()
+    new = make_corpus(d.root / "new", singles=1)[0]
+    d = a.daemon("restarted", env={"PACS_APPLIANCE_ADOPT_BATCH": "1"}).start()
     try:
+        # C-STORE and QIDO are served at once, the adoption going on beside them.
+        assert scu_store(d.dicom_port, [new.path]) == [0]
+        assert new.study in _studies(d)
         log = wait_adopted(d)
         assert f"{len(a.sent) - adopted_at_kill} instance(s) to adopt" in log
         rows = _instances(d)

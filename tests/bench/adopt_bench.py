@@ -137,7 +137,7 @@ def forget_adoption(db: Path) -> None:
 
 
 def qido_total(port: int) -> int:
-    url = f"http://127.0.0.1:{port}/dicom-web/studies?limit=100000&includefield=00201208"
+    url = f"http://127.0.0.1:{port}/dicom-web/studies?limit=10000&includefield=00201208"
     with urllib.request.urlopen(url, timeout=30) as r:
         body = r.read()
     return sum(int(s["00201208"]["Value"][0]) for s in json.loads(body or b"[]"))
