@@ -188,9 +188,9 @@ class OrthancAdoption:
         temp = None
         try:
             if a.compression == orthanc.COMPRESSION_NONE:
-                readable, (head, size, sha256, md5) = source, _read_hashed(source)
+                readable, (head, size, sha256, md5) = source, _read_hashed(source, bool(a.md5))
             elif a.compressed:
-                temp, (head, size, sha256, md5) = self._decompress(source)
+                temp, (head, size, sha256, md5) = self._decompress(source, bool(a.md5))
                 readable = Path(temp)
             else:
                 raise Damaged(f"compression type {a.compression} unknown")
@@ -249,7 +249,7 @@ class OrthancAdoption:
             raise
         return Way.COPIED
 
-    def _decompress(self, source: Path) -> tuple[str, tuple[bytes, int, str, str]]:
+    def _decompress(self, source: Path, md5: bool) -> tuple[str, tuple[bytes, int, str, str | None]]:
         """Orthanc's ZlibWithSize (8-byte little-endian size, then a zlib stream)
         written out to an fsynced file in the incoming folder."""
         fd, temp = tempfile.mkstemp(dir=self._archive.blobs.incoming, suffix=".part")
@@ -260,7 +260,7 @@ class OrthancAdoption:
                     raise Damaged("compressed attachment shorter than its size prefix")
                 expected = int.from_bytes(prefix, "little")
                 z = zlib.decompressobj()
-                hashed = _Hashing()
+                hashed = _Hashing(md5)
                 while chunk := src.read(_CHUNK):
                     data = z.decompress(chunk)
                     hashed.update(data)
@@ -284,11 +284,12 @@ _PLACED = (Way.LINKED, Way.COPIED, Way.DECOMPRESSED)
 
 
 class _Hashing:
-    """SHA-256 and MD5 of a stream, and its first bytes (for the header readers)."""
+    """SHA-256 and MD5 (``md5``: Orthanc recorded one to compare with) of a
+    stream, and its first bytes (for the header readers)."""
 
-    def __init__(self) -> None:
+    def __init__(self, md5: bool = True) -> None:
         self.sha256 = hashlib.sha256()
-        self.md5 = hashlib.md5()
+        self.md5 = hashlib.md5() if md5 else None
         self.head = bytearray()
         self.size = 0
 
@@ -296,15 +297,17 @@ class _Hashing:
         if len(self.head) < _HEAD:
             self.head += data[:_HEAD - len(self.head)]
         self.sha256.update(data)
-        self.md5.update(data)
+        if self.md5 is not None:
+            self.md5.update(data)
         self.size += len(data)
 
-    def result(self) -> tuple[bytes, int, str, str]:
-        return bytes(self.head), self.size, self.sha256.hexdigest(), self.md5.hexdigest()
+    def result(self) -> tuple[bytes, int, str, str | None]:
+        md5 = self.md5.hexdigest() if self.md5 is not None else None
+        return bytes(self.head), self.size, self.sha256.hexdigest(), md5
 
 
-def _read_hashed(path: Path) -> tuple[bytes, int, str, str]:
-    hashed = _Hashing()
+def _read_hashed(path: Path, md5: bool) -> tuple[bytes, int, str, str | None]:
+    hashed = _Hashing(md5)
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(_CHUNK):
             hashed.update(chunk)
