@@ -164,6 +164,9 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         app[STATUS] = ops.board.snapshot
         loop.add_signal_handler(signal.SIGHUP, _reload, config.source, handlers, worklist,
                                 users, notifier)
+        # Before the runtime file names us: import-orthanc signals only then, and
+        # SIGUSR1's default action would end the daemon.
+        loop.add_signal_handler(signal.SIGUSR1, ops.adopter.request)
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run()) for t in (ops.disk, ops.backups, ops.board)]
@@ -183,7 +186,6 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         # An Orthanc archive in the data folders is adopted in the background,
         # once everything serves (appliance/ops/adopt.py); SIGUSR1 asks again.
         adoption = loop.create_task(ops.adopter.run_forever())
-        loop.add_signal_handler(signal.SIGUSR1, ops.adopter.request)
         await stop.wait()
         log.info("stopping")
         notifier.stopping()
