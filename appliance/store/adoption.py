@@ -148,9 +148,11 @@ class OrthancAdoption:
         """Commit a prepared batch and say what became of each attachment."""
         prepared = [f.result() for f in futures]
         dirs = {self._archive.blobs.path(p.rel).parent for p in prepared if p.rel}
-        items = [(p.record, AdoptionMark(p.attachment.uuid, p.attachment.instance,
-                                         p.record.sop_instance_uid if p.record else None,
-                                         p.way.value, p.size, p.reason))
+        # Only a placed file gets a row; a duplicate or unreadable one a mark alone.
+        items = [(p.record if p.rel else None,
+                  AdoptionMark(p.attachment.uuid, p.attachment.instance,
+                               p.record.sop_instance_uid if p.record else None,
+                               p.way.value, p.size, p.reason))
                  for p in prepared]
         try:
             outcomes = self._archive.index.record_adoption(items, dirs)
