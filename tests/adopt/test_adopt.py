@@ -214,18 +214,31 @@ def test_import_orthanc_command_with_the_daemon_stopped(shared_archive: Archive,
     config = tmp_path / "orthanc.json"
     config.write_text(json.dumps(a.config))
     before = a.orthanc_files()
+    # One of Orthanc's instances reaches the appliance by C-STORE first (the
+    # Orthanc index is out of the way meanwhile): adoption must keep that copy.
+    (a.index_dir / "index").rename(a.index_dir / "index.away")
+    d = a.daemon("first").start()
+    try:
+        assert scu_store(d.dicom_port, [a.sent[0].path]) == [0]
+    finally:
+        d.stop()
+    (a.index_dir / "index.away").rename(a.index_dir / "index")
+    received = d.stored_path(a.sent[0].sop_instance_uid)
+    ours = (a.index_dir / "pacs-appliance.sqlite").read_bytes()
     dry = _cli(config, "import-orthanc", "--dry-run")
     assert dry.returncode == 0, dry
     studies = len({s.study for s in a.sent})
     assert f"would adopt {len(a.sent)} instance(s) of {studies} studies" in dry.stdout
-    assert not (a.index_dir / "pacs-appliance.sqlite").exists()  # a dry run writes nothing
+    assert (a.index_dir / "pacs-appliance.sqlite").read_bytes() == ours  # a dry run writes nothing
     # One attachment damaged in its middle: same size, Orthanc's MD5 tells.
     damaged = a.attachment(_attachments(a)[5])
     good = damaged.read_bytes()
     damaged.write_bytes(good[:-100] + bytes(b ^ 0xFF for b in good[-100:]))
     first = _cli(config, "import-orthanc")
     assert first.returncode == 4, first
-    assert f"{len(a.sent) - 1} instance(s) of" in first.stdout
+    assert f"{len(a.sent) - 2} instance(s) of" in first.stdout
+    assert "already in the archive: 1" in first.stdout
+    assert d.stored_path(a.sent[0].sop_instance_uid) == received and received.exists()
     assert f"attachment {damaged.name}" in first.stdout and "MD5" in first.stdout
     assert "unreadable files: 1" in first.stdout
     damaged.write_bytes(good)
