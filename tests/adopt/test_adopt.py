@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import apsw
-from pydicom.uid import generate_uid
 
 from tests.adopt.conftest import Archive, status_json, wait_adopted
 from tests.adopt.corpus import PATIENTS, make_corpus
