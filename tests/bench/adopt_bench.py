@@ -44,6 +44,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+import psutil  # noqa: E402
 import pydicom  # noqa: E402
 
 from tests.bench import datagen  # noqa: E402
@@ -160,6 +161,7 @@ def appliance_run(root: Path, config_path: Path, db: Path, count: int, tag: str)
                 raise RuntimeError(log_path.read_text()[-3000:])
             time.sleep(0.01)
         port = json.loads(runtime.read_text())["http_port"]
+        cpu0 = _cpu(proc.pid)
         with RssSampler(proc.pid, interval=0.1) as rss:
             while True:
                 try:
@@ -169,6 +171,7 @@ def appliance_run(root: Path, config_path: Path, db: Path, count: int, tag: str)
                     pass
                 time.sleep(0.1)
             seen = time.perf_counter() - t0
+            cpu = _cpu(proc.pid) - cpu0
         text = log_path.read_text()
         m = _RATE.search(text)
         while m is None:
@@ -178,9 +181,19 @@ def appliance_run(root: Path, config_path: Path, db: Path, count: int, tag: str)
     finally:
         proc.terminate()
         proc.wait(60)
+    # The machine is shared: CPU seconds per instance say what 2 idle cores would do.
+    per = cpu / count
     return {"qido_sees_all_s": round(seen, 2), "adoption_s": float(m.group(1)),
+            "cpu_ms_per_instance": round(per * 1000, 2),
+            "projected_per_s_on_2_idle_cores": round(2 / per, 0) if per else None,
+            "load_average": os.getloadavg()[0],
             "instances_per_s": float(m.group(2)), "rss_peak_mb": round(rss.peak / 2**20, 1),
             "disk_before": before, "disk_after": disk_used(db)}
+
+
+def _cpu(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
 
 
 def cli_run(config_path: Path, db: Path) -> dict:
