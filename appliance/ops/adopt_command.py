@@ -27,7 +27,7 @@ from pathlib import Path
 from appliance.config import Config
 from appliance.ops.adoption_view import adoption_text
 from appliance.ops.disk import human_bytes
-from appliance.ops.files import read_json
+from appliance.ops.files import match_owner, read_json
 from appliance.ops.lock import FolderInUse, data_folders_locked
 from appliance.ops.runtime import STATUS_EVERY, STATUS_FILE, running_daemon
 
@@ -147,9 +147,36 @@ def _offline(config: Config) -> int:
                 archive.close()
     except FolderInUse as e:
         return _fail(str(e), EXIT_IN_USE)
+    _hand_over(Path(config.storage_directory), Path(config.index_directory))
     a = adopter.snapshot()
     bar.show(a, final=True)
     return _summary(a)
+
+
+def _hand_over(storage: Path, index: Path) -> None:
+    """Run as root (sudo), give what this command created to the owner of the
+    data folders, so the daemon's own user can go on with it: our index, our
+    fan-out folders and incoming folder, and the files of our own (copies,
+    decompressed files: one link). Hard links are Orthanc's inodes: left alone."""
+    if os.geteuid() != 0:
+        return
+    for p in index.glob("pacs-appliance.*"):
+        match_owner(p, index)
+    for d in [storage / ".incoming", *storage.glob("[0-9a-f][0-9a-f]")]:
+        if d.is_dir():
+            match_owner_shallow(d, storage)
+            for f in d.glob("*.dcm"):
+                if f.stat().st_nlink == 1:
+                    match_owner(f, storage)
+
+
+def match_owner_shallow(path: Path, like: Path) -> None:
+    """Give the folder ``path`` itself (not its files) the owner of ``like``."""
+    st = like.stat()
+    try:
+        os.chown(path, st.st_uid, st.st_gid, follow_symlinks=False)
+    except OSError:
+        pass
 
 
 def _through_daemon(config: Config, pid: int) -> int:
