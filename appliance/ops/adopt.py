@@ -42,12 +42,14 @@ _LISTED = 20
 class Progress:
     """One pass of an adoption, as it goes."""
 
-    state: str = "idle"            # idle | reading | adopting | done | failed | none
+    state: str = "idle"            # idle | reading | adopting | verifying | done | stopped | failed | none
     orthanc_index: str | None = None
     total: int = 0                 # attachments this pass has to adopt
     done: int = 0
     started: float | None = None
+    adopted: float | None = None   # when every instance was visible (before the MD5 checks)
     finished: float | None = None
+    verified: int = 0              # files compared with Orthanc's MD5 after the pass
     ways: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
     studies: set[str] = field(default_factory=set)
@@ -59,7 +61,7 @@ class Progress:
         """Attachments per second so far in this pass."""
         if self.started is None or self.done == 0:
             return None
-        elapsed = (self.finished or now or time.time()) - self.started
+        elapsed = (self.adopted or self.finished or now or time.time()) - self.started
         return self.done / elapsed if elapsed > 0 else None
 
     def eta(self, now: float | None = None) -> float | None:
@@ -79,7 +81,8 @@ class Progress:
             "percent": round(100.0 * self.done / self.total, 1) if self.total else 100.0,
             "rate": round(rate, 1) if rate else None,
             "eta_seconds": round(self.eta(now), 1) if self.eta(now) is not None else None,
-            "started": self.started, "finished": self.finished,
+            "started": self.started, "adopted": self.adopted, "finished": self.finished,
+            "verified": self.verified,
             "instances": {w.value: self.ways.get(w.value, 0) for w in Way},
             "bytes": {w.value: self.bytes.get(w.value, 0) for w in Way},
             "studies": len(self.studies),
@@ -162,7 +165,8 @@ class OrthancAdopter:
         try:
             with open_orthanc_index(path, self._index_dir) as index:
                 settled = adoption.settled()
-                pending = [a for a in index.attachments() if a.uuid not in settled]
+                every = list(index.attachments())
+                pending = [a for a in every if a.uuid not in settled]
             with self._lock:
                 self.progress.total, self.progress.state = len(pending), "adopting"
             if pending:
@@ -183,16 +187,53 @@ class OrthancAdopter:
                     self._log_progress()
                 self._report()
                 if prepared is None and k + 1 < len(batches):
-                    log.info("adoption stopped at %d of %d (goes on at the next start)",
-                             self.progress.done, self.progress.total)
-                    with self._lock:
-                        self.progress.state = "stopped"
+                    self._stopped()
                     return
+            with self._lock:
+                self.progress.adopted = time.time()
+            if not self._verify(adoption, {a.uuid: a.md5 for a in every}):
+                self._stopped()
+                return
             with self._lock:
                 self.progress.state = "done"
             self._log_summary(adoption)
         finally:
             adoption.close()
+
+    def _stopped(self) -> None:
+        log.info("adoption stopped at %d of %d (goes on at the next start)",
+                 self.progress.done, self.progress.total)
+        with self._lock:
+            self.progress.state = "stopped"
+
+    def _verify(self, adoption: OrthancAdoption, md5_of: dict[str, str | None]) -> bool:
+        """Compare the adopted files with Orthanc's MD5 (everything is visible
+        already); False when stopped before the end."""
+        todo = adoption.unverified()
+        if not todo:
+            return True
+        with self._lock:
+            self.progress.state = "verifying"
+        t0 = time.monotonic()
+        for start in range(0, len(todo), self._batch):
+            if self._stop.is_set():
+                return False
+            batch = todo[start:start + self._batch]
+            withdrawn = adoption.verify(batch, md5_of)
+            with self._lock:
+                p = self.progress
+                p.verified += len(batch)
+                for uuid, why in withdrawn:
+                    log.warning("Orthanc attachment %s withdrawn: %s", uuid, why)
+                    p.ways[Way.UNREADABLE.value] = p.ways.get(Way.UNREADABLE.value, 0) + 1
+                    if p.ways.get(Way.LINKED.value):
+                        p.ways[Way.LINKED.value] -= 1
+                    if len(p.unreadable) < _LISTED:
+                        p.unreadable.append({"uuid": uuid, "instance": None, "reason": why})
+            self._report()
+        log.info("compared %d adopted file(s) with the MD5 in Orthanc's index in %.1f s",
+                 len(todo), time.monotonic() - t0)
+        return True
 
     def _account(self, batch: list[Attachment], results) -> None:
         with self._lock:
@@ -225,7 +266,7 @@ class OrthancAdopter:
         log.info("adopted Orthanc's archive in %.1f s (%s/s): %d instance(s) of %d studies: "
                  "%d linked (%s, no space taken), %d copied (%s), %d decompressed (%s more "
                  "on disk), %d already here, %d unreadable",
-                 (s["finished"] or time.time()) - s["started"], s["rate"] or "-",
+                 (s["adopted"] or s["finished"] or time.time()) - s["started"], s["rate"] or "-",
                  n["linked"] + n["copied"] + n["decompressed"], s["studies"],
                  n["linked"], human_bytes(b["linked"]), n["copied"], human_bytes(b["copied"]),
                  n["decompressed"], human_bytes(b["decompressed"]), n["duplicate"], n["unreadable"])

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from appliance.config import Config
-from appliance.ops.adoption_view import adoption_text
+from appliance.ops.adoption_view import RUNNING, adoption_text
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import match_owner, read_json
 from appliance.ops.lock import FolderInUse, data_folders_locked
@@ -119,7 +119,8 @@ def _summary(a: dict) -> int:
     print(f"  already in the archive: {n['duplicate']}")
     print(f"  unreadable files: {n['unreadable']}")
     for u in a.get("unreadable") or []:
-        print(f"    attachment {u['uuid']} (Orthanc instance {u['instance']}): {u['reason']}")
+        where = f" (Orthanc instance {u['instance']})" if u.get("instance") else ""
+        print(f"    attachment {u['uuid']}{where}: {u['reason']}")
     if a["state"] == "failed":
         return _fail(f"adoption failed: {a.get('error')}")
     if a["state"] == "stopped":
@@ -201,8 +202,8 @@ def _through_daemon(config: Config, pid: int) -> int:
             continue  # the pass asked for has not shown up in the status yet
         if a["state"] == "none":
             return _fail(f"no Orthanc index in {config.index_directory}")
-        bar.show(a, final=a["state"] not in ("reading", "adopting"))
-        if a["state"] not in ("reading", "adopting"):
+        bar.show(a, final=a["state"] not in RUNNING)
+        if a["state"] not in RUNNING:
             text = adoption_text(a)
             if text:
                 print(f"  {text}", file=sys.stderr)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from appliance.ops.disk import human_bytes
 
+# States of a pass that is not over yet.
+RUNNING = ("reading", "adopting", "verifying")
+
 
 def adoption_text(a: dict | None) -> str | None:
     """One line on the adoption, or None when there is no Orthanc archive."""
@@ -14,7 +17,10 @@ def adoption_text(a: dict | None) -> str | None:
         return None
     n, b = a["instances"], a["bytes"]
     adopted = n["linked"] + n["copied"] + n["decompressed"]
-    if a["state"] in ("reading", "adopting"):
+    if a["state"] == "verifying":
+        text = (f"every instance of Orthanc's archive visible; comparing with Orthanc's MD5: "
+                f"{a.get('verified', 0)} files")
+    elif a["state"] in ("reading", "adopting"):
         eta = a.get("eta_seconds")
         text = (f"adopting Orthanc's archive: {a['done']}/{a['total']} ({a['percent']:.0f}%)"
                 + (f", {a['rate']:.0f}/s" if a.get("rate") else "")
@@ -45,7 +51,7 @@ def adoption_metrics(a: dict | None) -> list[tuple[str, str, str, list[tuple[dic
         ("pacs_adoption_eta_seconds", "gauge", "Seconds left in the current adoption pass (NaN: none).",
          [(None, a.get("eta_seconds"))]),
         ("pacs_adoption_running", "gauge", "1 while an adoption pass runs.",
-         [(None, 1 if a["state"] in ("reading", "adopting") else 0)]),
+         [(None, 1 if a["state"] in RUNNING else 0)]),
         ("pacs_adoption_instances", "gauge", "Attachments of the current pass by outcome.",
          [({"outcome": k}, v) for k, v in sorted(a["instances"].items())]),
         ("pacs_adoption_bytes", "gauge", "Bytes of the current pass by outcome.",

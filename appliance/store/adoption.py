@@ -5,10 +5,9 @@ exactly as they were.
 For each DICOM attachment of Orthanc's index (appliance.store.orthanc) not
 adopted yet:
 
-1. its file is read once, hashed (SHA-256 for our index, MD5 to compare with
-   the ``uncompressedMD5`` Orthanc recorded: a file damaged on disk is
-   reported, not adopted), walked whole and its header read with ingest's own
-   record building (:func:`appliance.store.archive.record_of_file`);
+1. its file is read once, hashed (SHA-256 for our index), walked whole and
+   its header read with ingest's own record building
+   (:func:`appliance.store.archive.record_of_file`);
 2. it is made part of the store under the file id Orthanc's uuid gives
    (its 32 hex digits, so ``ab/ab…dcm`` in our fan-out folders; a rerun
    finds its own leftover): a **hard link** to Orthanc's file, so nothing is
@@ -21,6 +20,13 @@ adopted yet:
    ``orthanc_adopted`` mark per attachment, after the folders of the new
    names are fsynced: a crash leaves both or neither, so a restart adopts
    exactly what is left, and nothing twice.
+
+Once every instance is visible, :meth:`OrthancAdoption.verify` compares each
+adopted file with the ``uncompressedMD5`` Orthanc recorded (MD5 is slower than
+everything else an adoption does, so it waits until the archive is visible): a
+file damaged on disk is withdrawn (its row and our name go) and listed. Until
+then its mark says ``verified = 0``, so a restart goes on verifying. A file
+already found unreadable once, and a decompressed one, are compared at once.
 
 An instance already here (received meanwhile, or twice in Orthanc) is a
 duplicate: the archive's copy stays. An unreadable attachment (missing,
@@ -92,6 +98,7 @@ class _Prepared:
     record: InstanceRecord | None = None
     rel: str | None = None
     reason: str | None = None
+    verified: bool = True
 
 
 class Damaged(Exception):
@@ -116,6 +123,8 @@ class OrthancAdoption:
         self._storage = Path(orthanc_storage)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adopt")
         self.copy_reason: str | None = None   # why files are copied, once known
+        # Unreadable before: compared with Orthanc's MD5 at once, not after the pass.
+        self._retried = archive.index.adoption_retried()
 
     def close(self) -> None:
         """Stop the worker threads."""
@@ -152,7 +161,7 @@ class OrthancAdoption:
         items = [(p.record if p.rel else None,
                   AdoptionMark(p.attachment.uuid, p.attachment.instance,
                                p.record.sop_instance_uid if p.record else None,
-                               p.way.value, p.size, p.reason))
+                               p.way.value, p.size, p.reason, p.verified))
                  for p in prepared]
         try:
             outcomes = self._archive.index.record_adoption(items, dirs)
@@ -172,6 +181,39 @@ class OrthancAdoption:
         self._archive.note_adopted(sum(1 for a in done if a.way in _PLACED))
         return done
 
+    def unverified(self) -> list[tuple[str, str, str]]:
+        """(uuid, SOP Instance UID, our path) of the files still to compare."""
+        return self._archive.index.adoption_unverified()
+
+    def verify(self, batch: list[tuple[str, str, str]], md5_of: dict[str, str | None],
+               ) -> list[tuple[str, str]]:
+        """Compare the files of ``batch`` (from :meth:`unverified`) with the MD5
+        Orthanc recorded (``md5_of``: uuid -> MD5); withdraw the damaged ones.
+        Returns (uuid, why) of those withdrawn."""
+        def check(item: tuple[str, str, str]) -> str | None:
+            uuid, _sop, rel = item
+            expected = md5_of.get(uuid)
+            if not expected:
+                return None  # Orthanc did not record one (or forgot the attachment)
+            try:
+                _head, _size, _sha, md5 = _read_hashed(self._archive.blobs.path(rel), True)
+            except OSError as e:
+                return e.strerror or str(e)
+            return None if md5 == expected.lower() else _MD5_DIFFERS
+
+        withdrawn = []
+        for item, why in zip(batch, self._pool.map(check, batch)):
+            if why is None:
+                continue
+            uuid, sop, _rel = item
+            path = self._archive.index.adoption_withdraw(uuid, sop, why)
+            if path:
+                self._archive.blobs.remove(path)  # our name only: Orthanc's file stays
+            withdrawn.append((uuid, why))
+        self._archive.index.adoption_verified(
+            item[0] for item in batch if item[0] not in {u for u, _ in withdrawn})
+        return withdrawn
+
     # -- one attachment, on a worker thread ------------------------------------
 
     def _prepare(self, a: Attachment) -> _Prepared:
@@ -189,15 +231,17 @@ class OrthancAdoption:
         dest = self._archive.blobs.path(rel)
         temp = None
         try:
+            now = bool(a.md5) and a.uuid in self._retried
             if a.compression == orthanc.COMPRESSION_NONE:
-                readable, (head, size, sha256, md5) = source, _read_hashed(source, bool(a.md5))
+                readable, (head, size, sha256, md5) = source, _read_hashed(source, now)
             elif a.compressed:
+                now = bool(a.md5)  # written out anyway: hashed on the way
                 temp, (head, size, sha256, md5) = self._decompress(source, bool(a.md5))
                 readable = Path(temp)
             else:
                 raise Damaged(f"compression type {a.compression} unknown")
-            if a.md5 and md5 != a.md5.lower():
-                raise Damaged("MD5 differs from the one in Orthanc's index: the file is damaged")
+            if now and md5 != a.md5.lower():
+                raise Damaged(_MD5_DIFFERS)
             if a.uncompressed_size and size != a.uncompressed_size:
                 raise Damaged(f"{size} bytes, Orthanc's index says {a.uncompressed_size}")
             origin = Origin(ORTHANC_ORIGIN, None, a.remote_aet)
@@ -217,7 +261,8 @@ class OrthancAdoption:
                 way = Way.DECOMPRESSED
             else:
                 way = self._link(source, dest)
-            return _Prepared(a, way, size, record=replace(record, file_path=rel), rel=rel)
+            return _Prepared(a, way, size, record=replace(record, file_path=rel), rel=rel,
+                             verified=now or not a.md5)
         finally:
             if temp is not None:
                 _unlink_quietly(Path(temp))
@@ -283,6 +328,7 @@ class OrthancAdoption:
 
 
 _PLACED = (Way.LINKED, Way.COPIED, Way.DECOMPRESSED)
+_MD5_DIFFERS = "MD5 differs from the one in Orthanc's index: the file is damaged"
 
 
 class _Hashing:

@@ -16,8 +16,9 @@ Run from the repository root with the venv's interpreter::
 3. For each repetition, pacs-appliance ``serve`` is started on the unchanged
    orthanc.json (our index and links of a previous repetition removed first):
    seconds until QIDO-RS sees every instance (the sum of NumberOfStudyRelatedInstances),
-   the adoption's own rate from its log, peak RSS during the adoption, and the disk
-   used before and after (hard links: nothing but our index should grow).
+   the adoption's own rate from its log, its CPU seconds per instance, peak RSS during
+   the adoption, the disk used before and after (hard links: nothing but our index
+   should grow), and the time of the MD5 comparison that follows once all is visible.
 4. ``pacs-appliance import-orthanc`` (daemon stopped) on the same archive, timed.
 
 Target: >= 500 instances/s for an uncompressed archive. Results go to
@@ -59,6 +60,7 @@ TARGET = 500.0
 PER_STUDY = 50
 _UID_ROOT = "1.2.826.0.1.3680043.10.1414"
 _RATE = re.compile(r"adopted Orthanc's archive in ([\d.]+) s \(([\d.]+)/s\)")
+_VERIFIED = re.compile(r"with the MD5 in Orthanc's index in ([\d.]+) s")
 
 
 def _uid(kind: int, n: int) -> str:
@@ -174,16 +176,18 @@ def appliance_run(root: Path, config_path: Path, db: Path, count: int, tag: str)
             cpu = _cpu(proc.pid) - cpu0
         text = log_path.read_text()
         m = _RATE.search(text)
-        while m is None:
+        while m is None or _VERIFIED.search(text) is None:
             time.sleep(0.1)
             text = log_path.read_text()
             m = _RATE.search(text)
+        verified = float(_VERIFIED.search(text).group(1))
     finally:
         proc.terminate()
         proc.wait(60)
     # The machine is shared: CPU seconds per instance say what 2 idle cores would do.
     per = cpu / count
     return {"qido_sees_all_s": round(seen, 2), "adoption_s": float(m.group(1)),
+            "md5_check_after_s": verified,
             "cpu_ms_per_instance": round(per * 1000, 2),
             "projected_per_s_on_2_idle_cores": round(2 / per, 0) if per else None,
             "load_average": os.getloadavg()[0],

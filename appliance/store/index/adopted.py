@@ -15,7 +15,7 @@ from pathlib import Path
 
 import apsw
 
-from appliance.store.index.instances import InsertOutcome, InstanceRecord, _insert
+from appliance.store.index.instances import InsertOutcome, InstanceRecord, _delete, _insert
 
 # The outcome of an attachment that is tried again at every pass.
 UNREADABLE = "unreadable"
@@ -32,6 +32,7 @@ class AdoptionMark:
     outcome: str                    # linked | copied | decompressed | duplicate | unreadable
     bytes: int
     reason: str | None = None
+    verified: bool = True           # False: Orthanc's MD5 still to be compared
 
 
 class Adopted:
@@ -70,10 +71,40 @@ class Adopted:
                                         DUPLICATE, mark.bytes, "already stored")
                 conn.execute(
                     "INSERT OR REPLACE INTO orthanc_adopted (uuid, orthanc_instance, "
-                    "sop_instance_uid, outcome, bytes, reason, adopted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "sop_instance_uid, outcome, bytes, reason, adopted_at, verified) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (mark.uuid, mark.orthanc_instance, mark.sop_instance_uid, mark.outcome,
-                     mark.bytes, mark.reason, now))
+                     mark.bytes, mark.reason, now, int(mark.verified or mark.outcome == DUPLICATE)))
                 done.append(outcome)
             return done
 
         return self.run_write(write, dirs)
+
+    def adoption_unverified(self) -> list[tuple[str, str, str]]:
+        """(uuid, SOP Instance UID, our file path) of the adopted files whose
+        MD5 is still to be compared with Orthanc's."""
+        return self.read(
+            "SELECT m.uuid, m.sop_instance_uid, i.file_path FROM orthanc_adopted m "
+            "JOIN instances i ON i.sop_instance_uid = m.sop_instance_uid WHERE m.verified = 0")
+
+    def adoption_verified(self, uuids: Iterable[str]) -> None:
+        """These adopted files matched Orthanc's MD5."""
+        done = list(uuids)
+        self.run_write(lambda conn: conn.executemany(
+            "UPDATE orthanc_adopted SET verified = 1 WHERE uuid = ?", [(u,) for u in done]))
+
+    def adoption_withdraw(self, uuid: str, sop_instance_uid: str, reason: str) -> str | None:
+        """An adopted file turned out damaged: its instance row goes (the path
+        of our file is returned, for the caller to remove) and its mark says
+        why, so the next pass tries it again."""
+        def write(conn: apsw.Connection) -> str | None:
+            path = _delete(conn, sop_instance_uid)
+            conn.execute("UPDATE orthanc_adopted SET outcome = ?, reason = ?, verified = 1 "
+                         "WHERE uuid = ?", (UNREADABLE, reason, uuid))
+            return path
+        return self.run_write(write)
+
+    def adoption_retried(self) -> set[str]:
+        """Uuids marked unreadable: tried again, their MD5 compared at once."""
+        return {r[0] for r in self.read("SELECT uuid FROM orthanc_adopted WHERE outcome = ?",
+                                        (UNREADABLE,))}

@@ -187,7 +187,8 @@ UPDATE studies SET {_STUDY_SUMMARY}, {_kept_attributes("study", "studies")};
 # leaves both or neither and a restart goes on where it stopped. ``outcome``:
 # linked (a hard link to Orthanc's file), copied (no link possible),
 # decompressed (Orthanc's zlib attachment written out once), duplicate (the
-# instance was already here), unreadable (retried at every pass).
+# instance was already here), unreadable (retried at every pass). ``verified``:
+# 0 while the MD5 Orthanc recorded is still to be compared (after the pass).
 _SCHEMA_ADOPTION = """
 CREATE TABLE orthanc_adopted (
     uuid              TEXT PRIMARY KEY,
@@ -196,8 +197,10 @@ CREATE TABLE orthanc_adopted (
     outcome           TEXT NOT NULL,
     bytes             INTEGER NOT NULL,
     reason            TEXT,
-    adopted_at        REAL NOT NULL
+    adopted_at        REAL NOT NULL,
+    verified          INTEGER NOT NULL DEFAULT 1
 ) WITHOUT ROWID;
+CREATE INDEX orthanc_adopted_unverified ON orthanc_adopted(verified) WHERE verified = 0;
 """
 
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
