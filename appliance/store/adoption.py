@@ -193,8 +193,10 @@ class OrthancAdoption:
         def check(item: tuple[str, str, str]) -> str | None:
             uuid, _sop, rel = item
             expected = md5_of.get(uuid)
-            if not expected:
-                return None  # Orthanc did not record one (or forgot the attachment)
+            if not expected or rel != BlobStore.relpath(file_id_of(uuid)):
+                # Orthanc did not record one (or forgot the attachment), or a
+                # store replaced the instance since: nothing of Orthanc's to compare.
+                return None
             try:
                 _head, _size, _sha, md5 = _read_hashed(self._archive.blobs.path(rel), True)
             except OSError as e:
@@ -205,8 +207,8 @@ class OrthancAdoption:
         for item, why in zip(batch, self._pool.map(check, batch)):
             if why is None:
                 continue
-            uuid, sop, _rel = item
-            path = self._archive.index.adoption_withdraw(uuid, sop, why)
+            uuid, sop, rel = item
+            path = self._archive.index.adoption_withdraw(uuid, sop, rel, why)
             if path:
                 self._archive.blobs.remove(path)  # our name only: Orthanc's file stays
             withdrawn.append((uuid, why))

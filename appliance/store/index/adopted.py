@@ -93,12 +93,16 @@ class Adopted:
         self.run_write(lambda conn: conn.executemany(
             "UPDATE orthanc_adopted SET verified = 1 WHERE uuid = ?", [(u,) for u in done]))
 
-    def adoption_withdraw(self, uuid: str, sop_instance_uid: str, reason: str) -> str | None:
+    def adoption_withdraw(self, uuid: str, sop_instance_uid: str, file_path: str,
+                          reason: str) -> str | None:
         """An adopted file turned out damaged: its instance row goes (the path
-        of our file is returned, for the caller to remove) and its mark says
-        why, so the next pass tries it again."""
+        of our file is returned, for the caller to remove) unless the instance
+        is another file by now (replaced by a store), and its mark says why, so
+        the next pass tries it again."""
         def write(conn: apsw.Connection) -> str | None:
-            path = _delete(conn, sop_instance_uid)
+            row = conn.execute("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
+                               (sop_instance_uid,)).fetchone()
+            path = _delete(conn, sop_instance_uid) if row and row[0] == file_path else None
             conn.execute("UPDATE orthanc_adopted SET outcome = ?, reason = ?, verified = 1 "
                          "WHERE uuid = ?", (UNREADABLE, reason, uuid))
             return path
