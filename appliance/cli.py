@@ -10,6 +10,7 @@ import sys
 import threading
 
 from appliance import __version__
+from appliance.ops import adopt_command
 from appliance.ops import commands as ops_commands
 from appliance.ops import manage as manage_commands
 from appliance.outbound import commands as outbound_commands
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     ops_commands.add_parsers(sub)
     manage_commands.add_parsers(sub)
     outbound_commands.add_parsers(sub)
+    adopt_command.add_parser(sub)
     return p
 
 
@@ -102,6 +104,8 @@ def _main(argv: list[str] | None) -> int:
         return manage_commands.run(args, config)
     if args.command in outbound_commands.COMMANDS:
         return outbound_commands.run(args, config)
+    if args.command == adopt_command.COMMAND:
+        return adopt_command.run(args, config)
     return _serve(config, debug=args.debug)
 
 

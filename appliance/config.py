@@ -1428,8 +1428,10 @@ class Config:
         "(Orthanc's orthanc/orthanc) is ever created.",
         check=_users_if_authenticating, hash=False,
     )
-    storage_compression: bool = _key("StorageCompression", False, _fixed(False, "true is not supported yet"),
-                                     "Compress stored files: only false is supported for now.")
+    storage_compression: bool = _key(
+        "StorageCompression", False, _boolean,
+        "Orthanc's compression of stored files. Accepted either way: an Orthanc archive's "
+        "compressed files are decompressed once when adopted; new objects are stored uncompressed.")
     maximum_storage_size: int = _key("MaximumStorageSize", 0, _integer(),
                                      "MB the storage may hold; 0: unlimited.")
     maximum_patient_count: int = _key("MaximumPatientCount", 0, _integer(),

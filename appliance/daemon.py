@@ -37,6 +37,7 @@ from appliance.outbound.engine import OutboundEngine
 from appliance.outbound.rules import Rules
 from appliance.ops.backup import BackupScheduler, BackupSettings
 from appliance.ops.disk import DiskMonitor
+from appliance.ops.adopt import OrthancAdopter
 from appliance.ops.lock import data_folders_locked
 from appliance.ops.manage import remove_token, write_token
 from appliance.ops.quota import StoreAdmission
@@ -129,6 +130,9 @@ def _log_configuration(config: Config) -> None:
                     "store and delete every study over HTTP; set AuthenticationEnabled and "
                     "RegisteredUsers", "ANY HOST that reaches the HTTP port"
                     if config.remote_access_allowed else "any local user or process")
+    if config.storage_compression:
+        log.info("StorageCompression is true: Orthanc's compressed files are decompressed once "
+                 "when adopted, and new objects are stored uncompressed")
 
 
 async def run(config: Config, notifier: Notifier | None = None) -> int:
@@ -179,6 +183,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         mode=transport.choose_mode(),
     )
     outbound = Outbound(aet=config.dicom_aet, timeout=config.dicom_scu_timeout)
+    adoption: asyncio.Task | None = None
     runner = None
     housekeeping = None
     worklist_start: asyncio.Task | None = None
@@ -205,6 +210,9 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         app[DISK_HISTORY] = disk_history.samples
         loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
                                 users, notifier)
+        # Before the runtime file names us: import-orthanc signals only then, and
+        # SIGUSR1's default action would end the daemon.
+        loop.add_signal_handler(signal.SIGUSR1, ops.adopter.request)
         runner, http_port = await _start_http(config, app)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run())
@@ -222,10 +230,16 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
                  "all interfaces" if config.remote_access_allowed else "localhost",
                  http_port, counts["instances"])
         notifier.ready(f"{counts['instances']} instances")
+        # An Orthanc archive in the data folders is adopted in the background,
+        # once everything serves (appliance/ops/adopt.py); SIGUSR1 asks again.
+        adoption = loop.create_task(ops.adopter.run_forever())
         await stop.wait()
         log.info("stopping")
         notifier.stopping()
     finally:
+        if adoption is not None:
+            ops.adopter.stop()  # after the batch being written
+            await asyncio.gather(adoption, return_exceptions=True)
         for task in ops_tasks:
             task.cancel()
         await asyncio.gather(*ops_tasks, return_exceptions=True)
@@ -260,6 +274,7 @@ class _Ops:
     backups: BackupScheduler
     board: StatusBoard
     last_error: LastError
+    adopter: OrthancAdopter
 
 
 def _build_outbound(config: Config, archive: Archive) -> OutboundEngine:
@@ -282,6 +297,7 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
     last_error = LastError()
     logging.getLogger().addHandler(last_error)
     folder = worklist.folder
+    adopter = OrthancAdopter(archive, config.storage_directory, config.index_directory)
     board = StatusBoard(name=config.name, dicom_aet=config.dicom_aet,
                         remote_access=config.remote_access_allowed,
                         index_directory=config.index_directory,
@@ -291,8 +307,12 @@ def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,
                         worklist_size=(lambda: len(folder.snapshot)) if folder is not None else None,
                         queries=handlers.find.counts.snapshot if handlers.find is not None else None,
                         outbound=sending.stats,
-                        retrieves=handlers.retrieve.stats if handlers.retrieve is not None else None)
-    return _Ops(admission, disk, backups, board, last_error)
+                        retrieves=handlers.retrieve.stats if handlers.retrieve is not None else None,
+                        adoption=adopter.snapshot)
+    # The status file follows an adoption closely (import-orthanc beside the
+    # daemon follows it there), not only every STATUS_EVERY seconds.
+    adopter.on_progress, adopter.report_every = (lambda _progress: board.write()), 1.0
+    return _Ops(admission, disk, backups, board, last_error, adopter)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,19 @@ sudo=""
 # clients, curl and nginx (with openssl for a test certificate) the HTTP side;
 # libsystemd-dev and pkg-config build systemd-python; dpkg-dev, debhelper,
 # dh-virtualenv and lintian build and check the .deb (tests/test_debian.py);
-# chromium and chromium-driver run the web UI's browser tests (tests/ui).
+# chromium and chromium-driver run the web UI's browser tests (tests/ui); orthanc
+# stores the archives tests/adopt adopts (run by the tests with their own config and
+# ports: its packaged service is kept from starting by a policy-rc.d for the install).
 $sudo apt-get update -qq
 $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     dcmtk curl nginx openssl python3-venv python3-dev gcc pkg-config libsystemd-dev \
     dpkg-dev debhelper dh-virtualenv lintian chromium chromium-driver >/dev/null
+if ! dpkg -s orthanc >/dev/null 2>&1; then
+    policy=/usr/sbin/policy-rc.d
+    [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null; $sudo chmod +x "$policy"; added=1; }
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends orthanc >/dev/null
+    [ -z "${added:-}" ] || $sudo rm -f "$policy"
+fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

@@ -306,7 +306,6 @@ def test_ignored_keys_are_reported_with_dotted_names(tmp_path):
          "true is not supported: modalities are read from DicomModalities in this file"),
         ("StoreDicom", False, "false (index-only mode) is not supported"),
         ("ReadOnly", True, "true is not supported"),
-        ("StorageCompression", True, "true is not supported yet"),
     ],
 )
 def test_unsupported_values_of_orthanc_keys(tmp_path, key, value, why):
@@ -317,11 +316,12 @@ def test_unsupported_values_of_orthanc_keys(tmp_path, key, value, why):
     assert key not in config.ignored
 
 
-def test_storage_compression_message(tmp_path):
-    path = write(tmp_path, with_base(StorageCompression=True))
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert str(info.value) == f"{path}: StorageCompression: true is not supported yet"
+def test_storage_compression_true_is_accepted(tmp_path):
+    # An Orthanc archive stored compressed is adopted (decompressed once); the
+    # daemon logs that new objects are stored uncompressed (issue 14).
+    assert load(tmp_path, with_base(StorageCompression=True)).storage_compression is True
+    e = error(tmp_path, with_base(StorageCompression="yes"))
+    assert e.key == "StorageCompression"
 
 
 # --------------------------------------------------------------------------- wrong types

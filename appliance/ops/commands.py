@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from appliance.config import Config
+from appliance.ops.adoption_view import adoption_text
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import read_json
 from appliance.ops.lock import FolderInUse
@@ -343,6 +344,9 @@ def status_text(s: dict) -> str:
             left = f["days_left"]
             lines.append(f"  growth: {human_bytes(f['bytes_per_day'])}/day"
                          + (f", full in {left:.0f} days" if left is not None else ""))
+    adoption = adoption_text(s.get("adoption"))
+    if adoption:
+        lines.append(f"  {adoption}")
     adm = s.get("admission") or {}
     if adm:
         quota = []

@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable
 
 from appliance.ops.disk import human_bytes
+from appliance.ops.adoption_view import adoption_metrics
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Request latency buckets (seconds): a QIDO answer is milliseconds, a study's
@@ -119,6 +120,8 @@ def render(snap: dict, http: HttpStats | None = None) -> str:
     _retrieves(out, snap.get("retrieves"))
     _disk(out, snap.get("disk"))
     _outbound(out, snap.get("outbound"), snap["time"])
+    for family in adoption_metrics(snap.get("adoption")):
+        out.family(*family)
     _admission(out, snap.get("admission") or {})
     _backups(out, snap.get("backups") or {}, snap["time"])
     last_error = snap.get("last_error")

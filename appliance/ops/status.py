@@ -62,7 +62,9 @@ class StatusBoard:
                  worklist_size: Callable[[], int] | None = None,
                  queries: Callable[[], list[dict]] | None = None,
                  outbound: Callable[[], list[dict]] | None = None,
-                 retrieves: Callable[[], dict[str, int]] | None = None) -> None:
+                 retrieves: Callable[[], dict[str, int]] | None = None,
+
+                 adoption: Callable[[], dict] | None = None) -> None:
         self._name = name
         self._dicom_aet = dicom_aet
         self._remote_access = remote_access
@@ -79,6 +81,7 @@ class StatusBoard:
         self._queries = queries
         self._outbound = outbound  # the send queue per destination (appliance.outbound)
         self._retrieves = retrieves  # C-MOVE/C-GET totals (appliance.dicom.retrieve)
+        self._adoption = adoption
         self.started = time.time()
         self.ports = {"dicom": 0, "http": 0}
         self.path = Path(index_directory) / STATUS_FILE
@@ -95,7 +98,7 @@ class StatusBoard:
         """
         now = time.monotonic()
         marker = (self._archive.stored_count + self._archive.failed_count,
-                  self._admission.recycled_patients)
+                  self._admission.recycled_patients, self._archive.adopted_count)
         if not force and (marker == self._counted_after or
                           now - self._counted_at < max(COUNTS_MIN_EVERY, 20 * self._count_cost)):
             return
@@ -149,6 +152,8 @@ class StatusBoard:
                 pass
         if self._retrieves is not None:
             snap["retrieves"] = self._retrieves()
+        if self._adoption is not None:
+            snap["adoption"] = self._adoption()  # an Orthanc archive adopted in place
         return snap
 
     def write(self) -> None:

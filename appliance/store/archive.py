@@ -163,6 +163,7 @@ class Archive:
         self._placing = 0  # stores past their receive, before their index write is done
         self.stored_count = 0
         self.failed_count = 0
+        self.adopted_count = 0  # instances adopted from an Orthanc archive since start
         # Outcomes since start by (Origin.source, StoreResult) for the metrics.
         self.outcomes: Counter[tuple[str, StoreResult]] = Counter()
         self.admission = admission or Admission()
@@ -257,6 +258,11 @@ class Archive:
                 return _io_failure(e, incoming.size)  # ours (the storage), not the source's
             return StoreOutcome(StoreResult.INVALID, f"cannot read: {e.strerror}", size=incoming.size)
         return self.store_instance(incoming, origin)
+
+    def note_adopted(self, n: int) -> None:
+        """``n`` instances were adopted in place (appliance.store.adoption)."""
+        with self._stats_lock:
+            self.adopted_count += n
 
     # -- reads and searches ------------------------------------------------
     #
@@ -641,6 +647,42 @@ def _fast_early(start: bytes) -> _Early | None:
 def _uid_text(uids: dict[str, str]) -> str:
     """The UIDs of an audit entry for its log line."""
     return " ".join(f"{k}={v}" for k, v in uids.items())
+
+def record_of_file(path: Path, head: bytes, size: int, origin: Origin, *,
+                   received_at: float | None = None, sha256: str = "",
+                   ) -> tuple[InstanceRecord, str | None]:
+    """The index record of a Part-10 file already whole on disk (adoption of
+    another archive's files), read and checked as ingest reads and checks a
+    received object: walked whole (appliance.dicomfile.structure), header read
+    by fastheader from ``head`` (its first bytes) or else by pydicom, UIDs
+    checked, one record building.
+
+    Returns (record, unlike): ``unlike`` is why the object does not match its
+    SOP Class (an image without Pixel Data, well framed otherwise), which
+    ingest refuses and an adopter may keep. Raises InvalidObject,
+    structure.Malformed or OSError.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            structure.check(structure.Reader(head, size, lambda pos, n: os.pread(fd, n, pos)))
+            unlike = None
+        except structure.NotItsSopClass as e:
+            unlike = str(e)
+    finally:
+        os.close(fd)
+    early = _fast_early(head)
+    if early is not None:
+        record = early.record
+    else:
+        header = read_header(path)
+        try:
+            record = instance_record(header, header_uids(header), 0, origin)
+        except InvalidObject:
+            raise
+        except Exception as e:  # noqa: BLE001 - an odd value fails this file only, as at ingest
+            raise InvalidObject(f"unusable header: {type(e).__name__}: {e}") from None
+    return replace(with_receipt(record, size, origin, received_at), sha256=sha256), unlike
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:

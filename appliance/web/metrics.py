@@ -17,6 +17,7 @@ from datetime import datetime
 
 from aiohttp import web
 
+from appliance.ops.adoption_view import adoption_text
 from appliance.ops.disk import human_bytes
 from appliance.ops.metrics import CONTENT_TYPE, HttpStats, outbound_line, queries_summary, render
 from appliance.web.common import CONTEXT, http_error
@@ -134,6 +135,9 @@ async def status_page(request: web.Request) -> web.Response:
             left = f["days_left"]
             rows.append(("Growth", f"{human_bytes(f['bytes_per_day'])}/day"
                          + (f", full in {left:.0f} days" if left is not None else "")))
+    adoption = adoption_text(s.get("adoption"))
+    if adoption:
+        rows.append(("Orthanc archive", adoption))
     adm = s.get("admission") or {}
     if adm:
         rows.append(("New objects", "accepted" if adm["accepting"] else f"REFUSED: {adm['refusing']}"))

@@ -9,7 +9,8 @@
 - :mod:`.removals`: deletes, the swap of a fixed study, doomed files, audit;
 - :mod:`.queue`: the outbound queue and the StableStudy debounce;
 - :mod:`.maintenance`: recycling, backups, reindex; :class:`Snapshot` for a
-  database that is not the live one.
+  database that is not the live one;
+- :mod:`.adopted`: the progress of an Orthanc archive's adoption.
 
 Every operation is a method of :class:`Index` (``index.find_instance(uid)``,
 ``index.search(search)``, ``index.mpps_get(uid)``). Only appliance.store
@@ -18,6 +19,7 @@ uses this package: the rest of the appliance goes through the Archive.
 
 from __future__ import annotations
 
+from appliance.store.index.adopted import Adopted, AdoptionMark
 from appliance.store.index.engine import Engine, IndexError_
 from appliance.store.index.instances import (
     InsertOutcome, Instances, InstanceRecord, StoredInstance,
@@ -31,13 +33,14 @@ from appliance.store.index.retrieve import Retrieves
 from appliance.store.index.search import Searches
 
 __all__ = [
-    "AuditEntry", "Removed", "StudyChanged", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
+    "AdoptionMark", "AuditEntry", "Removed", "StudyChanged", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
     "InsertOutcome", "InstanceRecord", "MppsRecord", "PatientUsage", "Snapshot", "StoredInstance",
     "Forward", "QueueItem", "Settled", "UnknownResources",
 ]
 
 
-class Index(Engine, Instances, Searches, Retrieves, Mpps, Maintenance, Removals, Outbox):
+class Index(Engine, Instances, Searches, Retrieves, Mpps, Maintenance, Removals, Outbox,
+            Adopted):
     """The SQLite index of the archive: the engine and every operation on it.
 
     ``sync_dirs`` is called by the writer thread with the directories a batch

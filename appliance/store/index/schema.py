@@ -258,6 +258,30 @@ CREATE TABLE stable_due (
 CREATE INDEX stable_due_at ON stable_due(due_at);
 """
 
+
+# Adoption of an Orthanc archive in place (appliance/store/adoption.py): one
+# row per Orthanc DICOM attachment seen, keyed by Orthanc's attachment uuid,
+# written in the same transaction as the instance row it produced, so a crash
+# leaves both or neither and a restart goes on where it stopped. ``outcome``:
+# linked (a hard link to Orthanc's file), copied (no link possible),
+# decompressed (Orthanc's zlib attachment written out once), duplicate (the
+# instance was already here), unreadable (retried at every pass). ``verified``:
+# 0 while the MD5 Orthanc recorded is still to be compared (after the pass).
+_SCHEMA_ADOPTION = """
+CREATE TABLE orthanc_adopted (
+    uuid              TEXT PRIMARY KEY,
+    orthanc_instance  TEXT,
+    sop_instance_uid  TEXT,
+    outcome           TEXT NOT NULL,
+    bytes             INTEGER NOT NULL,
+    reason            TEXT,
+    adopted_at        REAL NOT NULL,
+    verified          INTEGER NOT NULL DEFAULT 1
+) WITHOUT ROWID;
+CREATE INDEX orthanc_adopted_unverified ON orthanc_adopted(verified) WHERE verified = 0;
+"""
+
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_DELETE, _SCHEMA_QUEUE)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_DELETE, _SCHEMA_QUEUE,
+                                _SCHEMA_ADOPTION)
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,59 @@
+"""How an Orthanc adoption's progress reads: one text for ``pacs-appliance
+status``, the status page and the ``import-orthanc`` command, and its
+``/metrics`` families. Pure: it formats the ``adoption`` part of a status
+snapshot (appliance.ops.adopt.Progress.snapshot)."""
+
+from __future__ import annotations
+
+from appliance.ops.disk import human_bytes
+
+# States of a pass that is not over yet.
+RUNNING = ("reading", "adopting", "verifying")
+
+
+def adoption_text(a: dict | None) -> str | None:
+    """One line on the adoption, or None when there is no Orthanc archive."""
+    if not a or a.get("state") in (None, "none", "idle"):
+        return None
+    n, b = a["instances"], a["bytes"]
+    adopted = n["linked"] + n["copied"] + n["decompressed"]
+    if a["state"] == "verifying":
+        text = (f"every instance of Orthanc's archive visible; comparing with Orthanc's MD5: "
+                f"{a.get('verified', 0)} files")
+    elif a["state"] in ("reading", "adopting"):
+        eta = a.get("eta_seconds")
+        text = (f"adopting Orthanc's archive: {a['done']}/{a['total']} ({a['percent']:.0f}%)"
+                + (f", {a['rate']:.0f}/s" if a.get("rate") else "")
+                + (f", ETA {eta:.0f} s" if eta is not None else ""))
+    elif a["state"] == "failed":
+        text = f"adopting Orthanc's archive FAILED: {a.get('error')}"
+    elif a["state"] == "stopped":
+        text = f"adoption of Orthanc's archive stopped at {a['done']}/{a['total']}"
+    else:
+        text = f"Orthanc's archive adopted: {adopted} new instance(s) this pass"
+    text += (f"; {n['linked']} linked ({human_bytes(b['linked'])}), {n['copied']} copied, "
+             f"{n['decompressed']} decompressed ({human_bytes(b['decompressed'])}), "
+             f"{n['duplicate']} already here, {n['unreadable']} unreadable")
+    return text
+
+
+def adoption_metrics(a: dict | None) -> list[tuple[str, str, str, list[tuple[dict | None, float | int | None]]]]:
+    """(name, type, help, samples) of the adoption's /metrics families."""
+    if not a or a.get("state") in (None, "none"):
+        return []
+    return [
+        ("pacs_adoption_total", "gauge", "Orthanc attachments the current adoption pass has to adopt.",
+         [(None, a["total"])]),
+        ("pacs_adoption_done", "gauge", "Orthanc attachments the current adoption pass has done.",
+         [(None, a["done"])]),
+        ("pacs_adoption_rate", "gauge", "Attachments adopted per second in the current pass.",
+         [(None, a.get("rate") or 0)]),
+        ("pacs_adoption_eta_seconds", "gauge", "Seconds left in the current adoption pass (NaN: none).",
+         [(None, a.get("eta_seconds"))]),
+        ("pacs_adoption_running", "gauge", "1 while an adoption pass runs.",
+         [(None, 1 if a["state"] in RUNNING else 0)]),
+        ("pacs_adoption_instances", "gauge", "Attachments of the current pass by outcome.",
+         [({"outcome": k}, v) for k, v in sorted(a["instances"].items())]),
+        ("pacs_adoption_bytes", "gauge", "Bytes of the current pass by outcome.",
+         [({"outcome": k}, v) for k, v in sorted(a["bytes"].items())]),
+    ]

@@ -1,0 +1,114 @@
+"""What the index keeps of an Orthanc archive's adoption (schema: _SCHEMA_ADOPTION).
+
+A mixin of :class:`appliance.store.index.Index`. One row per Orthanc DICOM
+attachment seen, written in the same transaction as the instance row it gave,
+so that a crash leaves both or neither: a restart adopts exactly what is not
+marked yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from appliance.store.index.instances import InsertOutcome, InstanceRecord, _delete, _insert
+
+# The outcome of an attachment that is tried again at every pass.
+UNREADABLE = "unreadable"
+DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class AdoptionMark:
+    """One Orthanc attachment's outcome, as the index keeps it."""
+
+    uuid: str                       # Orthanc's attachment uuid
+    orthanc_instance: str | None    # Orthanc's public id of its instance
+    sop_instance_uid: str | None
+    outcome: str                    # linked | copied | decompressed | duplicate | unreadable
+    bytes: int
+    reason: str | None = None
+    verified: bool = True           # False: Orthanc's MD5 still to be compared
+
+
+class Adopted:
+    """The adoption operations of the index."""
+
+    def adopted_uuids(self) -> set[str]:
+        """The Orthanc attachments already settled (every outcome but unreadable)."""
+        return {r[0] for r in self.read("SELECT uuid FROM orthanc_adopted WHERE outcome != ?",
+                                        (UNREADABLE,))}
+
+    def adoption_unreadable(self, limit: int = 100) -> list[tuple[str, str | None, str]]:
+        """(uuid, Orthanc instance id, why) of the attachments that could not be read."""
+        return self.read("SELECT uuid, orthanc_instance, coalesce(reason, '') FROM orthanc_adopted "
+                         "WHERE outcome = ? ORDER BY adopted_at LIMIT ?", (UNREADABLE, limit))
+
+    def adoption_totals(self) -> dict[str, tuple[int, int]]:
+        """outcome -> (attachments, bytes) of everything adopted so far."""
+        return {o: (n, b) for o, n, b in self.read(
+            "SELECT outcome, count(*), coalesce(sum(bytes), 0) FROM orthanc_adopted GROUP BY outcome")}
+
+    def record_adoption(self, items: Iterable[tuple[InstanceRecord | None, AdoptionMark]],
+                        dirs: Iterable[Path]) -> list[InsertOutcome | None]:
+        """Insert the instances (never over an existing one) and their marks in
+        one transaction, once ``dirs`` (where their files were placed) are
+        fsynced. An instance found already there gets its mark turned into a
+        duplicate; the caller removes the file it placed for it."""
+        batch = list(items)
+
+        def write(conn: apsw.Connection) -> list[InsertOutcome | None]:
+            now = time.time()
+            done: list[InsertOutcome | None] = []
+            for record, mark in batch:
+                outcome = None if record is None else _insert(conn, record, overwrite=False)
+                if outcome is not None and not outcome.inserted:
+                    mark = AdoptionMark(mark.uuid, mark.orthanc_instance, mark.sop_instance_uid,
+                                        DUPLICATE, mark.bytes, "already stored")
+                conn.execute(
+                    "INSERT OR REPLACE INTO orthanc_adopted (uuid, orthanc_instance, "
+                    "sop_instance_uid, outcome, bytes, reason, adopted_at, verified) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (mark.uuid, mark.orthanc_instance, mark.sop_instance_uid, mark.outcome,
+                     mark.bytes, mark.reason, now, int(mark.verified or mark.outcome == DUPLICATE)))
+                done.append(outcome)
+            return done
+
+        return self.run_write(write, dirs)
+
+    def adoption_unverified(self) -> list[tuple[str, str, str]]:
+        """(uuid, SOP Instance UID, our file path) of the adopted files whose
+        MD5 is still to be compared with Orthanc's."""
+        return self.read(
+            "SELECT m.uuid, m.sop_instance_uid, i.file_path FROM orthanc_adopted m "
+            "JOIN instances i ON i.sop_instance_uid = m.sop_instance_uid WHERE m.verified = 0")
+
+    def adoption_verified(self, uuids: Iterable[str]) -> None:
+        """These adopted files matched Orthanc's MD5."""
+        done = list(uuids)
+        self.run_write(lambda conn: conn.executemany(
+            "UPDATE orthanc_adopted SET verified = 1 WHERE uuid = ?", [(u,) for u in done]))
+
+    def adoption_withdraw(self, uuid: str, sop_instance_uid: str, file_path: str,
+                          reason: str) -> str | None:
+        """An adopted file turned out damaged: its instance row goes (the path
+        of our file is returned, for the caller to remove) unless the instance
+        is another file by now (replaced by a store), and its mark says why, so
+        the next pass tries it again."""
+        def write(conn: apsw.Connection) -> str | None:
+            row = conn.execute("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
+                               (sop_instance_uid,)).fetchone()
+            path = _delete(conn, sop_instance_uid) if row and row[0] == file_path else None
+            conn.execute("UPDATE orthanc_adopted SET outcome = ?, reason = ?, verified = 1 "
+                         "WHERE uuid = ?", (UNREADABLE, reason, uuid))
+            return path
+        return self.run_write(write)
+
+    def adoption_retried(self) -> set[str]:
+        """Uuids marked unreadable: tried again, their MD5 compared at once."""
+        return {r[0] for r in self.read("SELECT uuid FROM orthanc_adopted WHERE outcome = ?",
+                                        (UNREADABLE,))}
