@@ -100,7 +100,7 @@ def test_guide_layout_adopted_in_place_at_start(shared_archive: Archive, tmp_pat
         assert snap["adoption"]["instances"]["linked"] == len(a.sent)
         metrics = _get(d, "/metrics").decode()
         assert f'pacs_adoption_instances{{outcome="linked"}} {len(a.sent)}' in metrics
-        page = _get(d, "/").decode()
+        page = _get(d, "/status.html").decode()
         assert f"Orthanc&#x27;s archive adopted: {len(a.sent)} new instance(s)" in page
     finally:
         assert d.stop() == 0
