@@ -64,6 +64,7 @@ log = logging.getLogger("bench.qr_find")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVERS = ("orthanc", "appliance")
 STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
+SETTLE = 10.0  # seconds between a fill and the first timed query
 WILDCARD = "*^GIVEN000*"   # studies 0-99 and their patients 0-49: 100 answers on both
 
 
@@ -244,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                 log.info("%s: filled %d -> %d studies at %.0f inst/s (%d associations)",
                          name, filled, size, res["inst_s"], PARALLEL)
             filled = size
+            # Both index what they just received in the background for a while after a fill
+            # (checkpoints, counts): queries are timed once that has settled.
+            time.sleep(SETTLE)
             study = uids(small[size // 2])[0]
             queries = [
                 Query("patientid", "STUDY by PatientID (2 answers)",
