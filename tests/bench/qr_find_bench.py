@@ -20,9 +20,9 @@ in turn. At each size, DCMTK findscu (Study Root) is timed as a whole process fo
   answer alike (a surname pattern answers 50 on Orthanc, 100 on the appliance);
 * SERIES level of one study (1 answer).
 
-echoscu is timed the same way in the same run, and the figures reported are
-findscu's p50 minus echoscu's p50 (process start, association, release: what is
-not the query). On a loaded machine those process times swing by tens of
+echoscu is timed the same way right before each findscu, and the figure reported is
+the median of findscu minus echoscu over those pairs (process start, association,
+release: what is not the query). On a loaded machine those process times swing by tens of
 milliseconds, so each query is also timed on one open association with a raw SCU
 (tests/fuzz/rawdicom: no decoding of the answers), from the C-FIND-RQ to the final
 response: the server's own time, reported beside (``assoc``). Timed runs alternate between the servers, the order reversed every
@@ -175,18 +175,21 @@ def measure_assoc(servers: dict[str, Server], query: Query, reps: int) -> dict[s
                     "n": len(times[name])}) for name in servers}
 
 
-def measure(servers: dict[str, Server], query: Query | None, reps: int,
+def measure(servers: dict[str, Server], query: Query, reps: int,
             env: dict[str, str]) -> dict[str, dict]:
-    """Warm up twice, then ``reps`` alternating timed runs per server (ms)."""
-    def once(srv: Server) -> float:
-        return findscu(srv.port, query, env) if query else echoscu(srv.port, env)
+    """Warm up twice, then ``reps`` alternating timed pairs per server: echoscu, then
+    findscu right after it (ms). ``net_p50`` is the median of the pairs' differences: the
+    two runs of a pair see the same load on this shared machine, where medians taken
+    minutes apart did not."""
+    def pair(srv: Server) -> tuple[float, float]:
+        return echoscu(srv.port, env) * 1000, findscu(srv.port, query, env) * 1000
 
-    times: dict[str, list[float]] = {n: [] for n in servers}
+    pairs: dict[str, list[tuple[float, float]]] = {n: [] for n in servers}
     failed: dict[str, str] = {}
     for name, srv in servers.items():
         try:
-            once(srv)
-            once(srv)
+            pair(srv)
+            pair(srv)
         except (ServerError, subprocess.TimeoutExpired) as exc:
             failed[name] = str(exc)[:300]
     for rep in range(reps):
@@ -194,15 +197,18 @@ def measure(servers: dict[str, Server], query: Query | None, reps: int,
             if name in failed:
                 continue
             try:
-                times[name].append(once(servers[name]) * 1000)
+                pairs[name].append(pair(servers[name]))
             except (ServerError, subprocess.TimeoutExpired) as exc:
                 failed[name] = str(exc)[:300]
     out = {}
     for name in servers:
-        t = sorted(times[name])
-        out[name] = ({"error": failed.get(name, "no sample")} if name in failed or not t else
-                     {"p50": statistics.median(t), "p95": t[min(len(t) - 1, int(0.95 * len(t)))],
-                      "min": t[0], "n": len(t), "samples": t})
+        if name in failed or not pairs[name]:
+            out[name] = {"error": failed.get(name, "no sample")}
+            continue
+        echo, find = [e for e, _ in pairs[name]], [f for _, f in pairs[name]]
+        out[name] = {"p50": statistics.median(find), "echo_p50": statistics.median(echo),
+                     "net_p50": statistics.median(f - e for e, f in pairs[name]),
+                     "n": len(find), "pairs": pairs[name]}
     return out
 
 
@@ -261,13 +267,10 @@ def main(argv: list[str] | None = None) -> int:
                        "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"], 1),
             ]
             at = results["find"].setdefault(str(size), {})
-            at["echo"] = echo = measure(servers, None, args.reps, env)
             for q in queries:
                 res = measure(servers, q, args.reps, env)
                 assoc = measure_assoc(servers, q, args.reps)
                 for name, r in res.items():
-                    if "p50" in r and "p50" in echo.get(name, {}):
-                        r["net_p50"] = r["p50"] - echo[name]["p50"]
                     r["assoc_p50"] = assoc[name].get("p50")
                     r["assoc"] = assoc[name]
                 at[q.key] = res
@@ -290,8 +293,6 @@ def main(argv: list[str] | None = None) -> int:
              f"{'ratio':>6}  target"]
     for size, at in results["find"].items():
         for key, res in at.items():
-            if key == "echo":
-                continue
             need = 5 if key == "name_wildcard" and int(size) >= 20000 else \
                 3 if key == "name_wildcard" else None
             for how, field_ in (("findscu minus echoscu", "net_p50"), ("on one association", "assoc_p50")):
