@@ -65,7 +65,7 @@ log = logging.getLogger("bench.qr_find")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVERS = ("orthanc", "appliance")
 STUDY_ROOT = "1.2.840.10008.5.1.4.1.2.2.1"
-SETTLE = 10.0  # seconds between a fill and the first timed query
+SETTLE = 30.0  # seconds between a fill and the first timed query
 WILDCARD = "*^GIVEN000*"   # studies 0-99 and their patients 0-49: 100 answers on both
 
 
