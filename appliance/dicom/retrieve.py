@@ -47,7 +47,7 @@ from pynetdicom.status import code_to_category
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.services import UNCOMPRESSED, Caller, DimseService
 from appliance.dicom.sender import (
-    AckPrompter, Destination, Outgoing, SendOutcome, SendResult, StoreSender, dataset_for, needs_of,
+    AckPrompter, Destination, Outgoing, SendResult, StoreSender, dataset_for, needs_of,
 )
 from appliance.dicom.status import RetrieveStatus, Status
 from appliance.query.retrieve import UNIQUE_KEYS, scope_of

@@ -78,9 +78,9 @@ def stow(http, files: list[bytes]) -> dict:
 @pytest.fixture(scope="module")
 def browser():
     """Headless Chromium, console messages kept (goog:loggingPrefs)."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip("apt-get install chromium chromium-driver (tests/run.sh does)")
-    webdriver = pytest.importorskip("selenium.webdriver")
+    # tests/run.sh installs both: a missing browser is a failure, not a skip.
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "apt-get install chromium chromium-driver"
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

@@ -3,9 +3,9 @@ the daemon as a subprocess, with authentication on and data stored through STOW-
 
 Log in, search, open a study, thumbnails loaded, cine advances at the data's frame
 rate, upload stores, the worklist lists an item (with its MPPS state), the system
-page shows the disk, and no console error on any page. The delete, fix-patient, send
-and ZIP tests drive endpoints other branches add; until they are merged here they
-skip, saying so (the check is the endpoint's own 404/405).
+page shows the disk, and no console error on any page; the ZIP download equals the
+stored files, delete removes, fix patient shows the corrected name, send reaches a
+second daemon.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pydicom.uid import generate_uid
 from tests.support import new_dataset
 from tests.ui.conftest import PASSWORD, USER, stow
 
-pytest.importorskip("selenium")
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException, StaleElementReferenceException, TimeoutException)
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -97,25 +96,9 @@ def wait(driver, condition, timeout: float = 10.0, what: str = ""):
                              f"{driver.find_element(By.TAG_NAME, 'body').text[:800]}") from None
 
 
-# Endpoints of other branches that the pages ask for (the send button's destinations,
-# the audit trail on the System page): until merged, their 404 is logged by Chromium as
-# a failed resource load, which is expected and ignored; once merged they answer 200 and
-# nothing is ignored.
-NOT_MERGED: list[str] = []
-
-
 def console_errors(driver) -> list[str]:
     """The SEVERE console messages since the last call (Chromium's log is drained)."""
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"
-            and not any(url in e["message"] for url in NOT_MERGED)]
-
-
-def _no_route(r) -> bool:
-    """aiohttp's own answer for a path no route serves (JSON by the error middleware)."""
-    try:
-        return r.status_code == 404 and r.json().get("Message") == "Not Found"
-    except ValueError:
-        return False
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +106,6 @@ def page(browser, ui_daemon, data):
     """The browser, logged in (HTTP Basic, as a person would through the URL once:
     the browser then keeps the credentials for the origin)."""
     base = f"http://127.0.0.1:{ui_daemon.http_port}"
-    for path in ("/modalities", "/dicom-web/servers", "/audit"):
-        if _no_route(requests.get(base + path, auth=(USER, PASSWORD), timeout=10)):
-            NOT_MERGED.append(base + path)
     browser.get(f"http://{USER}:{PASSWORD.replace(' ', '%20')}@127.0.0.1:{ui_daemon.http_port}/ui/icon.svg")
     browser.get(base + "/#/studies")
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "tr.study-row"), what="the study list")
@@ -503,27 +483,16 @@ def test_system_page_shows_disk_and_status(page, http):
     assert "Version" in status and "Stored" in status and "Last backup" in status
     assert "Worklist" in status
     assert "null" not in page.find_element(By.ID, "app").text.split()
-    if f"{page.base}/audit" not in NOT_MERGED:  # the delete branch's audit trail
-        assert page.find_element(By.ID, "audit").text.startswith("Deletes and corrections")
+    assert page.find_element(By.ID, "audit").text.startswith("Deletes and corrections")
     assert console_errors(page) == []
 
 
 # -- what other branches add ---------------------------------------------------------------
 
-def _needs(http, method: str, path: str, what: str, **kw) -> None:
-    """Skip until another branch's endpoint is merged: no route (404 "Not Found"),
-    or a route for other methods only (405)."""
-    r = http.request(method, http.base + path, **kw)
-    if r.status_code == 405 or _no_route(r):
-        pytest.skip(f"{what} not merged yet ({method} {path}: {r.status_code})")
-
-
 def test_zip_contents_equal_the_stored_files(page, http, ui_daemon, data):
     url = f"/dicom-web/studies/{data.old_study}?accept=application/zip"
     r = http.get(http.base + url)
-    if r.headers.get("Content-Type", "").split(";")[0] != "application/zip":
-        pytest.skip(f"ZIP download not merged yet (GET {url}: {r.status_code} "
-                    f"{r.headers.get('Content-Type')})")
+    assert r.headers.get("Content-Type", "").split(";")[0] == "application/zip", r.status_code
     open_study(page, data.old_study)
     assert page.find_element(By.ID, "download-zip").get_attribute("href") == http.base + url
     with zipfile.ZipFile(io.BytesIO(r.content)) as z:
@@ -535,7 +504,6 @@ def test_zip_contents_equal_the_stored_files(page, http, ui_daemon, data):
 
 def test_delete_removes(page, http, data):
     victim, series = generate_uid(), generate_uid()
-    _needs(http, "DELETE", f"/dicom-web/studies/{victim}", "DELETE")
     stow(http, [part10(victim, series, name="Delete^Me", pid="D1", day=TODAY, modality="OT",
                        accession="D1")])
     open_study(page, victim)
@@ -549,7 +517,6 @@ def test_delete_removes(page, http, data):
 
 def test_fix_patient_shows_the_corrected_name(page, http):
     study = generate_uid()
-    _needs(http, "POST", f"/studies/{study}/modify", "fix patient (modify)", json={})
     stow(http, [part10(study, generate_uid(), name="Wrong^Name", pid="F1", day=TODAY,
                        modality="OT", accession="F1")])
     open_study(page, study)
@@ -563,7 +530,6 @@ def test_fix_patient_shows_the_corrected_name(page, http):
 def test_send_shows_progress(page, http, data, peer):
     # The daemon has one destination, "peer": another daemon. The button sends the
     # study through the send queue; the form shows the job until it succeeded.
-    _needs(http, "GET", "/modalities", "send (GET /modalities)")
     assert http.get(http.base + "/modalities").json() == ["peer"]
     open_study(page, data.old_study)
     wait(page, lambda d: d.find_elements(By.ID, "send-study"), what="the send button")
