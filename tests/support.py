@@ -234,3 +234,15 @@ def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int | Non
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll ``predicate`` every 50 ms until it returns something true; that value
+    (AssertionError naming ``what`` after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -18,7 +18,7 @@ import requests
 
 from appliance.config import load_config
 from appliance.ops.backup import BackupScheduler, BackupSettings
-from tests.support import Daemon, base_config, pydicom_file
+from tests.support import Daemon, base_config, pydicom_file, wait_for
 
 CLI = [sys.executable, "-m", "appliance"]
 
@@ -26,16 +26,6 @@ CLI = [sys.executable, "-m", "appliance"]
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL, **kw)
-
-
-def _wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _lines(log: str, level: str) -> list[str]:
@@ -50,7 +40,7 @@ def _status_file(d: Daemon) -> dict:
             return json.loads(path.read_text())
         except (OSError, ValueError):
             return None
-    return _wait_for(read, what="the status file")
+    return wait_for(read, what="the status file")
 
 
 def test_version_flag():
@@ -71,7 +61,7 @@ def test_first_start_from_an_orthanc_config(make_daemon, tmp_path):
         Worklists={"Enable": True, "Database": str(worklists)},
         Backups={"Directory": str(tmp_path / "usb-disk" / "backups")},
     )
-    log = _wait_for(lambda: (t := d.log()) and "worklist folder" in t and t, what="worklists read")
+    log = wait_for(lambda: (t := d.log()) and "worklist folder" in t and t, what="worklists read")
     warnings = _lines(log, "WARNING")
     # Orthanc options: the ones asking for something not done, on ONE line; the rest not
     # at INFO or WARNING.
@@ -152,7 +142,7 @@ def test_12bit_jpeg_is_one_warning_and_the_daemon_exits_at_once(daemon):
     assert "Last error</th><td>none" in requests.get(base + "/status.html", timeout=10).text
 
     daemon.proc.send_signal(signal.SIGTERM)
-    _wait_for(lambda: "INFO appliance.daemon: stopped:" in daemon.log(), what="stopped")
+    wait_for(lambda: "INFO appliance.daemon: stopped:" in daemon.log(), what="stopped")
     seen = time.monotonic()
     daemon.proc.wait(20)
     assert daemon.proc.returncode == 0
@@ -190,7 +180,7 @@ def test_sighup_says_which_changes_need_a_restart(daemon):
     config["HttpPort"] = other
     daemon.config_path.write_text(json.dumps(config))
     daemon.proc.send_signal(signal.SIGHUP)
-    line = _wait_for(lambda: next((w for w in _lines(daemon.log(), "WARNING")
+    line = wait_for(lambda: next((w for w in _lines(daemon.log(), "WARNING")
                                    if "SIGHUP" in w), None), what="the SIGHUP warning")
     assert "HttpPort" in line and "restart" in line
     assert "DicomAlwaysAllowEcho" not in line  # that one was applied

@@ -8,14 +8,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.support import new_dataset
+from tests.support import new_dataset, wait_for
 
 SC = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
 US = "1.2.840.10008.5.1.4.1.1.6.1"  # Ultrasound Image Storage
@@ -25,17 +24,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    """Poll ``predicate`` until it returns something true; that value."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_instances(folder: Path, n: int, *, study_uid: str | None = None,

@@ -13,8 +13,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
 
-from tests.outbound.conftest import SC, free_port, make_instances, wait_for
-from tests.support import scu_store
+from tests.outbound.conftest import SC, free_port, make_instances
+from tests.support import scu_store, wait_for
 
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
 

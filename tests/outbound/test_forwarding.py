@@ -8,8 +8,8 @@ import time
 
 import requests
 
-from tests.outbound.conftest import cli, make_instances, queue_json, wait_for
-from tests.support import scu_store
+from tests.outbound.conftest import cli, make_instances, queue_json
+from tests.support import scu_store, wait_for
 
 
 def _modality(scp) -> dict:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import apsw
 import requests
 
-from tests.outbound.conftest import cli, make_instances, wait_for
-from tests.support import scu_store
+from tests.outbound.conftest import cli, make_instances
+from tests.support import scu_store, wait_for
 
 
 def test_send_by_cli_and_by_rest(make_daemon, storescp, tmp_path):
