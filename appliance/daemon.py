@@ -49,6 +49,7 @@ from appliance.store.archive import Archive
 from appliance.systemd import Notifier
 from appliance.web.app import Users, make_app
 from appliance.web.common import WebConfig
+from appliance.web.instances import IMPORT_RUNS
 from appliance.web.metrics import STATUS
 from appliance.web.ui import DISK_HISTORY
 from appliance.worklist.housekeeping import CleanupRules, Housekeeper
@@ -206,6 +207,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         app = make_app(archive=archive, config=config.view(WebConfig), users=users,
                        dicom_port=dicom.port, dicom_echo=outbound.echo)
         app[STATUS] = ops.board.snapshot
+        ops.board.imports = app[IMPORT_RUNS].snapshot
         disk_history = DiskHistory(config.index_directory, lambda: ops.disk.state)  # the UI's disk plot
         app[DISK_HISTORY] = disk_history.samples
         loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,

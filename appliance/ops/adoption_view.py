@@ -1,6 +1,6 @@
-"""How an Orthanc adoption's progress reads: one text for ``pacs-appliance
-status``, the status page and the ``import-orthanc`` command, and its
-``/metrics`` families. Pure: it formats the ``adoption`` part of a status
+"""How an Orthanc adoption's progress (and an import's) reads: one text for
+``pacs-appliance status``, the status page and the ``import-orthanc`` command,
+and its ``/metrics`` families. Pure: it formats the ``adoption`` part of a status
 snapshot (appliance.ops.adopt.Progress.snapshot)."""
 
 from __future__ import annotations
@@ -35,6 +35,14 @@ def adoption_text(a: dict | None) -> str | None:
              f"{n['decompressed']} decompressed ({human_bytes(b['decompressed'])}), "
              f"{n['duplicate']} already here, {n['unreadable']} unreadable")
     return text
+
+
+def import_texts(runs: list[dict] | None) -> list[str]:
+    """One line per ``pacs-appliance import`` run feeding the daemon (the
+    ``imports`` part of a status snapshot, appliance.web.instances.ImportRuns)."""
+    return [f"import: {r['done']}/{r['total'] or '?'} files, {r['stored']} stored, "
+            f"{r['duplicates']} already here, {r['refused']} refused "
+            f"({human_bytes(r['bytes'])}, {r['rate']:.0f} files/s)" for r in runs or ()]
 
 
 def adoption_metrics(a: dict | None) -> list[tuple[str, str, str, list[tuple[dict | None, float | int | None]]]]:

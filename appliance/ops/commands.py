@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from appliance.config import Config
-from appliance.ops.adoption_view import adoption_text
+from appliance.ops.adoption_view import adoption_text, import_texts
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import read_json
 from appliance.ops.lock import FolderInUse
@@ -347,6 +347,7 @@ def status_text(s: dict) -> str:
     adoption = adoption_text(s.get("adoption"))
     if adoption:
         lines.append(f"  {adoption}")
+    lines += [f"  {text}" for text in import_texts(s.get("imports"))]
     adm = s.get("admission") or {}
     if adm:
         quota = []

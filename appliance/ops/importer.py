@@ -31,6 +31,7 @@ import getpass
 import http.client
 import json
 import os
+import secrets
 import sys
 import threading
 import time
@@ -191,6 +192,11 @@ class DaemonSink:
         self._local = threading.local()
         self.where = f"the running daemon (HTTP port {port})"
 
+    def begin(self, total: int) -> None:
+        """Name this run to the daemon (``X-Pacs-Import``), which then shows its
+        progress in ``status`` and on the System page."""
+        self._headers["X-Pacs-Import"] = f"{secrets.token_hex(8)} {total}"
+
     def _connection(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
@@ -236,7 +242,12 @@ class DaemonSink:
         """Nothing to finish (connections close with their threads)."""
 
 
-class ArchiveSink:
+class _NoProgressShown:
+    def begin(self, total: int) -> None:
+        """The daemon is not running: this command's own progress bar is all there is."""
+
+
+class ArchiveSink(_NoProgressShown):
     """Stores files with ``Archive.ingest_file``, the data folders locked."""
 
     def __init__(self, config: Config) -> None:
@@ -397,6 +408,7 @@ def run_import(paths: list[str], sink, *, workers: int = WORKERS,
     summary = Summary(where=sink.where, files=len(found.files), dicomdirs=found.dicomdirs,
                       skipped=list(found.problems))
     progress = progress or Progress(len(found.files))
+    sink.begin(len(found.files))
     lock = threading.Lock()
     done = 0
     labels: Counter[str] = Counter()

@@ -78,6 +78,9 @@ class StatusBoard:
         # () -> whether HTTP authentication is on now (SIGHUP may change it); set by the
         # daemon. Off is shown loudly by the status page, the UI and ``status``.
         self.http_authentication: Callable[[], bool] | None = None
+        # () -> the ``pacs-appliance import`` runs feeding the daemon (POST /instances);
+        # set by the daemon once the web app exists.
+        self.imports: Callable[[], list[dict]] | None = None
         self._queries = queries
         self._outbound = outbound  # the send queue per destination (appliance.outbound)
         self._retrieves = retrieves  # C-MOVE/C-GET totals (appliance.dicom.retrieve)
@@ -154,6 +157,8 @@ class StatusBoard:
             snap["retrieves"] = self._retrieves()
         if self._adoption is not None:
             snap["adoption"] = self._adoption()  # an Orthanc archive adopted in place
+        if self.imports is not None:
+            snap["imports"] = self.imports()
         return snap
 
     def write(self) -> None:

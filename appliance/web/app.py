@@ -111,6 +111,7 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
                         config.dicom_web.root.rstrip("/") if config.dicom_web.enable else None)
     worklists.add_routes(app.router, "")
     instances.add_routes(app.router, "")  # POST /instances (Orthanc's; pacs-appliance import)
+    app[instances.IMPORT_RUNS] = instances.ImportRuns()
     manage.add_routes(app.router, "")
     metrics.install(app)  # GET /metrics, /status, /status.html, request timing
     ui.install(app)  # GET / (the web UI), /ui/...

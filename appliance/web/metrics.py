@@ -17,7 +17,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from appliance.ops.adoption_view import adoption_text
+from appliance.ops.adoption_view import adoption_text, import_texts
 from appliance.ops.disk import human_bytes
 from appliance.ops.metrics import CONTENT_TYPE, HttpStats, outbound_line, queries_summary, render
 from appliance.web.common import CONTEXT, http_error
@@ -138,6 +138,7 @@ async def status_page(request: web.Request) -> web.Response:
     adoption = adoption_text(s.get("adoption"))
     if adoption:
         rows.append(("Orthanc archive", adoption))
+    rows += [("Import", text) for text in import_texts(s.get("imports"))]
     adm = s.get("admission") or {}
     if adm:
         rows.append(("New objects", "accepted" if adm["accepting"] else f"REFUSED: {adm['refusing']}"))

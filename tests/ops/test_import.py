@@ -152,11 +152,21 @@ def test_import_into_the_running_daemon(make_daemon, tmp_path):
     # QIDO sees them at once (the daemon stored them itself).
     studies = requests.get(f"http://127.0.0.1:{d.http_port}/dicom-web/studies", timeout=10).json()
     assert len(studies) == 2
+    # The daemon shows the run (status, status page, the UI's System page).
+    (run,) = requests.get(f"http://127.0.0.1:{d.http_port}/status", timeout=10).json()["imports"]
+    assert run["total"] == summary["files"] and run["stored"] == len(good)
+    assert run["duplicates"] == summary["duplicates"]
+    assert run["done"] == run["stored"] + run["duplicates"] + run["refused"]
+    assert run["refused"] >= 1  # the cut file (the non-DICOM one is never sent)
     # The human summary: counts and the reasons of the skipped files.
     code, text, _ = _import(d.config_path, tmp_path / "src", json_out=False)
     assert code == EXIT_SKIPPED
     assert "0 instance(s) stored, 6 duplicate(s)" in text
     assert "notes.txt" in text and "skipped (1): not a DICOM Part-10 file" in text
+    runs = requests.get(f"http://127.0.0.1:{d.http_port}/status", timeout=10).json()["imports"]
+    assert sorted(r["duplicates"] for r in runs) == sorted([summary["duplicates"], 6])
+    page = requests.get(f"http://127.0.0.1:{d.http_port}/status.html", timeout=10).text
+    assert "import: " in page and "6 already here" in page
 
 
 def test_import_a_dicomdir(make_daemon, tmp_path):

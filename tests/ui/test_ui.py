@@ -470,7 +470,12 @@ def _mpps_in_progress(daemon, accession: str) -> None:
 
 # -- system -------------------------------------------------------------------------------
 
-def test_system_page_shows_disk_and_status(page, http):
+def test_system_page_shows_disk_and_status(page, http, ui_daemon):
+    # A `pacs-appliance import` run names itself to the daemon: one file of three here
+    # (a file already stored, so nothing else changes).
+    stored = next(ui_daemon.storage.rglob("*.dcm")).read_bytes()
+    r = http.post(http.base + "/instances", data=stored, headers={"X-Pacs-Import": "uitest 3"})
+    assert r.json()["Status"] == "AlreadyStored"
     go(page, "/system")
     wait(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#disk .fs"), what="the disk")
     disk = page.find_element(By.ID, "disk").text
@@ -482,6 +487,7 @@ def test_system_page_shows_disk_and_status(page, http):
     status = page.find_element(By.ID, "status-table").text
     assert "Version" in status and "Stored" in status and "Last backup" in status
     assert "Worklist" in status
+    assert "1/3 files, 0 stored, 1 already here" in status
     assert "null" not in page.find_element(By.ID, "app").text.split()
     assert page.find_element(By.ID, "audit").text.startswith("Deletes and corrections")
     assert console_errors(page) == []

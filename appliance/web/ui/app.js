@@ -714,7 +714,7 @@ async function worklistForm(panel, id) {
 
 const SHOWN_STATUS_KEYS = new Set(["version", "pid", "time", "started", "uptime", "name", "dicom_aet", "ports",
   "remote_access", "counts", "stored_since_start", "failed_since_start", "outcomes", "associations", "admission",
-  "disk", "backups", "last_error", "errors_since_start", "worklist_items", "warnings", "http_authentication"]);
+  "disk", "backups", "last_error", "errors_since_start", "worklist_items", "warnings", "http_authentication", "imports"]);
 
 async function pageSystem() {
   const [s, history, audit] = await Promise.all([get("/status"), get("/status/disk-history").catch(() => []),
@@ -736,6 +736,9 @@ async function pageSystem() {
   row("Next backup", b.next ? when(b.next) : "not scheduled");
   if (s.http_authentication === false) {
     row("Warning", "HTTP authentication is OFF: anyone who reaches this port sees and changes patient data", "bad");
+  }
+  for (const r of s.imports || []) {
+    row("Import", `${r.done}/${r.total || "?"} files, ${r.stored} stored, ${r.duplicates} already here, ${r.refused} refused (${bytes(r.bytes)}, ${Math.round(r.rate)} files/s)`);
   }
   for (const w of s.warnings || []) row("Warning", typeof w === "string" ? w : JSON.stringify(w), "bad");
   const err = s.last_error;
