@@ -1101,6 +1101,75 @@ def worklist_identifiers(seed: int = DEFAULT_SEED,
     return cases
 
 
+def _qr_query(rng: random.Random, sop_class: str) -> Dataset:
+    """A plausible Q/R C-FIND identifier (PS3.4 C.6.1/C.6.2) at a random level, with
+    the unique keys above it sometimes given, sometimes not."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # wildcards and ranges are not valid DA/CS values
+        ds = Dataset()
+        ds.SpecificCharacterSet = rng.choice(["ISO_IR 192", "ISO_IR 100", ""])
+        levels = ["STUDY", "SERIES", "IMAGE"] + (["PATIENT"] if sop_class == PATIENT_ROOT_FIND else [])
+        ds.QueryRetrieveLevel = rng.choice(levels)
+        ds.PatientName = rng.choice(["", "*", "DOE*", "Ζαχαρίας*", "doe^jane", "?", "*A%B*"])
+        ds.PatientID = rng.choice(["", "P1", "*", "P%1"])
+        ds.StudyDate = rng.choice(["", "20240105", "20240101-20240131", "-", "-20240101"])
+        ds.StudyInstanceUID = rng.choice(["", fresh_uid("qr", rng.random()),
+                                          "1.2.3\\1.2.4\\1.2.5"])
+        ds.ModalitiesInStudy = rng.choice(["", "US", "US\\CT"])
+        ds.NumberOfStudyRelatedInstances = None
+        if ds.QueryRetrieveLevel in ("SERIES", "IMAGE"):
+            ds.SeriesInstanceUID = rng.choice(["", fresh_uid("qr-series", rng.random())])
+            ds.Modality = rng.choice(["", "US"])
+        if ds.QueryRetrieveLevel == "IMAGE":
+            ds.SOPInstanceUID = ""
+            ds.InstanceNumber = rng.choice(["", "1"])
+        return ds
+
+
+QR_SPECIALS = [
+    ("no QueryRetrieveLevel", lambda enc: enc.element(PATIENT_NAME, "PN", b"*")),
+    ("QueryRetrieveLevel garbage", lambda enc: enc.element(0x00080052, "CS", b"WORKLIST")
+     + enc.element(PATIENT_NAME, "PN", b"*")),
+    ("two levels at once", lambda enc: enc.element(0x00080052, "CS", b"STUDY\\SERIES")),
+    ("SERIES with no StudyInstanceUID", lambda enc: enc.element(0x00080052, "CS", b"SERIES ")
+     + enc.element(0x0020000E, "UI", b"")),
+    ("a StudyInstanceUID list of garbage", lambda enc: enc.element(0x00080052, "CS", b"STUDY ")
+     + enc.element(0x0020000D, "UI", b"1.2.x\\..\\" + b"9" * 70 + b"\0")),
+    ("a huge UID list", lambda enc: enc.element(0x00080052, "CS", b"STUDY ")
+     + enc.element(0x0020000D, "UI", b"\\".join(b"1.2.%d" % i for i in range(3000)))),
+    ("a study date range of garbage", lambda enc: enc.element(0x00080020, "DA", b"2024-13-45")
+     + enc.element(0x00080052, "CS", b"STUDY ")),
+] + [special for special in WORKLIST_SPECIALS if "sequence" not in special[0]
+     and "date" not in special[0] and "time" not in special[0]]
+
+
+def qr_identifiers(sop_class: str, seed: int = DEFAULT_SEED,
+                   count: int = DEFAULT_CASES // 3) -> list[DimseCase]:
+    """Q/R C-FIND identifiers for ``sop_class`` (Patient or Study Root): valid ones,
+    the specials above, and mutations of valid ones."""
+    rng = random.Random(f"{seed}:qr:{sop_class}")
+    cases = []
+
+    def add(detail, ts, data):
+        cases.append(DimseCase(f"qr-{len(cases):04d}", detail, ts, data))
+
+    for ts in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE):
+        add("a valid query", ts, encode(_qr_query(random.Random(1), sop_class), ts))
+    for detail, make in QR_SPECIALS:
+        ts = rng.choice([EXPLICIT_LE, IMPLICIT_LE])
+        add(detail, ts, make(Enc.of(ts)))
+    ops = ["truncate", "bitflip", "bytes_", "length", "undefined", "nest", "huge", "uid_vr",
+           "reorder", "duplicate", "delimiters"]
+    for _ in range(count):
+        ts = rng.choice([EXPLICIT_LE, EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE])
+        s = Seed("qr-query", sop_class, ts, encode(_qr_query(rng, sop_class), ts))
+        elements = judge(s.plain, ts, "").elements
+        op = rng.choice(ops)
+        data, detail = getattr(_Mutator(rng, Enc.of(ts), s), op)(s.plain, elements)
+        add(f"{op.rstrip('_')}: {detail}", ts, data)
+    return cases
+
+
 def _mpps_create(rng: random.Random) -> Dataset:
     ds = Dataset()
     ds.SpecificCharacterSet = "ISO_IR 192"

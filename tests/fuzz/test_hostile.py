@@ -60,8 +60,8 @@ from tests.fuzz.corpus import (
     PATIENT_ROOT_FIND, STUDY_ROOT_FIND, StoreCase, fresh_uid,
 )
 from tests.fuzz.rawdicom import (
-    ABORT, ASSOCIATE_AC, ASSOCIATE_RJ, CLOSED, P_DATA, VERIFICATION, Association,
-    Ended, NoAnswer, associate_rq, command, context_item, find_command, item, n_create_command,
+    ABORT, ASSOCIATE_AC, ASSOCIATE_RJ, P_DATA, VERIFICATION, Association,
+    Ended, NoAnswer, associate_rq, command, context_item, item, n_create_command,
     n_set_command, pdu, store_command, uid_item, user_info, wait_closed,
 )
 from tests.fuzz.rawdicom import ui as ui_
@@ -339,7 +339,7 @@ def h(tmp_path_factory) -> Harness:
             study_uid=fresh_uid("wl", n), station=["US1", "US2"][n % 2]))
     config = base_config(root, DicomScpTimeout=SCP_TIMEOUT, DicomThreadsCount=24,
                          Worklists={"Enable": True, "Database": str(folder)},
-                         Mpps={"Enable": True})
+                         Mpps={"Enable": True}, DicomAlwaysAllowFind=True)
     daemon = Daemon(root, config).start()
     harness = Harness(daemon)
     yield harness
@@ -610,9 +610,11 @@ def _status_problem(status: int) -> str | None:
     return BUG_STATUSES.get(status)
 
 
-def test_worklist_find_identifiers(h):
-    cases = corpus.worklist_identifiers(SEED, max(CASES // 3, 10))
-    contexts = [(MWL_FIND, ts) for ts in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE)]
+def _find_campaign(h, sop_class: str, cases, label: str) -> None:
+    """Send every identifier as a C-FIND of ``sop_class``: each must end with a final
+    status (no hang, no abort, no status that means a bug), every Pending answer a
+    whole data set; the archive unchanged and the daemon alive afterwards."""
+    contexts = [(sop_class, ts) for ts in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE)]
     assoc: Association | None = None
     answered = 0
     for case in cases:
@@ -622,7 +624,7 @@ def test_worklist_find_identifiers(h):
         if assoc is None:
             assoc = connect(h.daemon.dicom_port, contexts)
         try:
-            responses = assoc.find(MWL_FIND, case.ts, case.data)
+            responses = assoc.find(sop_class, case.ts, case.data)
         except NoAnswer:
             h.fail(case.name, f"NO C-FIND RESPONSE within {ANSWER_TIMEOUT} s: {case.describe()}")
             assoc.close()
@@ -648,60 +650,23 @@ def test_worklist_find_identifiers(h):
                                   f"{case.describe()}")
     if assoc is not None:
         assoc.release()
-    h.check_archive("after the worklist identifiers")
-    print(f"\nMWL C-FIND: {len(cases)} identifiers, {answered} answered with a status")
-    h.report("Modality Worklist C-FIND identifiers")
+    h.check_archive(f"after the {label} identifiers")
+    print(f"\n{label}: {len(cases)} identifiers, {answered} answered with a status")
+    h.report(f"{label} identifiers")
 
 
-def test_query_retrieve_find_refused_cleanly(h):
-    """Q/R C-FIND is not implemented: its contexts are refused in negotiation, and a Q/R
-    query sent anyway (on the worklist's context, or a refused one) gets a failure status,
-    never a worklist answer, or the association is aborted; nothing hangs."""
-    port = h.daemon.dicom_port
-    wanted = [(STUDY_ROOT_FIND, EXPLICIT_LE), (PATIENT_ROOT_FIND, EXPLICIT_LE),
-              (MWL_FIND, EXPLICIT_LE), (VERIFICATION, IMPLICIT_LE)]
-    assoc = Association(port, wanted, timeout=ANSWER_TIMEOUT)
-    assert assoc.context(STUDY_ROOT_FIND, EXPLICIT_LE) is None, "Study Root FIND accepted"
-    assert assoc.context(PATIENT_ROOT_FIND, EXPLICIT_LE) is None, "Patient Root FIND accepted"
-    assert assoc.echo() == SUCCESS
-    # A Study Root query on the worklist's context.
-    identifier = corpus.encode(_qr_identifier(), EXPLICIT_LE)
-    cmd = find_command(STUDY_ROOT_FIND, assoc.next_id())
-    try:
-        responses = assoc.find(MWL_FIND, EXPLICIT_LE, identifier, cmd=cmd)
-        assert responses[-1].status != SUCCESS or len(responses) == 1, \
-            f"a Q/R query got {len(responses) - 1} worklist answers"
-        assert responses[-1].status != SUCCESS, "a Q/R query on the worklist context: Success"
-        assert not _status_problem(responses[-1].status), hex(responses[-1].status)
-    except Ended:
-        pass  # aborted: refused too
-    assoc.close()
-    # A query on the refused context ID (1: the first proposed, Study Root).
-    assoc = Association(port, wanted, timeout=ANSWER_TIMEOUT)
-    assoc.send_message(1, find_command(STUDY_ROOT_FIND, assoc.next_id()), identifier)
-    try:
-        rsp = assoc.read_response()
-        assert rsp.status != SUCCESS and not rsp.pending, hex(rsp.status)
-    except Ended as e:
-        assert e.kind in (ABORT, CLOSED), e
-    assoc.close()
-    # An association proposing nothing but Q/R: rejected, or accepted with nothing usable.
-    try:
-        only = Association(port, [(STUDY_ROOT_FIND, EXPLICIT_LE)], timeout=ANSWER_TIMEOUT)
-        assert not only.accepted, only.accepted
-        only.release()
-    except Ended as e:
-        assert e.kind in (ASSOCIATE_RJ, ABORT, CLOSED), e
-    h.check_archive("after the Q/R C-FIND cases")
-    h.report("Q/R C-FIND")
+def test_worklist_find_identifiers(h):
+    _find_campaign(h, MWL_FIND, corpus.worklist_identifiers(SEED, max(CASES // 3, 10)),
+                   "Modality Worklist C-FIND")
 
 
-def _qr_identifier():
-    ds = pydicom.Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
-    ds.PatientName = "*"
-    ds.StudyInstanceUID = ""
-    return ds
+@pytest.mark.parametrize("sop_class", [STUDY_ROOT_FIND, PATIENT_ROOT_FIND],
+                         ids=["study-root", "patient-root"])
+def test_query_retrieve_find_identifiers(h, sop_class):
+    """Q/R C-FIND (the harness lets any AE query): hostile identifiers at every level,
+    against whatever the C-STORE cases left in the archive."""
+    _find_campaign(h, sop_class, corpus.qr_identifiers(sop_class, SEED, max(CASES // 4, 10)),
+                   f"Q/R C-FIND ({'Study' if sop_class == STUDY_ROOT_FIND else 'Patient'} Root)")
 
 
 # -- MPPS -------------------------------------------------------------------------------
