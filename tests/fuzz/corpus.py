@@ -1015,10 +1015,6 @@ def _mwl_query_of(rng: random.Random) -> Dataset:
     return ds
 
 
-def _query_seed(rng: random.Random, ts: str) -> Seed:
-    return Seed("mwl-query", MWL_FIND, ts, encode(_mwl_query(rng), ts))
-
-
 WORKLIST_SPECIALS = [
     ("two items in the sequence key", lambda enc: _two_items(enc)),
     ("date not YYYYMMDD", lambda enc: _sps_value(enc, 0x00400002, "DA", b"2024-01-05")),
@@ -1074,31 +1070,37 @@ class DimseCase:
                 f"{len(self.data)} bytes")
 
 
-def worklist_identifiers(seed: int = DEFAULT_SEED,
-                         count: int = DEFAULT_CASES // 3) -> list[DimseCase]:
-    """MWL C-FIND identifiers: valid ones, the specials above, and mutations."""
-    rng = random.Random(f"{seed}:mwl")
+def _identifier_cases(prefix: str, rng: random.Random, sop_class: str, query,
+                      specials, count: int) -> list[DimseCase]:
+    """C-FIND identifiers: a valid ``query(rng)`` in each transfer syntax, the
+    ``specials``, and ``count`` mutations of valid ones (the MWL and Q/R campaigns)."""
     cases = []
 
     def add(detail, ts, data):
-        cases.append(DimseCase(f"mwl-{len(cases):04d}", detail, ts, data))
+        cases.append(DimseCase(f"{prefix}-{len(cases):04d}", detail, ts, data))
 
     for ts in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE):
-        add("a valid query", ts, encode(_mwl_query(random.Random(1)), ts))
-    for detail, make in WORKLIST_SPECIALS:
+        add("a valid query", ts, encode(query(random.Random(1)), ts))
+    for detail, make in specials:
         ts = rng.choice([EXPLICIT_LE, IMPLICIT_LE])
         add(detail, ts, make(Enc.of(ts)))
     ops = ["truncate", "bitflip", "bytes_", "length", "undefined", "nest", "huge", "uid_vr",
            "reorder", "duplicate", "delimiters"]
     for _ in range(count):
         ts = rng.choice([EXPLICIT_LE, EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE])
-        s = _query_seed(rng, ts)
+        s = Seed(f"{prefix}-query", sop_class, ts, encode(query(rng), ts))
         elements = judge(s.plain, ts, "").elements
         op = rng.choice(ops)
-        mutator = _Mutator(rng, Enc.of(ts), s)
-        data, detail = getattr(mutator, op)(s.plain, elements)
+        data, detail = getattr(_Mutator(rng, Enc.of(ts), s), op)(s.plain, elements)
         add(f"{op.rstrip('_')}: {detail}", ts, data)
     return cases
+
+
+def worklist_identifiers(seed: int = DEFAULT_SEED,
+                         count: int = DEFAULT_CASES // 3) -> list[DimseCase]:
+    """MWL C-FIND identifiers: valid ones, the specials above, and mutations."""
+    return _identifier_cases("mwl", random.Random(f"{seed}:mwl"), MWL_FIND, _mwl_query,
+                             WORKLIST_SPECIALS, count)
 
 
 def _qr_query(rng: random.Random, sop_class: str) -> Dataset:
@@ -1147,27 +1149,8 @@ def qr_identifiers(sop_class: str, seed: int = DEFAULT_SEED,
                    count: int = DEFAULT_CASES // 3) -> list[DimseCase]:
     """Q/R C-FIND identifiers for ``sop_class`` (Patient or Study Root): valid ones,
     the specials above, and mutations of valid ones."""
-    rng = random.Random(f"{seed}:qr:{sop_class}")
-    cases = []
-
-    def add(detail, ts, data):
-        cases.append(DimseCase(f"qr-{len(cases):04d}", detail, ts, data))
-
-    for ts in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE):
-        add("a valid query", ts, encode(_qr_query(random.Random(1), sop_class), ts))
-    for detail, make in QR_SPECIALS:
-        ts = rng.choice([EXPLICIT_LE, IMPLICIT_LE])
-        add(detail, ts, make(Enc.of(ts)))
-    ops = ["truncate", "bitflip", "bytes_", "length", "undefined", "nest", "huge", "uid_vr",
-           "reorder", "duplicate", "delimiters"]
-    for _ in range(count):
-        ts = rng.choice([EXPLICIT_LE, EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE])
-        s = Seed("qr-query", sop_class, ts, encode(_qr_query(rng, sop_class), ts))
-        elements = judge(s.plain, ts, "").elements
-        op = rng.choice(ops)
-        data, detail = getattr(_Mutator(rng, Enc.of(ts), s), op)(s.plain, elements)
-        add(f"{op.rstrip('_')}: {detail}", ts, data)
-    return cases
+    return _identifier_cases("qr", random.Random(f"{seed}:qr:{sop_class}"), sop_class,
+                             lambda rng: _qr_query(rng, sop_class), QR_SPECIALS, count)
 
 
 def _mpps_create(rng: random.Random) -> Dataset:
