@@ -165,15 +165,18 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     incoming = ReceivedFiles(archive)
     live = _reloadable(config)
     worklist = _build_worklist(config, archive, live)
+    # The fast path, when it runs, covers the sender's writes too (appliance.dicom.streaming).
+    mode = transport.choose_mode()
+    direct_writes = mode is transport.Mode.FAST
     retrieve = RetrieveDimse(archive, our_aet=config.dicom_aet,
                              scu_timeout=config.dicom_scu_timeout,
-                             spool_dir=config.temporary_directory)
+                             spool_dir=config.temporary_directory, direct_writes=direct_writes)
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse,
                              find=QueryRetrieveFind(archive, find_limits(config)),
                              retrieve=retrieve, commitment=CommitmentScp(archive))
     users = Users(live.registered_users, live.authentication_enabled)
     users.local_token = write_token(config.index_directory)  # pacs-appliance delete/modify
-    sending = _build_outbound(config, archive)
+    sending = _build_outbound(config, archive, direct_writes)
     ops = _build_ops(config, archive, handlers, worklist, sending)
     ops.board.http_authentication = lambda: users.authenticator is not None
     dicom = DicomServer(
@@ -181,7 +184,7 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
         max_pdu=config.maximum_pdu_length,
         unknown_sop_classes=config.unknown_sop_class_accepted,
-        mode=transport.choose_mode(),
+        mode=mode,
     )
     outbound = Outbound(aet=config.dicom_aet, timeout=config.dicom_scu_timeout)
     adoption: asyncio.Task | None = None
@@ -279,7 +282,7 @@ class _Ops:
     adopter: OrthancAdopter
 
 
-def _build_outbound(config: Config, archive: Archive) -> OutboundEngine:
+def _build_outbound(config: Config, archive: Archive, direct_writes: bool) -> OutboundEngine:
     """The send queue's workers; with Forwarding.Rules, the Archive queues what
     they match as it stores (without rules its store path is unchanged)."""
     rules = Rules(config.forwarding.rules, config.stable_age, config.strict_aet_comparison)
@@ -289,7 +292,8 @@ def _build_outbound(config: Config, archive: Archive) -> OutboundEngine:
                           servers=config.dicom_web.servers, dicom_aet=config.dicom_aet,
                           scu_timeout=config.dicom_scu_timeout,
                           max_retry=config.forwarding.max_retry_seconds,
-                          spool_dir=config.temporary_directory / "outbound")
+                          spool_dir=config.temporary_directory / "outbound",
+                          direct_writes=direct_writes)
 
 
 def _build_ops(config: Config, archive: Archive, handlers: DicomHandlers,

@@ -113,6 +113,7 @@ class Retrieval:
     counts: RetrieveCounts = field(default_factory=RetrieveCounts)
     started: float = field(default_factory=time.monotonic)
     sender: StoreSender | None = None
+    direct: bool = False       # the sender writes its requests straight to the socket
     refused: bool = False      # answered without sub-operations (no association opened)
     outcome: str = ""
     # (association, context ID, C-MOVE request) to send pending responses on while one
@@ -127,7 +128,7 @@ class Retrieval:
         if self.refused or self.destination is None:
             return self
         self.sender = StoreSender(self.destination, needs_of(self.items.values()),
-                                  spool_dir=self.spool_dir)
+                                  spool_dir=self.spool_dir, direct=self.direct)
         if not self.sender.open():
             # pynetdicom answers 0xA801 and never resumes the handler: log it here.
             self.counts.failed = len(self.items)
@@ -263,8 +264,9 @@ class RetrieveDimse:
     """The C-MOVE and C-GET handlers and their counters."""
 
     def __init__(self, archive: Archive, *, our_aet: str, scu_timeout: int,
-                 spool_dir: Path | None = None) -> None:
+                 spool_dir: Path | None = None, direct_writes: bool = False) -> None:
         self.archive = archive
+        self._direct = direct_writes     # appliance.dicom.sender's direct=
         self._our_aet = our_aet          # DicomAet: calls the destination unless LocalAet
         self._scu_timeout = scu_timeout  # DicomScuTimeout
         self._spool = spool_dir          # TemporaryDirectory: transcoded copies
@@ -393,7 +395,7 @@ class RetrieveDimse:
         patient_root = models.get(str(event.request.AffectedSOPClassUID), False)
         return Retrieval(operation, caller.peer, caller.calling_aet,
                          "patient" if patient_root else "study", spool_dir=self._spool_dir(),
-                         on_finish=self._total)
+                         direct=self._direct, on_finish=self._total)
 
     def _refusal(self, event, job: Retrieval, caller: Caller,
                  policy: AccessPolicy | None = None) -> tuple[RetrieveStatus, str] | None:

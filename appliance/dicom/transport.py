@@ -4,9 +4,14 @@ The fast path (appliance.dicom.tuning) is a set of subclasses of pynetdicom's
 acceptor: a request handler given to pynetdicom's documented server hook
 (``AE.make_server(..., request_handler=...)``) builds them for each accepted
 connection. Nothing in pynetdicom's modules or classes is patched, so the
-associations this daemon requests itself (appliance.dicom.scu: C-ECHO;
-appliance.dicom.sender: C-MOVE sub-operations, forwarding) always
-run stock pynetdicom, fast path or not.
+associations this daemon requests itself (appliance.dicom.scu: C-ECHO, the
+storage commitment reports; appliance.dicom.sender: C-MOVE sub-operations,
+forwarding) run stock pynetdicom classes, fast path or not. One thing on the
+sender's associations follows the mode: in FAST mode the daemon has the sender
+write its C-STORE requests of stored files straight to the socket
+(appliance.dicom.streaming); in STOCK mode
+it does not, so PACS_APPLIANCE_STOCK_PYNETDICOM=1 still means pynetdicom's own
+code for every byte.
 
 The subclasses extend or repeat pynetdicom code they do not own (reactor loops,
 readers, the acceptor's set-up): they are right for the pynetdicom they were
@@ -85,6 +90,14 @@ _VERIFIED_SOURCES = {
     # that AssociationServer.shutdown finds it in the AE's list of servers.
     "pynetdicom.ae.ApplicationEntity.start_server": "4ccbb2cb072abb4e",
     "pynetdicom.transport.AssociationServer.shutdown": "2d0e8b62a2e5f4b9",
+    # appliance.dicom.streaming (the sender's direct writes): send_c_store(path) and
+    # the PDU framing of encode_msg repeated; the status checks it calls; get_msg
+    # replaced on the association, whose reactor calls it.
+    "pynetdicom.association.Association.send_c_store": "0034454adbc031e4",
+    "pynetdicom.association.Association._check_received_status": "0af0e47ac12f5c9f",
+    "pynetdicom.association.Association._handle_no_response": "578efc551d132479",
+    "pynetdicom.dimse.DIMSEServiceProvider.get_msg": "1185aa737de8b616",
+    "pynetdicom.dimse_messages.DIMSEMessage.encode_msg": "5dea7b9a6f89a1d1",
 }
 
 

@@ -407,6 +407,28 @@ def response_command(command_field: int, message_id: int, sop_class_uid: str, st
     return _implicit(0x00000000, struct.pack("<L", len(body))) + body
 
 
+def store_request_command(message_id: int, sop_class_uid: str, sop_instance_uid: str, *,
+                          priority: int = 2, move_originator_aet: str | None = None,
+                          move_originator_id: int | None = None) -> bytes:
+    """The command set of a C-STORE-RQ with a data set (PS3.7 9.3.1.1), with the
+    elements pynetdicom sends, encoded Implicit VR Little Endian (PS3.7 6.3.1)."""
+    elements = [
+        _implicit(0x00000002, _ui(sop_class_uid)),
+        _implicit(0x00000100, struct.pack("<H", _C_STORE_RQ_FIELD)),
+        _implicit(0x00000110, struct.pack("<H", message_id)),
+        _implicit(0x00000700, struct.pack("<H", priority)),
+        _implicit(0x00000800, struct.pack("<H", _DATA_SET_PRESENT)),
+        _implicit(0x00001000, _ui(sop_instance_uid)),
+    ]
+    # PS3.7 9.1.1.1: a C-MOVE's sub-operation names the AE that asked for it.
+    if move_originator_aet:
+        elements.append(_implicit(0x00001030, _sh(move_originator_aet)))
+    if move_originator_id is not None:
+        elements.append(_implicit(0x00001031, struct.pack("<H", move_originator_id)))
+    body = b"".join(elements)
+    return _implicit(0x00000000, struct.pack("<L", len(body))) + body
+
+
 def send_message(dul, context_id: int, max_pdu: int, command: bytes, data: bytes = b"") -> None:
     """Queue an encoded DIMSE message on the DUL, as pynetdicom's ``send_msg`` does.
 

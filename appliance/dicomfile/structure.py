@@ -42,7 +42,7 @@ from pydicom.uid import UID
 from appliance.dicomfile.syntax import DEFLATED, EXPLICIT_BE, IMPLICIT_LE, is_encapsulated, is_known
 from appliance.dicomfile.vr import LONG_VRS, SHORT_VRS, UNIT_SIZES
 
-__all__ = ["Malformed", "NotItsSopClass", "Reader", "Truncated", "Whole", "check", "MAX_DEPTH"]
+__all__ = ["Malformed", "NotItsSopClass", "Reader", "Truncated", "Whole", "check", "file_meta", "MAX_DEPTH"]
 
 #: Deepest sequence nesting accepted (real objects nest a handful deep).
 MAX_DEPTH = 64
@@ -163,9 +163,14 @@ class _Inflated:
             raise Malformed("the deflated data set does not inflate") from None
 
 
-def check(reader: Reader) -> Whole:
-    """Walk the whole object in ``reader``; raise :class:`Malformed` (or one of
-    its kinds) if it is not whole and well formed, else say what was seen."""
+def file_meta(reader: Reader) -> tuple[str, int]:
+    """(transfer syntax, offset of the data set) of the Part 10 object in
+    ``reader`` (PS3.10 7.1), from its File Meta Information alone; raise
+    :class:`Malformed` when that is not well formed."""
+    return _file_meta(reader)[1:]
+
+
+def _file_meta(reader: Reader) -> tuple["_Walk", str, int]:
     head = reader.get(0, _PREAMBLE + 4)
     if head[_PREAMBLE:] == b"DICM":
         pos = _PREAMBLE + 4
@@ -175,6 +180,13 @@ def check(reader: Reader) -> Whole:
         raise Malformed("not a DICOM object: no DICM prefix or file meta")
     meta = _Walk(reader.get, reader.size, "1.2.840.10008.1.2.1")
     tsuid, at = meta.file_meta(pos)
+    return meta, tsuid, at
+
+
+def check(reader: Reader) -> Whole:
+    """Walk the whole object in ``reader``; raise :class:`Malformed` (or one of
+    its kinds) if it is not whole and well formed, else say what was seen."""
+    meta, tsuid, at = _file_meta(reader)
     if not is_known(tsuid):
         raise Malformed(f"unknown transfer syntax {tsuid[:64]!r} in the file meta")
     if tsuid in DEFLATED:

@@ -82,8 +82,10 @@ class OutboundEngine:
 
     def __init__(self, archive: Archive, *, modalities: Sequence[Modality],
                  servers: Sequence[DicomWebServer], dicom_aet: str, scu_timeout: int,
-                 max_retry: float, spool_dir: Path | None = None) -> None:
+                 max_retry: float, spool_dir: Path | None = None,
+                 direct_writes: bool = False) -> None:
         self._archive = archive
+        self._direct = direct_writes   # appliance.dicom.sender's direct=
         self._outbox = archive.outbox
         self._modalities = {m.name: m for m in modalities}
         self._servers = {s.name: s for s in servers}
@@ -271,7 +273,7 @@ class OutboundEngine:
         outcomes: list[Settled] = []
         written, written_at = 0, time.monotonic()
         with StoreSender(self._destination(modality), needs_of(outgoing),
-                         spool_dir=self._spool) as sender:
+                         spool_dir=self._spool, direct=self._direct) as sender:
             if not sender.is_established:
                 outcomes = [Settled(i.id, _PENDING, sender.error) for i in items]
             for item, out in zip(items, outgoing) if not outcomes else ():

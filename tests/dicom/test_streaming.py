@@ -1,0 +1,162 @@
+"""The sender's direct writes (appliance.dicom.streaming) put on the wire what
+pynetdicom's own C-STORE puts there, whatever the peer's maximum PDU length,
+and never lose a response however fast requests follow each other.
+
+The sender runs in this process against real peers over real sockets: a
+pynetdicom storage SCP that keeps every request's command and data set bytes,
+and DCMTK's storescp."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    CTImageStorage, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage,
+)
+
+from appliance.dicom.sender import Destination, Outgoing, SendResult, StoreSender, needs_of
+from tests.support import dataset_bytes, pydicom_file, wait_for
+from tests.synthetic import generate_cine
+
+
+def _copies(source: Path, folder: Path, count: int) -> list[Outgoing]:
+    """``count`` copies of a Part 10 file, each with its own SOP Instance UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    items = []
+    ds = dcmread(source)
+    for i in range(count):
+        uid = generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
+        path = folder / f"{i:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        items.append(Outgoing(path, str(ds.SOPClassUID), uid,
+                              str(ds.file_meta.TransferSyntaxUID), path.stat().st_size))
+    return items
+
+
+class _KeepingScp:
+    """A pynetdicom storage SCP keeping each request's command and data set bytes."""
+
+    def __init__(self, max_pdu: int) -> None:
+        self.received: list[tuple[object, bytes]] = []
+        self.ae = AE(ae_title="KEEPER")
+        self.ae.maximum_pdu_size = max_pdu
+        for sop_class in (CTImageStorage, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage):
+            self.ae.add_supported_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+        self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = 20
+        self.server = self.ae.start_server(("127.0.0.1", 0), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = self.server.server_address[1]
+
+    def _on_store(self, event) -> int:
+        self.received.append((event.request, event.request.DataSet.getvalue()))
+        return 0x0000
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.fixture
+def keeper(request):
+    scp = _KeepingScp(request.param)
+    yield scp
+    scp.close()
+
+
+def _send(port: int, items: list[Outgoing], *, direct: bool, aet: str = "KEEPER",
+          originator: tuple[str, int] | None = None) -> list:
+    dest = Destination("127.0.0.1", port, aet, "SENDER", timeout=20)
+    with StoreSender(dest, needs_of(items), direct=direct) as sender:
+        assert sender.is_established, sender.error
+        return [sender.send(i, move_originator=originator) for i in items]
+
+
+@pytest.mark.parametrize("keeper", [4096, 16384, 0], indirect=True,
+                         ids=["pdu4k", "pdu16k", "unlimited"])
+def test_direct_writes_deliver_what_pynetdicom_delivers(keeper, tmp_path):
+    """Both ways, the peer receives every data set byte for byte as stored, with
+    the same command elements (Move Originator included), whatever its maximum
+    PDU length (0: unlimited, PS3.8 D.1)."""
+    items = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 3)
+    items += _copies(generate_cine(tmp_path / "cine.dcm", frames=8), tmp_path / "cine", 1)
+    got = {}
+    for direct in (False, True):
+        keeper.received.clear()
+        outcomes = _send(keeper.port, items, direct=direct, originator=("MOVER", 7))
+        assert [o.result for o in outcomes] == [SendResult.SUCCESS] * len(items)
+        assert [o.sent_bytes for o in outcomes] == [i.size for i in items]
+        got[direct] = keeper.received[:]
+    for (stock_rq, stock_data), (direct_rq, direct_data), item in zip(got[False], got[True], items):
+        assert direct_data == stock_data == dataset_bytes(item.path)
+        for keyword in ("AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+                        "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID"):
+            assert getattr(direct_rq, keyword) == getattr(stock_rq, keyword), keyword
+        assert direct_rq.AffectedSOPInstanceUID == item.sop_instance_uid
+        assert direct_rq.MoveOriginatorMessageID == 7
+
+
+@pytest.fixture
+def storescp(tmp_path):
+    """DCMTK storescp discarding what it receives, on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(["storescp", "--ignore", "-aet", "STORESCP", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        with socket.socket() as c:
+            return c.connect_ex(("127.0.0.1", port)) == 0
+    wait_for(listening, 10, "storescp listening")
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_back_to_back_requests_never_lose_a_response(storescp, tmp_path):
+    """Small objects, one right after the other, over one association: every one
+    answered. Written directly, a response can come back before pynetdicom's
+    association reactor has paused, which then took it off the queue once in a
+    few hundred (the request waited until its DIMSE timeout)."""
+    items = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 600)
+    outcomes = _send(storescp, items, direct=True, aet="STORESCP")
+    assert [o.result for o in outcomes] == [SendResult.SUCCESS] * len(items)
+
+
+def test_an_unreadable_file_fails_alone(storescp, tmp_path):
+    """A file gone before it is sent fails that instance; the association goes on."""
+    items = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 3)
+    items[1].path.unlink()
+    outcomes = _send(storescp, items, direct=True, aet="STORESCP")
+    assert [o.result for o in outcomes] == [SendResult.SUCCESS, SendResult.UNREADABLE,
+                                            SendResult.SUCCESS]
+
+
+def test_a_peer_that_goes_away_mid_object_ends_in_lost_not_a_hang(tmp_path):
+    """The peer closes its connection while a large object is being written: that
+    instance and the rest are LOST, at once."""
+    cine = generate_cine(tmp_path / "cine.dcm", frames=20)
+    items = _copies(cine, tmp_path / "cines", 2)
+    scp = _KeepingScp(16384)
+    closed = threading.Event()
+
+    def close_mid_way(event) -> None:
+        # The first P-DATA-TF of the data set: drop the connection under the writer.
+        if event.pdu.__class__.__name__ == "P_DATA_TF" and not closed.is_set():
+            closed.set()
+            event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+
+    scp.server.bind(evt.EVT_PDU_RECV, close_mid_way)
+    try:
+        outcomes = _send(scp.port, items, direct=True)
+    finally:
+        scp.close()
+    assert closed.is_set()
+    assert [o.result for o in outcomes] == [SendResult.LOST, SendResult.LOST]
