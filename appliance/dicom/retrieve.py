@@ -17,8 +17,10 @@ and hand the sub-operations over one by one:
   sub-operation. pynetdicom sends a pending response after each sub-operation.
 * C-GET: the C-STORE sub-operations go back on the requestor's association
   (PS3.4 C.4.3.3), on the storage contexts it proposed with SCP/SCU role
-  selection (PS3.7 D.3.3.4); pynetdicom sends only whole data sets there, so
-  each instance is read (or transcoded) into memory, one at a time.
+  selection (PS3.7 D.3.3.4). On the fast path an instance the requestor takes
+  in its stored syntax streams from its file (appliance.dicom.streaming); any
+  other, and every one on stock pynetdicom (which sends only whole data sets),
+  is read (or transcoded) into memory, one at a time.
 
 Refusals are answered without any association or sub-operation: an unknown
 destination gets 0xA801, a device not allowed to move
@@ -28,6 +30,7 @@ line per retrieve: peer, calling AE, model, level, counts, bytes, seconds.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import threading
@@ -47,8 +50,11 @@ from pynetdicom.status import code_to_category
 from appliance.dicom.policy import AccessPolicy, Service
 from appliance.dicom.services import UNCOMPRESSED, Caller, DimseService
 from appliance.dicom.sender import (
-    AckPrompter, Destination, Outgoing, SendResult, StoreSender, dataset_for, needs_of,
+    AckPrompter, Destination, Outgoing, SendResult, StoreSender, accepts_as_stored, dataset_for,
+    needs_of,
 )
+from appliance.dicom.streaming import StoredFile
+from appliance.dicom.tuning import streams_stored_files
 from appliance.dicom.status import RetrieveStatus, Status
 from appliance.query.retrieve import UNIQUE_KEYS, scope_of
 from appliance.store import Archive
@@ -120,6 +126,7 @@ class Retrieval:
     # sub-operation lasts more than a second.
     requestor: tuple | None = None
     on_finish: Callable[["Retrieval"], None] | None = None   # counts the totals
+    _heartbeat: "_Heartbeat | None" = field(default=None, repr=False)
 
     # -- the stand-in for pynetdicom's move association ---------------------------
 
@@ -133,6 +140,8 @@ class Retrieval:
             # pynetdicom answers 0xA801 and never resumes the handler: log it here.
             self.counts.failed = len(self.items)
             self.finish(f"destination unreachable: {self.sender.error}")
+            return self
+        self._heartbeat = _Heartbeat(self).start()
         return self
 
     @property
@@ -153,7 +162,7 @@ class Retrieval:
         item = self.items[str(dataset.SOPInstanceUID)]
         # PS3.7 9.1.1.1: the Move Originator is the AE that asked for the C-MOVE (pynetdicom
         # would put our own AE title).
-        with _Heartbeat(self):
+        with self._heartbeat.busy():
             outcome = self.sender.send(item, move_originator=(self.calling_aet, originator_id),
                                        priority=priority)
         self.counts.add(outcome.result, outcome.sent_bytes)
@@ -163,6 +172,8 @@ class Retrieval:
 
     def release(self) -> None:
         """Release the destination association (pynetdicom calls it at the end)."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
         if self.sender is not None:
             self.sender.release()
 
@@ -193,42 +204,68 @@ class _Heartbeat:
     """While one C-MOVE sub-operation lasts (a large cine to a slow destination), a
     pending C-MOVE-RSP with the counts every second (PS3.4 C.4.2.1.4: pending responses
     are optional; the issue asks for one at least every second), so the requestor sees
-    progress. pynetdicom sends its own after each sub-operation; it is waiting on this
-    one meanwhile, so nothing else is sent on that association at the same time."""
+    progress. pynetdicom sends its own after each sub-operation.
 
-    PERIOD = 1.0
+    One thread per C-MOVE, started with the destination's association (a thread per
+    sub-operation cost a fifth of a fast C-MOVE's time). It sends only while a
+    sub-operation is in flight (:meth:`busy`), under a lock that the end of the
+    sub-operation also takes, so pynetdicom's own pending response always comes after
+    it and the counts the requestor sees never go backwards."""
+
+    PERIOD = 0.8    # seconds between pending responses during one sub-operation
+    _LOOK = 0.2     # seconds between looks: at most PERIOD + _LOOK = 1 s apart
 
     def __init__(self, job: "Retrieval") -> None:
         self._job = job
+        self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._since: float | None = None   # when the sub-operation in flight began (or
+        #                                    the last pending response went), None: idle
         self._thread = threading.Thread(target=self._run, name="move-pending", daemon=True)
 
-    def __enter__(self) -> "_Heartbeat":
+    def start(self) -> "_Heartbeat":
+        """Start watching (only for a C-MOVE with a requestor to answer)."""
         if self._job.requestor is not None:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
+        """Stop watching; returns once the thread has ended."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
 
+    @contextlib.contextmanager
+    def busy(self):
+        """Around one sub-operation."""
+        with self._lock:
+            self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._since = None
+
     def _run(self) -> None:
         assoc, context_id, req = self._job.requestor
-        while not self._stop.wait(self.PERIOD):
+        while not self._stop.wait(self._LOOK):
             if not assoc.is_established:
                 return
-            c = self._job.counts
-            rsp = C_MOVE()
-            rsp.MessageIDBeingRespondedTo = req.MessageID
-            rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
-            rsp.Status = int(RetrieveStatus.PENDING)
-            rsp.NumberOfRemainingSuboperations = (len(self._job.items) - c.completed
-                                                  - c.warning - c.failed)
-            rsp.NumberOfCompletedSuboperations = c.completed
-            rsp.NumberOfFailedSuboperations = c.failed
-            rsp.NumberOfWarningSuboperations = c.warning
-            assoc.dimse.send_msg(rsp, context_id)
+            with self._lock:
+                if self._since is None or time.monotonic() - self._since < self.PERIOD:
+                    continue
+                self._since += self.PERIOD
+                c = self._job.counts
+                rsp = C_MOVE()
+                rsp.MessageIDBeingRespondedTo = req.MessageID
+                rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+                rsp.Status = int(RetrieveStatus.PENDING)
+                rsp.NumberOfRemainingSuboperations = (len(self._job.items) - c.completed
+                                                      - c.warning - c.failed)
+                rsp.NumberOfCompletedSuboperations = c.completed
+                rsp.NumberOfFailedSuboperations = c.failed
+                rsp.NumberOfWarningSuboperations = c.warning
+                assoc.dimse.send_msg(rsp, context_id)
 
 
 class RetrieveAE(AE):
@@ -367,8 +404,12 @@ class RetrieveDimse:
                 item = job.items.get(uid) or (sending[-1] if sending else None)
                 job.counts.add(_result_of(status), item.size if item else 0)
 
+        streaming = streams_stored_files(assoc)   # the fast path streams stored files
+
         def to_send(item: Outgoing) -> Dataset:
             sending[:] = [item]
+            if streaming and accepts_as_stored(assoc, item):
+                return StoredFile(item.path, item.sop_class_uid, item.sop_instance_uid)
             ds, why = dataset_for(assoc, item, spool_dir=spool)
             if ds is None:
                 log.warning("%s: C-GET from %s: %s (%s, %s) not sent: %s", peer, calling,

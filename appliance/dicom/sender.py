@@ -77,7 +77,7 @@ from appliance.dicomfile import pixels, syntax
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AckPrompter", "Destination", "Outgoing", "SendOutcome", "SendResult", "StoreSender", "dataset_for",
+    "AckPrompter", "Destination", "accepts_as_stored", "Outgoing", "SendOutcome", "SendResult", "StoreSender", "dataset_for",
     "needs_of", "presentation_contexts",
 ]
 
@@ -222,6 +222,12 @@ def _transcoded(path: Path, spool_dir: Path | None) -> Path:
         os.unlink(name)
         raise
     return Path(name)
+
+
+def accepts_as_stored(assoc, item: Outgoing) -> bool:
+    """True when ``item`` can go over ``assoc`` in its stored transfer syntax (its
+    file's bytes as they are)."""
+    return _plan(_accepted(assoc), item, False)[0] is _Plan.STREAM
 
 
 def dataset_for(assoc, item: Outgoing, *, allow_transcoding: bool = True,
@@ -383,7 +389,8 @@ class StoreSender:
             if plan is _Plan.TRANSCODE:
                 spooled = _transcoded(item.path, self._spool)
             what = spooled or item.path
-            size = os.path.getsize(what)
+            # A stored file is as long as the index says (the store contract).
+            size = item.size if spooled is None else os.path.getsize(spooled)
             self._msg_id = self._msg_id % 0xFFFF + 1   # US, PS3.7 9.3.1.1
             originator = move_originator or (None, None)
             if plan is _Plan.IN_MEMORY or self._writes is None:

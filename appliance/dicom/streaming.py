@@ -74,7 +74,7 @@ from appliance.dicomfile import structure
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DirectStoreWrites", "LinkLost", "write_message"]
+__all__ = ["DirectStoreWrites", "LinkLost", "StoredFile", "write_message"]
 
 _P_DATA_TF = 0x04
 _PDU_HEAD = struct.Struct(">BxLLBB")   # PDU type, length; PDV length, context ID, control
@@ -121,6 +121,19 @@ def write_message(sock, context_id: int, max_pdu: int, command: bytes,
     return sent
 
 
+class StoredFile(Dataset):
+    """What the C-GET SCP yields on the fast path for an instance whose stored
+    transfer syntax the requestor accepted: the file to stream (the fast
+    association's ``send_c_store`` writes it, appliance.dicom.tuning). It carries
+    the SOP Instance UID, which pynetdicom lists if the sub-operation fails."""
+
+    def __init__(self, path, sop_class_uid: str, sop_instance_uid: str) -> None:
+        super().__init__()
+        self.SOPInstanceUID = sop_instance_uid
+        self.stored_path = path
+        self.stored_sop_class_uid = sop_class_uid
+
+
 class DirectStoreWrites:
     """On one established requestor association (ours: appliance.dicom.sender):
     :meth:`send_c_store` of a stored file, written by :func:`write_message`."""
@@ -128,14 +141,26 @@ class DirectStoreWrites:
     _QUICKACK = getattr(socket, "TCP_QUICKACK", None)   # Linux only
     _PROMPT_EVERY = 0.0005   # seconds between TCP_QUICKACKs while a response is awaited
     _HEAD = 4096             # the first read of a file: its File Meta Information and more
+    _READER_PERIOD = 0.0002  # seconds: pynetdicom's DUL idle sleep on our associations
 
-    def __init__(self, assoc) -> None:
+    def __init__(self, assoc, *, guard_reactor: bool = True) -> None:
+        """``guard_reactor``: on an association we requested, keep its reactor thread
+        off the message queue (this module's docstring). Not on one we accepted, whose
+        C-GET sub-operations are sent from that very thread (the handler's)."""
         self._assoc = assoc
         self._sock = assoc.dul.socket.socket
+        # Where we may send C-STORE requests: as SCU (on a C-GET, by role selection,
+        # PS3.7 D.3.3.4), the same rule as appliance.dicom.sender.
         self._contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): cx.context_id
                           for cx in assoc.accepted_contexts if cx.as_scu}
+        self._guard = guard_reactor
         self._stock_get_msg = assoc.dimse.get_msg
-        assoc.dimse.get_msg = self.get_msg
+        if guard_reactor:
+            assoc.dimse.get_msg = self.get_msg
+            # pynetdicom's DUL looks at its socket, when idle, every _run_loop_delay
+            # (1 ms): each response waited up to that long before it was read. The
+            # association lives as long as one send, busy all the while.
+            assoc.dul._run_loop_delay = self._READER_PERIOD
 
     def send_c_store(self, path, *, msg_id: int, sop_class_uid: str, sop_instance_uid: str,
                      priority: int = 2, originator_aet: str | None = None,
@@ -182,7 +207,7 @@ class DirectStoreWrites:
         """pynetdicom's ``DIMSEServiceProvider.get_msg``, but nothing for the
         association's own reactor thread (the race in this module's docstring), and
         prompting the peer's ACKs while it blocks (ditto)."""
-        if threading.current_thread() is self._assoc:
+        if self._guard and threading.current_thread() is self._assoc:
             return None, None
         if not block or self._QUICKACK is None:
             return self._stock_get_msg(block)

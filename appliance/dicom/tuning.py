@@ -87,6 +87,7 @@ import queue
 import select
 import socket
 import struct
+import threading
 import time
 import weakref
 from copy import deepcopy
@@ -101,7 +102,7 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
@@ -109,7 +110,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from appliance.dicom.receive import ReceivedFiles
-from appliance.dicom.status import Status
+from appliance.dicom.status import RetrieveStatus, Status
 
 log = logging.getLogger(__name__)
 # The lines pynetdicom's own reactors log, where they are repeated here.
@@ -383,6 +384,11 @@ class FileMeta:
 
 C_STORE_RSP = 0x8001
 C_FIND_RSP = 0x8020
+C_GET_RSP = 0x8010
+C_MOVE_RSP = 0x8021
+_SUB_OPERATION_TAGS = (0x00001020, 0x00001021, 0x00001022, 0x00001023)
+_SUB_OPERATION_KEYWORDS = ("NumberOfRemainingSuboperations", "NumberOfCompletedSuboperations",
+                           "NumberOfFailedSuboperations", "NumberOfWarningSuboperations")
 _C_STORE_RQ_FIELD = 0x0001   # PS3.7 E.1: Command Field of a C-STORE-RQ
 _DATA_SET_PRESENT, _NO_DATA_SET = 0x0001, 0x0101   # PS3.7 E.1: Command Data Set Type
 # The largest PDU sent to a peer that sets no maximum PDU length (0: unlimited).
@@ -390,7 +396,8 @@ _UNLIMITED_PDU_FILL = 32 * 1024
 
 
 def response_command(command_field: int, message_id: int, sop_class_uid: str, status: int, *,
-                     data_set: bool = False, sop_instance_uid: str | None = None) -> bytes:
+                     data_set: bool = False, sop_instance_uid: str | None = None,
+                     sub_operations: tuple[int | None, ...] = ()) -> bytes:
     """The command set of a DIMSE-C response (PS3.7 9.3) with the elements, in the
     order, pynetdicom sends, encoded Implicit VR Little Endian as every command set
     is (PS3.7 6.3.1)."""
@@ -403,6 +410,11 @@ def response_command(command_field: int, message_id: int, sop_class_uid: str, st
     ]
     if sop_instance_uid is not None:
         elements.append(_implicit(0x00001000, _ui(sop_instance_uid)))
+    # C-MOVE/C-GET: Number of Remaining, Completed, Failed, Warning Sub-operations
+    # (PS3.7 9.3.3.2, 9.3.4.2), each present when known.
+    for tag, count in zip(_SUB_OPERATION_TAGS, sub_operations):
+        if count is not None:
+            elements.append(_implicit(tag, struct.pack("<H", count)))
     body = b"".join(elements)
     return _implicit(0x00000000, struct.pack("<L", len(body))) + body
 
@@ -478,6 +490,25 @@ def _send_store_success(dimse, rsp, context_id: int) -> bool:
 
 
 
+def _send_retrieve_pending(dimse, rsp, context_id: int) -> bool:
+    """Send a pending C-MOVE-RSP or C-GET-RSP with its counts and no identifier (one
+    per sub-operation) directly; False if pynetdicom must (as for a C-STORE)."""
+    field = C_MOVE_RSP if isinstance(rsp, C_MOVE) else C_GET_RSP if isinstance(rsp, C_GET) \
+        else None
+    if (field is None or rsp.MessageIDBeingRespondedTo is None
+            or rsp.Status != RetrieveStatus.PENDING or rsp.Identifier is not None
+            or rsp.ErrorComment is not None or rsp.OffendingElement is not None
+            or rsp.AffectedSOPClassUID is None
+            or dimse.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        return False
+    command = response_command(field, rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
+                               RetrieveStatus.PENDING,
+                               sub_operations=tuple(getattr(rsp, k)
+                                                    for k in _SUB_OPERATION_KEYWORDS))
+    send_message(dimse.dul, context_id, dimse.maximum_pdu_size, command)
+    return True
+
+
 def _command_kind(command: bytes) -> tuple[int | None, int | None]:
     """(Command Field, Command Data Set Type) of an encoded command set (Implicit
     VR Little Endian, PS3.7 6.3.1), read without decoding it; None for what is
@@ -498,6 +529,15 @@ def _command_kind(command: bytes) -> tuple[int | None, int | None]:
                 break  # elements are in tag order: nothing more to read
         pos += length
     return field, data_set
+
+
+class _Flush:
+    """A place in the DUL's to-provider queue (:meth:`FastDUL.flush`)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
 
 
 class FastDUL(DULServiceProvider):
@@ -539,7 +579,9 @@ class FastDUL(DULServiceProvider):
 
             try:
                 # Either encode and send a primitive or receive and decode a PDU
-                if self._process_recv_primitive():
+                if self._take_flush():   # not in pynetdicom's loop: see flush()
+                    pass
+                elif self._process_recv_primitive():
                     pass
                 elif self._is_transport_event():
                     self._idle_timer.restart()
@@ -569,6 +611,25 @@ class FastDUL(DULServiceProvider):
                 self._abort_now()
                 return
             sleep = False
+
+    def flush(self, timeout: float | None) -> bool:
+        """Wait until everything queued before this call has been written to the
+        socket (False if it took longer than ``timeout``). Whoever writes to the
+        socket directly (a C-GET's streamed sub-operations, appliance.dicom.streaming)
+        does so after the responses queued before it, never amid them."""
+        marker = _Flush()
+        self.to_provider_queue.put(marker)
+        return marker.done.wait(timeout)
+
+    def _take_flush(self) -> bool:
+        """Signal a :meth:`flush` marker at the head of the queue: every primitive
+        queued before it has been through the state machine, which writes each P-DATA
+        in the same pass that takes it off the queue (pynetdicom's DT-1)."""
+        queued = self.to_provider_queue.queue
+        if queued and isinstance(queued[0], _Flush):
+            self.to_provider_queue.get(block=False).done.set()
+            return True
+        return False
 
     def _abort_now(self) -> None:
         """Bypass the state machine and send an A-ABORT (PS3.8 9.3.8: source 2, the
@@ -729,8 +790,10 @@ class FastDimse(DIMSEServiceProvider):
         return syntaxes.get(context_id)
 
     def send_msg(self, primitive, context_id: int) -> None:
-        """pynetdicom's, but a plain C-STORE Success goes out directly."""
-        if not _send_store_success(self, primitive, context_id):
+        """pynetdicom's, but a plain C-STORE Success and a pending C-MOVE/C-GET
+        response go out directly."""
+        if not (_send_store_success(self, primitive, context_id)
+                or _send_retrieve_pending(self, primitive, context_id)):
             super().send_msg(primitive, context_id)
 
     def send_encoded(self, context_id: int, command: bytes, data: bytes = b"") -> None:
@@ -751,6 +814,7 @@ class FastAssociation(Association):
         self.dimse = FastDimse(self, files)
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
+        self._writes = None   # appliance.dicom.streaming, on the first streamed C-STORE
 
     def run_reactor(self) -> None:
         """pynetdicom's, but an exception in it (pynetdicom cannot negotiate a
@@ -760,6 +824,25 @@ class FastAssociation(Association):
             super().run_reactor()
         except Exception as e:  # noqa: BLE001 - the association's thread would die with it
             _end_broken_association(self, e)
+
+    def send_c_store(self, dataset, msg_id: int = 1, priority: int = 2,
+                     originator_aet: str | None = None, originator_id: int | None = None):
+        """pynetdicom's, but a :class:`~appliance.dicom.streaming.StoredFile` (what the
+        C-GET SCP yields for an instance stored in a syntax the requestor accepted)
+        streams from its file, written directly once the responses queued before it
+        are out (appliance.dicom.streaming, :meth:`FastDUL.flush`)."""
+        from appliance.dicom.streaming import DirectStoreWrites, StoredFile  # imports this module
+        if not isinstance(dataset, StoredFile):
+            return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
+        if self._writes is None:
+            self._writes = DirectStoreWrites(self, guard_reactor=False)
+        if not self.dul.flush(self.network_timeout):
+            raise RuntimeError("the responses queued before the C-STORE were not sent in time")
+        return self._writes.send_c_store(dataset.stored_path, msg_id=msg_id, priority=priority,
+                                         sop_class_uid=dataset.stored_sop_class_uid,
+                                         sop_instance_uid=str(dataset.SOPInstanceUID),
+                                         originator_aet=originator_aet,
+                                         originator_id=originator_id)
 
     def _wait_for_message(self) -> None:
         """The reactor's 1 ms sleep, cut short by a decoded DIMSE message."""
@@ -911,6 +994,12 @@ class AcceptorRequestHandler(RequestHandler):
                     assoc.bind(event, handler[0], handler[1])
 
         return assoc
+
+
+def streams_stored_files(assoc) -> bool:
+    """True when ``assoc`` runs the fast path, whose ``send_c_store`` streams a
+    :class:`~appliance.dicom.streaming.StoredFile` (a C-GET's sub-operations)."""
+    return isinstance(assoc, FastAssociation)
 
 
 def encoded_sender(assoc) -> Callable[[int, bytes, bytes], None] | None:
