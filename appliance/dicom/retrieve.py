@@ -422,11 +422,15 @@ class RetrieveDimse:
         assoc.bind(evt.EVT_DIMSE_RECV, on_response)
         # The requestor answers each sub-operation: ACK its responses at once, as the
         # sender does on its own associations (a getscu with Nagle on stalls otherwise).
-        prompter = AckPrompter(getattr(assoc.dul.socket, "socket", None)).start()
+        # Streamed sub-operations prompt while they wait (appliance.dicom.streaming): a
+        # thread watching the socket as well would only compete with them.
+        prompter = None if streaming else \
+            AckPrompter(getattr(assoc.dul.socket, "socket", None)).start()
         try:
             yield from self._sub_operations(event, job, to_send)
         finally:
-            prompter.stop()
+            if prompter is not None:
+                prompter.stop()
             assoc.unbind(evt.EVT_DIMSE_RECV, on_response)
 
     # -- shared --------------------------------------------------------------------------
