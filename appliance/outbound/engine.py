@@ -33,7 +33,7 @@ from pathlib import Path
 from appliance.config import DicomWebServer, Modality
 from appliance.dicom.commitment import evaluate, send_report
 from appliance.dicom.sender import Destination, Outgoing, SendResult, StoreSender, needs_of
-from appliance.outbound.stow import Part, StowError, stow
+from appliance.outbound.stow import HttpsTrust, Part, StowError, stow
 from appliance.store import Archive, QueueItem, Settled
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,8 @@ class OutboundEngine:
 
     def __init__(self, archive: Archive, *, modalities: Sequence[Modality],
                  servers: Sequence[DicomWebServer], dicom_aet: str, scu_timeout: int,
-                 max_retry: float, spool_dir: Path | None = None) -> None:
+                 max_retry: float, spool_dir: Path | None = None,
+                 https: HttpsTrust = HttpsTrust()) -> None:
         self._archive = archive
         self._outbox = archive.outbox
         self._modalities = {m.name: m for m in modalities}
@@ -91,6 +92,7 @@ class OutboundEngine:
         self._timeout = scu_timeout
         self._max_retry = float(max_retry)
         self._spool = spool_dir
+        self._https = https
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -102,6 +104,11 @@ class OutboundEngine:
 
     def start(self) -> None:
         """Start the scheduler (workers start when their destination has work)."""
+        https = [s.name for s in self._servers.values() if s.url.startswith("https:")]
+        if https and not self._https.https_verify_peers:
+            # As Orthanc's HttpClient::ConfigureSsl warns: anyone on the path can pose as these.
+            log.warning("HttpsVerifyPeers is false: the certificates of %s are not checked",
+                        ", ".join(https))
         self._outbox.on_queued = self.wake
         self._scheduler = threading.Thread(target=self._schedule, name="outbound-scheduler",
                                            daemon=True)
@@ -312,7 +319,7 @@ class OutboundEngine:
         parts = [Part(i.sop_instance_uid, self._archive.file_of(i.instance), i.instance.file_size)
                  for i in chunk]
         try:
-            failed = stow(server, parts, self._timeout or None)
+            failed = stow(server, parts, self._timeout or None, self._https)
         except (StowError, OSError) as e:
             return [Settled(i.id, _PENDING, f"STOW-RS to {server.url}: {e}"[:500]) for i in chunk]
         return [Settled(i.id, _PENDING, failed[i.sop_instance_uid]) if i.sop_instance_uid in failed
