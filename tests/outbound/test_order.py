@@ -76,8 +76,9 @@ def test_a_refused_instance_holds_back_its_study_only(make_daemon, tmp_path):
         assert sorted(w.split()[4] for w in waiting) == sorted(p.stem for p in one[2:]), listing.stdout
         assert "status 0xA900" in listing.stdout
 
-        # Held back across further attempts, then the destination takes it: in order.
-        wait_for(lambda: attempts() >= 3, 30, "a third refused attempt")
+        # Held back across a further attempt, then the destination takes it: in order.
+        seen = attempts()
+        wait_for(lambda: attempts() > seen, 30, "one more refused attempt")
         assert [u for u in scp.accepted if u in {p.stem for p in one}] == [one[0].stem]
         scp.accept_all()
         wait_for(lambda: len(scp.accepted) == 8, 30, "everything delivered")
@@ -95,7 +96,7 @@ def test_a_refused_instance_holds_back_its_study_only(make_daemon, tmp_path):
                           json={"Resources": [p.stem for p in three]})
         assert r.status_code == 200, r.text
         wait_for(lambda: d.rows("SELECT attempts FROM send_items WHERE sop_instance_uid = ?",
-                                (three[1].stem,))[0][0] >= 2, 30, "two unreadable attempts")
+                                (three[1].stem,))[0][0] >= 1, 30, "an unreadable attempt")
         assert scp.accepted[8:] == [three[0].stem]
         (unreadable_id,), = d.rows("SELECT id FROM send_items WHERE sop_instance_uid = ?",
                                    (three[1].stem,))
