@@ -557,6 +557,14 @@ def _path(obj: _Object, where: str, raw: Any) -> Path:
     return _absolute(obj.base, value)
 
 
+@_reader("file path, or empty (relative: to the config file's folder)")
+def _optional_path(obj: _Object, where: str, raw: Any) -> Path | None:
+    # Orthanc's empty string means "not set" (HttpsCACertificates: "").
+    if raw is None or raw == "":
+        return None
+    return _path(obj, where, raw)
+
+
 def _fixed(supported: bool, why: str) -> Reader:
     @_reader(f"{_show(supported)} only")
     def read(obj: _Object, where: str, raw: Any) -> bool:
@@ -910,7 +918,7 @@ _IGNORED_CORE = frozenset(
     DicomTlsRemoteCertificateRequired DicomTlsMinimumProtocolVersion DicomTlsCiphersAccepted
     DicomEchoChecksFind DicomDefaultRetrieveMethod DicomScuPreferredTransferSyntax
     OrthancPeers OrthancPeersInDatabase
-    HttpProxy HttpVerbose HttpTimeout HttpsVerifyPeers HttpsCACertificates Pkcs11
+    HttpProxy HttpVerbose HttpTimeout Pkcs11
     UserMetadata UserContentType StoreMD5ForAttachments LogExportedResources
     KeepAlive KeepAliveTimeout TcpNoDelay HttpThreadsCount
     DicomAssociationCloseDelay QueryRetrieveSize
@@ -1455,6 +1463,18 @@ class Config:
                                        "Compare AE titles case-sensitively (false: case-insensitively).")
     dicom_scu_timeout: int = _key("DicomScuTimeout", 10, _integer(),
                                   "Seconds, when we are the SCU (sending, storage commitment reports).")
+    # Orthanc's HTTP client settings (HttpClient::ConfigureSsl), read here by the STOW-RS
+    # client of the outbound queue: the same names, defaults and meaning.
+    https_verify_peers: bool = _key(
+        "HttpsVerifyPeers", True, _boolean,
+        "Check the certificate (chain and host name) of the HTTPS servers we send to "
+        "(DicomWeb.Servers). false accepts any certificate: a security risk, logged at start-up.")
+    https_ca_certificates: Path | None = _key(
+        "HttpsCACertificates", None, _optional_path,
+        "PEM file of the CA certificates trusted for HTTPS servers we send to (relative: to the "
+        "config file's folder), replacing the system's (as curl --cacert does in Orthanc); "
+        "empty: the system's trusted certificates. Read at each connection.",
+        default_doc='""')
     unknown_sop_class_accepted: bool = _key("UnknownSopClassAccepted", False, _boolean,
                                             "Accept C-STORE of SOP classes we do not know.")
     default_encoding: str = _key("DefaultEncoding", "Latin1", _encoding,

@@ -35,6 +35,7 @@ from appliance.dicom.scp import DicomServer
 from appliance.dicom.scu import Outbound
 from appliance.outbound.engine import OutboundEngine
 from appliance.outbound.rules import Rules
+from appliance.outbound.stow import HttpsTrust
 from appliance.ops.backup import BackupScheduler, BackupSettings
 from appliance.ops.disk import DiskMonitor
 from appliance.ops.adopt import OrthancAdopter
@@ -293,6 +294,7 @@ def _build_outbound(config: Config, archive: Archive, direct_writes: bool) -> Ou
                           scu_timeout=config.dicom_scu_timeout,
                           max_retry=config.forwarding.max_retry_seconds,
                           spool_dir=config.temporary_directory / "outbound",
+                          https=config.view(HttpsTrust),
                           direct_writes=direct_writes)
 
 

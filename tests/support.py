@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -246,3 +249,51 @@ def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_nginx(prefix: Path, server_block: str, port: int) -> subprocess.Popen:
+    """nginx in the foreground with its files under ``prefix``, serving
+    ``server_block`` (one ``server {...}`` listening on 127.0.0.1:``port``);
+    returned once that port accepts. The caller terminates it."""
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(f"""
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    {server_block}
+}}
+""")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.02)
+    proc.terminate()
+    raise AssertionError(f"nginx not listening on {port}")
+
+
+def site_config(https_port: int, daemon_port: int, cert: Path, key: Path) -> str:
+    """The HTTPS server of the shipped etc/nginx/pacs-appliance.conf with this test's
+    ports and certificate (for :func:`start_nginx`)."""
+    text = (REPO / "etc" / "nginx" / "pacs-appliance.conf").read_text()
+    https_server = text[:text.index("# Plain HTTP only redirects.")]
+    https_server = https_server.replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
+    https_server = re.sub(r"\n\s*listen \[::\]:443 ssl;", "", https_server)
+    https_server = https_server.replace("/etc/pacs-appliance/tls/pacs-appliance.crt", str(cert))
+    https_server = https_server.replace("/etc/pacs-appliance/tls/pacs-appliance.key", str(key))
+    assert "http://127.0.0.1:8042" in https_server
+    return https_server.replace("http://127.0.0.1:8042", f"http://127.0.0.1:{daemon_port}")

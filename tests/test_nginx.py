@@ -4,11 +4,7 @@ forwarded scheme and host in the URLs the daemon writes."""
 from __future__ import annotations
 
 import re
-import shutil
 import socket
-import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -17,7 +13,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.uid import generate_uid
 
-from tests.support import REPO, new_dataset, run
+from tests.support import new_dataset, run, site_config, start_nginx
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 
@@ -26,18 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def site_config(https_port: int, daemon_port: int, cert: Path, key: Path) -> str:
-    """etc/nginx/pacs-appliance.conf with this test's ports and certificate."""
-    text = (REPO / "etc" / "nginx" / "pacs-appliance.conf").read_text()
-    https_server = text[:text.index("# Plain HTTP only redirects.")]
-    https_server = https_server.replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
-    https_server = re.sub(r"\n\s*listen \[::\]:443 ssl;", "", https_server)
-    https_server = https_server.replace("/etc/pacs-appliance/tls/pacs-appliance.crt", str(cert))
-    https_server = https_server.replace("/etc/pacs-appliance/tls/pacs-appliance.key", str(key))
-    assert "http://127.0.0.1:8042" in https_server
-    return https_server.replace("http://127.0.0.1:8042", f"http://127.0.0.1:{daemon_port}")
 
 
 @pytest.fixture
@@ -50,34 +34,7 @@ def proxy(tmp_path, make_daemon):
                "-keyout", str(key), "-out", str(cert)])
     assert out.returncode == 0, out.stderr
     port = free_port()
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
-    conf = prefix / "nginx.conf"
-    conf.write_text(f"""
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/client_body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
-    {site_config(port, daemon.http_port, cert, key)}
-}}
-""")
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    proc = subprocess.Popen([nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read().decode()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.02)
+    proc = start_nginx(tmp_path / "nginx", site_config(port, daemon.http_port, cert, key), port)
     try:
         yield f"https://localhost:{port}", cert, daemon
     finally:

@@ -37,6 +37,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         else:
             p.add_argument("--to", metavar="NAME", help="only this destination")
             p.add_argument("--task", type=int, metavar="ID", help="only this task")
+            p.add_argument("--item", type=int, metavar="ID",
+                           help="only this item (the #ID of queue list --items)")
     queue.set_defaults(queue_command="list", items=False, json=False, config=None)
 
 
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
                 print(_text(summary, items, _destinations(config)))
             return 0
         change = outbox.retry if args.queue_command == "retry" else outbox.cancel
-        n = change(args.to, args.task)
+        n = change(args.to, args.task, args.item)
         print(f"{n} item(s) {'due now' if args.queue_command == 'retry' else 'cancelled'}")
         return 0
 
@@ -89,6 +91,8 @@ def _text(summary: list[dict], items: list[dict], configured: list[str]) -> str:
                 f"{d['sent']} sent, {d['dropped']} dropped, {d['cancelled']} cancelled")
         if d["waiting_stable"]:
             line += f", {d['waiting_stable']} waiting for a stable study"
+        if d.get("held"):
+            line += f", {d['held']} held behind a failing instance of their study"
         if d["pending"]:
             line += f"; oldest {_ago(d['oldest'], now)}"
             if d["failing"]:
@@ -98,8 +102,9 @@ def _text(summary: list[dict], items: list[dict], configured: list[str]) -> str:
     if not lines:
         lines.append("nothing queued")
     for i in items:
+        when = (f"waits for #{i['held_by']} (order per study)" if i.get("held_by") else
+                f"next in {max(0.0, i['next_attempt'] - now):.0f} s")
         lines.append(f"  #{i['id']} {i['destination']} {i['kind']} {i['origin']} "
-                     f"{i['sop_instance_uid']} attempts {i['attempts']}, next in "
-                     f"{max(0.0, i['next_attempt'] - now):.0f} s"
+                     f"{i['sop_instance_uid']} attempts {i['attempts']}, {when}"
                      + (f": {i['last_error']}" if i["last_error"] else ""))
     return "\n".join(lines)

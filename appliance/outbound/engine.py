@@ -2,7 +2,8 @@
 
 One thread per destination (a ``DicomModalities`` or ``DicomWeb.Servers``
 name) takes its due items in queue order (storage commitment reports first,
-then instances in the order they were queued, hence per study), sends them over
+then instances in the order they were queued, hence per study; an instance
+behind a failed one of its study waits for it, see store/index/queue.py), sends them over
 one association (or a few STOW-RS requests), and records the outcomes as it
 goes, a few dozen per transaction. Delivered items leave the queue; a failed attempt puts the item
 back with a capped exponential backoff (1 s, 2 s, 4 s... Forwarding.MaxRetrySeconds)
@@ -33,7 +34,7 @@ from pathlib import Path
 from appliance.config import DicomWebServer, Modality
 from appliance.dicom.commitment import evaluate, send_report
 from appliance.dicom.sender import Destination, Outgoing, SendResult, StoreSender, needs_of
-from appliance.outbound.stow import Part, StowError, stow
+from appliance.outbound.stow import HttpsTrust, Part, StowError, stow
 from appliance.store import Archive, QueueItem, Settled
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class OutboundEngine:
     def __init__(self, archive: Archive, *, modalities: Sequence[Modality],
                  servers: Sequence[DicomWebServer], dicom_aet: str, scu_timeout: int,
                  max_retry: float, spool_dir: Path | None = None,
+                 https: HttpsTrust = HttpsTrust(),
                  direct_writes: bool = False) -> None:
         self._archive = archive
         self._direct = direct_writes   # appliance.dicom.sender's direct=
@@ -93,6 +95,7 @@ class OutboundEngine:
         self._timeout = scu_timeout
         self._max_retry = float(max_retry)
         self._spool = spool_dir
+        self._https = https
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -104,6 +107,11 @@ class OutboundEngine:
 
     def start(self) -> None:
         """Start the scheduler (workers start when their destination has work)."""
+        https = [s.name for s in self._servers.values() if s.url.startswith("https:")]
+        if https and not self._https.https_verify_peers:
+            # As Orthanc's HttpClient::ConfigureSsl warns: anyone on the path can pose as these.
+            log.warning("HttpsVerifyPeers is false: the certificates of %s are not checked",
+                        ", ".join(https))
         self._outbox.on_queued = self.wake
         self._scheduler = threading.Thread(target=self._schedule, name="outbound-scheduler",
                                            daemon=True)
@@ -152,7 +160,7 @@ class OutboundEngine:
                 "kind": ("dicom" if name in self._modalities else
                          "dicomweb" if name in self._servers else "unknown"),
                 "pending": row["pending"] or 0, "failing": row["failing"] or 0,
-                "waiting_stable": row["waiting_stable"] or 0,
+                "waiting_stable": row["waiting_stable"] or 0, "held": row.get("held") or 0,
                 "oldest": row["oldest"], "next_attempt": row["next_attempt"],
                 "last_error": row["last_error"],
                 "sent_since_start": c.sent, "bytes_since_start": c.bytes,
@@ -240,10 +248,11 @@ class OutboundEngine:
             else:
                 sent = [Settled(i.id, _PENDING, f"unknown destination {name!r}") for i in present]
                 self._outbox.settle(sent, self._max_retry)
-            self._account(name, sent, time.monotonic() - started)
+            self._account(name, sent, time.monotonic() - started,
+                          held=0 if self._stopping.is_set() else len(present) - len(sent))
         return outcomes  # what is left to write: the sends wrote theirs
 
-    def _account(self, name: str, outcomes: list[Settled], seconds: float) -> None:
+    def _account(self, name: str, outcomes: list[Settled], seconds: float, held: int = 0) -> None:
         """Counters, and the batch's log lines: INFO when delivered, WARNING per failed attempt."""
         counters = self.counters[name]
         done = [o for o in outcomes if o.state == _SENT]
@@ -258,7 +267,8 @@ class OutboundEngine:
                      extra={"DESTINATION": name, "SENT": len(done), "FAILED": len(failed)})
         if failed:
             counters.last_error = failed[0].error
-            log.warning("%s: %d instance(s) not sent, retried later: %s", name, len(failed),
+            log.warning("%s: %d instance(s) not sent, retried later%s: %s", name, len(failed),
+                        f" ({held} later instance(s) of the same studies held back)" if held else "",
                         failed[0].error, extra={"DESTINATION": name, "FAILED": len(failed)})
 
     def _destination(self, modality: Modality) -> Destination:
@@ -272,6 +282,7 @@ class OutboundEngine:
             self._spool.mkdir(parents=True, exist_ok=True)
         outcomes: list[Settled] = []
         written, written_at = 0, time.monotonic()
+        held: set[str] = set()
         with StoreSender(self._destination(modality), needs_of(outgoing),
                          spool_dir=self._spool, direct=self._direct) as sender:
             if not sender.is_established:
@@ -279,10 +290,13 @@ class OutboundEngine:
             for item, out in zip(items, outgoing) if not outcomes else ():
                 if self._stopping.is_set():
                     break  # the rest stays queued as it was
+                if item.study_instance_uid in held:
+                    continue  # behind a failed instance of its study: stays queued as it was
                 o = sender.send(out)
                 if o.result in (SendResult.SUCCESS, SendResult.WARNING):
                     outcomes.append(Settled(item.id, _SENT, bytes=o.sent_bytes))
                 else:
+                    held.add(item.study_instance_uid)
                     outcomes.append(Settled(item.id, _PENDING,
                                             f"{o.result.value}: {o.detail}"[:500]))
                 if (len(outcomes) - written >= SETTLE_EVERY
@@ -293,11 +307,16 @@ class OutboundEngine:
         return outcomes
 
     def _send_stow(self, server: DicomWebServer, items: list[QueueItem]) -> list[Settled]:
-        """Send in STOW-RS requests, writing each one's outcomes; all of them."""
+        """Send in STOW-RS requests, writing each one's outcomes; all of them. A study
+        with a failed instance sends nothing more in this round (its later
+        instances stay queued); within one request the server decides alone."""
         outcomes: list[Settled] = []
+        held: set[str] = set()
         chunk: list[QueueItem] = []
         size = 0
         for item in items + [None]:
+            if item is not None and item.study_instance_uid in held:
+                continue
             if item is not None and len(chunk) < STOW_INSTANCES and size < STOW_BYTES:
                 chunk.append(item)
                 size += item.instance.file_size
@@ -306,7 +325,10 @@ class OutboundEngine:
                 done = self._stow_chunk(server, chunk)
                 self._outbox.settle(done, self._max_retry)
                 outcomes += done
-            if item is not None:
+                by_id = {i.id: i for i in chunk}
+                held |= {by_id[o.item_id].study_instance_uid for o in done if o.state == _PENDING}
+            chunk, size = [], 0
+            if item is not None and item.study_instance_uid not in held:
                 chunk, size = [item], item.instance.file_size
         return outcomes
 
@@ -314,7 +336,7 @@ class OutboundEngine:
         parts = [Part(i.sop_instance_uid, self._archive.file_of(i.instance), i.instance.file_size)
                  for i in chunk]
         try:
-            failed = stow(server, parts, self._timeout or None)
+            failed = stow(server, parts, self._timeout or None, self._https)
         except (StowError, OSError) as e:
             return [Settled(i.id, _PENDING, f"STOW-RS to {server.url}: {e}"[:500]) for i in chunk]
         return [Settled(i.id, _PENDING, failed[i.sop_instance_uid]) if i.sop_instance_uid in failed

@@ -3,7 +3,8 @@
 One POST of ``multipart/related; type="application/dicom"`` to ``<Url>studies``
 per batch, streamed from the stored files (memory does not grow with the
 batch), with the server's Basic credentials and extra headers, over HTTP or
-HTTPS (the system's trusted certificates). The answer decides per instance:
+HTTPS, trusting certificates as Orthanc's HTTP client does (:class:`HttpsTrust`:
+HttpsVerifyPeers, HttpsCACertificates). The answer decides per instance:
 200 all stored; 202 or 409 with a FailedSOPSequence (0008,1198), those listed
 failed; any other answer, or no answer, the whole batch failed.
 """
@@ -33,6 +34,33 @@ class StowError(Exception):
 
 
 @dataclass(frozen=True)
+class HttpsTrust:
+    """Which HTTPS servers we trust: the slice of the config (``Config.view``) with
+    Orthanc's top-level HttpsVerifyPeers and HttpsCACertificates."""
+
+    https_verify_peers: bool = True
+    https_ca_certificates: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A TLS context for one connection. Built per connection so that a CA file
+        changed on disk is read again (Orthanc's curl reads CURLOPT_CAINFO per request).
+
+        Verifying: the chain up to a CA of HttpsCACertificates (only those, as curl's
+        --cacert) or of the system, and the host name (curl's VERIFYHOST 2). Not
+        verifying (HttpsVerifyPeers false): any certificate, as Orthanc.
+        Raises OSError (FileNotFoundError, ssl.SSLError) when the CA file is unusable.
+        """
+        if not self.https_verify_peers:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        if self.https_ca_certificates is None:
+            return ssl.create_default_context()
+        return ssl.create_default_context(cafile=str(self.https_ca_certificates))
+
+
+@dataclass(frozen=True)
 class Part:
     """One instance to send: its SOP Instance UID and stored file."""
 
@@ -57,7 +85,8 @@ def _length(boundary: bytes, parts: Sequence[Part]) -> int:
     return sum(head + p.size + 2 for p in parts) + len(boundary) + 6
 
 
-def stow(server: DicomWebServer, parts: Sequence[Part], timeout: float | None) -> dict[str, str]:
+def stow(server: DicomWebServer, parts: Sequence[Part], timeout: float | None,
+         trust: HttpsTrust = HttpsTrust()) -> dict[str, str]:
     """POST ``parts`` to the server's STOW-RS endpoint; the failed instances by
     SOP Instance UID (with why), empty when all were stored. Blocking.
 
@@ -75,11 +104,15 @@ def stow(server: DicomWebServer, parts: Sequence[Part], timeout: float | None) -
     if server.username is not None:
         token = base64.b64encode(f"{server.username}:{server.password or ''}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    if url.scheme == "https":
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            url.hostname, url.port, timeout=timeout, context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    try:
+        if url.scheme == "https":
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                url.hostname, url.port, timeout=timeout, context=trust.context())
+        else:
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    except OSError as e:  # the CA file: missing, or no certificate in it
+        raise StowError(f"HttpsCACertificates {trust.https_ca_certificates}: "
+                        f"{type(e).__name__}: {e}") from None
     try:
         conn.request("POST", path, body=_body(boundary, parts), headers=headers)
         response = conn.getresponse()

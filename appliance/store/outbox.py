@@ -65,15 +65,19 @@ class Outbox:
         """The pending items, oldest first."""
         return self._index.queue_items(destination, limit)
 
-    def retry(self, destination: str | None = None, task_id: int | None = None) -> int:
+    def retry(self, destination: str | None = None, task_id: int | None = None,
+              item_id: int | None = None) -> int:
         """Make pending (and cancelled) items due now; how many."""
-        n = self._index.queue_retry(destination, task_id)
+        n = self._index.queue_retry(destination, task_id, item_id)
         self.on_queued((destination,) if destination else ())
         return n
 
-    def cancel(self, destination: str | None = None, task_id: int | None = None) -> int:
-        """Cancel pending items; how many."""
-        return self._index.queue_cancel(destination, task_id)
+    def cancel(self, destination: str | None = None, task_id: int | None = None,
+               item_id: int | None = None) -> int:
+        """Cancel pending items (a cancelled item no longer holds back its study); how many."""
+        n = self._index.queue_cancel(destination, task_id, item_id)
+        self.on_queued((destination,) if destination else ())  # held items may be free now
+        return n
 
     def prune(self, rules_before: float, tasks_before: float) -> int:
         """Forget finished items (rule-made ones sooner than requested ones); how many."""

@@ -36,8 +36,10 @@ def test_instance_rule_forwards_each_stored_instance(make_daemon, storescp, tmp_
     assert "Send to ARCH" in page and "5 sent since start" in page
     status = cli(d, "status")
     assert "send to ARCH: 0 queued" in status.stdout, status.stdout
-    time.sleep(0.5)
-    assert scp.received() == wanted  # the CT series was never sent
+    # The CT series was never queued (the rule filtered it as it was stored), so it
+    # cannot arrive later: the queue holds the 5 US items only, all sent.
+    assert d.rows("SELECT state, count(*) FROM send_items GROUP BY state") == [("sent", 5)]
+    assert scp.received() == wanted
 
 
 def test_destination_down_then_up_backs_off_then_delivers(make_daemon, storescp, tmp_path):
@@ -101,7 +103,10 @@ def test_stable_study_to_a_second_daemon_over_stow_across_restart(make_daemon, t
     other = make_instances(tmp_path / "3", 1)
     assert scu_store(a.dicom_port, other, aet="OTHER") == [0]  # not from US01: not forwarded
     wait_for(lambda: at_b() == 5, 20, "the late instances at B")
-    time.sleep(1.5)
+    # Nothing left to send (no pending item, no study waiting to be stable), so nothing
+    # can arrive at B later: what B has is final.
+    wait_for(lambda: a.rows("SELECT count(*) FROM send_items WHERE state = 'pending'") == [(0,)]
+             and a.rows("SELECT count(*) FROM stable_waiting") == [(0,)], 20, "the queue settled")
     assert at_b() == 5
     sent = a.rows("SELECT count(*), count(DISTINCT sop_instance_uid) FROM send_items "
                   "WHERE state = 'sent'")

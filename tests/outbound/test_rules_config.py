@@ -69,3 +69,25 @@ def test_rules_decide_per_destination_and_trigger():
 
 def test_backoff_is_exponential_and_capped():
     assert [backoff(n, 300) for n in (1, 2, 3, 4, 9, 10, 30)] == [1, 2, 4, 8, 256, 300, 300]
+
+
+def test_https_trust_keys_as_orthanc_reads_them(tmp_path):
+    """HttpsVerifyPeers (default true) and HttpsCACertificates ("" = the system's CAs,
+    a relative path = from the config file's folder) reach the STOW-RS client."""
+    from appliance.outbound.stow import HttpsTrust
+
+    default = parse_config(BASE, "/etc/pacs/config.json").view(HttpsTrust)
+    assert default == HttpsTrust(https_verify_peers=True, https_ca_certificates=None)
+    assert default.context().verify_mode.name == "CERT_REQUIRED"
+    given = parse_config({**BASE, "HttpsVerifyPeers": False, "HttpsCACertificates": "tls/ca.pem"},
+                         "/etc/pacs/config.json")
+    assert "HttpsVerifyPeers" not in given.ignored and "HttpsCACertificates" not in given.ignored
+    trust = given.view(HttpsTrust)
+    assert str(trust.https_ca_certificates) == "/etc/pacs/tls/ca.pem"
+    assert not trust.context().check_hostname and trust.context().verify_mode.name == "CERT_NONE"
+    assert parse_config({**BASE, "HttpsCACertificates": ""}, "x").https_ca_certificates is None
+    with pytest.raises(ConfigError, match="HttpsVerifyPeers"):
+        parse_config({**BASE, "HttpsVerifyPeers": "yes"}, "x")
+    missing = HttpsTrust(https_ca_certificates=tmp_path / "none.pem")
+    with pytest.raises(OSError):
+        missing.context()

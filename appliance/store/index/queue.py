@@ -10,6 +10,13 @@ the index, so
 - an item leaves the ``pending`` state only once the destination took it
   (``sent``), its instance was found gone (``dropped``) or someone cancelled it.
 
+Order per study (issue 13: "ordered per study"): an instance whose attempt failed
+holds back the instances queued after it for the same study and destination
+(:data:`_HELD_BY`) until it is delivered, dropped or cancelled, so a destination
+never receives a study out of order because one of its instances failed alone
+(refused, unreadable); other studies keep flowing. A refused instance is retried
+with the backoff like any failure, until delivered or cancelled.
+
 The StableStudy debounce is two tables: instances waiting for their study to be
 quiet (``stable_waiting``) and the time it will be (``stable_due``, moved on by
 every new instance of the study). :meth:`Outbox.release_stable_studies` moves
@@ -103,6 +110,14 @@ def enqueue_forwards(conn: apsw.Connection, study_uid: str, sop_uid: str,
                      (f.destination, study_uid, now + f.stable_age))
 
 
+# The earlier failing items of q's study on q's destination (see the module
+# docstring). Spelled to match the partial index send_items_failing
+# (_SCHEMA_QUEUE_ORDER): state and attempts as in its WHERE.
+_HELD_BY = """
+    SELECT b.id FROM send_items b
+    WHERE b.state = 'pending' AND b.attempts > 0 AND b.destination = q.destination
+      AND b.study_instance_uid = q.study_instance_uid AND b.id < q.id AND b.kind = 'store'"""
+
 _DUE = """
     SELECT q.id, q.task_id, q.destination, q.kind, q.origin, q.study_instance_uid,
            q.sop_instance_uid, q.attempts, q.created_at, t.payload,
@@ -114,8 +129,9 @@ _DUE = """
     LEFT JOIN instances i ON q.kind = 'store' AND i.sop_instance_uid = q.sop_instance_uid
     LEFT JOIN series se ON se.id = i.series_pk
     LEFT JOIN studies st ON st.id = se.study_pk
-    WHERE q.state = 'pending' AND q.destination = ? AND q.next_attempt_at <= ?
-    ORDER BY q.kind = 'store', q.id LIMIT ?"""
+    WHERE q.state = 'pending' AND q.destination = ?1 AND q.next_attempt_at <= ?2
+      AND NOT (q.kind = 'store' AND EXISTS (""" + _HELD_BY + """ AND b.next_attempt_at > ?2))
+    ORDER BY q.kind = 'store', q.id LIMIT ?3"""
 
 _INSTANCES_OF = """
     SELECT st.study_instance_uid, i.sop_instance_uid
@@ -203,8 +219,10 @@ class Outbox:
 
     def queue_next_due(self) -> dict[str, float]:
         """destination -> time its next pending item is due."""
-        return dict(self.read("SELECT destination, min(next_attempt_at) FROM send_items "
-                              "WHERE state = 'pending' GROUP BY destination"))
+        # A held item is due when the item holding it is: only the others count.
+        return dict(self.read("SELECT destination, min(next_attempt_at) FROM send_items q "
+                              "WHERE state = 'pending' AND NOT (kind = 'store' AND EXISTS ("
+                              + _HELD_BY + ")) GROUP BY destination"))
 
     def release_stable_studies(self, now: float) -> list[str]:
         """Queue the waiting instances of the studies quiet since their due
@@ -238,7 +256,8 @@ class Outbox:
     def queue_summary(self) -> list[dict]:
         """Per destination: pending, failing (pending after a failed attempt),
         sent, dropped, cancelled, bytes sent, oldest pending item's time, next
-        attempt, last error, waiting for a stable study."""
+        attempt, last error, waiting for a stable study, held (pending behind a
+        failing item of their study)."""
         rows = self.read("""
             SELECT destination,
                    sum(state = 'pending'), sum(state = 'pending' AND attempts > 0),
@@ -253,36 +272,47 @@ class Outbox:
             WHERE id = (SELECT max(id) FROM send_items r WHERE r.destination = q.destination
                         AND r.state = 'pending' AND r.last_error IS NOT NULL)"""))
         waiting = dict(self.read("SELECT destination, count(*) FROM stable_waiting GROUP BY destination"))
+        held = dict(self.read("SELECT destination, count(*) FROM send_items q WHERE state = 'pending' "
+                              "AND kind = 'store' AND EXISTS (" + _HELD_BY + ") GROUP BY destination"))
         names = ("destination", "pending", "failing", "sent", "dropped", "cancelled", "bytes",
                  "oldest", "next_attempt", "attempts")
-        out = [dict(zip(names, r)) | {"last_error": errors.get(r[0]), "waiting_stable": waiting.pop(r[0], 0)}
+        out = [dict(zip(names, r)) | {"last_error": errors.get(r[0]), "waiting_stable": waiting.pop(r[0], 0),
+                                      "held": held.get(r[0], 0)}
                for r in rows]
         out += [{"destination": d, "pending": 0, "failing": 0, "sent": 0, "dropped": 0, "cancelled": 0,
                  "bytes": 0, "oldest": None, "next_attempt": None, "attempts": None,
-                 "last_error": None, "waiting_stable": n} for d, n in waiting.items()]
+                 "last_error": None, "waiting_stable": n, "held": 0} for d, n in waiting.items()]
         return out
 
     def queue_items(self, destination: str | None = None, limit: int = 100) -> list[dict]:
-        """The pending items, oldest first (``queue list --items``)."""
+        """The pending items, oldest first (``queue list --items``); ``held_by``: the
+        failing item of the same study it waits for, if any."""
         where, args = ("AND destination = ?", (destination,)) if destination else ("", ())
         names = ("id", "task_id", "destination", "kind", "origin", "sop_instance_uid",
-                 "attempts", "next_attempt", "last_error", "created_at")
+                 "attempts", "next_attempt", "last_error", "created_at", "held_by")
         rows = self.read(f"SELECT id, task_id, destination, kind, origin, sop_instance_uid, attempts, "
-                         f"next_attempt_at, last_error, created_at FROM send_items "
-                         f"WHERE state = 'pending' {where} ORDER BY id LIMIT ?", (*args, limit))
+                         f"next_attempt_at, last_error, created_at, "
+                         f"CASE WHEN kind = 'store' THEN ({_HELD_BY} ORDER BY b.id LIMIT 1) END "
+                         f"FROM send_items q WHERE state = 'pending' {where} ORDER BY id LIMIT ?",
+                         (*args, limit))
         return [dict(zip(names, r)) for r in rows]
 
-    def queue_retry(self, destination: str | None = None, task_id: int | None = None) -> int:
-        """Pending items (and cancelled ones) of a destination or task, or all:
-        due now. The count."""
+    def queue_retry(self, destination: str | None = None, task_id: int | None = None,
+                    item_id: int | None = None) -> int:
+        """Pending items (and cancelled ones) of a destination, task or one item, or
+        all: due now. The count."""
         return self.run_write(lambda conn: _change(
             conn, "state = 'pending', next_attempt_at = ?, done_at = NULL",
-            "state IN ('pending', 'cancelled')", destination, task_id))
+            "state IN ('pending', 'cancelled')", destination, task_id, item_id))
 
-    def queue_cancel(self, destination: str | None = None, task_id: int | None = None) -> int:
-        """Pending items of a destination or task, or all: cancelled. The count."""
+    def queue_cancel(self, destination: str | None = None, task_id: int | None = None,
+                     item_id: int | None = None) -> int:
+        """Pending items of a destination, task or one item (an instance the
+        destination keeps refusing, which holds back its study), or all: cancelled.
+        The count."""
         return self.run_write(lambda conn: _change(
-            conn, "state = 'cancelled', done_at = ?", "state = 'pending'", destination, task_id))
+            conn, "state = 'cancelled', done_at = ?", "state = 'pending'", destination, task_id,
+            item_id))
 
     def queue_prune(self, rules_before: float, tasks_before: float) -> int:
         """Forget finished items: those a rule queued, finished before ``rules_before``;
@@ -318,13 +348,11 @@ class Outbox:
 
 
 def _change(conn: apsw.Connection, assignment: str, condition: str,
-            destination: str | None, task_id: int | None) -> int:
+            destination: str | None, task_id: int | None, item_id: int | None) -> int:
     where, args = [condition], [time.time()]
-    if destination is not None:
-        where.append("destination = ?")
-        args.append(destination)
-    if task_id is not None:
-        where.append("task_id = ?")
-        args.append(task_id)
+    for column, value in (("destination", destination), ("task_id", task_id), ("id", item_id)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
     conn.execute(f"UPDATE send_items SET {assignment} WHERE {' AND '.join(where)}", args)
     return conn.changes()

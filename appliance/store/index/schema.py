@@ -281,7 +281,15 @@ CREATE TABLE orthanc_adopted (
 CREATE INDEX orthanc_adopted_unverified ON orthanc_adopted(verified) WHERE verified = 0;
 """
 
+# The outbound queue's order per study (issue 13): finding the failing items that
+# hold back the later items of their study (queue._HELD_BY) must not scan the
+# queue; only failing items are indexed, so the index stays small.
+_SCHEMA_QUEUE_ORDER = """
+CREATE INDEX send_items_failing ON send_items(destination, study_instance_uid, id)
+    WHERE state = 'pending' AND attempts > 0;
+"""
+
 # MIGRATIONS[n] upgrades schema version n to n+1. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_DELETE, _SCHEMA_QUEUE,
-                                _SCHEMA_ADOPTION)
+                                _SCHEMA_ADOPTION, _SCHEMA_QUEUE_ORDER)
 SCHEMA_VERSION = len(MIGRATIONS)
