@@ -69,10 +69,12 @@ directly, and any response other than a plain Success goes through pynetdicom.
 :meth:`FastDimse.send_encoded` lets a handler send responses it encoded itself
 (the worklist's C-FIND answers, appliance.dicom.mwl).
 
-Context copies. For every association pynetdicom deep-copies the server's
-supported contexts: about 170 storage classes times 35 transfer syntaxes, each
-UID re-created and re-validated by pydicom (80 ms here). pydicom's UID is an
-immutable str, so :class:`AcceptorRequestHandler` lets the copies share them.
+Contexts. For every association pynetdicom deep-copies the server's supported
+contexts: about 170 storage classes times 35 transfer syntaxes, each UID
+re-created and re-validated by pydicom (80 ms here); sharing the UIDs still left
+4-10 ms of copying, most of an association's set-up. The acceptor's negotiation
+only reads those contexts, so :class:`AcceptorRequestHandler` gives every
+association the server's own (:meth:`FastPath.contexts_for_association`).
 
 Together these halve the server's CPU time per received image (see the note
 in tests/bench/README.md). The comments name the pynetdicom 3.0.4 code each
@@ -90,7 +92,6 @@ import struct
 import threading
 import time
 import weakref
-from copy import deepcopy
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
@@ -915,30 +916,27 @@ class FastAssociation(Association):
 
 class FastPath:
     """What :class:`AcceptorRequestHandler` gets from the server: the receive
-    adapter, and the UIDs of the server's contexts, which every association's
-    copy of them shares rather than copies."""
+    adapter, and the server's supported contexts, which every association
+    shares rather than copies."""
 
     def __init__(self, files: ReceivedFiles, contexts: list) -> None:
         self.files = files
-        # Per context, a deepcopy memo holding its UIDs: deepcopy takes what its
-        # memo holds as it is. The context is kept with it, so its id stays its own.
-        self._memos = {id(cx): (cx, {id(uid): uid for uid in (cx.abstract_syntax,
-                                                               *cx.transfer_syntax)})
-                       for cx in contexts}
+        self._contexts = tuple(contexts)
 
-    def copy_contexts(self, contexts: list) -> list:
-        """A deep copy of ``contexts`` whose UIDs are the originals (pydicom's UID
-        is an immutable str; re-creating 6,000 of them took 80 ms an association).
+    def contexts_for_association(self) -> list:
+        """The supported contexts an accepted association negotiates with: the
+        server's own objects, in a list of its own.
 
-        Context by context, each with a small memo: one memo for all of them
-        held 7,000 entries, half a megabyte at the start of every association.
+        pynetdicom deep-copies them for every association (its
+        ``RequestHandler._create_association``), which was most of an
+        association's set-up here: 4-10 ms for the ~180 contexts, against
+        Orthanc's whole association in 0.6 ms. The acceptor only reads them:
+        ``negotiate_as_acceptor`` and ``negotiate_unrestricted`` build new
+        result contexts (context id, the one transfer syntax, the roles
+        answered) and leave the supported ones as they were; and the appliance
+        adds its contexts once, before the server starts (``DicomServer``).
         """
-        copies = []
-        for cx in contexts:
-            held = self._memos.get(id(cx))
-            memo = dict(held[1]) if held is not None and held[0] is cx else {}
-            copies.append(deepcopy(cx, memo))
-        return copies
+        return list(self._contexts)
 
 
 class AcceptorRequestHandler(RequestHandler):
@@ -961,8 +959,8 @@ class AcceptorRequestHandler(RequestHandler):
 
     def _fast_association(self) -> FastAssociation:
         """pynetdicom 3.0.4's ``RequestHandler._create_association`` (transport.py),
-        statement for statement, but for the association's class and the copy of
-        the supported contexts (:meth:`FastPath.copy_contexts`)."""
+        statement for statement, but for the association's class and the supported
+        contexts, shared rather than deep-copied (:meth:`FastPath.contexts_for_association`)."""
         assoc = FastAssociation(self.ae, self._fast.files)
         assoc._server = self.server
 
@@ -979,7 +977,7 @@ class AcceptorRequestHandler(RequestHandler):
         assoc.acceptor.address_info = self.local
         assoc.acceptor.implementation_class_uid = self.ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = self.ae.implementation_version_name
-        assoc.acceptor.supported_contexts = self._fast.copy_contexts(self.server.contexts)
+        assoc.acceptor.supported_contexts = self._fast.contexts_for_association()
 
         # Association Requestor object -> remote AE
         assoc.requestor.address_info = self.remote

@@ -13,7 +13,7 @@ import tomllib
 
 import pynetdicom
 import pytest
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
@@ -71,19 +71,54 @@ def test_every_verified_function_exists_and_is_read_whole():
         assert transport.source_digest(func) == hashlib.sha256(source.encode()).hexdigest()[:16], name
 
 
-def test_contexts_copied_for_each_association_share_their_uids():
-    ae = AE()
-    for sop_class in ("1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.6.1"):
-        ae.add_supported_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
+def _context_state(contexts) -> list[tuple]:
+    return [(cx.context_id, cx.abstract_syntax, tuple(cx.transfer_syntax), cx.scu_role,
+             cx.scp_role, cx.result, cx._as_scu, cx._as_scp) for cx in contexts]
+
+
+@pytest.mark.parametrize("unrestricted", [False, True])
+def test_associations_share_the_servers_contexts_and_leave_them_unchanged(monkeypatch,
+                                                                         unrestricted):
+    """The fast path hands every accepted association the server's own supported
+    contexts (no per-association deep copy): real negotiations, with SCP/SCU role
+    selection as getscu proposes it and with Orthanc's UnknownSopClassAccepted,
+    must leave them exactly as they were, and each association gets its own
+    accepted contexts."""
+    monkeypatch.setattr(_config, "UNRESTRICTED_STORAGE_SERVICE", unrestricted)
+    us_image = "1.2.840.10008.5.1.4.1.1.6.1"
+    ae = AE(ae_title="SEAMSCP")
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(us_image, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],
+                             scu_role=True, scp_role=True)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     contexts = ae.supported_contexts
-    copies = tuning.FastPath(ReceivedFiles(None), contexts).copy_contexts(contexts)
-    for original, copy in zip(contexts, copies, strict=True):
-        assert copy is not original and copy.transfer_syntax is not original.transfer_syntax
-        assert str(copy) == str(original)
-        assert copy.abstract_syntax is original.abstract_syntax
-        assert all(a is b for a, b in zip(copy.transfer_syntax, original.transfer_syntax))
-        copy.context_id = 7  # what negotiation does to the association's copy
-        assert original.context_id is None
+    before = _context_state(contexts)
+    accepted = []
+    server = transport.start_server(
+        ae, ("127.0.0.1", 0), mode=transport.Mode.FAST, files=ReceivedFiles(None),
+        evt_handlers=[(evt.EVT_ESTABLISHED,
+                       lambda event: accepted.append((event.assoc.acceptor.supported_contexts,
+                                                      event.assoc.accepted_contexts)))])
+    try:
+        requestor = AE(ae_title="SEAMSCU")
+        requestor.add_requested_context(Verification)
+        requestor.add_requested_context(us_image, ["1.2.840.10008.1.2"])
+        requestor.add_requested_context("1.2.840.10008.5.1.4.1.1.7", ["1.2.840.10008.1.2"])
+        role = build_role(us_image, scp_role=True, scu_role=True)
+        for _ in range(2):
+            assoc = requestor.associate("127.0.0.1", server.server_address[1],
+                                        ae_title="SEAMSCP", ext_neg=[role])
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == Status.SUCCESS
+            assoc.release()
+    finally:
+        server.shutdown()
+    assert _context_state(contexts) == before
+    (supported1, accepted1), (supported2, accepted2) = accepted
+    assert supported1 is not supported2
+    assert all(a is b for a, b in zip(supported1, contexts, strict=True))
+    assert {cx.abstract_syntax for cx in accepted1} >= {Verification, us_image}
+    assert not {id(cx) for cx in accepted1} & {id(cx) for cx in [*contexts, *accepted2]}
 
 
 def _snapshot() -> dict[tuple, object]:
