@@ -155,3 +155,73 @@ def test_threads_first_reading_a_deferred_module_all_get_it_whole(tmp_path):
     assert first_reads(lazyimports._LazyLoader, slow, "slow_ours") == [6] * 8
     if sys.version_info < (3, 12):
         assert first_reads(importlib.util.LazyLoader, slow, "slow_stock") != [6] * 8
+
+
+# An HTTPS round trip through aiohttp's default TLS contexts, in a fresh interpreter
+# whose only trusted CA is SSL_CERT_FILE (the test's self-signed certificate).
+_TLS = """
+import asyncio, json, ssl, sys
+from appliance import lazyimports
+if sys.argv[1] == "deferred":
+    lazyimports.install()
+from aiohttp import ClientConnectorCertificateError, ClientSession, connector, web
+cert, key = sys.argv[2], sys.argv[3]
+
+async def main():
+    pending_at_import = lazyimports.tls_pending(connector)
+    app = web.Application()
+    app.router.add_get("/", lambda request: web.Response(text="hello"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    async with ClientSession() as session:
+        async with session.get(f"https://127.0.0.1:{port}/") as r:
+            body = await r.text()
+        try:  # the certificate names 127.0.0.1, not localhost: a verifying client refuses
+            async with session.get(f"https://localhost:{port}/") as r:
+                wrong_name = "accepted"
+        except ClientConnectorCertificateError:
+            wrong_name = "refused"
+        async with session.get(f"https://localhost:{port}/", ssl=False) as r:
+            unverified = await r.text()
+    await runner.cleanup()
+    print(json.dumps({"pending_at_import": pending_at_import, "body": body,
+                      "wrong_name": wrong_name, "unverified": unverified,
+                      "pending_after": lazyimports.tls_pending(connector)}))
+
+asyncio.run(main())
+"""
+
+
+def https_round_trip(mode: str, tmp_path: Path) -> dict:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)],
+                       capture_output=True, check=True, timeout=60)
+    env = dict(os.environ, SSL_CERT_FILE=str(cert), SSL_CERT_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _TLS, mode, str(cert), str(key)],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_aiohttp_tls_contexts_load_their_cas_on_first_https_request(tmp_path):
+    """Served, aiohttp's import builds its two TLS client contexts without reading the
+    CA bundle; the first HTTPS request loads it, and the client then verifies as stock
+    aiohttp does: the trusted certificate is accepted, a wrong host name refused, and
+    ssl=False still connects. Stock aiohttp has loaded them at import (the control)."""
+    contexts = ["_SSL_CONTEXT_VERIFIED", "_SSL_CONTEXT_UNVERIFIED"]
+    eager, deferred = https_round_trip("eager", tmp_path), https_round_trip("deferred", tmp_path)
+    assert eager["pending_at_import"] == []
+    assert deferred["pending_at_import"] == contexts
+    assert deferred["pending_after"] == []
+    for run in (eager, deferred):
+        assert (run["body"], run["wrong_name"], run["unverified"]) == ("hello", "refused", "hello")
