@@ -22,6 +22,8 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
 from appliance import lazyimports
+from appliance.dicom.handlers import DicomHandlers
+from appliance.dicom.services import UNCOMPRESSED, DimseService, ServiceRegistry
 from tests.support import scu_store
 
 # Folders under site-packages whose shared objects say that the package's code ran.
@@ -225,3 +227,37 @@ def test_aiohttp_tls_contexts_load_their_cas_on_first_https_request(tmp_path):
     assert deferred["pending_after"] == []
     for run in (eager, deferred):
         assert (run["body"], run["wrong_name"], run["unverified"]) == ("hello", "refused", "hello")
+
+
+def contexts_via_ae(registry: ServiceRegistry) -> list:
+    """The contexts pynetdicom's AE.add_supported_context builds for ``registry`` (one per
+    SOP class, the first service declaring it wins): what the server took before."""
+    ae, seen = AE(), set()
+    for service in registry.services:
+        for uid in service.sop_classes:
+            if uid not in seen:
+                seen.add(uid)
+                ae.add_supported_context(uid, list(service.transfer_syntaxes),
+                                         scu_role=service.scu_role, scp_role=service.scp_role)
+    return ae.supported_contexts
+
+
+def described(contexts: list) -> list:
+    return [(c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role, c.context_id, str(c))
+            for c in contexts]
+
+
+def test_server_contexts_are_the_ones_pynetdicom_builds():
+    """The server's contexts, built once per service and copied for its other SOP
+    classes, are those AE.add_supported_context gives (170 storage classes, roles, a SOP
+    class declared twice), each with its own list of transfer syntaxes."""
+    echo = lambda event, caller: 0  # noqa: E731 - a handler never called here
+    twice = DimseService("Second", ("1.2.840.10008.1.1", "1.2.3.4"), UNCOMPRESSED, (), {"e": echo})
+    for registry in (DicomHandlers(None, None, None).registry,
+                     ServiceRegistry((*DicomHandlers(None, None, None).registry.services, twice))):
+        ours = registry.contexts()
+        assert len(ours) > 170
+        assert described(ours) == described(contexts_via_ae(registry))
+        assert len({id(c.transfer_syntax) for c in ours}) == len(ours)
+        ours[1].transfer_syntax = ["1.2.840.10008.1.2"]  # as negotiation narrows a copy
+        assert len(ours[2].transfer_syntax) > 1
