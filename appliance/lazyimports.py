@@ -216,8 +216,11 @@ _TLS_LOCK = threading.Lock()
 
 def _aiohttp_tls(module: types.ModuleType, execute) -> None:
     """Execute aiohttp.connector with its TLS contexts' CA loading put off to first use."""
-    import ssl
-
+    try:
+        import ssl
+    except ImportError:  # a Python without TLS: aiohttp builds no context either
+        execute()
+        return
     owed: list = []
 
     def note(context):
@@ -247,10 +250,13 @@ def _aiohttp_tls(module: types.ModuleType, execute) -> None:
 
     def _get_ssl_context(self, req):
         context = accessor(self, req)
-        if owed:
+        # None: a plain http:// request, which needs no CA. Cleared only once every
+        # context is loaded: another thread finding the list empty may use them.
+        if context is not None and owed:
             with _TLS_LOCK:
-                while owed:
-                    owed.pop().set_default_verify_paths()
+                for noted in owed:
+                    noted.set_default_verify_paths()
+                owed.clear()
         return context
 
     _get_ssl_context.__doc__ = accessor.__doc__

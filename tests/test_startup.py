@@ -180,7 +180,12 @@ async def main():
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
+    plain = web.TCPSite(runner, "127.0.0.1", 0)
+    await plain.start()
     async with ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{plain._server.sockets[0].getsockname()[1]}/") as r:
+            plain_body = await r.text()
+        pending_after_http = lazyimports.tls_pending(connector)
         async with session.get(f"https://127.0.0.1:{port}/") as r:
             body = await r.text()
         try:  # the certificate names 127.0.0.1, not localhost: a verifying client refuses
@@ -191,7 +196,8 @@ async def main():
         async with session.get(f"https://localhost:{port}/", ssl=False) as r:
             unverified = await r.text()
     await runner.cleanup()
-    print(json.dumps({"pending_at_import": pending_at_import, "body": body,
+    print(json.dumps({"pending_at_import": pending_at_import, "plain": plain_body,
+                      "pending_after_http": pending_after_http, "body": body,
                       "wrong_name": wrong_name, "unverified": unverified,
                       "pending_after": lazyimports.tls_pending(connector)}))
 
@@ -217,16 +223,18 @@ def https_round_trip(mode: str, tmp_path: Path) -> dict:
 
 def test_aiohttp_tls_contexts_load_their_cas_on_first_https_request(tmp_path):
     """Served, aiohttp's import builds its two TLS client contexts without reading the
-    CA bundle; the first HTTPS request loads it, and the client then verifies as stock
-    aiohttp does: the trusted certificate is accepted, a wrong host name refused, and
-    ssl=False still connects. Stock aiohttp has loaded them at import (the control)."""
+    CA bundle, and a plain http:// request leaves it unread; the first HTTPS request
+    loads it, and the client then verifies as stock aiohttp does: the trusted
+    certificate is accepted, a wrong host name refused, and ssl=False still connects.
+    Stock aiohttp has loaded them at import (the control)."""
     contexts = ["_SSL_CONTEXT_VERIFIED", "_SSL_CONTEXT_UNVERIFIED"]
     eager, deferred = https_round_trip("eager", tmp_path), https_round_trip("deferred", tmp_path)
     assert eager["pending_at_import"] == []
-    assert deferred["pending_at_import"] == contexts
+    assert deferred["pending_at_import"] == deferred["pending_after_http"] == contexts
     assert deferred["pending_after"] == []
     for run in (eager, deferred):
-        assert (run["body"], run["wrong_name"], run["unverified"]) == ("hello", "refused", "hello")
+        assert (run["plain"], run["body"], run["wrong_name"], run["unverified"]) == (
+            "hello", "hello", "refused", "hello")
 
 
 def contexts_via_ae(registry: ServiceRegistry) -> list:
