@@ -261,8 +261,8 @@ def test_server_contexts_are_the_ones_pynetdicom_builds():
     class declared twice), each with its own list of transfer syntaxes."""
     echo = lambda event, caller: 0  # noqa: E731 - a handler never called here
     twice = DimseService("Second", ("1.2.840.10008.1.1", "1.2.3.4"), UNCOMPRESSED, (), {"e": echo})
-    for registry in (DicomHandlers(None, None, None).registry,
-                     ServiceRegistry((*DicomHandlers(None, None, None).registry.services, twice))):
+    served = DicomHandlers(archive=None, policy=None, incoming=None).registry
+    for registry in (served, ServiceRegistry((*served.services, twice))):
         ours = registry.contexts()
         assert len(ours) > 170
         assert described(ours) == described(contexts_via_ae(registry))
