@@ -22,7 +22,10 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
 from appliance import lazyimports
+from appliance.dicom.commitment import CommitmentScp
 from appliance.dicom.handlers import DicomHandlers
+from appliance.dicom.qr_find import FindLimits, QueryRetrieveFind
+from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.services import UNCOMPRESSED, DimseService, ServiceRegistry
 from tests.support import scu_store
 
@@ -257,11 +260,16 @@ def described(contexts: list) -> list:
 
 def test_server_contexts_are_the_ones_pynetdicom_builds():
     """The server's contexts, built once per service and copied for its other SOP
-    classes, are those AE.add_supported_context gives (170 storage classes, roles, a SOP
-    class declared twice), each with its own list of transfer syntaxes."""
+    classes, are those AE.add_supported_context gives (170 storage classes, Q/R with
+    C-GET's roles, commitment, a SOP class declared twice), each with its own list of
+    transfer syntaxes."""
     echo = lambda event, caller: 0  # noqa: E731 - a handler never called here
     twice = DimseService("Second", ("1.2.840.10008.1.1", "1.2.3.4"), UNCOMPRESSED, (), {"e": echo})
-    served = DicomHandlers(archive=None, policy=None, incoming=None).registry
+    served = DicomHandlers(  # every service but those that need the worklist's folder
+        archive=None, policy=None, incoming=None,
+        find=QueryRetrieveFind(None, FindLimits()),
+        retrieve=RetrieveDimse(None, our_aet="STARTUP", scu_timeout=10),
+        commitment=CommitmentScp(None)).registry
     for registry in (served, ServiceRegistry((*served.services, twice))):
         ours = registry.contexts()
         assert len(ours) > 170
