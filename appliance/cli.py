@@ -139,6 +139,10 @@ def _serve(config, *, debug: bool) -> int:
 
     # Before anything imports pydicom: the pixel stack loads on first use (issue 11.8).
     lazyimports.install()
+    from appliance.dicomfile.settings import quiet_pydicom
+
+    # Before pynetdicom is imported, so that its tables' UIDs are not checked one by one.
+    quiet_pydicom()
     from appliance.daemon import run
     from appliance.logs import setup_logging
     from appliance.ops.lock import FolderInUse

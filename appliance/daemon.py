@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
-from pydicom import config as pydicom_config
 
 from appliance import __version__
 from appliance.config import Config, ConfigError, changed_keys, load_config
 from appliance.durable import write_json
 from appliance.dicom import transport
 from appliance.dicomfile import isolated
+from appliance.dicomfile.settings import quiet_pydicom
 from appliance.dicom.commitment import CommitmentScp
 from appliance.dicom.handlers import DicomHandlers
 from appliance.dicom.mwl import MwlOptions, WorklistDimse
@@ -100,18 +100,6 @@ def _bind_error(key: str, port: int, host: str | None, e: OSError) -> OSError:
     return OSError(e.errno, f"{where}: {why}")
 
 
-def _quiet_pydicom() -> None:
-    """Turn off pydicom's value checks on read and on set.
-
-    They warn, never refuse, about values the archive keeps as received anyway
-    (stored byte-exact, answered as they are); where we must refuse a value
-    (worklist authoring) we validate explicitly. The checks cost about a
-    quarter of each received header's parse and of each response's encoding.
-    """
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
-    pydicom_config.settings.writing_validation_mode = pydicom_config.IGNORE
-
-
 def _log_configuration(config: Config) -> None:
     if config.embedded_defaults:
         log.warning("no --config given: running on EMBEDDED DEFAULTS, data in %s, "
@@ -153,7 +141,7 @@ async def run(config: Config, notifier: Notifier | None = None) -> int:
 
 async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     notifier = notifier or Notifier()
-    _quiet_pydicom()
+    quiet_pydicom()
     started = time.monotonic()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

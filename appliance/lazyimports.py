@@ -1,4 +1,5 @@
-"""Defer the pixel stack (numpy, Pillow, GDCM, pylibjpeg) until it is used.
+"""Defer the pixel stack (numpy, Pillow, GDCM, pylibjpeg), and aiohttp's CA loading,
+until they are used.
 
 pydicom 3.0 imports its pixel data handlers when ``pydicom.config`` is imported, and they
 import numpy, Pillow, GDCM and pylibjpeg at once (``try: import numpy`` and friends), so
@@ -13,6 +14,10 @@ Two more pieces keep pydicom from loading them anyway: its pixel coders' plugin
 registration (which imports and probes every plugin) is queued until a coder's tables are
 first read, and its writer's ``isinstance(value, numpy.ndarray)`` is answered without
 numpy while numpy is not loaded. Both are checked against pydicom 3.0.x.
+
+aiohttp's client is imported with ``aiohttp.web`` and builds two TLS contexts at import,
+each reading the system's CA bundle; they read it on the first HTTPS request instead
+(checked against aiohttp 3.x).
 
 The lazy module is a backport of Python 3.12's thread-safe ``importlib.util._LazyModule``
 (3.11's flips the module to loaded before executing it, so a second thread could read a
@@ -130,7 +135,6 @@ class _LazyLoader(importlib.util.LazyLoader):
 # availability question). Verified against pydicom 3.0.x; any other version, or a
 # CoderBase without these members, is left alone (eager, as stock pydicom).
 _VERIFIED_PYDICOM = "3.0."
-_PLUGIN_MODULE = "pydicom.pixels.common"
 _PLUGIN_LOCK = threading.RLock()
 
 
@@ -189,27 +193,108 @@ def _read_by_initialising_pydicom(frame) -> bool:
     return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    """Executes pydicom.pixels.common, then defers its plugin registration."""
+def _pydicom_plugins(module: types.ModuleType, execute) -> None:
+    """Execute pydicom.pixels.common, then defer its plugin registration."""
+    execute()
+    if not _defer_plugin_registration(module):
+        logging.getLogger(__name__).debug(
+            "pydicom's pixel plugins register eagerly: version not verified")
 
-    def __init__(self, loader):
+
+# aiohttp.connector builds two TLS client contexts at import (_SSL_CONTEXT_VERIFIED and
+# _UNVERIFIED), and each loads the system's CA bundle: ~60 ms of CPU and ~2 MB at every
+# start, although the daemon only opens HTTPS connections to a DICOMweb peer configured
+# with an https:// URL. While the module executes, contexts skip loading the default
+# verify paths and are noted; the connector's one accessor of them,
+# TCPConnector._get_ssl_context, loads them before handing one out (the first HTTPS
+# request), so every handshake verifies as with stock aiohttp. Verified against aiohttp
+# 3.x with those two globals and that accessor; otherwise the CAs load at once (stock).
+_VERIFIED_AIOHTTP = "3."
+_TLS_GLOBALS = ("_SSL_CONTEXT_VERIFIED", "_SSL_CONTEXT_UNVERIFIED")
+_TLS_LOCK = threading.Lock()
+
+
+def _aiohttp_tls(module: types.ModuleType, execute) -> None:
+    """Execute aiohttp.connector with its TLS contexts' CA loading put off to first use."""
+    try:
+        import ssl
+    except ImportError:  # a Python without TLS: aiohttp builds no context either
+        execute()
+        return
+    owed: list = []
+
+    def note(context):
+        owed.append(context)
+
+    plain = ssl.SSLContext.__dict__.get("set_default_verify_paths")
+    ssl.SSLContext.set_default_verify_paths = note
+    try:
+        execute()
+    finally:
+        if plain is None:
+            del ssl.SSLContext.set_default_verify_paths
+        else:
+            ssl.SSLContext.set_default_verify_paths = plain
+    package = sys.modules.get("aiohttp")
+    connector = getattr(module, "TCPConnector", None)
+    accessor = getattr(connector, "_get_ssl_context", None)
+    if (not str(getattr(package, "__version__", "")).startswith(_VERIFIED_AIOHTTP)
+            or not callable(accessor)
+            or sorted(map(id, owed)) != sorted(id(getattr(module, name, None))
+                                               for name in _TLS_GLOBALS)):
+        for context in owed:
+            context.set_default_verify_paths()
+        logging.getLogger(__name__).debug(
+            "aiohttp's TLS contexts load their CAs at import: version not verified")
+        return
+
+    def _get_ssl_context(self, req):
+        context = accessor(self, req)
+        # None: a plain http:// request, which needs no CA. Cleared only once every
+        # context is loaded: another thread finding the list empty may use them.
+        if context is not None and owed:
+            with _TLS_LOCK:
+                for noted in owed:
+                    noted.set_default_verify_paths()
+                owed.clear()
+        return context
+
+    _get_ssl_context.__doc__ = accessor.__doc__
+    connector._get_ssl_context = _get_ssl_context
+
+
+def tls_pending(module: types.ModuleType) -> list[str]:
+    """Which of ``module``'s (aiohttp.connector's) TLS contexts have no CA loaded yet."""
+    return [name for name in _TLS_GLOBALS
+            if getattr(module, name).cert_store_stats()["x509_ca"] == 0]
+
+
+# Modules executed by a patching function ``patch(module, execute)``.
+_PATCHED = {
+    "pydicom.pixels.common": _pydicom_plugins,
+    "aiohttp.connector": _aiohttp_tls,
+}
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """Executes a _PATCHED module through its patching function."""
+
+    def __init__(self, loader, patch):
         self.loader = loader
+        self.patch = patch
 
     def create_module(self, spec):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        self.loader.exec_module(module)
-        if not _defer_plugin_registration(module):
-            logging.getLogger(__name__).debug(
-                "pydicom's pixel plugins register eagerly: version not verified")
+        self.patch(module, lambda: self.loader.exec_module(module))
 
 
 class _DeferringFinder(importlib.abc.MetaPathFinder):
     """Finds the DEFERRED modules with the other finders and makes their loader lazy."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname not in DEFERRED and fullname != _PLUGIN_MODULE:
+        if fullname not in DEFERRED and fullname not in _PATCHED:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
@@ -219,9 +304,9 @@ class _DeferringFinder(importlib.abc.MetaPathFinder):
                 break
         else:
             return None  # not installed: the importer's ImportError, as without us
-        if fullname == _PLUGIN_MODULE:
+        if fullname in _PATCHED:
             if spec.loader is not None:
-                spec.loader = _PatchingLoader(spec.loader)
+                spec.loader = _PatchingLoader(spec.loader, _PATCHED[fullname])
             return spec
         # Extension modules execute in create_module(); deferring them gains nothing.
         if spec.loader is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader

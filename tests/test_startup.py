@@ -22,6 +22,11 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE
 
 from appliance import lazyimports
+from appliance.dicom.commitment import CommitmentScp
+from appliance.dicom.handlers import DicomHandlers
+from appliance.dicom.qr_find import FindLimits, QueryRetrieveFind
+from appliance.dicom.retrieve import RetrieveDimse
+from appliance.dicom.services import UNCOMPRESSED, DimseService, ServiceRegistry
 from tests.support import scu_store
 
 # Folders under site-packages whose shared objects say that the package's code ran.
@@ -155,3 +160,120 @@ def test_threads_first_reading_a_deferred_module_all_get_it_whole(tmp_path):
     assert first_reads(lazyimports._LazyLoader, slow, "slow_ours") == [6] * 8
     if sys.version_info < (3, 12):
         assert first_reads(importlib.util.LazyLoader, slow, "slow_stock") != [6] * 8
+
+
+# An HTTPS round trip through aiohttp's default TLS contexts, in a fresh interpreter
+# whose only trusted CA is SSL_CERT_FILE (the test's self-signed certificate).
+_TLS = """
+import asyncio, json, ssl, sys
+from appliance import lazyimports
+if sys.argv[1] == "deferred":
+    lazyimports.install()
+from aiohttp import ClientConnectorCertificateError, ClientSession, connector, web
+cert, key = sys.argv[2], sys.argv[3]
+
+async def main():
+    pending_at_import = lazyimports.tls_pending(connector)
+    app = web.Application()
+    app.router.add_get("/", lambda request: web.Response(text="hello"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=served)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    plain = web.TCPSite(runner, "127.0.0.1", 0)
+    await plain.start()
+    async with ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{plain._server.sockets[0].getsockname()[1]}/") as r:
+            plain_body = await r.text()
+        pending_after_http = lazyimports.tls_pending(connector)
+        async with session.get(f"https://127.0.0.1:{port}/") as r:
+            body = await r.text()
+        try:  # the certificate names 127.0.0.1, not localhost: a verifying client refuses
+            async with session.get(f"https://localhost:{port}/") as r:
+                wrong_name = "accepted"
+        except ClientConnectorCertificateError:
+            wrong_name = "refused"
+        async with session.get(f"https://localhost:{port}/", ssl=False) as r:
+            unverified = await r.text()
+    await runner.cleanup()
+    print(json.dumps({"pending_at_import": pending_at_import, "plain": plain_body,
+                      "pending_after_http": pending_after_http, "body": body,
+                      "wrong_name": wrong_name, "unverified": unverified,
+                      "pending_after": lazyimports.tls_pending(connector)}))
+
+asyncio.run(main())
+"""
+
+
+def https_round_trip(mode: str, tmp_path: Path) -> dict:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    if not cert.exists():
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)],
+                       capture_output=True, check=True, timeout=60)
+    env = dict(os.environ, SSL_CERT_FILE=str(cert), SSL_CERT_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _TLS, mode, str(cert), str(key)],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_aiohttp_tls_contexts_load_their_cas_on_first_https_request(tmp_path):
+    """Served, aiohttp's import builds its two TLS client contexts without reading the
+    CA bundle, and a plain http:// request leaves it unread; the first HTTPS request
+    loads it, and the client then verifies as stock aiohttp does: the trusted
+    certificate is accepted, a wrong host name refused, and ssl=False still connects.
+    Stock aiohttp has loaded them at import (the control)."""
+    contexts = ["_SSL_CONTEXT_VERIFIED", "_SSL_CONTEXT_UNVERIFIED"]
+    eager, deferred = https_round_trip("eager", tmp_path), https_round_trip("deferred", tmp_path)
+    assert eager["pending_at_import"] == []
+    assert deferred["pending_at_import"] == deferred["pending_after_http"] == contexts
+    assert deferred["pending_after"] == []
+    for run in (eager, deferred):
+        assert (run["plain"], run["body"], run["wrong_name"], run["unverified"]) == (
+            "hello", "hello", "refused", "hello")
+
+
+def contexts_via_ae(registry: ServiceRegistry) -> list:
+    """The contexts pynetdicom's AE.add_supported_context builds for ``registry`` (one per
+    SOP class, the first service declaring it wins): what the server took before."""
+    ae, seen = AE(), set()
+    for service in registry.services:
+        for uid in service.sop_classes:
+            if uid not in seen:
+                seen.add(uid)
+                ae.add_supported_context(uid, list(service.transfer_syntaxes),
+                                         scu_role=service.scu_role, scp_role=service.scp_role)
+    return ae.supported_contexts
+
+
+def described(contexts: list) -> list:
+    return [(c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role, c.context_id, str(c))
+            for c in contexts]
+
+
+def test_server_contexts_are_the_ones_pynetdicom_builds():
+    """The server's contexts, built once per service and copied for its other SOP
+    classes, are those AE.add_supported_context gives (170 storage classes, Q/R with
+    C-GET's roles, commitment, a SOP class declared twice), each with its own list of
+    transfer syntaxes."""
+    echo = lambda event, caller: 0  # noqa: E731 - a handler never called here
+    twice = DimseService("Second", ("1.2.840.10008.1.1", "1.2.3.4"), UNCOMPRESSED, (), {"e": echo})
+    served = DicomHandlers(  # every service but those that need the worklist's folder
+        archive=None, policy=None, incoming=None,
+        find=QueryRetrieveFind(None, FindLimits()),
+        retrieve=RetrieveDimse(None, our_aet="STARTUP", scu_timeout=10),
+        commitment=CommitmentScp(None)).registry
+    for registry in (served, ServiceRegistry((*served.services, twice))):
+        ours = registry.contexts()
+        assert len(ours) > 170
+        assert described(ours) == described(contexts_via_ae(registry))
+        assert len({id(c.transfer_syntax) for c in ours}) == len(ours)
+        ours[1].transfer_syntax = ["1.2.840.10008.1.2"]  # as negotiation narrows a copy
+        assert len(ours[2].transfer_syntax) > 1

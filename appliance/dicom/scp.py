@@ -42,7 +42,7 @@ class DicomServer:
         self.ae.acse_timeout = limit
         self.ae.dimse_timeout = limit
         self.ae.network_timeout = limit
-        handlers.registry.add_contexts(self.ae)  # appliance.dicom.services
+        self.contexts = handlers.registry.contexts()  # appliance.dicom.services
         self._server = None
 
     @property
@@ -56,8 +56,8 @@ class DicomServer:
         """Bind and serve in pynetdicom's threads."""
         transport.configure_pynetdicom(unrestricted_storage=self._unrestricted)
         self._server = transport.start_server(
-            self.ae, (self._bind, self._port), evt_handlers=self.handlers.bindings(),
-            mode=self._mode, files=self._incoming)
+            self.ae, (self._bind, self._port), contexts=self.contexts,
+            evt_handlers=self.handlers.bindings(), mode=self._mode, files=self._incoming)
 
     def is_alive(self) -> bool:
         """True while the server thread accepts connections (health check)."""

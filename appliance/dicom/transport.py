@@ -211,12 +211,13 @@ def configure_pynetdicom(*, unrestricted_storage: bool) -> None:
     _config.LOG_HANDLER_LEVEL = "none"
 
 
-def start_server(ae, address: tuple[str, int], *, evt_handlers: list, mode: Mode,
-                 files: ReceivedFiles) -> ThreadedAssociationServer:
-    """Bind ``address`` and serve in pynetdicom's threads, in ``mode``."""
+def start_server(ae, address: tuple[str, int], *, contexts: list, evt_handlers: list,
+                 mode: Mode, files: ReceivedFiles) -> ThreadedAssociationServer:
+    """Bind ``address`` and serve ``contexts`` (pynetdicom PresentationContexts) in
+    pynetdicom's threads, in ``mode``."""
     if mode is Mode.STOCK:
-        return ae.start_server(address, block=False, evt_handlers=evt_handlers)
-    contexts = ae.supported_contexts
+        return ae.start_server(address, block=False, evt_handlers=evt_handlers,
+                               contexts=contexts)
     server = ae.make_server(
         address, contexts=contexts, evt_handlers=evt_handlers,
         server_class=ThreadedAssociationServer,

@@ -157,7 +157,8 @@ def test_accepted_associations_alone_run_the_fast_path(mode, monkeypatch):
     ae = AE(ae_title="SEAMSCP")
     ae.add_supported_context(Verification)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    server = transport.start_server(ae, ("127.0.0.1", 0), mode=mode, files=ReceivedFiles(None),
+    server = transport.start_server(ae, ("127.0.0.1", 0), contexts=ae.supported_contexts,
+                                    mode=mode, files=ReceivedFiles(None),
                                     evt_handlers=[(evt.EVT_ESTABLISHED, on_established)])
     port = server.server_address[1]
     try:

@@ -18,11 +18,11 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from appliance.daemon import _quiet_pydicom
 from appliance.dicomfile import fastheader
 from appliance.store import archive
 from appliance.dicomfile import structure
 from appliance.dicomfile.header import read_header
+from appliance.dicomfile.settings import quiet_pydicom
 from tests.support import PYDICOM_FILES, new_dataset
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -30,7 +30,7 @@ US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 
 @pytest.fixture(autouse=True, scope="module")
 def _as_the_daemon_reads():
-    _quiet_pydicom()  # the daemon's pydicom settings (no validation)
+    quiet_pydicom()  # the daemon's pydicom settings (no validation)
 
 
 def _receipt_free(record):
