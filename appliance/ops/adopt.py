@@ -30,7 +30,7 @@ from appliance.store import (
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 5.0
-_BATCH = 128
+_BATCH = 512
 # Attachments per transaction; the environment can lower it (tests: a slow
 # pass to interrupt) without a configuration key.
 BATCH_ENV = "PACS_APPLIANCE_ADOPT_BATCH"

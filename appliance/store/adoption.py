@@ -46,13 +46,14 @@ import shutil
 import tempfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
 from appliance.dicomfile import structure
 from appliance.dicomfile.header import InvalidObject
+from appliance.durable import fsync_dir
 from appliance.store import orthanc
 from appliance.store.archive import Archive, Origin, record_of_file
 from appliance.store.blobs import BlobStore
@@ -65,6 +66,11 @@ ORTHANC_ORIGIN = "Orthanc"
 # The head kept in memory for the header readers (as ingest's _FAST_HEADER_LIMIT).
 _HEAD = 256 << 10
 _CHUNK = 1 << 20
+# Threads that fsync a batch's folders (waiting on the disk, not on the CPU).
+_SYNCERS = 16
+# A file up to this size is read in one piece, which the header readers and
+# the structure walk then use whole (no second read of any part of it).
+_WHOLE = 16 << 20
 # Link errors after which the file is copied instead (no link possible here).
 _NO_LINK = {errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
@@ -122,6 +128,10 @@ class OrthancAdoption:
         self._archive = archive
         self._storage = Path(orthanc_storage)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adopt")
+        # The folders of a batch's new names are fsynced at once, not one after
+        # the other: the filesystem commits its journal once for all of them
+        # (ext4's jbd2 joins concurrent fsyncs), where a loop waited for each.
+        self._syncers = ThreadPoolExecutor(max_workers=_SYNCERS, thread_name_prefix="adopt-sync")
         self.copy_reason: str | None = None   # why files are copied, once known
         # Unreadable before: compared with Orthanc's MD5 at once, not after the pass.
         self._retried = archive.index.adoption_retried()
@@ -129,6 +139,7 @@ class OrthancAdoption:
     def close(self) -> None:
         """Stop the worker threads."""
         self._pool.shutdown(wait=True)
+        self._syncers.shutdown(wait=True)
 
     def settled(self) -> set[str]:
         """Uuids of the attachments adopted (or found duplicate) already."""
@@ -164,7 +175,9 @@ class OrthancAdoption:
                                p.way.value, p.size, p.reason, p.verified))
                  for p in prepared]
         try:
-            outcomes = self._archive.index.record_adoption(items, dirs)
+            # Durable names before the rows that point at them commit.
+            list(self._syncers.map(fsync_dir, dirs))
+            outcomes = self._archive.index.record_adoption(items, ())
         except Exception:
             for p in prepared:  # nothing committed: nothing of ours stays
                 if p.rel:
@@ -198,7 +211,8 @@ class OrthancAdoption:
                 # store replaced the instance since: nothing of Orthanc's to compare.
                 return None
             try:
-                _head, _size, _sha, md5 = _read_hashed(self._archive.blobs.path(rel), True)
+                _head, _size, _sha, md5 = _read_hashed(self._archive.blobs.path(rel), True,
+                                                       sha256=False)
             except OSError as e:
                 return e.strerror or str(e)
             return None if md5 == expected.lower() else _MD5_DIFFERS
@@ -235,23 +249,13 @@ class OrthancAdoption:
         try:
             now = bool(a.md5) and a.uuid in self._retried
             if a.compression == orthanc.COMPRESSION_NONE:
-                readable, (head, size, sha256, md5) = source, _read_hashed(source, now)
+                size, record = _examined(source, _read_hashed(source, now), a, now, rel)
             elif a.compressed:
                 now = bool(a.md5)  # written out anyway: hashed on the way
-                temp, (head, size, sha256, md5) = self._decompress(source, bool(a.md5))
-                readable = Path(temp)
+                temp, hashed = self._decompress(source, bool(a.md5))
+                size, record = _examined(Path(temp), hashed, a, now, rel)
             else:
                 raise Damaged(f"compression type {a.compression} unknown")
-            if now and md5 != a.md5.lower():
-                raise Damaged(_MD5_DIFFERS)
-            if a.uncompressed_size and size != a.uncompressed_size:
-                raise Damaged(f"{size} bytes, Orthanc's index says {a.uncompressed_size}")
-            origin = Origin(ORTHANC_ORIGIN, None, a.remote_aet)
-            record, unlike = record_of_file(readable, head, size, origin,
-                                            received_at=a.received_at, sha256=sha256)
-            if unlike is not None:
-                # Orthanc stored it: kept, as it was served there.
-                log.debug("adopting %s although %s", a.uuid, unlike)
             existing = self._archive.index.find_instance(record.sop_instance_uid)
             if existing is not None:
                 if existing.file_path != rel:
@@ -263,8 +267,7 @@ class OrthancAdoption:
                 way = Way.DECOMPRESSED
             else:
                 way = self._link(source, dest)
-            return _Prepared(a, way, size, record=replace(record, file_path=rel), rel=rel,
-                             verified=now or not a.md5)
+            return _Prepared(a, way, size, record=record, rel=rel, verified=now or not a.md5)
         finally:
             if temp is not None:
                 _unlink_quietly(Path(temp))
@@ -329,36 +332,71 @@ class OrthancAdoption:
         return temp, hashed.result()
 
 
+def _examined(readable: Path, hashed: tuple[bytes, int, str, str | None], a: Attachment,
+              now: bool, rel: str) -> tuple[int, InstanceRecord]:
+    """(size, record) of the DICOM file of ``a`` at ``readable``, read and
+    hashed already (``hashed``: head, size, SHA-256, MD5): its size checked
+    with Orthanc's index, its MD5 too when ``now``, then walked whole and its
+    record built as ingest builds one, under our path ``rel``. Raises Damaged,
+    InvalidObject, structure.Malformed or OSError."""
+    head, size, sha256, md5 = hashed
+    if now and md5 != a.md5.lower():
+        raise Damaged(_MD5_DIFFERS)
+    if a.uncompressed_size and size != a.uncompressed_size:
+        raise Damaged(f"{size} bytes, Orthanc's index says {a.uncompressed_size}")
+    origin = Origin(ORTHANC_ORIGIN, None, a.remote_aet)
+    record, unlike = record_of_file(readable, head, size, origin, received_at=a.received_at,
+                                    sha256=sha256, file_path=rel)
+    if unlike is not None:
+        # Orthanc stored it: kept, as it was served there.
+        log.debug("adopting %s although %s", a.uuid, unlike)
+    return size, record
+
+
 _PLACED = (Way.LINKED, Way.COPIED, Way.DECOMPRESSED)
 _MD5_DIFFERS = "MD5 differs from the one in Orthanc's index: the file is damaged"
 
 
 class _Hashing:
-    """SHA-256 and MD5 (``md5``: Orthanc recorded one to compare with) of a
-    stream, and its first bytes (for the header readers)."""
+    """SHA-256 (unless ``sha256`` is false: the MD5 comparison alone) and MD5
+    (``md5``: Orthanc recorded one to compare with) of a stream, and its first
+    bytes (for the header readers)."""
 
-    def __init__(self, md5: bool = True) -> None:
-        self.sha256 = hashlib.sha256()
+    def __init__(self, md5: bool = True, *, sha256: bool = True) -> None:
+        self.sha256 = hashlib.sha256() if sha256 else None
         self.md5 = hashlib.md5() if md5 else None
-        self.head = bytearray()
+        self.head = b""
         self.size = 0
 
     def update(self, data: bytes) -> None:
         if len(self.head) < _HEAD:
             self.head += data[:_HEAD - len(self.head)]
-        self.sha256.update(data)
+        # hashlib releases the GIL over buffers this size: the worker threads
+        # hash in parallel.
+        if self.sha256 is not None:
+            self.sha256.update(data)
         if self.md5 is not None:
             self.md5.update(data)
         self.size += len(data)
 
     def result(self) -> tuple[bytes, int, str, str | None]:
         md5 = self.md5.hexdigest() if self.md5 is not None else None
-        return bytes(self.head), self.size, self.sha256.hexdigest(), md5
+        sha256 = self.sha256.hexdigest() if self.sha256 is not None else ""
+        return self.head, self.size, sha256, md5
 
 
-def _read_hashed(path: Path, md5: bool) -> tuple[bytes, int, str, str | None]:
-    hashed = _Hashing(md5)
+def _read_hashed(path: Path, md5: bool, *, sha256: bool = True,
+                 ) -> tuple[bytes, int, str, str | None]:
+    """(head, size, SHA-256, MD5) of the file at ``path``, read once. A file
+    of up to _WHOLE bytes is read in one piece and its head is all of it."""
+    hashed = _Hashing(md5, sha256=sha256)
     with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size <= _WHOLE:
+            # One more byte than the size: a file that grew is read on below.
+            whole = f.read(size + 1)
+            hashed.update(whole)
+            hashed.head = whole
         while chunk := f.read(_CHUNK):
             hashed.update(chunk)
     return hashed.result()

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import apsw
 from pydicom.dataset import Dataset
@@ -649,7 +650,7 @@ def _uid_text(uids: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in uids.items())
 
 def record_of_file(path: Path, head: bytes, size: int, origin: Origin, *,
-                   received_at: float | None = None, sha256: str = "",
+                   received_at: float | None = None, sha256: str = "", file_path: str = "",
                    ) -> tuple[InstanceRecord, str | None]:
     """The index record of a Part-10 file already whole on disk (adoption of
     another archive's files), read and checked as ingest reads and checks a
@@ -662,15 +663,18 @@ def record_of_file(path: Path, head: bytes, size: int, origin: Origin, *,
     ingest refuses and an adopter may keep. Raises InvalidObject,
     structure.Malformed or OSError.
     """
-    fd = os.open(path, os.O_RDONLY)
     try:
-        try:
-            structure.check(structure.Reader(head, size, lambda pos, n: os.pread(fd, n, pos)))
-            unlike = None
-        except structure.NotItsSopClass as e:
-            unlike = str(e)
-    finally:
-        os.close(fd)
+        if len(head) >= size:  # the whole file is in memory already
+            structure.check(structure.Reader(head, size))
+        else:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                structure.check(structure.Reader(head, size, lambda pos, n: os.pread(fd, n, pos)))
+            finally:
+                os.close(fd)
+        unlike = None
+    except structure.NotItsSopClass as e:
+        unlike = str(e)
     early = _fast_early(head)
     if early is not None:
         record = early.record
@@ -682,7 +686,8 @@ def record_of_file(path: Path, head: bytes, size: int, origin: Origin, *,
             raise
         except Exception as e:  # noqa: BLE001 - an odd value fails this file only, as at ingest
             raise InvalidObject(f"unusable header: {type(e).__name__}: {e}") from None
-    return replace(with_receipt(record, size, origin, received_at), sha256=sha256), unlike
+    return with_receipt(record, size, origin, received_at, sha256=sha256,
+                        file_path=file_path), unlike
 
 
 def _with(outcome: StoreOutcome, result: StoreResult, reason: str) -> StoreOutcome:
@@ -782,8 +787,10 @@ def _record(text, number, uids: dict[str, str], transfer_syntax_uid: str, metada
 
 
 def with_receipt(record: InstanceRecord, size: int, origin: Origin,
-                 received_at: float | None = None) -> InstanceRecord:
-    """``record`` with what the receipt, not the header, tells: size, time, origin."""
+                 received_at: float | None = None, **known: Any) -> InstanceRecord:
+    """``record`` with what the receipt, not the header, tells: size, time,
+    origin, and any other field already ``known`` (one copy of the record)."""
     return replace(record, file_size=size,
                    received_at=time.time() if received_at is None else received_at,
-                   source=origin.source, calling_aet=origin.calling_aet, peer=origin.peer)
+                   source=origin.source, calling_aet=origin.calling_aet, peer=origin.peer,
+                   **known)

@@ -24,6 +24,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -37,6 +38,7 @@ from appliance.durable import fsync_dir
 log = logging.getLogger(__name__)
 
 _SUFFIX = ".dcm"
+_FILE_ID = re.compile(r"[0-9a-f]{32}")
 _PART = ".part"
 _SPARE = ".spare"    # made ahead, empty until taken (see _Spares)
 
@@ -472,7 +474,7 @@ class BlobStore:
     def relpath(file_id: str) -> str:
         """The storage-relative path of a file id (fan-out into 256 folders:
         a million instances is 4,000 files a folder, which ext4 indexes)."""
-        if len(file_id) != 32 or not all(c in "0123456789abcdef" for c in file_id):
+        if not _FILE_ID.fullmatch(file_id):
             raise ValueError(f"not a file id: {file_id!r}")
         return f"{file_id[0:2]}/{file_id}{_SUFFIX}"
 

@@ -64,7 +64,10 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _build(root: Path, *, shared: bool, compression: bool, sent: list[Sent]) -> Archive:
+def build_archive(root: Path, *, shared: bool, compression: bool, sent: list[Sent],
+                  crash: bool = False) -> Archive:
+    """Orthanc stores ``sent`` by C-STORE into a new archive under ``root``,
+    then stops (SIGTERM), or is SIGKILLed with ``crash``."""
     config = orthanc_config(root, shared=shared, compression=compression)
     orthanc = Orthanc(root, config).start()
     chunked = _config.STORE_SEND_CHUNKED_DATASET
@@ -73,7 +76,10 @@ def _build(root: Path, *, shared: bool, compression: bool, sent: list[Sent]) -> 
         statuses = scu_store(config["DicomPort"], [s.path for s in sent])
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = chunked
-        orthanc.stop()
+        if crash:
+            orthanc.kill()
+        else:
+            orthanc.stop()
     assert statuses == [0] * len(sent), statuses
     return Archive(root, config, sent)
 
@@ -88,10 +94,10 @@ def templates(tmp_path_factory, corpus) -> dict[str, Archive]:
     """Two archives Orthanc stored: the guide's layout uncompressed, and
     separate folders with StorageCompression true."""
     return {
-        "shared": _build(tmp_path_factory.mktemp("orthanc-shared"), shared=True,
-                         compression=False, sent=corpus),
-        "separate-compressed": _build(tmp_path_factory.mktemp("orthanc-separate"), shared=False,
-                                      compression=True, sent=corpus),
+        "shared": build_archive(tmp_path_factory.mktemp("orthanc-shared"), shared=True,
+                                compression=False, sent=corpus),
+        "separate-compressed": build_archive(tmp_path_factory.mktemp("orthanc-separate"),
+                                             shared=False, compression=True, sent=corpus),
     }
 
 

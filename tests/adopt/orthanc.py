@@ -75,6 +75,13 @@ class Orthanc:
         with urllib.request.urlopen(url, timeout=10) as r:
             return json.loads(r.read())
 
+    def kill(self) -> None:
+        """SIGKILL (a crash or a power cut): Orthanc's index keeps its
+        write-ahead log (``index-wal``), with rows not checkpointed yet."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> None:
         """SIGTERM and wait: Orthanc checkpoints its index and exits."""
         if self.proc is not None and self.proc.poll() is None:
