@@ -95,8 +95,8 @@ def test_associations_share_the_servers_contexts_and_leave_them_unchanged(monkey
     before = _context_state(contexts)
     accepted = []
     server = transport.start_server(
-        ae, ("127.0.0.1", 0), mode=transport.Mode.FAST, files=ReceivedFiles(None),
-        evt_handlers=[(evt.EVT_ESTABLISHED,
+        ae, ("127.0.0.1", 0), contexts=contexts, mode=transport.Mode.FAST,
+        files=ReceivedFiles(None), evt_handlers=[(evt.EVT_ESTABLISHED,
                        lambda event: accepted.append((event.assoc.acceptor.supported_contexts,
                                                       event.assoc.accepted_contexts)))])
     try:
