@@ -151,7 +151,6 @@ class DirectStoreWrites:
     _QUICKACK = getattr(socket, "TCP_QUICKACK", None)   # Linux only
     _PROMPT_EVERY = 0.0005   # seconds between TCP_QUICKACKs while a response is awaited
     _HEAD = 4096             # the first read of a file: its File Meta Information and more
-    _READER_PERIOD = 0.0002  # seconds: pynetdicom's DUL idle sleep on our associations
 
     def __init__(self, assoc, *, guard_reactor: bool = True) -> None:
         """``guard_reactor``: on an association we requested, keep its reactor thread
@@ -167,10 +166,6 @@ class DirectStoreWrites:
         self._stock_get_msg = assoc.dimse.get_msg
         if guard_reactor:
             assoc.dimse.get_msg = self.get_msg
-            # pynetdicom's DUL looks at its socket, when idle, every _run_loop_delay
-            # (1 ms): each response waited up to that long before it was read. The
-            # association lives as long as one send, busy all the while.
-            assoc.dul._run_loop_delay = self._READER_PERIOD
 
     def send_c_store(self, path, *, msg_id: int, sop_class_uid: str, sop_instance_uid: str,
                      priority: int = 2, originator_aet: str | None = None,
