@@ -65,6 +65,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
 from appliance.config import Modality
+from appliance.dicom.requestor import pause_reactor
 from appliance.dicomfile import pixels, syntax
 
 log = logging.getLogger(__name__)
@@ -374,6 +375,7 @@ class StoreSender:
             payload = dcmread(what) if plan is _Plan.IN_MEMORY else what
             self._msg_id = self._msg_id % 0xFFFF + 1   # US, PS3.7 9.3.1.1
             originator = move_originator or (None, None)
+            pause_reactor(self._assoc)   # else its reactor may take the response
             rsp = self._assoc.send_c_store(payload, msg_id=self._msg_id, priority=priority,
                                            originator_aet=originator[0],
                                            originator_id=originator[1])

@@ -63,6 +63,7 @@ from pydicom import dcmread  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
+from appliance.dicom.requestor import pause_reactor  # noqa: E402
 from appliance.worklist.authoring import dataset_from_tags, delete_item, write_item  # noqa: E402
 from tests.bench.datagen import (  # noqa: E402
     DEFAULT_CACHE, US_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, base_dataset, ensure_data,
@@ -396,21 +397,6 @@ def _ae(contexts: list[str], calling: str):
     return ae
 
 
-def _pause_reactor(assoc) -> None:
-    """Work around pynetdicom's requestor race before a C-FIND (see worklist_bench.Scu):
-    its reactor thread can take the first C-FIND-RSP off the queue, so wait until it is
-    really paused."""
-    checkpoint = assoc._reactor_checkpoint
-    if not checkpoint.is_set() and assoc._is_paused:
-        return
-    checkpoint.clear()
-    deadline = time.perf_counter() + 0.5
-    while time.perf_counter() < deadline:
-        time.sleep(0.003)
-        if assoc._is_paused:
-            break
-
-
 def _status_of(rsp) -> int | None:
     """The Status of a DIMSE response dataset, None when there was no response."""
     if rsp is None or "Status" not in rsp:
@@ -567,7 +553,7 @@ class Scanner(threading.Thread):
             return None
         answers, final = [], None
         try:
-            _pause_reactor(assoc)
+            pause_reactor(assoc)
             t = now()
             for status, found in assoc.send_c_find(ident, MWL_FIND):
                 code = _status_of(status)
@@ -672,6 +658,7 @@ class Scanner(threading.Thread):
                     self.outbox.remove(spec)
                     continue
                 run.ledger.sending(spec, self.aet)
+                pause_reactor(assoc)   # pynetdicom's requestor race (appliance.dicom.requestor)
                 t = now()
                 try:
                     rsp = assoc.send_c_store(ds)
@@ -774,6 +761,7 @@ class Scanner(threading.Thread):
             while self.mpps_outbox:
                 op = self.mpps_outbox[0]
                 op["attempts"] += 1
+                pause_reactor(assoc)   # pynetdicom's requestor race (appliance.dicom.requestor)
                 t = now()
                 try:
                     if op["op"] == "N-CREATE":
