@@ -1496,6 +1496,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-seconds", type=float, default=180,
                    help="at most this long for the scanners to deliver their queues")
     p.add_argument("--no-kill", action="store_true", help="no SIGKILL (for comparison)")
+    p.add_argument("--no-unit-env", action="store_true",
+                   help="run the daemon without the systemd unit's Environment= lines "
+                        "(MALLOC_ARENA_MAX=2)")
     p.add_argument("--keep", action="store_true", help="keep the data folder")
     p.add_argument("--workdir", type=Path, default=None,
                    help="parent of the run's data folder (default tests/bench/results)")
@@ -1503,6 +1506,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(10**6)
     return args
+
+
+UNIT_FILE = REPO_ROOT / "systemd" / "pacs-appliance.service"
+
+
+def unit_environment(unit: Path = UNIT_FILE) -> dict[str, str]:
+    """The ``Environment=KEY=VALUE`` lines of the daemon's systemd unit: the soak runs the
+    daemon as the unit does (its allocator settings change what RSS does)."""
+    env = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line[len("Environment="):].strip().strip('"').partition("=")
+            env[key] = value
+    return env
+
+
+class DroppedResponses(logging.Handler):
+    """Counts pynetdicom's "Received unexpected ... service message" in the harness: its
+    requestor reactor took a response off the queue (appliance.dicom.requestor), which
+    the scanners then miss. pause_reactor() should make this never happen."""
+
+    def __init__(self, stats: "Stats") -> None:
+        super().__init__(logging.WARNING)
+        self.stats = stats
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Received unexpected"):
+            self.stats.error("harness", "pynetdicom dropped a response", message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1517,8 +1549,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"soak-{stamp}-", dir=parent))
     log.info("seed %d, %.1f minutes, data in %s", args.seed, args.minutes, workdir)
     rng = random.Random(f"{args.seed}-conductor")
-    daemon = Daemon(workdir, args.backup_minutes, base_env(tcp_nodelay=False))
+    env = base_env(tcp_nodelay=False)
+    unit_env = {} if args.no_unit_env else unit_environment()
+    env.update(unit_env)
+    log.info("daemon environment from the systemd unit: %s", unit_env or "none")
+    daemon = Daemon(workdir, args.backup_minutes, env)
     run = Run(args, daemon, now())
+    requestor_log = logging.getLogger("pynetdicom.association")
+    requestor_log.setLevel(logging.WARNING)   # its parent is silenced: this one is counted
+    requestor_log.propagate = False
+    requestor_log.addHandler(DroppedResponses(run.stats))
     interrupted = False
     try:
         prepare_data(run)
@@ -1641,6 +1681,7 @@ def verify_and_report(run: Run, sampler: Sampler, scanners: list[Scanner],
         "started": stamp, "minutes": run.args.minutes, "seed": run.args.seed,
         "args": {k: str(v) for k, v in vars(run.args).items()},
         "machine": f"{platform.node()}, {os.cpu_count()} cpus, {platform.python_version()}",
+        "daemon_env": {k: v for k, v in run.daemon.env.items() if k.startswith("MALLOC")},
         "verification": verification, "kill": kill, "events": events,
         "warmup_seconds": warmup,
         "trend": {key: trend(samples, key, daemon.starts, warmup)
