@@ -1040,6 +1040,23 @@ class Reader(threading.Thread):
 # --------------------------------------------------------------------------- sampling
 
 
+def rss_parts(pid: int) -> dict[str, float]:
+    """RSS split as the kernel counts it (/proc/PID/status): anonymous memory (the heap:
+    malloc arenas, Python objects, SQLite's caches) apart from file pages (the code of
+    the modules and libraries touched so far, which grows as new paths run)."""
+    parts = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssFile"):
+                    parts["anon_mb" if name == "RssAnon" else "file_mb"] = round(
+                        int(value.split()[0]) * 1024 / 1e6, 1)
+    except (OSError, ValueError):
+        pass
+    return parts
+
+
 class Sampler(threading.Thread):
     """Every SAMPLE_EVERY s: RSS, open fds, threads and CPU of the daemon (psutil)."""
 
@@ -1059,6 +1076,7 @@ class Sampler(threading.Thread):
                 p = psutil.Process(pid)
                 with p.oneshot():
                     row["rss_mb"] = round(p.memory_info().rss / 1e6, 1)
+                    row.update(rss_parts(pid))
                     row["fds"] = p.num_fds()
                     row["threads"] = p.num_threads()
                     cpu = p.cpu_times()
@@ -1165,9 +1183,9 @@ def conduct(run: Run, rng: random.Random, sampler: Sampler) -> dict:
         if t >= next_progress:
             next_progress += 60
             last = sampler.samples[-1] if sampler.samples else {}
-            log.info("+%3.0f min: %d acknowledged, RSS %s MB, %s fds, load %s", t / 60,
-                     run.ledger.acked_count(), last.get("rss_mb"), last.get("fds"),
-                     last.get("load1"))
+            log.info("+%3.0f min: %d acknowledged, RSS %s MB (anonymous %s), %s fds, load %s",
+                     t / 60, run.ledger.acked_count(), last.get("rss_mb"), last.get("anon_mb"),
+                     last.get("fds"), last.get("load1"))
         time.sleep(0.2)
     return kill
 
@@ -1424,7 +1442,9 @@ def render(result: dict) -> str:
     lines.append(f"Daemon starts {[(s['pid'], s['at'], s['ready_seconds']) for s in e['daemon_starts']]}"
                  f" (pid, at s, to C-ECHO s); died by itself: {e['unexpected_exits'] or 'never'}")
     lines.append("")
-    for key, unit in (("rss_mb", "RSS MB"), ("fds", "open fds"), ("threads", "threads")):
+    for key, unit in (("rss_mb", "RSS MB"), ("anon_mb", "RSS anonymous MB"),
+                      ("file_mb", "RSS file pages MB"), ("fds", "open fds"),
+                      ("threads", "threads")):
         lines.append(f"{unit} (warm-up {result['warmup_seconds']:.0f} s)")
         lines.append(f"  {'process':<8} {'first':>8} {'warm':>8} {'max':>8} {'last':>8} "
                      f"{'per 10min':>10}")
@@ -1432,10 +1452,12 @@ def render(result: dict) -> str:
             lines.append(f"  {row['process']:<8} {row['first']:>8} {row['after_warmup']:>8} "
                          f"{row['max']:>8} {row['last']:>8} {fmt(row['slope_per_10min']):>10}")
     lines.append("")
-    lines.append("Samples (every 60 s of the 10 s ones): t, pid, RSS MB, fds, threads, CPU %, load")
+    lines.append("Samples (every 60 s of the 10 s ones): t, pid, RSS MB (anonymous, file), fds, "
+                 "threads, CPU %, load")
     shown = [s for s in result["samples"] if int(s["t"]) % 60 < SAMPLE_EVERY] or result["samples"]
     for s in shown:
         lines.append(f"  {s['t']:>7.0f} {fmt(s.get('pid')):>8} {fmt(s.get('rss_mb')):>7} "
+                     f"({fmt(s.get('anon_mb'))}, {fmt(s.get('file_mb'))}) "
                      f"{fmt(s.get('fds')):>5} {fmt(s.get('threads')):>4} "
                      f"{fmt(s.get('cpu_pct')):>6} {s['load1']:>6} acked {s['acked']}")
     lines.append("")
@@ -1685,7 +1707,7 @@ def verify_and_report(run: Run, sampler: Sampler, scanners: list[Scanner],
         "verification": verification, "kill": kill, "events": events,
         "warmup_seconds": warmup,
         "trend": {key: trend(samples, key, daemon.starts, warmup)
-                  for key in ("rss_mb", "fds", "threads")},
+                  for key in ("rss_mb", "anon_mb", "file_mb", "fds", "threads")},
         "samples": samples,
         "services": service_table(run.stats), "operations": latency_table(run.stats),
         "errors": {op: dict(c) for op, c in run.stats.errors.items()},
