@@ -13,6 +13,7 @@ threads may have anyway.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 
@@ -46,8 +47,8 @@ def _unlucky_scheduling(assoc) -> None:
     def get(block=False, _get=get_msg):
         if threading.current_thread() is reactor and not block:
             try:                      # polling at the instant the response lands
-                return dimse.msg_queue.get(timeout=0.5)
-            except Exception:  # noqa: BLE001 - queue.Empty
+                return dimse.msg_queue.get(timeout=1.0)   # (a slow daemon still answers in it)
+            except queue.Empty:
                 return None, None
         if block:
             time.sleep(0.1)           # the sender looks for it a little later
