@@ -41,6 +41,7 @@ from appliance.ops.disk import DiskMonitor
 from appliance.ops.adopt import OrthancAdopter
 from appliance.ops.lock import data_folders_locked
 from appliance.ops.manage import remove_token, write_token
+from appliance.ops.memory import MemoryTrimmer
 from appliance.ops.quota import StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.space import install_admission
@@ -211,6 +212,8 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run())
                      for t in (ops.disk, ops.backups, ops.board, disk_history)]
+        # Freed heap back to the system every 30 s: RSS follows what is in use (issue 15.6).
+        ops_tasks.append(loop.create_task(MemoryTrimmer().run()))
         period = notifier.watchdog_period()
         if period is not None:
             ops_tasks.append(loop.create_task(_watchdog(notifier, period, dicom, archive, ops.board)))

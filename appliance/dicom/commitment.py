@@ -26,6 +26,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 from pynetdicom.status import code_to_category
 
 from appliance.dicom.policy import AccessPolicy, Service
+from appliance.dicom.requestor import pause_reactor
 from appliance.dicom.sender import Destination
 from appliance.dicom.status import CommitmentStatus, FailureReason
 from appliance.dicomfile import syntax
@@ -156,6 +157,7 @@ def send_report(dest: Destination, transaction_uid: str, committed: list[tuple[s
         if not assoc.accepted_contexts:
             return "storage commitment context not accepted"
         event_type = SOME_FAILED if failed else ALL_COMMITTED
+        pause_reactor(assoc)   # else its reactor may take the response
         rsp, _ = assoc.send_n_event_report(_report(transaction_uid, committed, failed), event_type,
                                            StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
     finally:

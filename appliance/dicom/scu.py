@@ -21,6 +21,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.status import Status
 
 from appliance.config import Modality
+from appliance.dicom.requestor import pause_reactor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ class Outbound:
             log.warning("C-ECHO to %s: association %s", where, how)
             return False
         try:
+            pause_reactor(assoc)   # else its reactor may take the response
             response = assoc.send_c_echo()
         finally:
             assoc.release()

@@ -71,6 +71,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
 from appliance.config import Modality
+from appliance.dicom.requestor import pause_reactor
 from appliance.dicom.streaming import DirectStoreWrites
 from appliance.dicomfile import pixels, syntax
 
@@ -395,6 +396,7 @@ class StoreSender:
             originator = move_originator or (None, None)
             if plan is _Plan.IN_MEMORY or self._writes is None:
                 payload = dcmread(what) if plan is _Plan.IN_MEMORY else what
+                pause_reactor(self._assoc)   # else its reactor may take the response
                 rsp = self._assoc.send_c_store(payload, msg_id=self._msg_id, priority=priority,
                                                originator_aet=originator[0],
                                                originator_id=originator[1])

@@ -38,7 +38,8 @@ timeout aborts the association. With the PDUs written in a millisecond that
 happened once in a few hundred images (in a first version that kept
 pynetdicom's ``send_c_store``). Here the reactor thread is never handed a
 message (:meth:`DirectStoreWrites.get_msg`), as the peer sends no request, and
-is not paused at all.
+is not paused at all. Requests sent pynetdicom's way (stock mode, or an object
+pynetdicom must re-encode) are guarded by appliance.dicom.requestor's gate.
 
 Acknowledging. A peer with Nagle's algorithm on that writes a response in two
 pieces (DCMTK) holds the second until the first is acknowledged, and Linux

@@ -63,6 +63,7 @@ from pydicom import dcmread  # noqa: E402
 from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
+from appliance.dicom.requestor import pause_reactor  # noqa: E402
 from appliance.worklist.authoring import dataset_from_tags, delete_item, write_item  # noqa: E402
 from tests.bench.datagen import (  # noqa: E402
     DEFAULT_CACHE, US_IMAGE_STORAGE, US_MULTIFRAME_STORAGE, base_dataset, ensure_data,
@@ -396,21 +397,6 @@ def _ae(contexts: list[str], calling: str):
     return ae
 
 
-def _pause_reactor(assoc) -> None:
-    """Work around pynetdicom's requestor race before a C-FIND (see worklist_bench.Scu):
-    its reactor thread can take the first C-FIND-RSP off the queue, so wait until it is
-    really paused."""
-    checkpoint = assoc._reactor_checkpoint
-    if not checkpoint.is_set() and assoc._is_paused:
-        return
-    checkpoint.clear()
-    deadline = time.perf_counter() + 0.5
-    while time.perf_counter() < deadline:
-        time.sleep(0.003)
-        if assoc._is_paused:
-            break
-
-
 def _status_of(rsp) -> int | None:
     """The Status of a DIMSE response dataset, None when there was no response."""
     if rsp is None or "Status" not in rsp:
@@ -567,7 +553,7 @@ class Scanner(threading.Thread):
             return None
         answers, final = [], None
         try:
-            _pause_reactor(assoc)
+            pause_reactor(assoc)
             t = now()
             for status, found in assoc.send_c_find(ident, MWL_FIND):
                 code = _status_of(status)
@@ -672,6 +658,7 @@ class Scanner(threading.Thread):
                     self.outbox.remove(spec)
                     continue
                 run.ledger.sending(spec, self.aet)
+                pause_reactor(assoc)   # pynetdicom's requestor race (appliance.dicom.requestor)
                 t = now()
                 try:
                     rsp = assoc.send_c_store(ds)
@@ -774,6 +761,7 @@ class Scanner(threading.Thread):
             while self.mpps_outbox:
                 op = self.mpps_outbox[0]
                 op["attempts"] += 1
+                pause_reactor(assoc)   # pynetdicom's requestor race (appliance.dicom.requestor)
                 t = now()
                 try:
                     if op["op"] == "N-CREATE":
@@ -1052,6 +1040,23 @@ class Reader(threading.Thread):
 # --------------------------------------------------------------------------- sampling
 
 
+def rss_parts(pid: int) -> dict[str, float]:
+    """RSS split as the kernel counts it (/proc/PID/status): anonymous memory (the heap:
+    malloc arenas, Python objects, SQLite's caches) apart from file pages (the code of
+    the modules and libraries touched so far, which grows as new paths run)."""
+    parts = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name in ("RssAnon", "RssFile"):
+                    parts["anon_mb" if name == "RssAnon" else "file_mb"] = round(
+                        int(value.split()[0]) * 1024 / 1e6, 1)
+    except (OSError, ValueError):
+        pass
+    return parts
+
+
 class Sampler(threading.Thread):
     """Every SAMPLE_EVERY s: RSS, open fds, threads and CPU of the daemon (psutil)."""
 
@@ -1071,6 +1076,7 @@ class Sampler(threading.Thread):
                 p = psutil.Process(pid)
                 with p.oneshot():
                     row["rss_mb"] = round(p.memory_info().rss / 1e6, 1)
+                    row.update(rss_parts(pid))
                     row["fds"] = p.num_fds()
                     row["threads"] = p.num_threads()
                     cpu = p.cpu_times()
@@ -1177,9 +1183,9 @@ def conduct(run: Run, rng: random.Random, sampler: Sampler) -> dict:
         if t >= next_progress:
             next_progress += 60
             last = sampler.samples[-1] if sampler.samples else {}
-            log.info("+%3.0f min: %d acknowledged, RSS %s MB, %s fds, load %s", t / 60,
-                     run.ledger.acked_count(), last.get("rss_mb"), last.get("fds"),
-                     last.get("load1"))
+            log.info("+%3.0f min: %d acknowledged, RSS %s MB (anonymous %s), %s fds, load %s",
+                     t / 60, run.ledger.acked_count(), last.get("rss_mb"), last.get("anon_mb"),
+                     last.get("fds"), last.get("load1"))
         time.sleep(0.2)
     return kill
 
@@ -1436,7 +1442,9 @@ def render(result: dict) -> str:
     lines.append(f"Daemon starts {[(s['pid'], s['at'], s['ready_seconds']) for s in e['daemon_starts']]}"
                  f" (pid, at s, to C-ECHO s); died by itself: {e['unexpected_exits'] or 'never'}")
     lines.append("")
-    for key, unit in (("rss_mb", "RSS MB"), ("fds", "open fds"), ("threads", "threads")):
+    for key, unit in (("rss_mb", "RSS MB"), ("anon_mb", "RSS anonymous MB"),
+                      ("file_mb", "RSS file pages MB"), ("fds", "open fds"),
+                      ("threads", "threads")):
         lines.append(f"{unit} (warm-up {result['warmup_seconds']:.0f} s)")
         lines.append(f"  {'process':<8} {'first':>8} {'warm':>8} {'max':>8} {'last':>8} "
                      f"{'per 10min':>10}")
@@ -1444,10 +1452,12 @@ def render(result: dict) -> str:
             lines.append(f"  {row['process']:<8} {row['first']:>8} {row['after_warmup']:>8} "
                          f"{row['max']:>8} {row['last']:>8} {fmt(row['slope_per_10min']):>10}")
     lines.append("")
-    lines.append("Samples (every 60 s of the 10 s ones): t, pid, RSS MB, fds, threads, CPU %, load")
+    lines.append("Samples (every 60 s of the 10 s ones): t, pid, RSS MB (anonymous, file), fds, "
+                 "threads, CPU %, load")
     shown = [s for s in result["samples"] if int(s["t"]) % 60 < SAMPLE_EVERY] or result["samples"]
     for s in shown:
         lines.append(f"  {s['t']:>7.0f} {fmt(s.get('pid')):>8} {fmt(s.get('rss_mb')):>7} "
+                     f"({fmt(s.get('anon_mb'))}, {fmt(s.get('file_mb'))}) "
                      f"{fmt(s.get('fds')):>5} {fmt(s.get('threads')):>4} "
                      f"{fmt(s.get('cpu_pct')):>6} {s['load1']:>6} acked {s['acked']}")
     lines.append("")
@@ -1508,6 +1518,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-seconds", type=float, default=180,
                    help="at most this long for the scanners to deliver their queues")
     p.add_argument("--no-kill", action="store_true", help="no SIGKILL (for comparison)")
+    p.add_argument("--no-unit-env", action="store_true",
+                   help="run the daemon without the systemd unit's Environment= lines "
+                        "(MALLOC_ARENA_MAX=2)")
     p.add_argument("--keep", action="store_true", help="keep the data folder")
     p.add_argument("--workdir", type=Path, default=None,
                    help="parent of the run's data folder (default tests/bench/results)")
@@ -1515,6 +1528,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(10**6)
     return args
+
+
+UNIT_FILE = REPO_ROOT / "systemd" / "pacs-appliance.service"
+
+
+def unit_environment(unit: Path = UNIT_FILE) -> dict[str, str]:
+    """The ``Environment=KEY=VALUE`` lines of the daemon's systemd unit: the soak runs the
+    daemon as the unit does (its allocator settings change what RSS does)."""
+    env = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line[len("Environment="):].strip().strip('"').partition("=")
+            env[key] = value
+    return env
+
+
+class DroppedResponses(logging.Handler):
+    """Counts pynetdicom's "Received unexpected ... service message" in the harness: its
+    requestor reactor took a response off the queue (appliance.dicom.requestor), which
+    the scanners then miss. pause_reactor() should make this never happen."""
+
+    def __init__(self, stats: "Stats") -> None:
+        super().__init__(logging.WARNING)
+        self.stats = stats
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Received unexpected"):
+            self.stats.error("harness", "pynetdicom dropped a response", message)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1529,8 +1571,16 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"soak-{stamp}-", dir=parent))
     log.info("seed %d, %.1f minutes, data in %s", args.seed, args.minutes, workdir)
     rng = random.Random(f"{args.seed}-conductor")
-    daemon = Daemon(workdir, args.backup_minutes, base_env(tcp_nodelay=False))
+    env = base_env(tcp_nodelay=False)
+    unit_env = {} if args.no_unit_env else unit_environment()
+    env.update(unit_env)
+    log.info("daemon environment from the systemd unit: %s", unit_env or "none")
+    daemon = Daemon(workdir, args.backup_minutes, env)
     run = Run(args, daemon, now())
+    requestor_log = logging.getLogger("pynetdicom.association")
+    requestor_log.setLevel(logging.WARNING)   # its parent is silenced: this one is counted
+    requestor_log.propagate = False
+    requestor_log.addHandler(DroppedResponses(run.stats))
     interrupted = False
     try:
         prepare_data(run)
@@ -1653,10 +1703,11 @@ def verify_and_report(run: Run, sampler: Sampler, scanners: list[Scanner],
         "started": stamp, "minutes": run.args.minutes, "seed": run.args.seed,
         "args": {k: str(v) for k, v in vars(run.args).items()},
         "machine": f"{platform.node()}, {os.cpu_count()} cpus, {platform.python_version()}",
+        "daemon_env": {k: v for k, v in run.daemon.env.items() if k.startswith("MALLOC")},
         "verification": verification, "kill": kill, "events": events,
         "warmup_seconds": warmup,
         "trend": {key: trend(samples, key, daemon.starts, warmup)
-                  for key in ("rss_mb", "fds", "threads")},
+                  for key in ("rss_mb", "anon_mb", "file_mb", "fds", "threads")},
         "samples": samples,
         "services": service_table(run.stats), "operations": latency_table(run.stats),
         "errors": {op: dict(c) for op, c in run.stats.errors.items()},

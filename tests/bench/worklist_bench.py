@@ -75,6 +75,7 @@ import psutil  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian  # noqa: E402
 
+from appliance.dicom.requestor import pause_reactor  # noqa: E402
 from tests.bench.servers import (  # noqa: E402
     finish,
     CALLED_AET, CALLING_AET, LOOPBACK, ApplianceServer, OrthancServer, Server, ServerError,
@@ -304,23 +305,11 @@ class Scu:
         self.msg_id = 0
 
     def pause_reactor(self) -> None:
-        """Make sure pynetdicom's requestor reactor thread is blocked (call before timing).
-
-        pynetdicom's send_c_find pauses that thread with a flag that is not a handshake: the
-        thread can be between its checkpoint and its get_msg() when the request goes out, and
-        then takes the first C-FIND-RSP off the queue ("Received unexpected C-FIND service
-        message"), so the SCU sees one answer fewer. Clearing the checkpoint a few ms before
-        the request closes the window (send_c_find sets it again when it returns).
-        """
-        checkpoint = self.assoc._reactor_checkpoint
-        if not checkpoint.is_set() and self.assoc._is_paused:
-            return  # paused by a previous call and not restarted since
-        checkpoint.clear()
-        deadline = time.perf_counter() + 0.5
-        while time.perf_counter() < deadline:
-            time.sleep(0.003)
-            if self.assoc._is_paused:
-                break
+        """Make sure pynetdicom's requestor reactor thread is parked (call before timing):
+        otherwise it can take the first C-FIND-RSP off the queue ("Received unexpected
+        C-FIND service message") and the SCU sees one answer fewer
+        (appliance.dicom.requestor explains the race)."""
+        pause_reactor(self.assoc)
 
     def find(self, identifier: Dataset) -> tuple[int, list[Dataset]]:
         """(final status, pending identifiers)."""
