@@ -29,6 +29,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE
 
+from appliance.dicom.requestor import pause_reactor
 from appliance.store.blobs import partial_files
 
 REPO = Path(__file__).resolve().parent.parent
@@ -229,6 +230,9 @@ def scu_store(port: int, files, *, aet="PYSCU", aec="ORTHANC") -> list[int | Non
     statuses: list[int | None] = []
     try:
         for f in files:
+            # pynetdicom's requestor can drop a response under load unless its reactor
+            # is really parked (appliance.dicom.requestor): the test would wait 30 s.
+            pause_reactor(assoc)
             rsp = assoc.send_c_store(f)
             statuses.append(rsp.Status if rsp is not None and "Status" in rsp else None)
             if not assoc.is_established:
