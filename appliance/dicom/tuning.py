@@ -836,7 +836,7 @@ class FastAssociation(Association):
         if not isinstance(dataset, StoredFile):
             return super().send_c_store(dataset, msg_id, priority, originator_aet, originator_id)
         if self._writes is None:
-            self._writes = DirectStoreWrites(self, guard_reactor=False)
+            self._writes = DirectStoreWrites(self)
         if not self.dul.flush(self.network_timeout):
             raise RuntimeError("the responses queued before the C-STORE were not sent in time")
         return self._writes.send_c_store(dataset.stored_path, msg_id=msg_id, priority=priority,
