@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from appliance.config import Config
-from appliance.ops.adoption_view import RUNNING, adoption_text
+from appliance.ops.adoption_view import RUNNING, adopted_count, adoption_text
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import match_owner, read_json
 from appliance.ops.lock import FolderInUse, data_folders_locked
@@ -73,7 +73,7 @@ def _dry_run(config: Config) -> int:
         return _fail(f"no Orthanc index in {config.index_directory}")
     print(f"Orthanc index {p.orthanc_index}: {p.attachments} instance(s), {p.settled} adopted already")
     print(f"would adopt {p.pending} instance(s) of {p.studies} studies: "
-          f"{human_bytes(p.bytes_linked)} linked in place (no space taken), "
+          f"{human_bytes(p.bytes_linked)} linked or referenced in place (no space taken), "
           f"{human_bytes(p.bytes_decompressed)} decompressed (that much more on disk)")
     for uuid in p.missing[:20]:
         print(f"  missing file, would be listed as unreadable: attachment {uuid}")
@@ -109,11 +109,13 @@ class _Bar:
 
 def _summary(a: dict) -> int:
     n, b = a["instances"], a["bytes"]
-    adopted = n["linked"] + n["copied"] + n["decompressed"]
+    adopted = adopted_count(n)
     seconds = (a.get("finished") or time.time()) - (a.get("started") or time.time())
     print(f"import-orthanc: {adopted} instance(s) of {a['studies']} studies adopted in {seconds:.1f} s "
           f"from {a.get('orthanc_index')}")
     print(f"  bytes linked: {human_bytes(b['linked'])} ({n['linked']} files, no space taken)")
+    print(f"  bytes referenced: {human_bytes(b['referenced'])} ({n['referenced']} files read in "
+          "Orthanc's folder, no space taken)")
     print(f"  bytes copied: {human_bytes(b['copied'])} ({n['copied']} files)")
     print(f"  bytes decompressed: {human_bytes(b['decompressed'])} ({n['decompressed']} files)")
     print(f"  already in the archive: {n['duplicate']}")
