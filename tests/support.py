@@ -63,9 +63,11 @@ def base_config(root: Path, **overrides) -> dict:
 class Daemon:
     """One ``pacs-appliance serve`` subprocess."""
 
-    def __init__(self, root: Path, config: dict, env: dict | None = None) -> None:
+    def __init__(self, root: Path, config: dict, env: dict | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.root = root
         self.config = config
+        self.prefix = prefix or []  # a command the daemon runs under (setpriv ...)
         self.config_path = root / "config.json"
         self.log_path = root / "daemon.log"
         self.env = env
@@ -92,7 +94,8 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "appliance", "serve", "--config",
+             str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
         )
         log.close()

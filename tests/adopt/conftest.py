@@ -63,9 +63,10 @@ class Archive:
         finally:
             orthanc.stop()
 
-    def daemon(self, name: str = "appliance", env: dict | None = None) -> Daemon:
+    def daemon(self, name: str = "appliance", env: dict | None = None,
+               prefix: list[str] | None = None) -> Daemon:
         """The appliance on the unchanged orthanc.json (its ports are free again)."""
-        return Daemon(self.root / name, dict(self.config), env=env)
+        return Daemon(self.root / name, dict(self.config), env=env, prefix=prefix)
 
 
 def _sha256(path: Path) -> str:

@@ -1,7 +1,8 @@
 """Issue 14.1: an Orthanc archive whose files cannot be hard-linked (they are on
-another filesystem) is adopted by reference: nothing copied, every instance
-served from Orthanc's own files, which no delete, patient fix, backup,
-restore or reindex ever writes."""
+another filesystem, or belong to another user under ``fs.protected_hardlinks``)
+is adopted by reference: nothing copied, every instance served from Orthanc's
+own files, which no delete, patient fix, backup, restore or reindex ever
+writes."""
 
 from __future__ import annotations
 
@@ -174,3 +175,43 @@ def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_pat
             assert d.stop() == 0
         assert a.orthanc_files() == before
         assert a.orthanc_count() == len(a.sent)
+
+
+def test_files_of_another_owner_are_adopted_by_reference(shared_archive: Archive):
+    """The Debian case: Orthanc's files belong to its user and the daemon runs
+    as another one. Here the daemon is root without CAP_FOWNER and
+    CAP_DAC_OVERRIDE (setpriv), which ``fs.protected_hardlinks`` treats as any
+    other user: linking a file it neither owns nor may write is EPERM."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the daemon without CAP_FOWNER")
+    if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1":
+        pytest.skip("fs.protected_hardlinks is off: any link succeeds")
+    a = shared_archive
+    for rel in a.orthanc_files():
+        if rel != "index":
+            os.chown(a.storage / rel, 65534, 65534)  # nobody: Orthanc's own user, say
+            os.chmod(a.storage / rel, 0o644)
+    before = a.orthanc_files()
+    limited = ["setpriv", "--bounding-set", "-dac_override,-fowner", "--"]
+    d = a.daemon(prefix=limited).start()
+    try:
+        log = wait_adopted(d)
+        assert "Operation not permitted): adopting them by reference" in log
+        rows = _rows(d)
+        assert len(rows) == len(a.sent)
+        assert all(p.startswith("orthanc:") for p in rows.values())
+        assert _ours(a.storage) == []
+        series = dict(d.rows("SELECT i.sop_instance_uid, se.series_instance_uid FROM instances i "
+                             "JOIN series se ON se.id = i.series_pk"))
+        for s in a.sent:
+            theirs = a.attachment(rows[s.sop_instance_uid].split(":", 1)[1])
+            assert _wado(d, s.study, series[s.sop_instance_uid], s.sop_instance_uid) == \
+                theirs.read_bytes()
+    finally:
+        assert d.stop() == 0
+    d = a.daemon("second", prefix=limited).start()
+    try:
+        assert "everything adopted already" in wait_adopted(d)
+    finally:
+        assert d.stop() == 0
+    assert a.orthanc_files() == before
