@@ -159,8 +159,9 @@ def _offline(config: Config) -> int:
 def _hand_over(storage: Path, index: Path) -> None:
     """Run as root (sudo), give what this command created to the owner of the
     data folders, so the daemon's own user can go on with it: our index, our
-    fan-out folders and incoming folder, and the files of our own (copies,
-    decompressed files: one link). Hard links are Orthanc's inodes: left alone."""
+    fan-out folders and incoming folder, and the files of our own (decompressed
+    files: one link). Hard links are Orthanc's inodes, and references Orthanc's
+    files where they are: both left alone."""
     if os.geteuid() != 0:
         return
     for p in index.glob("pacs-appliance.*"):
