@@ -22,7 +22,7 @@ from tests.adopt.test_adopt import _cli, _get, _studies, _wado
 from tests.dicom.test_qr_retrieve import (  # noqa: F401 - storescp: a fixture
     modalities, movescu, storescp,
 )
-from tests.support import Daemon, run
+from tests.support import Daemon, run, wait_for
 
 _IMAGE_MB = 64
 
@@ -75,11 +75,10 @@ def _delete(d: Daemon, path: str) -> int:
         return r.status
 
 
-def _modify(d: Daemon, study: str, replace: dict) -> dict:
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{d.http_port}/studies/{study}/modify", method="POST",
-        data=json.dumps({"Replace": replace, "KeepUIDs": True}).encode(),
-        headers={"Content-Type": "application/json"})
+def _post(d: Daemon, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"http://127.0.0.1:{d.http_port}{path}", method="POST",
+                                 data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         return json.loads(r.read())
 
@@ -123,8 +122,15 @@ def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_pat
             study = next(iter(expected))
             r = movescu(d, "STORESCP", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study}")
             assert r.returncode == 0, r.stderr
+            assert len(list(received.iterdir())) == expected[study]
+
+            # The outbound queue (a send on demand, as forwarding sends) too.
+            other = next(st for st in expected if st != study)
+            job = _post(d, "/modalities/storescp/store", {"Resources": [other]})
+            wait_for(lambda: json.loads(_get(d, job["Path"]))["State"] == "Success",
+                     what="the send job")
             got = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, received.iterdir())}
-            assert len(got) == expected[study]
+            assert len(got) == expected[study] + expected[other]
             for sop, ds in got.items():
                 assert ds == pydicom.dcmread(a.attachment(rows[sop].split(":", 1)[1]))
 
@@ -137,7 +143,8 @@ def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_pat
             assert gone_file.is_file()
 
             # A patient fix writes files of ours and drops the references.
-            _modify(d, study, {"PatientName": "Fixed^Name"})
+            _post(d, f"/studies/{study}/modify",
+                  {"Replace": {"PatientName": "Fixed^Name"}, "KeepUIDs": True})
             fixed = {sop for sop, s in sops.items() if s.study == study}
             after = _rows(d)
             assert all(not after[sop].startswith("orthanc:") for sop in fixed)
