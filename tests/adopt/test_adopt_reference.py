@@ -22,6 +22,7 @@ from tests.adopt.test_adopt import _cli, _get, _studies, _wado
 from tests.dicom.test_qr_retrieve import (  # noqa: F401 - storescp: a fixture
     modalities, movescu, storescp,
 )
+from tests.outbound.test_commitment import scanner  # noqa: F401 - a fixture
 from tests.support import Daemon, run, wait_for
 
 _IMAGE_MB = 64
@@ -83,13 +84,15 @@ def _post(d: Daemon, path: str, body: dict) -> dict:
         return json.loads(r.read())
 
 
-def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_path, storescp):
+def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_path, storescp,
+                                                              scanner):
     a = copy_archive(templates["shared"], tmp_path / "clinic")
     port, received = storescp
     mirror = tmp_path / "mirror"
     mirror.mkdir()
+    known = modalities(port)["DicomModalities"] | scanner.listen().modality()
     config = dict(a.config, Backups={"IntervalHours": 0, "Keep": 3, "StorageMirror": str(mirror)},
-                  **modalities(port))
+                  DicomModalities=known)
     expected = Counter(s.study for s in a.sent)
     with _on_second_filesystem(a, tmp_path):
         before = a.orthanc_files()
@@ -133,6 +136,14 @@ def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_pat
             assert len(got) == expected[study] + expected[other]
             for sop, ds in got.items():
                 assert ds == pydicom.dcmread(a.attachment(rows[sop].split(":", 1)[1]))
+
+            # Storage commitment checks each referenced file's size and SHA-256.
+            classes = dict(d.rows("SELECT sop_instance_uid, sop_class_uid FROM instances"))
+            status, _txn = scanner.request(d, [(classes[sop], sop) for sop in rows])
+            assert status == 0x0000
+            event_type, info = scanner.report(1)
+            assert event_type == 1 and "FailedSOPSequence" not in info
+            assert len(info.ReferencedSOPSequence) == len(rows)
 
             # A delete forgets: Orthanc's file stays, byte for byte.
             gone = next(s for s in a.sent if s.study != study)
