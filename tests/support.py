@@ -30,7 +30,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from appliance.dicom.requestor import pause_reactor
-from appliance.store.blobs import partial_files
+from appliance.store.blobs import partial_files, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -148,10 +148,10 @@ class Daemon:
             conn.close()
 
     def stored_path(self, sop_instance_uid: str) -> Path | None:
-        """The stored file of an instance, from the index."""
+        """The stored file of an instance, from the index (a reference: Orthanc's file)."""
         rows = self.rows("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
                          (sop_instance_uid,))
-        return self.storage / rows[0][0] if rows else None
+        return resolve(self.storage, rows[0][0]) if rows else None
 
     def incoming_files(self) -> list[Path]:
         """Files left in the incoming directory (but the empty spares the
