@@ -37,9 +37,9 @@ def _on_second_filesystem(a: Archive, work: Path):
         pytest.skip("mounting a second filesystem needs root (CI runs the suite as root)")
     image, fs = work / "orthanc.img", work / "orthanc-fs"
     fs.mkdir()
-    run(["truncate", "-s", f"{_IMAGE_MB}M", str(image)], check=True)
-    run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    run(["mount", "-o", "loop", str(image), str(fs)], check=True)
+    _must(["truncate", "-s", f"{_IMAGE_MB}M", str(image)])
+    _must(["mkfs.ext4", "-q", "-F", str(image)])
+    _must(["mount", "-o", "loop", str(image), str(fs)])  # root in a container: --privileged
     mounted: list[Path] = []
     try:
         for folder in sorted(a.storage.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]")):
@@ -47,7 +47,7 @@ def _on_second_filesystem(a: Archive, work: Path):
             shutil.copytree(folder, there)  # the same bytes (sha256 checked below)
             shutil.rmtree(folder)
             folder.mkdir()
-            run(["mount", "--bind", str(there), str(folder)], check=True)
+            _must(["mount", "--bind", str(there), str(folder)])
             mounted.append(folder)
         assert mounted
         yield mounted
@@ -55,6 +55,11 @@ def _on_second_filesystem(a: Archive, work: Path):
         for folder in reversed(mounted):
             run(["umount", str(folder)])
         run(["umount", str(fs)])
+
+
+def _must(cmd: list[str]) -> None:
+    done = run(cmd)
+    assert done.returncode == 0, f"{' '.join(cmd)}: {done.stderr.strip()}"
 
 
 def _ours(storage: Path) -> list[Path]:
