@@ -208,6 +208,16 @@ def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_pat
             assert sum(_studies(d).values()) == len(a.sent) - 1
         finally:
             assert d.stop() == 0
+
+        # The index lost: a reindex still brings every reference back, from
+        # Orthanc's index (and, with no record of the delete, the deleted one).
+        for p in Path(config["IndexDirectory"]).glob("pacs-appliance.sqlite*"):
+            p.unlink()
+        reindexed = _cli(d.config_path, "reindex")
+        assert reindexed.returncode == 0, reindexed
+        assert f"({len(referenced)} by reference" in reindexed.stdout, reindexed.stdout
+        assert "instances deleted since their adoption are back" in reindexed.stdout
+        assert _rows(d) == {**now, gone.sop_instance_uid: rows[gone.sop_instance_uid]}
         assert a.orthanc_files() == before
         assert a.orthanc_count() == len(a.sent)
 
