@@ -150,14 +150,14 @@ def _offline(config: Config) -> int:
                 archive.close()
     except FolderInUse as e:
         return _fail(str(e), EXIT_IN_USE)
-    _hand_over(Path(config.storage_directory), Path(config.index_directory))
+    hand_over(Path(config.storage_directory), Path(config.index_directory))
     a = adopter.snapshot()
     bar.show(a, final=True)
     return _summary(a)
 
 
-def _hand_over(storage: Path, index: Path) -> None:
-    """Run as root (sudo), give what this command created to the owner of the
+def hand_over(storage: Path, index: Path) -> None:
+    """Run as root (sudo), give what an offline adoption created to the owner of the
     data folders, so the daemon's own user can go on with it: our index, our
     fan-out folders and incoming folder, and the files of our own (decompressed
     files: one link). Hard links are Orthanc's inodes, and references Orthanc's

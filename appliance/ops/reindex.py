@@ -95,6 +95,7 @@ def _adopt_again(storage: Path, index_dir: Path) -> tuple[dict | None, dict[str,
     """A pass over the Orthanc archive in the data folders, if there is one
     (the referenced instances come back): its snapshot, and the counts after it."""
     from appliance.ops.adopt import OrthancAdopter
+    from appliance.ops.adopt_command import hand_over
     from appliance.store import Archive, orthanc_index_file
 
     if orthanc_index_file(index_dir) is None:
@@ -107,3 +108,4 @@ def _adopt_again(storage: Path, index_dir: Path) -> tuple[dict | None, dict[str,
         return adopter.snapshot(), archive.counts()
     finally:
         archive.close()
+        hand_over(storage, index_dir)  # run as root: what the pass wrote, to the daemon's user
