@@ -7,10 +7,12 @@ writes."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
 import urllib.request
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -141,6 +143,16 @@ def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_pat
             assert len(got) == expected[study] + expected[other]
             for sop, ds in got.items():
                 assert ds == pydicom.dcmread(a.attachment(rows[sop].split(":", 1)[1]))
+
+            # A zip download of a study holds Orthanc's files as they are.
+            req = urllib.request.Request(f"http://127.0.0.1:{d.http_port}/dicom-web/studies/{other}",
+                                         headers={"Accept": "application/zip"})
+            with urllib.request.urlopen(req, timeout=60) as r, \
+                    zipfile.ZipFile(io.BytesIO(r.read())) as z:
+                zipped = {n.split("/")[1].removesuffix(".dcm"): z.read(n) for n in z.namelist()}
+            assert len(zipped) == expected[other]
+            for sop, data in zipped.items():
+                assert data == a.attachment(rows[sop].split(":", 1)[1]).read_bytes()
 
             # Storage commitment checks each referenced file's size and SHA-256.
             classes = dict(d.rows("SELECT sop_instance_uid, sop_class_uid FROM instances"))
