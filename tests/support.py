@@ -30,7 +30,7 @@ from pydicom.uid import (
 from pynetdicom import AE
 
 from appliance.dicom.requestor import pause_reactor
-from appliance.store.blobs import partial_files
+from appliance.store.blobs import partial_files, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 PYDICOM_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -63,9 +63,11 @@ def base_config(root: Path, **overrides) -> dict:
 class Daemon:
     """One ``pacs-appliance serve`` subprocess."""
 
-    def __init__(self, root: Path, config: dict, env: dict | None = None) -> None:
+    def __init__(self, root: Path, config: dict, env: dict | None = None,
+                 prefix: list[str] | None = None) -> None:
         self.root = root
         self.config = config
+        self.prefix = prefix or []  # a command the daemon runs under (setpriv ...)
         self.config_path = root / "config.json"
         self.log_path = root / "daemon.log"
         self.env = env
@@ -92,7 +94,8 @@ class Daemon:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "appliance", "serve", "--config", str(self.config_path)],
+            [*self.prefix, sys.executable, "-m", "appliance", "serve", "--config",
+             str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env,
         )
         log.close()
@@ -145,10 +148,10 @@ class Daemon:
             conn.close()
 
     def stored_path(self, sop_instance_uid: str) -> Path | None:
-        """The stored file of an instance, from the index."""
+        """The stored file of an instance, from the index (a reference: Orthanc's file)."""
         rows = self.rows("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
                          (sop_instance_uid,))
-        return self.storage / rows[0][0] if rows else None
+        return resolve(self.storage, rows[0][0]) if rows else None
 
     def incoming_files(self) -> list[Path]:
         """Files left in the incoming directory (but the empty spares the

@@ -5,7 +5,7 @@ which ``pacs-appliance import-orthanc`` sends a running daemon); the command
 runs one itself when no daemon is running. A pass reads Orthanc's index
 (appliance.store: read only), leaves out the attachments the index already
 marks as settled, and adopts the rest in batches (appliance.store.adoption
-says how: hard links, byte-exact, resumable). Progress (done/total, rate, ETA)
+says how: hard links, else references, byte-exact, resumable). Progress (done/total, rate, ETA)
 goes to the log every few seconds and into the status snapshot (``adoption``),
 which ``pacs-appliance status``, ``/metrics`` and the status page show.
 """
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.ops.adoption_view import adopted_count
 from appliance.ops.disk import human_bytes
 from appliance.store import (
     Archive, Attachment, NotOrthancIndex, OrthancAdoption, Way, open_orthanc_index,
@@ -223,11 +224,11 @@ class OrthancAdopter:
             with self._lock:
                 p = self.progress
                 p.verified += len(batch)
-                for uuid, why in withdrawn:
+                for uuid, why, way in withdrawn:
                     log.warning("Orthanc attachment %s withdrawn: %s", uuid, why)
                     p.ways[Way.UNREADABLE.value] = p.ways.get(Way.UNREADABLE.value, 0) + 1
-                    if p.ways.get(Way.LINKED.value):
-                        p.ways[Way.LINKED.value] -= 1
+                    if p.ways.get(way.value):
+                        p.ways[way.value] -= 1
                     if len(p.unreadable) < _LISTED:
                         p.unreadable.append({"uuid": uuid, "instance": None, "reason": why})
             self._report()
@@ -264,15 +265,18 @@ class OrthancAdopter:
             log.info("Orthanc's archive %s: everything adopted already", s["orthanc_index"])
             return
         log.info("adopted Orthanc's archive in %.1f s (%s/s): %d instance(s) of %d studies: "
-                 "%d linked (%s, no space taken), %d copied (%s), %d decompressed (%s more "
-                 "on disk), %d already here, %d unreadable",
+                 "%d linked (%s, no space taken), %d referenced (%s, no space taken), "
+                 "%d copied (%s), %d decompressed (%s more on disk), %d already here, "
+                 "%d unreadable",
                  (s["adopted"] or s["finished"] or time.time()) - s["started"], s["rate"] or "-",
-                 n["linked"] + n["copied"] + n["decompressed"], s["studies"],
-                 n["linked"], human_bytes(b["linked"]), n["copied"], human_bytes(b["copied"]),
-                 n["decompressed"], human_bytes(b["decompressed"]), n["duplicate"], n["unreadable"])
-        if adoption.copy_reason:
-            log.warning("Orthanc's files were copied, not linked (%s): %s more on disk",
-                        adoption.copy_reason, human_bytes(b["copied"]))
+                 adopted_count(n), s["studies"],
+                 n["linked"], human_bytes(b["linked"]), n["referenced"], human_bytes(b["referenced"]),
+                 n["copied"], human_bytes(b["copied"]), n["decompressed"],
+                 human_bytes(b["decompressed"]), n["duplicate"], n["unreadable"])
+        if adoption.reference_reason:
+            log.warning("Orthanc's files could not be linked (%s): %d adopted by reference to "
+                        "Orthanc's folder, which must keep them", adoption.reference_reason,
+                        n["referenced"])
 
     def _report(self, *, last: bool = False) -> None:
         """Tell ``on_progress`` (the CLI's bar, the daemon's status file): after
@@ -298,7 +302,7 @@ class Plan:
     settled: int                   # of them adopted already
     pending: int
     studies: int                   # Orthanc studies with something to adopt
-    bytes_linked: int              # uncompressed attachments: linked, no space taken
+    bytes_linked: int              # uncompressed attachments: linked or referenced, no space taken
     bytes_decompressed: int        # compressed ones: this much more on disk
     missing: list[str]             # attachment files not found
 

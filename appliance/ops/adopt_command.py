@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from appliance.config import Config
-from appliance.ops.adoption_view import RUNNING, adoption_text
+from appliance.ops.adoption_view import RUNNING, adopted_count, adoption_text
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import match_owner, read_json
 from appliance.ops.lock import FolderInUse, data_folders_locked
@@ -73,7 +73,7 @@ def _dry_run(config: Config) -> int:
         return _fail(f"no Orthanc index in {config.index_directory}")
     print(f"Orthanc index {p.orthanc_index}: {p.attachments} instance(s), {p.settled} adopted already")
     print(f"would adopt {p.pending} instance(s) of {p.studies} studies: "
-          f"{human_bytes(p.bytes_linked)} linked in place (no space taken), "
+          f"{human_bytes(p.bytes_linked)} linked or referenced in place (no space taken), "
           f"{human_bytes(p.bytes_decompressed)} decompressed (that much more on disk)")
     for uuid in p.missing[:20]:
         print(f"  missing file, would be listed as unreadable: attachment {uuid}")
@@ -109,11 +109,13 @@ class _Bar:
 
 def _summary(a: dict) -> int:
     n, b = a["instances"], a["bytes"]
-    adopted = n["linked"] + n["copied"] + n["decompressed"]
+    adopted = adopted_count(n)
     seconds = (a.get("finished") or time.time()) - (a.get("started") or time.time())
     print(f"import-orthanc: {adopted} instance(s) of {a['studies']} studies adopted in {seconds:.1f} s "
           f"from {a.get('orthanc_index')}")
     print(f"  bytes linked: {human_bytes(b['linked'])} ({n['linked']} files, no space taken)")
+    print(f"  bytes referenced: {human_bytes(b['referenced'])} ({n['referenced']} files read in "
+          "Orthanc's folder, no space taken)")
     print(f"  bytes copied: {human_bytes(b['copied'])} ({n['copied']} files)")
     print(f"  bytes decompressed: {human_bytes(b['decompressed'])} ({n['decompressed']} files)")
     print(f"  already in the archive: {n['duplicate']}")
@@ -148,17 +150,18 @@ def _offline(config: Config) -> int:
                 archive.close()
     except FolderInUse as e:
         return _fail(str(e), EXIT_IN_USE)
-    _hand_over(Path(config.storage_directory), Path(config.index_directory))
+    hand_over(Path(config.storage_directory), Path(config.index_directory))
     a = adopter.snapshot()
     bar.show(a, final=True)
     return _summary(a)
 
 
-def _hand_over(storage: Path, index: Path) -> None:
-    """Run as root (sudo), give what this command created to the owner of the
+def hand_over(storage: Path, index: Path) -> None:
+    """Run as root (sudo), give what an offline adoption created to the owner of the
     data folders, so the daemon's own user can go on with it: our index, our
-    fan-out folders and incoming folder, and the files of our own (copies,
-    decompressed files: one link). Hard links are Orthanc's inodes: left alone."""
+    fan-out folders and incoming folder, and the files of our own (decompressed
+    files: one link). Hard links are Orthanc's inodes, and references Orthanc's
+    files where they are: both left alone."""
     if os.geteuid() != 0:
         return
     for p in index.glob("pacs-appliance.*"):

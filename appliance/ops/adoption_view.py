@@ -11,12 +11,17 @@ from appliance.ops.disk import human_bytes
 RUNNING = ("reading", "adopting", "verifying")
 
 
+def adopted_count(n: dict[str, int]) -> int:
+    """The instances a pass made part of the archive, from its counts by outcome."""
+    return sum(n.get(k, 0) for k in ("linked", "referenced", "copied", "decompressed"))
+
+
 def adoption_text(a: dict | None) -> str | None:
     """One line on the adoption, or None when there is no Orthanc archive."""
     if not a or a.get("state") in (None, "none", "idle"):
         return None
     n, b = a["instances"], a["bytes"]
-    adopted = n["linked"] + n["copied"] + n["decompressed"]
+    adopted = adopted_count(n)
     if a["state"] == "verifying":
         text = (f"every instance of Orthanc's archive visible; comparing with Orthanc's MD5: "
                 f"{a.get('verified', 0)} files")
@@ -31,7 +36,8 @@ def adoption_text(a: dict | None) -> str | None:
         text = f"adoption of Orthanc's archive stopped at {a['done']}/{a['total']}"
     else:
         text = f"Orthanc's archive adopted: {adopted} new instance(s) this pass"
-    text += (f"; {n['linked']} linked ({human_bytes(b['linked'])}), {n['copied']} copied, "
+    text += (f"; {n['linked']} linked ({human_bytes(b['linked'])}), "
+             f"{n['referenced']} referenced ({human_bytes(b['referenced'])}), {n['copied']} copied, "
              f"{n['decompressed']} decompressed ({human_bytes(b['decompressed'])}), "
              f"{n['duplicate']} already here, {n['unreadable']} unreadable")
     return text

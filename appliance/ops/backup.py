@@ -17,7 +17,11 @@ It is written under a temp name (``.tmp-backup-...``), checked with
 ``backup-...`` is always complete. Then older backups beyond ``Keep`` are
 deleted and, when ``Backups.StorageMirror`` is set, every stored file the backup
 lists that is not yet in the mirror is copied there: backup + mirror can restore
-everything the backup knows.
+everything the backup knows. A file of an adopted Orthanc archive that the index
+names by reference (appliance.store.adoption) is read in Orthanc's folder and
+kept in the mirror under ``orthanc/``, never at a path of its own: Orthanc's
+files are never written; a restore that finds only the mirror's copy brings it
+back as a file of ours and points the row at it.
 
 The backup files hold stored files' paths and hashes, not the images: ``verify``
 (a restore drill) checks the backup itself, then that every instance it lists is
@@ -64,8 +68,8 @@ from appliance.durable import copy_durably, fsync_dir, fsync_file, write_json
 from appliance.ops.files import match_owner, read_json
 from appliance.ops.lock import data_folders_locked
 from appliance.store.offline import (
-    DB_NAME, SCHEMA_VERSION, Snapshot, file_sha256, is_stored_relpath, reconcile_index,
-    replace_index,
+    DB_NAME, SCHEMA_VERSION, Snapshot, file_sha256, mirror_relpath, reconcile_index,
+    replace_index, restored_relpath, stored_path,
 )
 
 log = logging.getLogger(__name__)
@@ -490,9 +494,12 @@ def mirror_storage(storage: Path, mirror: Path, backup_index: Path,
     conn = _open_backup(backup_index)
     try:
         for _sop, rel, size, _sha in Snapshot(conn).files():
-            if not is_stored_relpath(rel):
+            source, kept = stored_path(storage, rel), mirror_relpath(rel)
+            if source is None or kept is None:
                 continue
-            dest = mirror / rel
+            # Always under the mirror: a referenced file of Orthanc's goes to
+            # orthanc/ there (joining its absolute path would name the original).
+            dest = mirror / kept
             try:
                 if dest.stat().st_size == size:
                     present += 1
@@ -502,8 +509,8 @@ def mirror_storage(storage: Path, mirror: Path, backup_index: Path,
             if cancel is not None and cancel.is_set():
                 raise BackupError("cancelled (the daemon is stopping)")
             try:
-                dest.parent.mkdir(exist_ok=True)
-                copy_durably(storage / rel, dest)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                copy_durably(source, dest)
             except FileNotFoundError:
                 gone += 1
                 continue
@@ -635,14 +642,15 @@ def _check_files(config: BackupSettings, conn: apsw.Connection, report: VerifyRe
     storage = Path(config.storage_directory)
     mirror = config.backups.storage_mirror
     for n, (_sop, rel, size, sha256) in enumerate(Snapshot(conn).files(), 1):
-        if not is_stored_relpath(rel):
+        source, kept = stored_path(storage, rel), mirror_relpath(rel)
+        if source is None or kept is None:
             report.damaged.append(rel)
             continue
-        here = _good_copy(storage / rel, size, sha256)
+        here = _good_copy(source, size, sha256)
         if here:
             report.in_storage += 1
             continue
-        there = _good_copy(mirror / rel, size, sha256) if mirror is not None else None
+        there = _good_copy(mirror / kept, size, sha256) if mirror is not None else None
         if there:
             report.in_mirror_only.append(rel)
         elif here is None and there is None:
@@ -697,11 +705,16 @@ def _restore_locked(config: BackupSettings, backup: BackupInfo) -> RestoreReport
     # Files whose only good copy is in the mirror come back first: harmless if we
     # stop here (the current index does not list them, or lists the same file).
     touched = set()
+    moved = {}
     for rel in report.in_mirror_only:
-        dest = storage / rel
+        # A referenced file Orthanc no longer has comes back as a file of ours.
+        back = restored_relpath(rel)
+        dest = storage / back
         dest.parent.mkdir(parents=True, exist_ok=True)
-        copy_durably(config.backups.storage_mirror / rel, dest)
+        copy_durably(config.backups.storage_mirror / mirror_relpath(rel), dest)
         touched.add(dest.parent)
+        if back != rel:
+            moved[rel] = back
     for d in touched:
         fsync_dir(d)
     staging = index_dir / f".restore-{os.getpid()}.sqlite"
@@ -712,7 +725,7 @@ def _restore_locked(config: BackupSettings, backup: BackupInfo) -> RestoreReport
         aside = replace_index(index_dir, staging, "restore")
     finally:
         staging.unlink(missing_ok=True)
-    dropped, newer = reconcile_index(index_dir, storage, report.missing + report.damaged)
+    dropped, newer = reconcile_index(index_dir, storage, report.missing + report.damaged, moved)
     for name in (DB_NAME, DB_NAME + "-wal", DB_NAME + "-shm"):
         if (index_dir / name).exists():
             match_owner(index_dir / name, index_dir)

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from appliance.config import Config
-from appliance.ops.adoption_view import adoption_text, import_texts
+from appliance.ops.adoption_view import adopted_count, adoption_text, import_texts
 from appliance.ops.disk import human_bytes
 from appliance.ops.files import read_json
 from appliance.ops.lock import FolderInUse
@@ -242,6 +242,12 @@ def _reindex(config: Config) -> int:
           f"{c['series']} series, {human_bytes(c['bytes'])})")
     if report.replaced is not None:
         print(f"  the previous index is kept in {report.replaced}")
+    if report.adoption is not None:
+        n = report.adoption["instances"]
+        print(f"  Orthanc's archive: {adopted_count(n)} instance(s) adopted again "
+              f"({n['referenced']} by reference to Orthanc's folder)"
+              + ("" if report.marks_carried else "; the previous index could not be read, so "
+                 "instances deleted since their adoption are back"))
     for rel in report.duplicates:
         print(f"  older copy of an instance, not indexed (left on disk): {rel}")
     for rel, why in report.unreadable:

@@ -13,8 +13,14 @@ adopted yet:
    finds its own leftover): a **hard link** to Orthanc's file, so nothing is
    copied and Orthanc's file is untouched (same inode, same bytes; deleting
    our name never deletes Orthanc's). When no link can be made (another
-   filesystem, ``fs.protected_hardlinks`` and another owner) the file is
-   copied, and that is counted and logged. A zlib attachment
+   filesystem under the folder, ``fs.protected_hardlinks`` and another owner:
+   the Debian package's service user and Orthanc's files) the row names a
+   **reference** to Orthanc's file instead (``orthanc:<uuid>``,
+   appliance.store.blobs): read where it is, never written, and forgotten, not
+   deleted, when the instance goes. Nothing is copied then either: a copy
+   would need the file readable in place, and then the reference serves it, so
+   there is no case left where copying helps (``copied`` stays as an outcome
+   for indexes adopted by earlier versions). A zlib attachment
    (``StorageCompression``) is decompressed once into a file of our own;
 3. batches of instance rows are committed together with one
    ``orthanc_adopted`` mark per attachment, after the folders of the new
@@ -42,11 +48,10 @@ import errno
 import hashlib
 import logging
 import os
-import shutil
 import tempfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import apsw
@@ -56,7 +61,7 @@ from appliance.dicomfile.header import InvalidObject
 from appliance.durable import fsync_dir
 from appliance.store import orthanc
 from appliance.store.archive import Archive, Origin, record_of_file
-from appliance.store.blobs import BlobStore
+from appliance.store.blobs import REFERENCE_PREFIX, BlobStore, reference_to, referenced_uuid
 from appliance.store.index import DB_NAME, AdoptionMark, InstanceRecord
 from appliance.store.orthanc import Attachment
 
@@ -71,7 +76,7 @@ _SYNCERS = 16
 # A file up to this size is read in one piece, which the header readers and
 # the structure walk then use whole (no second read of any part of it).
 _WHOLE = 16 << 20
-# Link errors after which the file is copied instead (no link possible here).
+# Link errors after which the file is adopted by reference (no link possible here).
 _NO_LINK = {errno.EPERM, errno.EACCES, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
@@ -79,7 +84,8 @@ class Way(enum.Enum):
     """What became of one Orthanc attachment."""
 
     LINKED = "linked"               # a hard link: no byte copied
-    COPIED = "copied"               # no link possible: copied
+    REFERENCED = "referenced"       # no link possible: Orthanc's file read where it is
+    COPIED = "copied"               # earlier versions, when no link was possible
     DECOMPRESSED = "decompressed"   # a zlib attachment, written out once
     DUPLICATE = "duplicate"         # the instance was already in the archive
     UNREADABLE = "unreadable"       # missing, damaged or not DICOM: listed, retried later
@@ -132,7 +138,7 @@ class OrthancAdoption:
         # the other: the filesystem commits its journal once for all of them
         # (ext4's jbd2 joins concurrent fsyncs), where a loop waited for each.
         self._syncers = ThreadPoolExecutor(max_workers=_SYNCERS, thread_name_prefix="adopt-sync")
-        self.copy_reason: str | None = None   # why files are copied, once known
+        self.reference_reason: str | None = None   # why files are referenced, once known
         # Unreadable before: compared with Orthanc's MD5 at once, not after the pass.
         self._retried = archive.index.adoption_retried()
 
@@ -167,7 +173,9 @@ class OrthancAdoption:
     def commit(self, futures: list[Future]) -> list[Adopted]:
         """Commit a prepared batch and say what became of each attachment."""
         prepared = [f.result() for f in futures]
-        dirs = {self._archive.blobs.path(p.rel).parent for p in prepared if p.rel}
+        # A reference placed nothing: no folder of ours changed for it.
+        dirs = {self._archive.blobs.path(p.rel).parent for p in prepared
+                if p.rel and referenced_uuid(p.rel) is None}
         # Only a placed file gets a row; a duplicate or unreadable one a mark alone.
         items = [(p.record if p.rel else None,
                   AdoptionMark(p.attachment.uuid, p.attachment.instance,
@@ -199,14 +207,14 @@ class OrthancAdoption:
         return self._archive.index.adoption_unverified()
 
     def verify(self, batch: list[tuple[str, str, str]], md5_of: dict[str, str | None],
-               ) -> list[tuple[str, str]]:
+               ) -> list[tuple[str, str, Way]]:
         """Compare the files of ``batch`` (from :meth:`unverified`) with the MD5
         Orthanc recorded (``md5_of``: uuid -> MD5); withdraw the damaged ones.
-        Returns (uuid, why) of those withdrawn."""
+        Returns (uuid, why, how it had been adopted) of those withdrawn."""
         def check(item: tuple[str, str, str]) -> str | None:
             uuid, _sop, rel = item
             expected = md5_of.get(uuid)
-            if not expected or rel != BlobStore.relpath(file_id_of(uuid)):
+            if not expected or rel not in (BlobStore.relpath(file_id_of(uuid)), reference_to(uuid)):
                 # Orthanc did not record one (or forgot the attachment), or a
                 # store replaced the instance since: nothing of Orthanc's to compare.
                 return None
@@ -225,9 +233,10 @@ class OrthancAdoption:
             path = self._archive.index.adoption_withdraw(uuid, sop, rel, why)
             if path:
                 self._archive.blobs.remove(path)  # our name only: Orthanc's file stays
-            withdrawn.append((uuid, why))
+            withdrawn.append((uuid, why, Way.LINKED if referenced_uuid(rel) is None
+                              else Way.REFERENCED))
         self._archive.index.adoption_verified(
-            item[0] for item in batch if item[0] not in {u for u, _ in withdrawn})
+            item[0] for item in batch if item[0] not in {u for u, _, _ in withdrawn})
         return withdrawn
 
     # -- one attachment, on a worker thread ------------------------------------
@@ -265,41 +274,36 @@ class OrthancAdoption:
                 os.replace(temp, dest)
                 temp = None
                 way = Way.DECOMPRESSED
+            elif self._link(source, dest):
+                way = Way.LINKED
             else:
-                way = self._link(source, dest)
+                way, rel = Way.REFERENCED, reference_to(a.uuid)
+                record = replace(record, file_path=rel)
             return _Prepared(a, way, size, record=record, rel=rel, verified=now or not a.md5)
         finally:
             if temp is not None:
                 _unlink_quietly(Path(temp))
 
-    def _link(self, source: Path, dest: Path) -> Way:
-        """Give ``dest`` the file ``source`` (a hard link, else a copy)."""
+    def _link(self, source: Path, dest: Path) -> bool:
+        """Give ``dest`` the file ``source`` by a hard link; False when no link
+        can be made here (the file is then adopted by reference)."""
         try:
             os.link(source, dest)
-            return Way.LINKED
+            return True
         except FileExistsError:
             if os.path.samefile(source, dest):
-                return Way.LINKED  # linked by an interrupted pass
+                return True  # linked by an interrupted pass
             os.unlink(dest)
             return self._link(source, dest)
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
-            if self.copy_reason is None:
-                self.copy_reason = e.strerror or str(e)
-                log.warning("cannot hard-link Orthanc's files into %s (%s): COPYING them instead, "
-                            "which takes as much space again", self._archive.blobs.root, e.strerror)
-        fd, temp = tempfile.mkstemp(dir=self._archive.blobs.incoming, suffix=".part")
-        try:
-            with open(source, "rb") as src, os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(src, out, _CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, dest)
-        except BaseException:
-            _unlink_quietly(Path(temp))
-            raise
-        return Way.COPIED
+            if self.reference_reason is None:
+                self.reference_reason = e.strerror or str(e)
+                log.warning("cannot hard-link Orthanc's files into %s (%s): adopting them by "
+                            "reference, read where they are (nothing copied); they must stay in "
+                            "Orthanc's folder", self._archive.blobs.root, e.strerror)
+            return False
 
     def _decompress(self, source: Path, md5: bool) -> tuple[str, tuple[bytes, int, str, str | None]]:
         """Orthanc's ZlibWithSize (8-byte little-endian size, then a zlib stream)
@@ -353,7 +357,7 @@ def _examined(readable: Path, hashed: tuple[bytes, int, str, str | None], a: Att
     return size, record
 
 
-_PLACED = (Way.LINKED, Way.COPIED, Way.DECOMPRESSED)
+_PLACED = (Way.LINKED, Way.REFERENCED, Way.COPIED, Way.DECOMPRESSED)
 _MD5_DIFFERS = "MD5 differs from the one in Orthanc's index: the file is damaged"
 
 
@@ -427,4 +431,30 @@ def settled_readonly(index_directory: Path) -> set[str]:
         conn.close()
 
 
-__all__ = ["Adopted", "OrthancAdoption", "Way", "file_id_of", "settled_readonly"]
+def marks_to_carry(index_directory: Path) -> list[tuple] | None:
+    """The adoption marks a reindex carries over from the index in
+    ``index_directory`` (read only), so that what was deleted stays deleted and
+    what was linked is not read again: all but those of the instances it still
+    lists by reference (those files are not in our folders, so the reindex
+    adopts them again from Orthanc's index). None when there is no readable
+    index, or it predates adoption."""
+    path = Path(index_directory) / DB_NAME
+    if not path.exists():
+        return None
+    try:
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error:
+        return None
+    try:
+        conn.setbusytimeout(5000)
+        return list(conn.execute(
+            "SELECT uuid, orthanc_instance, sop_instance_uid, outcome, bytes, reason, adopted_at, "
+            "verified FROM orthanc_adopted m WHERE NOT EXISTS "
+            "(SELECT 1 FROM instances i WHERE i.file_path = ? || m.uuid)", (REFERENCE_PREFIX,)))
+    except apsw.Error:
+        return None  # damaged (the reason for a reindex), or no such table
+    finally:
+        conn.close()
+
+
+__all__ = ["Adopted", "OrthancAdoption", "Way", "file_id_of", "marks_to_carry", "settled_readonly"]

@@ -12,6 +12,15 @@ A stored path never comes from client input: ids are generated here
 (:meth:`BlobStore.new_id`, random but for the folder) and only ever joined
 under the root.
 
+An index row may instead name a **reference**, ``orthanc:<attachment uuid>``:
+a file of the Orthanc archive adopted in place where no hard link could be
+made (appliance.store.adoption). It is read where Orthanc keeps it
+(``<root>/xx/yy/<uuid>``: Orthanc's StorageDirectory is ours) and never
+written, renamed or unlinked here: removing a reference only forgets it. The
+uuid and not Orthanc's absolute path is kept, so that code joining a row's
+path to a folder (a mirror, a restore) can never land on Orthanc's file, and
+the references follow the storage folder when it moves.
+
 Durability (the store contract, docs/DESIGN.md): a received file is fsynced,
 then renamed into place; the rename is made durable by fsyncing the
 directory that holds it, which :meth:`BlobStore.sync_dirs` does for a whole
@@ -34,6 +43,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from appliance.durable import fsync_dir
+from appliance.store.orthanc import attachment_path
+
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +52,25 @@ _SUFFIX = ".dcm"
 _FILE_ID = re.compile(r"[0-9a-f]{32}")
 _PART = ".part"
 _SPARE = ".spare"    # made ahead, empty until taken (see _Spares)
+REFERENCE_PREFIX = "orthanc:"
+
+
+def reference_to(uuid: str) -> str:
+    """The stored path of an Orthanc attachment adopted by reference."""
+    attachment_path(Path("."), uuid)  # ValueError if it cannot be one
+    return REFERENCE_PREFIX + uuid
+
+
+def referenced_uuid(relpath: str) -> str | None:
+    """The Orthanc attachment uuid a stored path refers to, or None for a file of ours."""
+    return relpath[len(REFERENCE_PREFIX):] if relpath.startswith(REFERENCE_PREFIX) else None
+
+
+def resolve(root: Path, relpath: str) -> Path:
+    """Where the file of a stored path is: under ``root`` for ours, where
+    Orthanc keeps it for a reference (to read only)."""
+    uuid = referenced_uuid(relpath)
+    return Path(root) / relpath if uuid is None else attachment_path(root, uuid)
 
 
 def _libc_sync_file_range():
@@ -479,8 +509,9 @@ class BlobStore:
         return f"{file_id[0:2]}/{file_id}{_SUFFIX}"
 
     def path(self, relpath: str) -> Path:
-        """Absolute path of a stored file from its relative path in the index."""
-        return self.root / relpath
+        """Absolute path of a stored file from its path in the index (a
+        reference: Orthanc's file, to read only)."""
+        return resolve(self.root, relpath)
 
     def seal(self, incoming: IncomingFile) -> "Sealing":
         """Write out the rest of ``incoming`` and fsync it on the I/O pool,
@@ -505,7 +536,10 @@ class BlobStore:
             fsync_dir(d)
 
     def remove(self, relpath: str) -> None:
-        """Delete a stored file; a missing file is not an error."""
+        """Delete a stored file; a missing file is not an error. A reference
+        is only forgotten: Orthanc's file stays."""
+        if referenced_uuid(relpath) is not None:
+            return
         try:
             os.unlink(self.path(relpath))
         except FileNotFoundError:
@@ -515,10 +549,11 @@ class BlobStore:
         """Delete stored files (missing ones are not an error: a crash may
         have come after their unlink) and fsync their folders, so that none of
         them comes back after a power cut. Returns how many were there.
+        References are only forgotten (Orthanc's files stay, uncounted).
 
         The unlinks run on the I/O pool: each is a journal update that waits
         on the filesystem, about 1 ms here, and they overlap."""
-        paths = [self.path(rel) for rel in relpaths]
+        paths = [self.path(rel) for rel in relpaths if referenced_uuid(rel) is None]
         removed = sum(self._io.map(_unlink, paths, chunksize=16)) if paths else 0
         self.sync_dirs({path.parent for path in paths})
         return removed

@@ -9,7 +9,11 @@ here and never opens an Index or a BlobStore itself (tests/test_layers.py).
 The stored files are plain DICOM Part-10 files named by internal id in 256
 fan-out folders (``StorageDirectory/ab/<32 hex>.dcm``). Only those are read, so
 ``.incoming``, the default ``.tmp``, backups or Orthanc's own files in a shared
-folder are never touched. Each header is read with the same code and record
+folder are never touched. An index row may also name a reference to a file of
+an adopted Orthanc archive (``orthanc:<uuid>``, appliance.store.blobs): it is
+read where Orthanc keeps it, copied to a mirror under ``orthanc/`` and, when
+only the mirror has it still, brought back as a file of ours (never into
+Orthanc's folders). Each header is read with the same code and record
 building as ingest (appliance.dicomfile.header.read_header,
 appliance.store.archive.instance_record).
 """
@@ -26,13 +30,15 @@ from pathlib import Path
 
 from appliance.dicomfile.header import InvalidObject, read_header
 from appliance.durable import fsync_dir
+from appliance.store.adoption import file_id_of, marks_to_carry
 from appliance.store.archive import Origin, header_uids, instance_record
-from appliance.store.blobs import BlobStore, file_sha256
+from appliance.store.blobs import BlobStore, file_sha256, referenced_uuid, resolve
 from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index, InstanceRecord, Snapshot
 
 __all__ = [
     "DB_NAME", "REPLACED_DIR", "SCHEMA_VERSION", "IndexedFiles", "Snapshot", "file_sha256",
-    "is_stored_relpath", "rebuild_index", "reconcile_index", "replace_index", "stored_files",
+    "is_stored_relpath", "mirror_relpath", "rebuild_index", "reconcile_index", "replace_index",
+    "restored_relpath", "stored_files", "stored_path",
 ]
 
 _FANOUT = re.compile(r"[0-9a-f]{2}\Z")
@@ -46,6 +52,41 @@ def is_stored_relpath(rel: str) -> bool:
     """True for a path of the stored-file layout (``ab/ab<30 hex>.dcm``); anything
     else read from an index or a backup is never joined to a directory."""
     return bool(_STORED.match(rel))
+
+
+def stored_path(root: Path, rel: str) -> Path | None:
+    """Where the file an index row names is read (ours under ``root``, a
+    reference in Orthanc's folder); None for a path of no known form, which is
+    never joined to a directory."""
+    if is_stored_relpath(rel):
+        return root / rel
+    try:
+        return resolve(root, rel) if referenced_uuid(rel) is not None else None
+    except ValueError:
+        return None
+
+
+def mirror_relpath(rel: str) -> str | None:
+    """Where the storage mirror keeps the file an index row names: ours at the
+    same path, a referenced one of Orthanc's under ``orthanc/``; None for a
+    path of no known form."""
+    uuid = referenced_uuid(rel)
+    if uuid is None:
+        return rel if is_stored_relpath(rel) else None
+    return f"orthanc/{uuid[:2]}/{uuid}" if stored_path(Path("."), rel) is not None else None
+
+
+def restored_relpath(rel: str) -> str | None:
+    """Where a file copied back from the mirror goes in the storage: ours where
+    it was, a referenced one as a file of ours named after its Orthanc uuid
+    (Orthanc's folders are never written); None for a path of no known form."""
+    uuid = referenced_uuid(rel)
+    if uuid is None:
+        return rel if is_stored_relpath(rel) else None
+    try:
+        return BlobStore.relpath(file_id_of(uuid))
+    except ValueError:
+        return None
 
 
 def stored_files(root: Path) -> Iterator[str]:
@@ -86,6 +127,7 @@ class IndexedFiles:
     duplicates: list[str] = field(default_factory=list)        # older copies of an instance
     unreadable: list[tuple[str, str]] = field(default_factory=list)   # (path, why)
     counts: dict[str, int] = field(default_factory=dict)       # rows in the index afterwards
+    marks_carried: bool = False     # the old index's adoption marks were read (a reindex)
 
 
 def _index_files(index: Index, root: Path, rels: Iterable[str], done: IndexedFiles,
@@ -127,15 +169,23 @@ def _index_files(index: Index, root: Path, rels: Iterable[str], done: IndexedFil
 
 
 def rebuild_index(storage_directory: Path, work: Path,
-                  progress: Callable[[int], None] | None = None) -> IndexedFiles:
+                  progress: Callable[[int], None] | None = None,
+                  old_index: Path | None = None) -> IndexedFiles:
     """Build a new index in the empty folder ``work`` from every stored file under
     ``storage_directory``; the database ``work/DB_NAME`` is then whole in one file
-    (its WAL folded in), ready for :func:`replace_index`."""
+    (its WAL folded in), ready for :func:`replace_index`. The adoption marks of
+    the index in the folder ``old_index``, when it can be read, are carried over
+    (appliance.store.adoption.marks_to_carry: all but the referenced instances',
+    which the caller adopts again from Orthanc's index)."""
     done = IndexedFiles()
     index = Index(work, BlobStore.sync_dirs)
     index.open()
     try:
         root = Path(storage_directory)
+        marks = marks_to_carry(old_index) if old_index is not None else None
+        if marks:
+            index.carry_adoption_marks(marks)
+        done.marks_carried = marks is not None
         _index_files(index, root, stored_files(root), done, progress)
         index.settle_timestamps()
         done.counts = index.counts()
@@ -146,17 +196,21 @@ def rebuild_index(storage_directory: Path, work: Path,
     return done
 
 
-def reconcile_index(index_directory: Path, storage_directory: Path,
-                    gone: list[str]) -> tuple[int, IndexedFiles]:
+def reconcile_index(index_directory: Path, storage_directory: Path, gone: list[str],
+                    moved: dict[str, str] | None = None) -> tuple[int, IndexedFiles]:
     """Bring the index in ``index_directory`` (just restored from a backup, and
     migrated here if older) in line with the stored files: drop the rows of the
-    files ``gone`` (missing or damaged) and index the stored files it does not list
-    (stored after the backup was taken). Returns (rows dropped, what was indexed)."""
+    files ``gone`` (missing or damaged), point the rows of ``moved`` (old path ->
+    new: referenced files brought back from the mirror as ours) at their new
+    file, and index the stored files it does not list (stored after the backup
+    was taken). Returns (rows dropped, what was indexed)."""
     done = IndexedFiles()
     index = Index(index_directory, BlobStore.sync_dirs)
     index.open()  # migrates a backup made by an older version
     try:
         dropped = index.delete_instances_at(gone) if gone else 0
+        if moved:
+            index.move_files(moved)
         listed = {rel for _sop, rel, _size, _sha in index.all_files()}
         storage = Path(storage_directory)
         _index_files(index, storage, (r for r in stored_files(storage) if r not in listed), done)

@@ -55,9 +55,18 @@ class Archive:
     def orthanc(self) -> Orthanc:
         return Orthanc(self.root, self.config)
 
-    def daemon(self, name: str = "appliance", env: dict | None = None) -> Daemon:
+    def orthanc_count(self) -> int:
+        """The instances Orthanc, started again on its folders, sees."""
+        orthanc = self.orthanc().start()
+        try:
+            return orthanc.get("/statistics")["CountInstances"]
+        finally:
+            orthanc.stop()
+
+    def daemon(self, name: str = "appliance", env: dict | None = None,
+               prefix: list[str] | None = None) -> Daemon:
         """The appliance on the unchanged orthanc.json (its ports are free again)."""
-        return Daemon(self.root / name, dict(self.config), env=env)
+        return Daemon(self.root / name, dict(self.config), env=env, prefix=prefix)
 
 
 def _sha256(path: Path) -> str:

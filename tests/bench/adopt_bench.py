@@ -4,6 +4,7 @@ with Orthanc on the same archive.
 Run from the repository root with the venv's interpreter::
 
     .venv/bin/python -m tests.bench.adopt_bench [--instances 10000] [--repeat 1] [--keep]
+        [--work DIR] [--ways linked,referenced]
 
 1. An Orthanc archive of ``--instances`` US images (640x480 RGB, Explicit VR Little
    Endian, the main benchmark's 200 cached images with new UIDs, 50 instances per
@@ -20,6 +21,14 @@ Run from the repository root with the venv's interpreter::
    the adoption, the disk used before and after (hard links: nothing but our index
    should grow), and the time of the MD5 comparison that follows once all is visible.
 4. ``pacs-appliance import-orthanc`` (daemon stopped) on the same archive, timed.
+
+``--ways linked,referenced`` alternates, within each repetition, a run where the
+files are hard-linked and one where they are adopted by reference: Orthanc's
+attachment files are given to ``nobody`` (as the ``orthanc`` user owns them on
+Debian) and the daemon runs as root without CAP_FOWNER and CAP_DAC_OVERRIDE
+(``setpriv``), so ``fs.protected_hardlinks`` refuses every link, as it does for
+the Debian package's service user. ``--work DIR`` keeps (and reuses) the
+archive Orthanc stored there.
 
 Target: >= 500 instances/s for an uncompressed archive. Results go to
 tests/bench/results/adopt-<timestamp>.json.
@@ -54,13 +63,16 @@ from tests.bench.servers import RssSampler, free_port  # noqa: E402
 log = logging.getLogger("adopt-bench")
 REPO = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PYTHON = str(REPO / ".venv" / "bin" / "python")
+PYTHON = sys.executable  # the venv's (see above): a worktree has no .venv of its own
 ORTHANC = "/usr/sbin/Orthanc"
 TARGET = 500.0
 PER_STUDY = 50
 _UID_ROOT = "1.2.826.0.1.3680043.10.1414"
 _RATE = re.compile(r"adopted Orthanc's archive in ([\d.]+) s \(([\d.]+)/s\)")
 _VERIFIED = re.compile(r"with the MD5 in Orthanc's index in ([\d.]+) s")
+_WAYS = ("linked", "referenced")
+# The daemon as Debian's service user would be, for fs.protected_hardlinks.
+_NO_OWNER_RIGHTS = ["setpriv", "--bounding-set", "-dac_override,-fowner", "--"]
 
 
 def _uid(kind: int, n: int) -> str:
@@ -146,15 +158,26 @@ def qido_total(port: int) -> int:
     return sum(int(s["00201208"]["Value"][0]) for s in json.loads(body or b"[]"))
 
 
-def appliance_run(root: Path, config_path: Path, db: Path, count: int, tag: str) -> dict:
-    """serve on the archive: seconds until QIDO sees every instance, rate, RSS, disk."""
+def give_to_nobody(db: Path) -> None:
+    """Orthanc's attachment files owned by another user (nobody), readable by all."""
+    for p in db.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*"):
+        os.chown(p, 65534, 65534)
+        os.chmod(p, 0o644)
+
+
+def appliance_run(root: Path, config_path: Path, db: Path, count: int, tag: str,
+                  way: str = "linked") -> dict:
+    """serve on the archive: seconds until QIDO sees every instance, rate, RSS, disk.
+    ``way``: referenced runs the daemon without the rights to link others' files."""
     forget_adoption(db)
     before = disk_used(db)
     runtime = db / "pacs-appliance.runtime.json"
     log_path = root / f"appliance-{tag}.log"
+    prefix = _NO_OWNER_RIGHTS if way == "referenced" else []
     t0 = time.perf_counter()
     with open(log_path, "wb") as out:
-        proc = subprocess.Popen([PYTHON, "-m", "appliance", "serve", "--config", str(config_path)],
+        proc = subprocess.Popen([*prefix, PYTHON, "-m", "appliance", "serve", "--config",
+                                 str(config_path)],
                                 stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
                                 env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
@@ -186,7 +209,10 @@ def appliance_run(root: Path, config_path: Path, db: Path, count: int, tag: str)
         proc.wait(60)
     # The machine is shared: CPU seconds per instance say what 2 idle cores would do.
     per = cpu / count
-    return {"qido_sees_all_s": round(seen, 2), "adoption_s": float(m.group(1)),
+    outcomes = re.search(r"(\d+) linked \(.*?\), (\d+) referenced", text)
+    if outcomes is None or int(outcomes.group(1 if way == "linked" else 2)) != count:
+        raise RuntimeError(f"not every instance {way}: {outcomes and outcomes.group(0)}")
+    return {"way": way, "qido_sees_all_s": round(seen, 2), "adoption_s": float(m.group(1)),
             "md5_check_after_s": verified,
             "cpu_ms_per_instance": round(per * 1000, 2),
             "projected_per_s_on_2_idle_cores": round(2 / per, 0) if per else None,
@@ -218,7 +244,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--keep", action="store_true", help="keep the archive and logs")
     p.add_argument("--work", type=Path, help="folder to work in (default: a temp folder)")
+    p.add_argument("--ways", default="linked",
+                   help="comma-separated, alternated in each repetition: linked, referenced")
     args = p.parse_args(argv)
+    ways = args.ways.split(",")
+    if not set(ways) <= set(_WAYS):
+        p.error(f"--ways: {', '.join(_WAYS)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     root = args.work or Path(tempfile.mkdtemp(prefix="adopt-bench-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -259,15 +290,21 @@ def main(argv: list[str] | None = None) -> int:
             RssSampler(orthanc.proc.pid)._sample() / 2**20, 1)  # noqa: SLF001 - one sample
         assert orthanc.statistics()["CountInstances"] == args.instances
         orthanc.stop()
+        if "referenced" in ways:
+            give_to_nobody(db)
         runs = []
         for k in range(args.repeat):
-            runs.append(appliance_run(root, config_path, db, args.instances, f"serve{k}"))
-            log.info("serve %d: %s", k, runs[-1])
+            for way in ways:
+                runs.append(appliance_run(root, config_path, db, args.instances, f"serve{k}-{way}",
+                                          way))
+                log.info("serve %d (%s): %s", k, way, runs[-1])
         result["serve"] = runs
         result["cli"] = cli_run(config_path, db)
         log.info("import-orthanc: %s", result["cli"])
         rate = statistics.median(r["instances_per_s"] for r in runs)
         result["median_instances_per_s"] = rate
+        result["median_instances_per_s_by_way"] = {
+            w: statistics.median(r["instances_per_s"] for r in runs if r["way"] == w) for w in ways}
         result["target_met"] = rate >= TARGET
         result["ratios"] = {
             "adoption_vs_orthanc_ingest": round(rate / result["orthanc_ingest_per_s"], 2)

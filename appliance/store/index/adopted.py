@@ -29,7 +29,7 @@ class AdoptionMark:
     uuid: str                       # Orthanc's attachment uuid
     orthanc_instance: str | None    # Orthanc's public id of its instance
     sop_instance_uid: str | None
-    outcome: str                    # linked | copied | decompressed | duplicate | unreadable
+    outcome: str                    # linked | referenced | copied | decompressed | duplicate | unreadable
     bytes: int
     reason: str | None = None
     verified: bool = True           # False: Orthanc's MD5 still to be compared
@@ -107,6 +107,14 @@ class Adopted:
                          "WHERE uuid = ?", (UNREADABLE, reason, uuid))
             return path
         return self.run_write(write)
+
+    def carry_adoption_marks(self, rows: Iterable[tuple]) -> None:
+        """Take over marks of another index (a reindex: :func:`marks_to_carry`
+        of appliance.store.adoption), as they were."""
+        batch = list(rows)
+        self.run_write(lambda conn: conn.executemany(
+            "INSERT OR REPLACE INTO orthanc_adopted (uuid, orthanc_instance, sop_instance_uid, "
+            "outcome, bytes, reason, adopted_at, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", batch))
 
     def adoption_retried(self) -> set[str]:
         """Uuids marked unreadable: tried again, their MD5 compared at once."""

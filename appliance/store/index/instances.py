@@ -188,6 +188,12 @@ class Instances:
 
         return self.run_write(delete)
 
+    def move_files(self, moved: dict[str, str]) -> None:
+        """Point the instances stored at the keys of ``moved`` at the values."""
+        pairs = [(new, old) for old, new in moved.items()]
+        self.run_write(lambda conn: conn.executemany(
+            "UPDATE instances SET file_path = ? WHERE file_path = ?", pairs))
+
     def studies_quiet_since(self, study_instance_uids: Iterable[str],
                             accession_numbers: Iterable[str],
                             before: float) -> tuple[set[str], set[str]]:

@@ -263,7 +263,8 @@ CREATE INDEX stable_due_at ON stable_due(due_at);
 # row per Orthanc DICOM attachment seen, keyed by Orthanc's attachment uuid,
 # written in the same transaction as the instance row it produced, so a crash
 # leaves both or neither and a restart goes on where it stopped. ``outcome``:
-# linked (a hard link to Orthanc's file), copied (no link possible),
+# linked (a hard link to Orthanc's file), referenced (no link possible: the
+# instance row names ``orthanc:<uuid>``), copied (earlier versions' fallback),
 # decompressed (Orthanc's zlib attachment written out once), duplicate (the
 # instance was already here), unreadable (retried at every pass). ``verified``:
 # 0 while the MD5 Orthanc recorded is still to be compared (after the pass).
