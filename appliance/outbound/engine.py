@@ -309,9 +309,11 @@ class OutboundEngine:
                     commits.append(self._outbox.settle_later(outcomes[written:],
                                                              self._max_retry))
                     written, written_at = len(outcomes), time.monotonic()
-        # The last write is waited for, and with it every earlier one (committed in
-        # order): the next look at the queue must not find these items pending.
-        self._outbox.settle(outcomes[written:], self._max_retry)
+            # The last write is waited for, and with it every earlier one (committed in
+            # order): the next look at the queue must not find these items pending.
+            # Before the release, which takes pynetdicom some 13 ms: a synchronous
+            # request is answered without waiting for it.
+            self._outbox.settle(outcomes[written:], self._max_retry)
         for committed in commits:
             committed()   # raises what an earlier write met, as a direct settle would
         return outcomes
