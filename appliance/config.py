@@ -944,7 +944,7 @@ _NOT_PERFORMED = frozenset(
     AcceptedSopClasses RejectedSopClasses IngestTranscoding
     DicomTlsCertificate DicomTlsPrivateKey DicomTlsTrustedCertificates
     UserMetadata UserContentType RestApiWriteToFileSystemEnabled
-    DicomWeb.Servers DicomWeb.ServersInDatabase
+    DicomWeb.ServersInDatabase
     ServeFolders WebViewer StoneWebViewer OrthancExplorer2 Ohif VolView Wsi
     PostgreSQL MySQL Odbc Transfers Authorization Python PythonScript
     Housekeeper DelayedDeletion MultitenantDicom Tcia Indexer
@@ -963,7 +963,8 @@ _IGNORED_PLUGIN_SECTIONS = frozenset(
     """.split()
 )
 
-# DICOMweb client features (Servers...) and plugin performance knobs.
+# DICOMweb client features this daemon does not have (servers kept in the database) and
+# plugin performance knobs.
 _DICOMWEB_IGNORED = frozenset(
     """
     ServersInDatabase StowMaxInstances StowMaxSize EnableMetadataCache

@@ -44,8 +44,9 @@ What it does:
 
 Writing: with ``direct=True`` (where the acceptor's fast path runs, see
 appliance.dicom.transport) the streamed requests are written straight to the
-socket by appliance.dicom.streaming, three times cheaper than pynetdicom's
-PDU-by-PDU path; everything else on the association stays pynetdicom's.
+socket, and their responses read straight from it, by appliance.dicom.streaming
+(about a tenth of the CPU of pynetdicom's PDU-by-PDU path); everything else on
+the association stays pynetdicom's.
 
 Blocking: run it on a worker thread (pynetdicom runs its own reactor thread
 per association).
@@ -72,7 +73,7 @@ from pynetdicom.status import code_to_category
 
 from appliance.config import Modality
 from appliance.dicom.requestor import pause_reactor
-from appliance.dicom.streaming import DirectStoreWrites
+from appliance.dicom.streaming import DirectStoreWrites, StoreResponse
 from appliance.dicomfile import pixels, syntax
 
 log = logging.getLogger(__name__)
@@ -400,12 +401,14 @@ class StoreSender:
                 rsp = self._assoc.send_c_store(payload, msg_id=self._msg_id, priority=priority,
                                                originator_aet=originator[0],
                                                originator_id=originator[1])
+                answer = (None if rsp is None or rsp.get("Status") is None else
+                          StoreResponse(int(rsp.Status), str(rsp.get("ErrorComment", "") or "")))
             else:
-                rsp = self._writes.send_c_store(what, msg_id=self._msg_id, priority=priority,
-                                                sop_class_uid=item.sop_class_uid,
-                                                sop_instance_uid=item.sop_instance_uid,
-                                                originator_aet=originator[0],
-                                                originator_id=originator[1])
+                answer = self._writes.exchange(what, msg_id=self._msg_id, priority=priority,
+                                               sop_class_uid=item.sop_class_uid,
+                                               sop_instance_uid=item.sop_instance_uid,
+                                               originator_aet=originator[0],
+                                               originator_id=originator[1])
         except (OSError, pixels.PixelError, ValueError, AttributeError) as e:
             # OSError: our file; PixelError: its pixel data; ValueError/AttributeError:
             # pynetdicom found no context or the file meta incomplete.
@@ -419,25 +422,24 @@ class StoreSender:
         finally:
             if spooled is not None:
                 os.unlink(spooled)
-        status = rsp.get("Status") if rsp is not None else None
-        if status is None:
-            # No response: pynetdicom gives an empty Dataset when the association was
-            # aborted or the DIMSE timeout passed (then it aborts it itself).
+        if answer is None or answer.status is None:
+            # No response: the association was aborted or the DIMSE timeout passed
+            # (then it was aborted here or by pynetdicom).
             self.error = "no response: the destination disconnected or timed out"
             log.warning("C-STORE to %s: %s: %s", self.destination, item.sop_instance_uid,
                         self.error)
             return SendOutcome(item, SendResult.LOST, detail=self.error)
         self.sent_bytes += size
-        category = code_to_category(int(status))
+        status, comment = answer
+        category = code_to_category(status)
         if category == "Success":
-            return SendOutcome(item, SendResult.SUCCESS, int(status), size)
-        comment = str(rsp.get("ErrorComment", "") or "")
+            return SendOutcome(item, SendResult.SUCCESS, status, size)
         if category == "Warning":
-            return SendOutcome(item, SendResult.WARNING, int(status), size, comment)
+            return SendOutcome(item, SendResult.WARNING, status, size, comment)
         log.warning("C-STORE to %s: %s refused: status 0x%04X %s", self.destination,
-                    item.sop_instance_uid, int(status), comment)
-        return SendOutcome(item, SendResult.FAILED, int(status), size,
-                           comment or f"status 0x{int(status):04X}")
+                    item.sop_instance_uid, status, comment)
+        return SendOutcome(item, SendResult.FAILED, status, size,
+                           comment or f"status 0x{status:04X}")
 
 
 def _no_delay(assoc) -> socket.socket | None:

@@ -92,7 +92,11 @@ _VERIFIED_SOURCES = {
     "pynetdicom.transport.AssociationServer.shutdown": "2d0e8b62a2e5f4b9",
     # appliance.dicom.streaming (the sender's direct writes): send_c_store(path) and
     # the PDU framing of encode_msg repeated; the status checks it calls; get_msg
-    # replaced on the association, whose reactor calls it.
+    # replaced on the association, whose reactor calls it; on an association we
+    # requested, _is_transport_event (above) wrapped while the responses are read
+    # directly, the idle timer restarted for them, abort called after a failure.
+    "pynetdicom.timer.Timer.restart": "431512a05d4bdda9",
+    "pynetdicom.association.Association._abort_blocking": "c95ce39384751c78",
     "pynetdicom.association.Association.send_c_store": "0034454adbc031e4",
     "pynetdicom.association.Association._check_received_status": "0af0e47ac12f5c9f",
     "pynetdicom.association.Association._handle_no_response": "578efc551d132479",

@@ -510,26 +510,38 @@ def _send_retrieve_pending(dimse, rsp, context_id: int) -> bool:
     return True
 
 
-def _command_kind(command: bytes) -> tuple[int | None, int | None]:
-    """(Command Field, Command Data Set Type) of an encoded command set (Implicit
-    VR Little Endian, PS3.7 6.3.1), read without decoding it; None for what is
-    missing or not readable."""
-    field = data_set = None
+def command_values(command, wanted: frozenset[int]) -> dict[int, bytes]:
+    """The values of the elements ``wanted`` (element numbers of group 0000) of an
+    encoded command set (Implicit VR Little Endian, PS3.7 6.3.1), read without
+    decoding the rest; it stops once all are found or at the first unreadable
+    element."""
+    found: dict[int, bytes] = {}
     pos, end = 0, len(command)
-    while pos + 8 <= end:
+    while pos + 8 <= end and len(found) < len(wanted):
         group, element, length = struct.unpack_from("<HHL", command, pos)
         pos += 8
         if group != 0 or pos + length > end:
             break
-        if length == 2 and element in (0x0100, 0x0800):
-            value = int.from_bytes(command[pos:pos + 2], "little")
-            if element == 0x0100:
-                field = value
-            else:
-                data_set = value
-                break  # elements are in tag order: nothing more to read
+        if element in wanted:
+            found[element] = bytes(command[pos:pos + length])
         pos += length
-    return field, data_set
+    return found
+
+
+def command_us(values: dict[int, bytes], element: int) -> int | None:
+    """A US value of :func:`command_values`' result, None when missing or malformed."""
+    value = values.get(element)
+    return int.from_bytes(value, "little") if value is not None and len(value) == 2 else None
+
+
+_KIND = frozenset((0x0100, 0x0800))   # Command Field, Command Data Set Type
+
+
+def _command_kind(command: bytes) -> tuple[int | None, int | None]:
+    """(Command Field, Command Data Set Type) of an encoded command set, None for
+    what is missing or not readable."""
+    values = command_values(command, _KIND)
+    return command_us(values, 0x0100), command_us(values, 0x0800)
 
 
 class _Flush:

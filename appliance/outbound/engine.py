@@ -12,7 +12,9 @@ was sent is dropped with a log line.
 
 Because an outcome is written only after the destination acknowledged the
 instance, a crash (SIGKILL) at any moment sends again at most the instances
-acknowledged since the last write (SETTLE_EVERY, SETTLE_SECONDS) and the one in
+acknowledged since the last committed write (written every SETTLE_EVERY
+instances or SETTLE_SECONDS, committed by the index's writer while the next
+ones go out; the association's last write is waited for) and the one in
 flight: at least once, never lost.
 
 A scheduler thread wakes the workers when items fall due and moves studies
@@ -282,6 +284,7 @@ class OutboundEngine:
             self._spool.mkdir(parents=True, exist_ok=True)
         outcomes: list[Settled] = []
         written, written_at = 0, time.monotonic()
+        commits = []   # outcomes written on the way, not waited for (see below)
         held: set[str] = set()
         with StoreSender(self._destination(modality), needs_of(outgoing),
                          spool_dir=self._spool, direct=self._direct) as sender:
@@ -301,9 +304,18 @@ class OutboundEngine:
                                             f"{o.result.value}: {o.detail}"[:500]))
                 if (len(outcomes) - written >= SETTLE_EVERY
                         or time.monotonic() - written_at >= SETTLE_SECONDS):
-                    self._outbox.settle(outcomes[written:], self._max_retry)
+                    # The index's writer commits them while the next instances go out
+                    # (a commit is an fsync); a crash before it only resends them.
+                    commits.append(self._outbox.settle_later(outcomes[written:],
+                                                             self._max_retry))
                     written, written_at = len(outcomes), time.monotonic()
-        self._outbox.settle(outcomes[written:], self._max_retry)
+            # The last write is waited for, and with it every earlier one (committed in
+            # order): the next look at the queue must not find these items pending.
+            # Before the release, which takes pynetdicom some 13 ms: a synchronous
+            # request is answered without waiting for it.
+            self._outbox.settle(outcomes[written:], self._max_retry)
+        for committed in commits:
+            committed()   # raises what an earlier write met, as a direct settle would
         return outcomes
 
     def _send_stow(self, server: DicomWebServer, items: list[QueueItem]) -> list[Settled]:

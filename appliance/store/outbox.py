@@ -22,6 +22,9 @@ class Outbox:
         self._index = index
         # Set by the outbound engine: wakes the destinations' workers at once.
         self.on_queued: Callable[[Sequence[str]], None] = lambda destinations: None
+        # Set by the web application: wakes the send requests that wait for their
+        # task (``"Synchronous": true``) once outcomes are committed.
+        self.on_settled: Callable[[], None] = lambda: None
 
     def request(self, destination: str, uids: Sequence[str]) -> tuple[int, int]:
         """Queue every instance of these study/series/instance UIDs for ``destination``:
@@ -41,9 +44,20 @@ class Outbox:
         return self._index.queue_due(destination, now, limit)
 
     def settle(self, outcomes: Sequence[Settled], max_retry: float) -> None:
-        """Record one attempt's outcomes; failures back off up to ``max_retry`` s."""
+        """Record one attempt's outcomes; failures back off up to ``max_retry`` s.
+        Returns once they are committed."""
+        self.settle_later(outcomes, max_retry)()
         if outcomes:
-            self._index.queue_settle(outcomes, max_retry)
+            self.on_settled()
+
+    def settle_later(self, outcomes: Sequence[Settled],
+                     max_retry: float) -> Callable[[], None]:
+        """:meth:`settle` without waiting: returns once the outcomes are queued for
+        the index's writer, with a function that waits for their commit (raising
+        its error). Outcomes are committed in the order they were given."""
+        if outcomes:
+            return self._index.queue_settle(outcomes, max_retry)
+        return lambda: None
 
     def next_due(self) -> dict[str, float]:
         """destination -> when its next pending item is due."""

@@ -107,8 +107,7 @@ def make_app(*, archive: Archive, config: WebConfig, users: Users, dicom_port: i
             wado_uri.add_routes(app.router, config.dicom_web.wado_root.rstrip("/"))
     admin.add_routes(app.router, "")
     modalities.add_routes(app.router, "")
-    outbound.add_routes(app.router,
-                        config.dicom_web.root.rstrip("/") if config.dicom_web.enable else None)
+    outbound.install(app, config.dicom_web.root.rstrip("/") if config.dicom_web.enable else None)
     worklists.add_routes(app.router, "")
     instances.add_routes(app.router, "")  # POST /instances (Orthanc's; pacs-appliance import)
     app[instances.IMPORT_RUNS] = instances.ImportRuns()

@@ -8,6 +8,11 @@
   transaction, and the answer comes at once: ``{"ID": task, "Path": "/jobs/<task>"}``.
   Orthanc names resources by its own ids (SHA-1 of the UIDs); this daemon takes
   the DICOM UIDs themselves. A UID that names nothing stored: 404, nothing queued.
+  With ``"Synchronous": true`` the answer waits until the task is done: 200 with
+  the job's JSON once every instance was delivered, 502 with it as soon as an
+  attempt failed (the task stays queued and is retried like any other). Orthanc
+  waits by default; this daemon only when asked, since its queue outlives the
+  request.
 - ``GET /jobs/{id}``: the task's progress (``State`` Pending, Running, Success
   or Failure; ``Progress`` 0-100; counts).
 
@@ -23,7 +28,65 @@ import json
 from aiohttp import web
 
 from appliance.store import UnknownResources
-from appliance.web.common import context, http_error
+from appliance.web.common import CONTEXT, context, http_error
+
+
+class SettledSignal:
+    """Wakes the requests waiting for their task when the queue commits outcomes
+    (``Outbox.on_settled``, called from the workers' threads)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._waiters: set[asyncio.Future] = set()
+
+    def notify_threadsafe(self) -> None:
+        """From any thread: wake every waiter."""
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:
+            pass   # the loop is closed: nobody waits any more
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    def arm(self) -> asyncio.Future:
+        """A future the next notification completes; arm before looking at the
+        state it may change, so no notification falls in between."""
+        waiter = self._loop.create_future()
+        self._waiters.add(waiter)
+        return waiter
+
+    async def wait(self, waiter: asyncio.Future, timeout: float) -> None:
+        """Until ``waiter`` is woken or ``timeout`` seconds pass."""
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        except asyncio.TimeoutError:
+            self._waiters.discard(waiter)
+
+
+SETTLED = web.AppKey("outbound_settled", SettledSignal)
+# How often a waiting request looks at its task without being woken (outcomes
+# written by another process: the ``queue retry`` command, say).
+_LOOK_EVERY = 1.0
+
+
+def install(app: web.Application, dicom_web_root: str | None) -> None:
+    """Register the routes (:func:`add_routes`) and, while the application runs,
+    the queue's hook that wakes synchronous requests."""
+    add_routes(app.router, dicom_web_root)
+
+    async def hook(app: web.Application) -> None:
+        app[SETTLED] = signal = SettledSignal(asyncio.get_running_loop())
+        app[CONTEXT].archive.outbox.on_settled = signal.notify_threadsafe
+
+    async def unhook(app: web.Application) -> None:
+        app[CONTEXT].archive.outbox.on_settled = lambda: None
+
+    app.on_startup.append(hook)
+    app.on_cleanup.append(unhook)
 
 
 def add_routes(router: web.UrlDispatcher, dicom_web_root: str | None) -> None:
@@ -63,28 +126,52 @@ async def _enqueue(request: web.Request, known: list[str], what: str) -> web.Res
     name = request.match_info["name"]
     if name not in known:
         raise http_error(404, f"unknown {what}: {name[:64]!r}")
-    uids = _resources(await request.read())
+    uids, synchronous = _request(await request.read())
+    outbox = context(request).archive.outbox
     try:
-        task, count = await asyncio.to_thread(context(request).archive.outbox.request, name, uids)
+        task, count = await asyncio.to_thread(outbox.request, name, uids)
     except UnknownResources as e:
         raise http_error(404, f"no stored study, series or instance with UID {e.uids[0][:64]}") from None
+    if synchronous and SETTLED in request.app:
+        return await _when_done(request.app[SETTLED], outbox, task)
     return web.json_response({"ID": str(task), "Path": f"/jobs/{task}", "Instances": count})
 
 
-def _resources(body: bytes) -> list[str]:
-    """The UIDs of a send request's body: {"Resources": [...]}, a list, or one string."""
+async def _when_done(signal: SettledSignal, outbox, task_id: int) -> web.Response:
+    """The answer of a synchronous send: once the task is done, or has failed once."""
+    while True:
+        waiter = signal.arm()
+        task = await asyncio.to_thread(outbox.task, task_id)
+        state = job_json(task) if task is not None else None
+        if state is None or state["State"] == "Failure" or task["failing"]:
+            body = (state or {}) | {"Path": f"/jobs/{task_id}"}
+            raise web.HTTPBadGateway(text=json.dumps(body | {
+                "HttpStatus": 502, "Message": (state or {}).get("ErrorDetails") or
+                "the destination did not take every instance; the task is retried"}),
+                content_type="application/json")
+        if state["State"] == "Success":
+            return web.json_response(state | {"Path": f"/jobs/{task_id}"})
+        await signal.wait(waiter, _LOOK_EVERY)
+
+
+def _request(body: bytes) -> tuple[list[str], bool]:
+    """The UIDs of a send request's body ({"Resources": [...]}, a list, or one
+    string), and whether it asks to wait ("Synchronous": true, or Orthanc's
+    "Asynchronous": false)."""
     try:
         value = json.loads(body) if body.strip() else None
     except (ValueError, UnicodeDecodeError):
         value = body.decode("ascii", "replace").strip()  # Orthanc accepts a bare id too
+    synchronous = False
     if isinstance(value, dict):
+        synchronous = value.get("Synchronous") is True or value.get("Asynchronous") is False
         value = value.get("Resources")
     if isinstance(value, str):
         value = [value]
     if (not isinstance(value, list) or not value
             or not all(isinstance(v, str) and v.strip() for v in value)):
         raise http_error(400, 'expected {"Resources": [UIDs of studies, series or instances]}')
-    return [v.strip() for v in value]
+    return [v.strip() for v in value], synchronous
 
 
 async def job(request: web.Request) -> web.Response:

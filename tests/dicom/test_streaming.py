@@ -11,10 +11,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
@@ -159,4 +161,96 @@ def test_a_peer_that_goes_away_mid_object_ends_in_lost_not_a_hang(tmp_path):
     finally:
         scp.close()
     assert closed.is_set()
+    assert [o.result for o in outcomes] == [SendResult.LOST, SendResult.LOST]
+
+
+class _AnsweringScp(_KeepingScp):
+    """A storage SCP whose handler decides each answer: ``answer(n)`` for the n-th
+    request gives a status (an int or a Dataset with an Error Comment), or a
+    callable run on the event instead (to stall or abort)."""
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.count = 0
+        super().__init__(16384)
+
+    def _on_store(self, event):
+        self.count += 1
+        reply = self.answer(self.count)
+        if callable(reply):
+            return reply(event)
+        return reply
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        ds.ErrorComment = comment
+    return ds
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["stock", "direct"])
+def test_every_answer_is_read_as_pynetdicom_reads_it(direct, tmp_path):
+    """Success, a Warning with its comment, a Failure with its comment: the same
+    outcomes both ways, and the association goes on after a refusal."""
+    answers = {1: 0x0000, 2: _status(0xB000, "coerced"), 3: _status(0xA700, "disk full"),
+               4: 0x0000}
+    scp = _AnsweringScp(answers.get)
+    items = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 4)
+    try:
+        outcomes = _send(scp.port, items, direct=direct)
+    finally:
+        scp.close()
+    assert [(o.result, o.status, o.detail) for o in outcomes] == [
+        (SendResult.SUCCESS, 0x0000, ""), (SendResult.WARNING, 0xB000, "coerced"),
+        (SendResult.FAILED, 0xA700, "disk full"), (SendResult.SUCCESS, 0x0000, "")]
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["stock", "direct"])
+def test_a_slow_association_outlives_its_network_timeout(direct, tmp_path):
+    """Each answer comes within the 1 s timeout, the whole exchange takes longer:
+    the network timeout (the reader's idle timer) counts silence, not the
+    association's age, whoever reads the responses."""
+    def slowly(event):
+        time.sleep(0.35)
+        return 0x0000
+    scp = _AnsweringScp(lambda n: slowly)
+    items = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 5)
+    dest = Destination("127.0.0.1", scp.port, "KEEPER", "SENDER", timeout=1)
+    try:
+        with StoreSender(dest, needs_of(items), direct=direct) as sender:
+            outcomes = [sender.send(i) for i in items]
+    finally:
+        scp.close()
+    assert [o.result for o in outcomes] == [SendResult.SUCCESS] * len(items)
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["stock", "direct"])
+@pytest.mark.parametrize("peer", ["silent", "aborting"])
+def test_no_answer_is_lost_not_a_hang(peer, direct, tmp_path):
+    """A peer that does not answer within the DIMSE timeout, or aborts instead of
+    answering: that instance and the rest are LOST within the timeout, and the
+    association is over."""
+    gone = threading.Event()
+
+    def silent(event):
+        gone.wait(5)
+        return 0x0000
+
+    def aborting(event):
+        event.assoc.abort()
+        return 0x0000
+    scp = _AnsweringScp(lambda n: silent if peer == "silent" else aborting)
+    items = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 2)
+    dest = Destination("127.0.0.1", scp.port, "KEEPER", "SENDER", timeout=1)
+    started = time.monotonic()
+    try:
+        with StoreSender(dest, needs_of(items), direct=direct) as sender:
+            outcomes = [sender.send(i) for i in items]
+            wait_for(lambda: not sender.is_established, 5, "the association over")
+    finally:
+        gone.set()
+        scp.close()
+    assert time.monotonic() - started < 4
     assert [o.result for o in outcomes] == [SendResult.LOST, SendResult.LOST]

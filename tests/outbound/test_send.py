@@ -82,3 +82,34 @@ def test_deleted_instance_is_dropped_from_the_queue(make_daemon, storescp, tmp_p
     assert f"instance {files[0].stem} was deleted before it was sent" in d.log()
     summary = cli(d, "queue", "list")
     assert "1 sent, 1 dropped" in summary.stdout, summary.stdout
+
+
+def test_a_synchronous_send_answers_once_delivered_or_failed(make_daemon, storescp, tmp_path):
+    """Orthanc's ``"Synchronous": true``: the answer comes when every instance is at
+    the destination; with the destination down, a 502 as soon as the first attempt
+    failed, and the task stays queued until it is delivered."""
+    scp = storescp(start=False)
+    d = make_daemon(DicomModalities={"ARCH": [scp.aet, "127.0.0.1", scp.port]})
+    files = make_instances(tmp_path / "a", 4, study_uid="1.2.826.0.1.3680043.2.1143.13.9")
+    assert scu_store(d.dicom_port, files) == [0] * 4
+    http = f"http://127.0.0.1:{d.http_port}"
+
+    r = requests.post(f"{http}/modalities/ARCH/store", timeout=30,
+                      json={"Resources": ["1.2.826.0.1.3680043.2.1143.13.9"], "Synchronous": True})
+    assert r.status_code == 502, r.text
+    failed = r.json()
+    assert failed["State"] == "Running" and failed["Pending"] == 4 and failed["Path"]
+    assert "association" in failed["Message"] or "connect" in failed["Message"], failed
+
+    scp.start()
+    r = requests.post(f"{http}/modalities/ARCH/store", timeout=30,
+                      json={"Resources": [p.stem for p in files[:2]], "Asynchronous": False})
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert (done["State"], done["Sent"], done["Instances"]) == ("Success", 2, 2)
+    # Answered only once delivered: storescp has them the moment the answer arrives.
+    assert {p.stem for p in files[:2]} <= scp.received()
+    # The first task, retried with its backoff, gets there too.
+    wait_for(lambda: requests.get(f"{http}{failed['Path']}", timeout=10).json()["State"] == "Success",
+             30, "the failed task delivered")
+    assert scp.received() == {p.stem for p in files}

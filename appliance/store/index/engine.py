@@ -218,14 +218,24 @@ class Engine:
 
     def run_write(self, fn: Callable[[apsw.Connection], Any], dirs: Iterable[Path] = ()) -> Any:
         """Run ``fn(conn)`` in the writer's next transaction; return once committed."""
+        return self.submit_write(fn, dirs)()
+
+    def submit_write(self, fn: Callable[[apsw.Connection], Any],
+                     dirs: Iterable[Path] = ()) -> Callable[[], Any]:
+        """Queue ``fn(conn)`` for the writer and return at once a function that waits
+        until it is committed and gives its result (or raises its error). Writes
+        are committed in the order they were queued."""
         if self._closed:
             raise IndexError_("index is closed")
         job = _Job(fn, dirs)
         self._queue.put(job)
-        job.done.wait()
-        if job.error is not None:
-            raise job.error
-        return job.result
+
+        def committed() -> Any:
+            job.done.wait()
+            if job.error is not None:
+                raise job.error
+            return job.result
+        return committed
 
     # -- reads -----------------------------------------------------------
 

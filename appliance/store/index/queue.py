@@ -28,7 +28,7 @@ arriving later wait for the next quiet period.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import apsw
@@ -195,9 +195,10 @@ class Outbox:
         return [QueueItem(*r[:10], StoredInstance(*r[10:]) if r[10] is not None else None)
                 for r in rows]
 
-    def queue_settle(self, outcomes: Sequence[Settled], max_retry: float) -> None:
+    def queue_settle(self, outcomes: Sequence[Settled], max_retry: float) -> Callable[[], None]:
         """Record the outcomes of one attempt (one transaction); failed items get
-        their next attempt after the capped exponential backoff."""
+        their next attempt after the capped exponential backoff. Returns once
+        queued for the writer, with a function that waits for the commit."""
         def write(conn: apsw.Connection) -> None:
             now = time.time()
             for o in outcomes:
@@ -215,7 +216,7 @@ class Outbox:
                                  "last_error = coalesce(?, last_error), attempts = attempts + 1 "
                                  "WHERE id = ? AND state = 'pending'",
                                  (o.state, now, o.bytes, o.error, o.item_id))
-        self.run_write(write)
+        return self.submit_write(write)
 
     def queue_next_due(self) -> dict[str, float]:
         """destination -> time its next pending item is due."""
