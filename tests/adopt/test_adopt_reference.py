@@ -41,7 +41,15 @@ def _on_second_filesystem(a: Archive, work: Path):
     fs.mkdir()
     _must(["truncate", "-s", f"{_IMAGE_MB}M", str(image)])
     _must(["mkfs.ext4", "-q", "-F", str(image)])
-    _must(["mount", "-o", "loop", str(image), str(fs)])  # root in a container: --privileged
+    loop = run(["mount", "-o", "loop", str(image), str(fs)])  # root in a container: --privileged
+    if loop.returncode != 0:
+        # No loop device here (some containers): a tmpfs is another filesystem too.
+        tmpfs = run(["mount", "-t", "tmpfs", "-o", f"size={_IMAGE_MB}m", "tmpfs", str(fs)])
+        if tmpfs.returncode != 0:
+            # Nothing moved yet. The reference mode stays tested through the
+            # protected_hardlinks case below, which needs no mount.
+            pytest.skip(f"this machine mounts no second filesystem: {loop.stderr.strip()}; "
+                        f"{tmpfs.stderr.strip()}")
     mounted: list[Path] = []
     try:
         for folder in sorted(a.storage.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]")):
