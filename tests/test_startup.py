@@ -277,3 +277,59 @@ def test_server_contexts_are_the_ones_pynetdicom_builds():
         assert len({id(c.transfer_syntax) for c in ours}) == len(ours)
         ours[1].transfer_syntax = ["1.2.840.10008.1.2"]  # as negotiation narrows a copy
         assert len(ours[2].transfer_syntax) > 1
+
+
+# pynetdicom's status tables as its users read them: every code's membership and value,
+# len, iteration, equality with a plain dict; then a removal and an insert.
+_STATUS = """
+import json, sys
+from appliance import lazyimports
+if sys.argv[1] != "eager":
+    lazyimports.install()
+import pynetdicom
+from pynetdicom import association, service_class, status
+tables = {name: value for name, value in vars(status).items()
+          if name.isupper() and isinstance(value, dict)}
+report = {name: {
+    "type": type(table).__name__,
+    "codes": [[code, list(table[code]), list(table.get(code))]
+              for code in range(0x10000) if code in table],
+    "len": len(table), "iterated": sorted(table), "plain": table == dict(table.items()),
+} for name, table in tables.items()}
+storage = status.STORAGE_SERVICE_CLASS_STATUS
+used = [association.STORAGE_SERVICE_CLASS_STATUS is storage,
+        service_class.StorageServiceClass.statuses is storage]
+del storage[0xC001]
+storage[0xC002] = ("Failure", "ours")
+copied = storage.copy()
+print(json.dumps({"tables": report, "used": used, "after": [
+    0xC001 in storage, storage.get(0xC001), list(storage[0xC002]), list(storage[0xC003]),
+    len(storage), 0xC001 in copied, list(copied[0xC002]), copied == storage]}))
+"""
+
+
+def status_tables(mode: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop(lazyimports.STOCK_PYNETDICOM_ENV, None)
+    if mode == "stock":
+        env[lazyimports.STOCK_PYNETDICOM_ENV] = "1"
+    out = subprocess.run([sys.executable, "-c", _STATUS, mode], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def test_pynetdicom_status_tables_answer_as_stock_ones():
+    """Served, pynetdicom's ranged status tables (Cxxx, A7xx, A9xx) hold their ranges as
+    spans, and answer every code 0x0000-0xFFFF, len, iteration and equality as the stock
+    tables; the modules that use them get them; a removal and an insert behave as on the
+    stock dict. With PACS_APPLIANCE_STOCK_PYNETDICOM=1 they are stock dicts."""
+    eager, deferred, stock = status_tables("eager"), status_tables("deferred"), status_tables("stock")
+    spans = sorted(name for name, t in deferred["tables"].items() if t["type"] == "_StatusTable")
+    assert len(spans) == 7 and "STORAGE_SERVICE_CLASS_STATUS" in spans
+    assert all(t["type"] == "dict" for t in eager["tables"].values())
+    assert all(t["type"] == "dict" for t in stock["tables"].values())
+    for name, table in eager["tables"].items():
+        assert {**deferred["tables"][name], "type": "dict"} == table, name
+    assert eager["tables"]["QR_FIND_SERVICE_CLASS_STATUS"]["len"] > 4096  # ranges counted
+    assert deferred["used"] == eager["used"] == [True, True]
+    assert deferred["after"] == eager["after"]
