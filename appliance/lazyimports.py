@@ -19,6 +19,8 @@ aiohttp's client is imported with ``aiohttp.web`` and builds two TLS contexts at
 each reading the system's CA bundle; they read it on the first HTTPS request instead
 (checked against aiohttp 3.x).
 
+pydicom's private dictionaries (GDCM's, ~1.8 MB) are read on the first private tag lookup.
+
 pynetdicom.status's seven ranged status tables (29,000 dict entries, 3.5 MB) keep their
 code ranges as spans (checked against the exact source of the pinned pynetdicom; not with
 PACS_APPLIANCE_STOCK_PYNETDICOM=1).
@@ -398,12 +400,13 @@ class _StatusTable(dict):
 _NOT_IN_SPAN = object()
 
 
-def _status_source_verified(module: types.ModuleType) -> bool:
+def _file_verified(module: types.ModuleType, digests: frozenset) -> bool:
+    """True if the source file of ``module`` (being imported) has one of these SHA-256s."""
     import hashlib
 
     try:
         with open(module.__spec__.origin, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest() in _VERIFIED_STATUS_SOURCES
+            return hashlib.sha256(f.read()).hexdigest() in digests
     except (OSError, TypeError):
         return False
 
@@ -413,7 +416,7 @@ def _pynetdicom_status(module: types.ModuleType, execute) -> None:
     import os
 
     if os.environ.get(STOCK_PYNETDICOM_ENV, "") not in ("", "0") \
-            or not _status_source_verified(module):
+            or not _file_verified(module, _VERIFIED_STATUS_SOURCES):
         execute()
         return
     module.range = _span_range
@@ -433,9 +436,91 @@ def _pynetdicom_status(module: types.ModuleType, execute) -> None:
         setattr(module, name, tables[id(value)])
 
 
+# pydicom.datadict binds GDCM's private dictionaries (pydicom._private_dict: 1,500 private
+# creators, ~1.8 MB and ~8 ms at every start) at import, and only reads them to name or
+# type a private tag (get_private_entry) or to add entries (add_private_dict_entries).
+# While datadict executes, the import finds a stand-in module whose private_dictionaries
+# is a _PrivateDictionaries: empty until any of its methods is first called, which
+# imports the real module, takes its entries and becomes its private_dictionaries, so
+# the two names stay one dict as in stock pydicom. Verified against the exact source of
+# datadict.py (its two uses); any other file is executed as it is.
+_VERIFIED_DATADICT_SOURCES = frozenset({
+    "c722d4ac075a0df5016aaef828dd058e253f21162e3722ee95e1dacf5d0e3e01",  # pydicom 3.0.2
+})
+_PRIVATE_DICT = "pydicom._private_dict"
+_PRIVATE_LOCK = threading.Lock()
+
+
+class _PrivateDictionaries(dict):
+    """pydicom's ``private_dictionaries``, read from pydicom._private_dict on first use."""
+
+    __slots__ = ("loaded",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = False
+
+    def load(self) -> None:
+        """Take the real module's entries (once) and become its ``private_dictionaries``."""
+        if self.loaded:
+            return
+        with _PRIVATE_LOCK:
+            if self.loaded:
+                return
+            real = importlib.import_module(_PRIVATE_DICT)
+            if real.private_dictionaries is not self:
+                dict.update(self, real.private_dictionaries)
+                real.private_dictionaries = self
+            self.loaded = True
+
+    __hash__ = None
+
+
+def _loading(name: str):
+    """dict's method ``name``, run once the private dictionaries are loaded."""
+    method = getattr(dict, name)
+
+    def loading(self, *args, **kwargs):
+        self.load()
+        return method(self, *args, **kwargs)
+    loading.__name__ = loading.__qualname__ = name
+    return loading
+
+
+for _name in ("__getitem__", "__setitem__", "__delitem__", "__contains__", "__iter__",
+              "__len__", "__eq__", "__ne__", "__repr__", "__or__", "__ior__", "__reversed__",
+              "get", "keys", "values", "items", "setdefault", "update", "pop", "popitem",
+              "clear", "copy"):
+    setattr(_PrivateDictionaries, _name, _loading(_name))
+del _name
+
+
+def _pydicom_private_dictionaries(module: types.ModuleType, execute) -> None:
+    """Execute pydicom.datadict with its private dictionaries loaded on first use."""
+    if _PRIVATE_DICT in sys.modules or not _file_verified(module, _VERIFIED_DATADICT_SOURCES):
+        execute()
+        return
+    stand_in = types.ModuleType(_PRIVATE_DICT)
+    stand_in.private_dictionaries = _PrivateDictionaries()
+    sys.modules[_PRIVATE_DICT] = stand_in
+    try:
+        execute()
+    finally:
+        if sys.modules.get(_PRIVATE_DICT) is stand_in:
+            del sys.modules[_PRIVATE_DICT]
+
+
+def private_dictionaries_loaded() -> bool:
+    """True once pydicom's private dictionaries have been read (or were never deferred)."""
+    datadict = sys.modules.get("pydicom.datadict")
+    table = getattr(datadict, "private_dictionaries", None)
+    return not isinstance(table, _PrivateDictionaries) or table.loaded
+
+
 # Modules executed by a patching function ``patch(module, execute)``.
 _PATCHED = {
     "pydicom.pixels.common": _pydicom_plugins,
+    "pydicom.datadict": _pydicom_private_dictionaries,
     "aiohttp.connector": _aiohttp_tls,
     "pynetdicom.status": _pynetdicom_status,
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -333,3 +334,74 @@ def test_pynetdicom_status_tables_answer_as_stock_ones():
     assert eager["tables"]["QR_FIND_SERVICE_CLASS_STATUS"]["len"] > 4096  # ranges counted
     assert deferred["used"] == eager["used"] == [True, True]
     assert deferred["after"] == eager["after"]
+
+
+# pydicom's private dictionaries as its users read and extend them, in a fresh interpreter.
+_PRIVATE = """
+import json, sys
+from appliance import lazyimports
+if sys.argv[1] == "deferred":
+    lazyimports.install()
+from pydicom import datadict
+from pydicom.dataset import Dataset
+at_import = "pydicom._private_dict" in sys.modules
+ds = Dataset()
+ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+ds.add_new(0x00291008, "CS", "IMAGE NUM 4")
+answers = [ds[0x00291008].name, datadict.private_dictionary_VR(0x00291010, "SIEMENS CSA HEADER")]
+try:
+    datadict.get_private_entry(0x00291010, "NOBODY")
+except KeyError as e:
+    answers.append(str(e))
+datadict.add_private_dict_entries("ACME 1", {0x00410001: ("US", "1", "Test One", "")})
+answers.append(datadict.get_private_entry(0x00410001, "ACME 1"))
+from pydicom._private_dict import private_dictionaries
+print(json.dumps({"at_import": at_import, "answers": answers,
+                  "one_dict": private_dictionaries is datadict.private_dictionaries,
+                  "creators": sorted(private_dictionaries), "acme": private_dictionaries["ACME 1"],
+                  "loaded": lazyimports.private_dictionaries_loaded()}))
+"""
+
+
+def private_dictionaries(mode: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _PRIVATE, mode], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=120, check=True)
+    return json.loads(out.stdout)
+
+
+def test_private_dictionaries_load_on_first_use_and_answer_as_eager_ones():
+    """Served, pydicom's private dictionaries are not read at import; the first private
+    tag lookup reads them, and names, VRs, a missing creator, an added entry and the
+    module's own dict are what stock pydicom gives (which reads them at import)."""
+    eager, deferred = private_dictionaries("eager"), private_dictionaries("deferred")
+    assert eager["at_import"] is True and deferred["at_import"] is False
+    assert {**deferred, "at_import": True} == eager
+    assert deferred["one_dict"] and deferred["loaded"] and len(deferred["creators"]) > 400
+
+
+def imported(daemon) -> set[str]:
+    """The modules a daemon started with PYTHONPROFILEIMPORTTIME=1 has imported so far
+    (Python logs one line per import to its stderr, the daemon's log)."""
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", daemon.log(), re.M))
+
+
+def test_served_daemon_has_not_read_the_private_dictionaries(make_daemon):
+    """C-ECHO, a C-STORE of an object with private tags, QIDO-RS and its metadata do not
+    read pydicom's private dictionaries (the import log shows datadict, not them)."""
+    daemon = make_daemon(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    ae = AE(ae_title="STARTUP")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    assoc = ae.associate("127.0.0.1", daemon.dicom_port, ae_title="ORTHANC")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    private = Path(get_testdata_file("CT_small.dcm"))  # GEMS private groups
+    ds = dcmread(private, stop_before_pixels=True)
+    assert any(element.tag.is_private for element in ds)
+    assert scu_store(daemon.dicom_port, [private]) == [0]
+    assert json.loads(http_get(daemon, f"/dicom-web/studies?StudyInstanceUID={ds.StudyInstanceUID}"))
+    assert json.loads(http_get(daemon, f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata"))
+    modules = imported(daemon)
+    assert {"pydicom.datadict", "pynetdicom.status"} <= modules
+    assert "pydicom._private_dict" not in modules
