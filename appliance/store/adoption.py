@@ -46,7 +46,6 @@ import shutil
 import tempfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
@@ -54,6 +53,7 @@ import apsw
 from appliance.dicomfile import structure
 from appliance.dicomfile.header import InvalidObject
 from appliance.durable import fsync_dir
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store import orthanc
 from appliance.store.archive import Archive, Origin, record_of_file
 from appliance.store.blobs import BlobStore
@@ -85,7 +85,7 @@ class Way(enum.Enum):
     UNREADABLE = "unreadable"       # missing, damaged or not DICOM: listed, retried later
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Adopted:
     """The outcome of one attachment."""
 
@@ -96,7 +96,7 @@ class Adopted:
     reason: str | None = None
 
 
-@dataclass
+@lazy_dataclass
 class _Prepared:
     attachment: Attachment
     way: Way
