@@ -62,15 +62,20 @@ def http_get(daemon, path: str, accept: str = "application/dicom+json") -> bytes
         return r.read()
 
 
-def test_ready_daemon_has_not_loaded_the_pixel_stack(daemon):
-    """C-ECHO, a C-STORE, QIDO-RS and metadata need no pixels: nothing heavy is loaded.
-    The first rendered frame loads numpy, Pillow and a JPEG codec (so the check can fail)."""
+def c_echo(daemon) -> None:
+    """One C-ECHO on an association of its own, answered Success."""
     ae = AE(ae_title="STARTUP")
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", daemon.dicom_port, ae_title="ORTHANC")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     assoc.release()
+
+
+def test_ready_daemon_has_not_loaded_the_pixel_stack(daemon):
+    """C-ECHO, a C-STORE, QIDO-RS and metadata need no pixels: nothing heavy is loaded.
+    The first rendered frame loads numpy, Pillow and a JPEG codec (so the check can fail)."""
+    c_echo(daemon)
     assert http_get(daemon, "/system", "application/json")
     assert loaded_heavy(daemon.proc.pid) == set()
 
@@ -107,11 +112,18 @@ print(json.dumps({
 """
 
 
-def coders(mode: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", _CODERS, mode], capture_output=True, text=True,
+def fresh_interpreter(script: str, mode: str, **env: str) -> dict:
+    """What ``script`` prints as JSON, run as ``python -c script mode`` in a fresh
+    interpreter importing this checkout (``env``: more environment variables)."""
+    env = dict(os.environ, **env,
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=120, check=True)
     return json.loads(out.stdout)
+
+
+def coders(mode: str) -> dict:
+    return fresh_interpreter(_CODERS, mode)
 
 
 def test_deferred_plugins_answer_as_eager_ones():
@@ -310,13 +322,8 @@ print(json.dumps({"tables": report, "used": used, "after": [
 
 
 def status_tables(mode: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    env.pop(lazyimports.STOCK_PYNETDICOM_ENV, None)
-    if mode == "stock":
-        env[lazyimports.STOCK_PYNETDICOM_ENV] = "1"
-    out = subprocess.run([sys.executable, "-c", _STATUS, mode], capture_output=True, text=True,
-                         env=env, cwd=REPO, timeout=120, check=True)
-    return json.loads(out.stdout)
+    return fresh_interpreter(_STATUS, mode, **{
+        lazyimports.STOCK_PYNETDICOM_ENV: "1" if mode == "stock" else ""})
 
 
 def test_pynetdicom_status_tables_answer_as_stock_ones():
@@ -363,18 +370,13 @@ print(json.dumps({"at_import": at_import, "answers": answers,
 """
 
 
-def private_dictionaries(mode: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", _PRIVATE, mode], capture_output=True, text=True,
-                         env=env, cwd=REPO, timeout=120, check=True)
-    return json.loads(out.stdout)
 
 
 def test_private_dictionaries_load_on_first_use_and_answer_as_eager_ones():
     """Served, pydicom's private dictionaries are not read at import; the first private
     tag lookup reads them, and names, VRs, a missing creator, an added entry and the
     module's own dict are what stock pydicom gives (which reads them at import)."""
-    eager, deferred = private_dictionaries("eager"), private_dictionaries("deferred")
+    eager, deferred = fresh_interpreter(_PRIVATE, "eager"), fresh_interpreter(_PRIVATE, "deferred")
     assert eager["at_import"] is True and deferred["at_import"] is False
     assert {**deferred, "at_import": True} == eager
     assert deferred["one_dict"] and deferred["loaded"] and len(deferred["creators"]) > 400
@@ -390,12 +392,7 @@ def test_served_daemon_has_not_read_the_private_dictionaries(make_daemon):
     """C-ECHO, a C-STORE of an object with private tags, QIDO-RS and its metadata do not
     read pydicom's private dictionaries (the import log shows datadict, not them)."""
     daemon = make_daemon(env={"PYTHONPROFILEIMPORTTIME": "1"})
-    ae = AE(ae_title="STARTUP")
-    ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate("127.0.0.1", daemon.dicom_port, ae_title="ORTHANC")
-    assert assoc.is_established
-    assert assoc.send_c_echo().Status == 0
-    assoc.release()
+    c_echo(daemon)
     private = Path(get_testdata_file("CT_small.dcm"))  # GEMS private groups
     ds = dcmread(private, stop_before_pixels=True)
     assert any(element.tag.is_private for element in ds)
