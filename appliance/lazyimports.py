@@ -290,7 +290,7 @@ STOCK_PYNETDICOM_ENV = "PACS_APPLIANCE_STOCK_PYNETDICOM"
 _VERIFIED_STATUS_SOURCES = frozenset({
     "e28a142a0e02790a2eef81debc5866ce8084712400d08c856e79d434061f16ed",  # pynetdicom 3.0.4
 })
-_SPAN_MIN = 256  # status.py's shortest range (0xA700-0xA7FF); its other ranges are shorter
+_SPAN_MIN = 256  # the shortest of status.py's ranged loops (0xA700-0xA7FF; Cxxx is 4,096)
 
 
 class _Span:
