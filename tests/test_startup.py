@@ -402,3 +402,35 @@ def test_served_daemon_has_not_read_the_private_dictionaries(make_daemon):
     modules = imported(daemon)
     assert {"pydicom.datadict", "pynetdicom.status"} <= modules
     assert "pydicom._private_dict" not in modules
+
+
+# The start's garbage collection as `serve` runs it: held from before the imports, then
+# settled once (collected, frozen, back on).
+_GC = """
+import gc, json, sys, weakref
+from appliance.ops import memory
+memory.hold_collection()
+import appliance.daemon
+
+class Node:
+    pass
+
+cycle = Node()
+cycle.me = cycle
+gone = weakref.ref(cycle)
+del cycle
+junk = [[i] for i in range(20_000)]  # allocations that would have started collections
+held = [gc.isenabled(), gone() is not None]
+memory.settle_after_start()
+print(json.dumps({"held": held, "collected": gone() is None, "enabled": gc.isenabled(),
+                  "frozen": gc.get_freeze_count()}))
+"""
+
+
+def test_start_runs_without_cyclic_gc_then_collects_once_and_freezes():
+    """Held, the collector is off through the imports and a cycle made meanwhile stays;
+    settled, the cycle is collected, the survivors (the modules' objects) frozen and the
+    collector on again."""
+    state = fresh_interpreter(_GC, "serve")
+    assert state["held"] == [False, True]
+    assert state["collected"] and state["enabled"] and state["frozen"] > 50_000
