@@ -136,7 +136,10 @@ def _hash_password(iterations: int | None) -> int:
 
 def _serve(config, *, debug: bool) -> int:
     from appliance import lazyimports
+    from appliance.ops.memory import hold_collection
 
+    # No cyclic garbage collection until the daemon is ready (daemon.run settles it).
+    hold_collection()
     # Before anything imports pydicom: the pixel stack loads on first use (issue 11.8).
     lazyimports.install()
     from appliance.dicomfile.settings import quiet_pydicom

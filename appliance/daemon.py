@@ -41,7 +41,7 @@ from appliance.ops.disk import DiskMonitor
 from appliance.ops.adopt import OrthancAdopter
 from appliance.ops.lock import data_folders_locked
 from appliance.ops.manage import remove_token, write_token
-from appliance.ops.memory import MemoryTrimmer
+from appliance.ops.memory import SETTLE_AFTER, MemoryTrimmer, settle_after_start
 from appliance.ops.quota import StoreAdmission
 from appliance.ops.runtime import RUNTIME_FILE
 from appliance.ops.space import install_admission
@@ -227,6 +227,8 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
                  "all interfaces" if config.remote_access_allowed else "localhost",
                  http_port, counts["instances"])
         notifier.ready(f"{counts['instances']} instances")
+        # The start ran without cyclic GC (cli serve): its one collection comes later.
+        loop.call_later(SETTLE_AFTER, settle_after_start)
         # An Orthanc archive in the data folders is adopted in the background,
         # once everything serves (appliance/ops/adopt.py); SIGUSR1 asks again.
         adoption = loop.create_task(ops.adopter.run_forever())

@@ -19,6 +19,12 @@ aiohttp's client is imported with ``aiohttp.web`` and builds two TLS contexts at
 each reading the system's CA bundle; they read it on the first HTTPS request instead
 (checked against aiohttp 3.x).
 
+pydicom's private dictionaries (GDCM's, ~1.8 MB) are read on the first private tag lookup.
+
+pynetdicom.status's seven ranged status tables (29,000 dict entries, 3.5 MB) keep their
+code ranges as spans (checked against the exact source of the pinned pynetdicom; not with
+PACS_APPLIANCE_STOCK_PYNETDICOM=1).
+
 The lazy module is a backport of Python 3.12's thread-safe ``importlib.util._LazyModule``
 (3.11's flips the module to loaded before executing it, so a second thread could read a
 half-initialised numpy): the first reader executes the module under a lock, the others
@@ -269,10 +275,254 @@ def tls_pending(module: types.ModuleType) -> list[str]:
             if getattr(module, name).cert_store_stats()["x509_ca"] == 0]
 
 
+# pynetdicom.status fills seven status tables with every code of the ranges PS3.4 gives
+# to a meaning ("Cxxx: Unable to process", "A7xx: Out of resources": PS3.4 C.4.1.1.4,
+# GG.4.1.1...), one dict entry per code: 29,000 entries, 3.5 MB of ints, tuples and dict
+# tables that stay for the process's life, and ~10 ms at every start; pynetdicom only
+# asks them ``code in table`` and ``table[code]`` for the status of a response. While
+# the module executes, ``range`` in its namespace gives those loops one _Span key
+# instead of 256-4,096 codes; the tables are then _StatusTable dicts that keep the
+# single codes as entries and answer for the spans. Verified against the exact source
+# (SHA-256 of status.py) of the pinned pynetdicom; any other file is executed as it is.
+# PACS_APPLIANCE_STOCK_PYNETDICOM=1 leaves the module alone, like every other change to
+# pynetdicom (appliance/dicom/transport.py).
+STOCK_PYNETDICOM_ENV = "PACS_APPLIANCE_STOCK_PYNETDICOM"
+_VERIFIED_STATUS_SOURCES = frozenset({
+    "e28a142a0e02790a2eef81debc5866ce8084712400d08c856e79d434061f16ed",  # pynetdicom 3.0.4
+})
+_SPAN_MIN = 256  # the shortest of status.py's ranged loops (0xA700-0xA7FF; Cxxx is 4,096)
+
+
+class _Span:
+    """``range(start, stop)`` as the one key a status table's loop writes."""
+
+    __slots__ = ("start", "stop")
+
+    def __init__(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+
+
+def _span_range(*args):
+    """``range`` for pynetdicom.status's loops: a long range is one _Span."""
+    codes = range(*args)
+    if len(codes) >= _SPAN_MIN and codes.step == 1:
+        return (_Span(codes.start, codes.stop),)
+    return codes
+
+
+class _StatusTable(dict):
+    """A status table: its single codes are the dict's entries (they win, as they were
+    written after the ranges in status.py), ``spans`` answers for the code ranges.
+
+    Reads (``in``, ``[]``, ``get``, ``len``, iteration, ``==``, ``copy``) answer as the
+    stock dict of every code does; an insert is an entry, so it wins as the latest write
+    does; a removal first turns the spans into entries (what stock holds), then removes.
+    """
+
+    def __init__(self, entries: dict, spans: tuple[tuple[int, int, tuple], ...]) -> None:
+        super().__init__(entries)
+        self.spans = spans  # (start, stop, value), disjoint, sorted
+
+    def _span_value(self, code):
+        if type(code) is int:
+            for start, stop, value in self.spans:
+                if start <= code < stop:
+                    return value
+        return _NOT_IN_SPAN
+
+    def __contains__(self, code) -> bool:
+        return dict.__contains__(self, code) or self._span_value(code) is not _NOT_IN_SPAN
+
+    def __missing__(self, code):
+        value = self._span_value(code)
+        if value is _NOT_IN_SPAN:
+            raise KeyError(code)
+        return value
+
+    def get(self, code, default=None):
+        return self[code] if code in self else default
+
+    def _span_codes(self):
+        return (code for start, stop, _ in self.spans for code in range(start, stop)
+                if not dict.__contains__(self, code))
+
+    def __len__(self) -> int:
+        return dict.__len__(self) + sum(1 for _ in self._span_codes())
+
+    def __iter__(self):
+        yield from dict.__iter__(self)
+        yield from self._span_codes()
+
+    def keys(self):
+        return list(self)
+
+    def values(self):
+        return [self[code] for code in self]
+
+    def items(self):
+        return [(code, self[code]) for code in self]
+
+    def __eq__(self, other):
+        return dict(self.items()) == other if isinstance(other, dict) else NotImplemented
+
+    def __ne__(self, other):
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return repr(dict(self.items()))
+
+    def copy(self):
+        return _StatusTable(dict(self), self.spans)
+
+    def _to_entries(self) -> None:
+        for start, stop, value in self.spans:
+            for code in range(start, stop):
+                self.setdefault(code, value)
+        self.spans = ()
+
+    def _removing(name):
+        def remove(self, *args):
+            self._to_entries()
+            return getattr(dict, name)(self, *args)
+        remove.__name__ = name
+        return remove
+
+    __delitem__ = _removing("__delitem__")
+    pop = _removing("pop")
+    popitem = _removing("popitem")
+    clear = _removing("clear")
+    del _removing
+
+
+_NOT_IN_SPAN = object()
+
+
+def _file_verified(module: types.ModuleType, digests: frozenset) -> bool:
+    """True if the source file of ``module`` (being imported) has one of these SHA-256s."""
+    import hashlib
+
+    try:
+        with open(module.__spec__.origin, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest() in digests
+    except (OSError, TypeError):
+        return False
+
+
+def _pynetdicom_status(module: types.ModuleType, execute) -> None:
+    """Execute pynetdicom.status with its ranged status codes kept as spans."""
+    import os
+
+    if os.environ.get(STOCK_PYNETDICOM_ENV, "") not in ("", "0") \
+            or not _file_verified(module, _VERIFIED_STATUS_SOURCES):
+        execute()
+        return
+    module.range = _span_range
+    try:
+        execute()
+    finally:
+        del module.range
+    tables: dict[int, _StatusTable] = {}
+    for name, value in list(vars(module).items()):
+        if type(value) is not dict or not any(type(k) is _Span for k in value):
+            continue
+        if id(value) not in tables:  # an alias of a table stays one
+            entries = {k: v for k, v in value.items() if type(k) is not _Span}
+            spans = tuple(sorted((k.start, k.stop, v) for k, v in value.items()
+                                 if type(k) is _Span))
+            tables[id(value)] = _StatusTable(entries, spans)
+        setattr(module, name, tables[id(value)])
+
+
+# pydicom.datadict binds GDCM's private dictionaries (pydicom._private_dict: 1,500 private
+# creators, ~1.8 MB and ~8 ms at every start) at import, and only reads them to name or
+# type a private tag (get_private_entry) or to add entries (add_private_dict_entries).
+# While datadict executes, the import finds a stand-in module whose private_dictionaries
+# is a _PrivateDictionaries: empty until any of its methods is first called, which
+# imports the real module, takes its entries and becomes its private_dictionaries, so
+# the two names stay one dict as in stock pydicom. Verified against the exact source of
+# datadict.py (its two uses); any other file is executed as it is.
+_VERIFIED_DATADICT_SOURCES = frozenset({
+    "c722d4ac075a0df5016aaef828dd058e253f21162e3722ee95e1dacf5d0e3e01",  # pydicom 3.0.2
+})
+_PRIVATE_DICT = "pydicom._private_dict"
+_PRIVATE_LOCK = threading.Lock()
+
+
+class _PrivateDictionaries(dict):
+    """pydicom's ``private_dictionaries``, read from pydicom._private_dict on first use."""
+
+    __slots__ = ("loaded",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loaded = False
+
+    def load(self) -> None:
+        """Take the real module's entries (once) and become its ``private_dictionaries``."""
+        if self.loaded:
+            return
+        with _PRIVATE_LOCK:
+            if self.loaded:
+                return
+            real = importlib.import_module(_PRIVATE_DICT)
+            if real.private_dictionaries is not self:
+                dict.update(self, real.private_dictionaries)
+                real.private_dictionaries = self
+            self.loaded = True
+
+    __hash__ = None
+
+
+def _loading(name: str):
+    """dict's method ``name``, run once the private dictionaries are loaded."""
+    method = getattr(dict, name)
+
+    def loading(self, *args, **kwargs):
+        self.load()
+        return method(self, *args, **kwargs)
+    loading.__name__ = loading.__qualname__ = name
+    return loading
+
+
+for _name in ("__getitem__", "__setitem__", "__delitem__", "__contains__", "__iter__",
+              "__len__", "__eq__", "__ne__", "__repr__", "__or__", "__ior__", "__reversed__",
+              "get", "keys", "values", "items", "setdefault", "update", "pop", "popitem",
+              "clear", "copy"):
+    setattr(_PrivateDictionaries, _name, _loading(_name))
+del _name
+
+
+def _pydicom_private_dictionaries(module: types.ModuleType, execute) -> None:
+    """Execute pydicom.datadict with its private dictionaries loaded on first use."""
+    if _PRIVATE_DICT in sys.modules or not _file_verified(module, _VERIFIED_DATADICT_SOURCES):
+        execute()
+        return
+    stand_in = types.ModuleType(_PRIVATE_DICT)
+    stand_in.private_dictionaries = _PrivateDictionaries()
+    sys.modules[_PRIVATE_DICT] = stand_in
+    try:
+        execute()
+    finally:
+        if sys.modules.get(_PRIVATE_DICT) is stand_in:
+            del sys.modules[_PRIVATE_DICT]
+
+
+def private_dictionaries_loaded() -> bool:
+    """True once pydicom's private dictionaries have been read (or were never deferred)."""
+    datadict = sys.modules.get("pydicom.datadict")
+    table = getattr(datadict, "private_dictionaries", None)
+    return not isinstance(table, _PrivateDictionaries) or table.loaded
+
+
 # Modules executed by a patching function ``patch(module, execute)``.
 _PATCHED = {
     "pydicom.pixels.common": _pydicom_plugins,
+    "pydicom.datadict": _pydicom_private_dictionaries,
     "aiohttp.connector": _aiohttp_tls,
+    "pynetdicom.status": _pynetdicom_status,
 }
 
 

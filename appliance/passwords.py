@@ -14,7 +14,8 @@ import binascii
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+
+from appliance.lazyclasses import lazy_dataclass
 
 SCHEME = "pbkdf2_sha256"
 DEFAULT_ITERATIONS = 600_000       # OWASP's 2023 figure for PBKDF2-HMAC-SHA256
@@ -41,7 +42,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Hashed:
     iterations: int
     salt: bytes

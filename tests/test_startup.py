@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -61,15 +62,20 @@ def http_get(daemon, path: str, accept: str = "application/dicom+json") -> bytes
         return r.read()
 
 
-def test_ready_daemon_has_not_loaded_the_pixel_stack(daemon):
-    """C-ECHO, a C-STORE, QIDO-RS and metadata need no pixels: nothing heavy is loaded.
-    The first rendered frame loads numpy, Pillow and a JPEG codec (so the check can fail)."""
+def c_echo(daemon) -> None:
+    """One C-ECHO on an association of its own, answered Success."""
     ae = AE(ae_title="STARTUP")
     ae.add_requested_context("1.2.840.10008.1.1")
     assoc = ae.associate("127.0.0.1", daemon.dicom_port, ae_title="ORTHANC")
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0
     assoc.release()
+
+
+def test_ready_daemon_has_not_loaded_the_pixel_stack(daemon):
+    """C-ECHO, a C-STORE, QIDO-RS and metadata need no pixels: nothing heavy is loaded.
+    The first rendered frame loads numpy, Pillow and a JPEG codec (so the check can fail)."""
+    c_echo(daemon)
     assert http_get(daemon, "/system", "application/json")
     assert loaded_heavy(daemon.proc.pid) == set()
 
@@ -106,11 +112,18 @@ print(json.dumps({
 """
 
 
-def coders(mode: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", _CODERS, mode], capture_output=True, text=True,
+def fresh_interpreter(script: str, mode: str, **env: str) -> dict:
+    """What ``script`` prints as JSON, run as ``python -c script mode`` in a fresh
+    interpreter importing this checkout (``env``: more environment variables)."""
+    env = dict(os.environ, **env,
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", script, mode], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=120, check=True)
     return json.loads(out.stdout)
+
+
+def coders(mode: str) -> dict:
+    return fresh_interpreter(_CODERS, mode)
 
 
 def test_deferred_plugins_answer_as_eager_ones():
@@ -277,3 +290,147 @@ def test_server_contexts_are_the_ones_pynetdicom_builds():
         assert len({id(c.transfer_syntax) for c in ours}) == len(ours)
         ours[1].transfer_syntax = ["1.2.840.10008.1.2"]  # as negotiation narrows a copy
         assert len(ours[2].transfer_syntax) > 1
+
+
+# pynetdicom's status tables as its users read them: every code's membership and value,
+# len, iteration, equality with a plain dict; then a removal and an insert.
+_STATUS = """
+import json, sys
+from appliance import lazyimports
+if sys.argv[1] != "eager":
+    lazyimports.install()
+import pynetdicom
+from pynetdicom import association, service_class, status
+tables = {name: value for name, value in vars(status).items()
+          if name.isupper() and isinstance(value, dict)}
+report = {name: {
+    "type": type(table).__name__,
+    "codes": [[code, list(table[code]), list(table.get(code))]
+              for code in range(0x10000) if code in table],
+    "len": len(table), "iterated": sorted(table), "plain": table == dict(table.items()),
+} for name, table in tables.items()}
+storage = status.STORAGE_SERVICE_CLASS_STATUS
+used = [association.STORAGE_SERVICE_CLASS_STATUS is storage,
+        service_class.StorageServiceClass.statuses is storage]
+del storage[0xC001]
+storage[0xC002] = ("Failure", "ours")
+copied = storage.copy()
+print(json.dumps({"tables": report, "used": used, "after": [
+    0xC001 in storage, storage.get(0xC001), list(storage[0xC002]), list(storage[0xC003]),
+    len(storage), 0xC001 in copied, list(copied[0xC002]), copied == storage]}))
+"""
+
+
+def status_tables(mode: str) -> dict:
+    return fresh_interpreter(_STATUS, mode, **{
+        lazyimports.STOCK_PYNETDICOM_ENV: "1" if mode == "stock" else ""})
+
+
+def test_pynetdicom_status_tables_answer_as_stock_ones():
+    """Served, pynetdicom's ranged status tables (Cxxx, A7xx, A9xx) hold their ranges as
+    spans, and answer every code 0x0000-0xFFFF, len, iteration and equality as the stock
+    tables; the modules that use them get them; a removal and an insert behave as on the
+    stock dict. With PACS_APPLIANCE_STOCK_PYNETDICOM=1 they are stock dicts."""
+    eager, deferred, stock = status_tables("eager"), status_tables("deferred"), status_tables("stock")
+    spans = sorted(name for name, t in deferred["tables"].items() if t["type"] == "_StatusTable")
+    assert len(spans) == 7 and "STORAGE_SERVICE_CLASS_STATUS" in spans
+    assert all(t["type"] == "dict" for t in eager["tables"].values())
+    assert all(t["type"] == "dict" for t in stock["tables"].values())
+    for name, table in eager["tables"].items():
+        assert {**deferred["tables"][name], "type": "dict"} == table, name
+    assert eager["tables"]["QR_FIND_SERVICE_CLASS_STATUS"]["len"] > 4096  # ranges counted
+    assert deferred["used"] == eager["used"] == [True, True]
+    assert deferred["after"] == eager["after"]
+
+
+# pydicom's private dictionaries as its users read and extend them, in a fresh interpreter.
+_PRIVATE = """
+import json, sys
+from appliance import lazyimports
+if sys.argv[1] == "deferred":
+    lazyimports.install()
+from pydicom import datadict
+from pydicom.dataset import Dataset
+at_import = "pydicom._private_dict" in sys.modules
+ds = Dataset()
+ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+ds.add_new(0x00291008, "CS", "IMAGE NUM 4")
+answers = [ds[0x00291008].name, datadict.private_dictionary_VR(0x00291010, "SIEMENS CSA HEADER")]
+try:
+    datadict.get_private_entry(0x00291010, "NOBODY")
+except KeyError as e:
+    answers.append(str(e))
+datadict.add_private_dict_entries("ACME 1", {0x00410001: ("US", "1", "Test One", "")})
+answers.append(datadict.get_private_entry(0x00410001, "ACME 1"))
+from pydicom._private_dict import private_dictionaries
+print(json.dumps({"at_import": at_import, "answers": answers,
+                  "one_dict": private_dictionaries is datadict.private_dictionaries,
+                  "creators": sorted(private_dictionaries), "acme": private_dictionaries["ACME 1"],
+                  "loaded": lazyimports.private_dictionaries_loaded()}))
+"""
+
+
+
+
+def test_private_dictionaries_load_on_first_use_and_answer_as_eager_ones():
+    """Served, pydicom's private dictionaries are not read at import; the first private
+    tag lookup reads them, and names, VRs, a missing creator, an added entry and the
+    module's own dict are what stock pydicom gives (which reads them at import)."""
+    eager, deferred = fresh_interpreter(_PRIVATE, "eager"), fresh_interpreter(_PRIVATE, "deferred")
+    assert eager["at_import"] is True and deferred["at_import"] is False
+    assert {**deferred, "at_import": True} == eager
+    assert deferred["one_dict"] and deferred["loaded"] and len(deferred["creators"]) > 400
+
+
+def imported(daemon) -> set[str]:
+    """The modules a daemon started with PYTHONPROFILEIMPORTTIME=1 has imported so far
+    (Python logs one line per import to its stderr, the daemon's log)."""
+    return set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$", daemon.log(), re.M))
+
+
+def test_served_daemon_has_not_read_the_private_dictionaries(make_daemon):
+    """C-ECHO, a C-STORE of an object with private tags, QIDO-RS and its metadata do not
+    read pydicom's private dictionaries (the import log shows datadict, not them)."""
+    daemon = make_daemon(env={"PYTHONPROFILEIMPORTTIME": "1"})
+    c_echo(daemon)
+    private = Path(get_testdata_file("CT_small.dcm"))  # GEMS private groups
+    ds = dcmread(private, stop_before_pixels=True)
+    assert any(element.tag.is_private for element in ds)
+    assert scu_store(daemon.dicom_port, [private]) == [0]
+    assert json.loads(http_get(daemon, f"/dicom-web/studies?StudyInstanceUID={ds.StudyInstanceUID}"))
+    assert json.loads(http_get(daemon, f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata"))
+    modules = imported(daemon)
+    assert {"pydicom.datadict", "pynetdicom.status"} <= modules
+    assert "pydicom._private_dict" not in modules
+
+
+# The start's garbage collection as `serve` runs it: held from before the imports, then
+# settled once (collected, frozen, back on).
+_GC = """
+import gc, json, sys, weakref
+from appliance.ops import memory
+memory.hold_collection()
+import appliance.daemon
+
+class Node:
+    pass
+
+cycle = Node()
+cycle.me = cycle
+gone = weakref.ref(cycle)
+del cycle
+junk = [[i] for i in range(20_000)]  # allocations that would have started collections
+held = [gc.isenabled(), gone() is not None]
+memory.settle_after_start()
+print(json.dumps({"held": held, "collected": gone() is None, "enabled": gc.isenabled(),
+                  "frozen": gc.get_freeze_count()}))
+"""
+
+
+def test_start_runs_without_cyclic_gc_then_collects_once_and_freezes():
+    """Held, the collector is off through the imports and a cycle made meanwhile stays;
+    settled, the cycle is collected, the survivors (the modules' objects) frozen and the
+    collector on again."""
+    state = fresh_interpreter(_GC, "serve")
+    assert state["held"] == [False, True]
+    assert state["collected"] and state["enabled"] and state["frozen"] > 50_000

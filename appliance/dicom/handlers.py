@@ -13,7 +13,7 @@ import functools
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from pydicom.dataset import Dataset
 from pynetdicom import events as evt
@@ -27,12 +27,13 @@ from appliance.dicom.retrieve import RetrieveDimse
 from appliance.dicom.services import (ALL_TRANSFER_SYNTAXES, UNCOMPRESSED, VERIFICATION, Caller,
                                       DimseService, ServiceRegistry, storage_sop_classes)
 from appliance.dicom.status import Status
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store import Archive, Origin, StoreOutcome
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@lazy_dataclass
 class _AssocStats:
     peer: str
     calling_aet: str

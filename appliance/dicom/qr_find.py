@@ -57,6 +57,7 @@ from appliance.dicom.find_answers import DirectAnswers, status_dataset
 from appliance.dicom.policy import Service
 from appliance.dicom.services import UNCOMPRESSED, Caller, DimseService
 from appliance.dicom.status import FindStatus
+from appliance.lazyclasses import lazy_dataclass
 from appliance.query import grammar
 from appliance.query.keys import COMPUTED, INDEXED, MATCHABLE_COMPUTED, UNIQUE_KEYS, level_of
 from appliance.query.model import Level, Match, MatchKind, Row, Search
@@ -109,7 +110,7 @@ class FindLimits:
     case_sensitive_pn: bool = False  # CaseSensitivePN
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Key:
     """One key of the request as answered: where its value comes from."""
 
@@ -118,7 +119,7 @@ class Key:
     source: str   # "indexed", "computed", "metadata", "empty", "aet", "availability"
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Query:
     """A parsed C-FIND identifier."""
 

@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from types import SimpleNamespace
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -56,6 +56,7 @@ from appliance.dicom.sender import (
 from appliance.dicom.streaming import StoredFile
 from appliance.dicom.tuning import streams_stored_files
 from appliance.dicom.status import RetrieveStatus, Status
+from appliance.lazyclasses import lazy_dataclass
 from appliance.query.retrieve import UNIQUE_KEYS, scope_of
 from appliance.store import Archive
 
@@ -73,7 +74,7 @@ class Operation(enum.Enum):
     GET = "C-GET"
 
 
-@dataclass
+@lazy_dataclass
 class RetrieveCounts:
     """Sub-operation counts of one retrieve (PS3.4 C.4.2.1.4)."""
 
@@ -99,7 +100,7 @@ class _NoSocket:
 _NO_DUL = SimpleNamespace(socket=_NoSocket())
 
 
-@dataclass
+@lazy_dataclass
 class Retrieval:
     """One C-MOVE or C-GET being served: what it sends and how it went.
 

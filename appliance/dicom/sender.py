@@ -62,7 +62,6 @@ import socket
 import tempfile
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
@@ -75,6 +74,7 @@ from appliance.config import Modality
 from appliance.dicom.requestor import pause_reactor
 from appliance.dicom.streaming import DirectStoreWrites, StoreResponse
 from appliance.dicomfile import pixels, syntax
+from appliance.lazyclasses import lazy_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ _FALLBACK = (syntax.EXPLICIT_LE, syntax.IMPLICIT_LE)
 _MAX_CONTEXTS = 128   # PS3.8 9.3.2.2: Presentation Context IDs are the odd numbers 1-255
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Destination:
     """Where to send: the peer's address and AE title, ours, and the timeout."""
 
@@ -113,7 +113,7 @@ class Destination:
         return f"{self.name or self.called_aet} ({self.called_aet} at {self.host}:{self.port})"
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Outgoing:
     """One stored instance to send: its file and what the index says of it."""
 
@@ -147,7 +147,7 @@ class SendResult(enum.Enum):
         return {SendResult.SUCCESS: "completed", SendResult.WARNING: "warning"}.get(self, "failed")
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class SendOutcome:
     """The result of sending one instance."""
 

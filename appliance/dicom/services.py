@@ -28,6 +28,7 @@ from pynetdicom.sop_class import Verification, _STORAGE_CLASSES
 
 from appliance.dicom.policy import Service
 from appliance.dicom.status import Status
+from appliance.lazyclasses import lazy_dataclass
 
 __all__ = ["ALL_TRANSFER_SYNTAXES", "UNCOMPRESSED", "Caller", "DimseService", "ServiceRegistry",
            "storage_sop_classes", "VERIFICATION"]
@@ -55,7 +56,7 @@ def storage_sop_classes() -> tuple[str, ...]:
 Handler = Callable[[Any, "Caller"], Any]
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Caller:
     """Who sent a request, and whether the service's access rule lets them."""
 

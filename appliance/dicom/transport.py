@@ -46,10 +46,12 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance.dicom.receive import ReceivedFiles
 from appliance.dicom.tuning import AcceptorRequestHandler, FastPath
+from appliance.lazyimports import STOCK_PYNETDICOM_ENV
 
 log = logging.getLogger(__name__)
 
-STOCK_ENV = "PACS_APPLIANCE_STOCK_PYNETDICOM"
+# Also read at import by appliance.lazyimports (pynetdicom.status's tables).
+STOCK_ENV = STOCK_PYNETDICOM_ENV
 VERIFIED_PYNETDICOM = "3.0.4"
 
 # The pynetdicom code the fast path depends on, and the SHA-256 (first 16 hex

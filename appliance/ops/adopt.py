@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.ops.adoption_view import adopted_count
+from appliance.lazyclasses import lazy_dataclass
 from appliance.ops.disk import human_bytes
 from appliance.store import (
     Archive, Attachment, NotOrthancIndex, OrthancAdoption, Way, open_orthanc_index,
@@ -293,7 +294,7 @@ class OrthancAdopter:
             log.exception("adoption progress not reported")
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Plan:
     """What an adoption would do (``import-orthanc --dry-run``)."""
 

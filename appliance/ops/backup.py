@@ -65,6 +65,7 @@ from appliance import __version__
 from appliance.config import BackupsConfig
 from appliance.ops.disk import MB, disk_usage, human_bytes
 from appliance.durable import copy_durably, fsync_dir, fsync_file, write_json
+from appliance.lazyclasses import lazy_dataclass
 from appliance.ops.files import match_owner, read_json
 from appliance.ops.lock import data_folders_locked
 from appliance.store.offline import (
@@ -116,7 +117,7 @@ class Pace:
     pause: float = 0.01
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class BackupInfo:
     """A backup folder and its manifest (None when unreadable)."""
 
@@ -131,7 +132,7 @@ class BackupInfo:
         return float(value) if isinstance(value, (int, float)) else None
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class BackupResult:
     """What :func:`backup_now` did."""
 
@@ -568,7 +569,7 @@ def _open_backup(path: Path) -> apsw.Connection:
                            flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
 
 
-@dataclass
+@lazy_dataclass
 class VerifyReport:
     """What :func:`verify_backup` found."""
 
@@ -661,7 +662,7 @@ def _check_files(config: BackupSettings, conn: apsw.Connection, report: VerifyRe
             progress(n)
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class RestoreReport:
     """What :func:`restore_backup` did."""
 

@@ -25,8 +25,9 @@ import fcntl
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
+
+from appliance.lazyclasses import lazy_dataclass
 
 LOCK_FILE = "pacs-appliance.lock"
 
@@ -47,7 +48,7 @@ class FolderInUse(Exception):
         super().__init__(f"another pacs-appliance ({who}) is using {folder}; stop it first")
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Holder:
     """Who holds a folder's lock (``pid`` None when the file does not say)."""
 

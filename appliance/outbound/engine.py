@@ -30,12 +30,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 
 from appliance.config import DicomWebServer, Modality
 from appliance.dicom.commitment import evaluate, send_report
 from appliance.dicom.sender import Destination, Outgoing, SendResult, StoreSender, needs_of
+from appliance.lazyclasses import lazy_dataclass
 from appliance.outbound.stow import HttpsTrust, Part, StowError, stow
 from appliance.store import Archive, QueueItem, Settled
 
@@ -62,7 +63,7 @@ KEEP_RULE_ITEMS = 3600.0
 KEEP_TASKS = 7 * 86400.0
 
 
-@dataclass
+@lazy_dataclass
 class _Counters:
     """Since start, per destination (the metrics)."""
 
@@ -73,7 +74,7 @@ class _Counters:
     last_error: str | None = None
 
 
-@dataclass
+@lazy_dataclass
 class _Lane:
     name: str
     wake: threading.Event = field(default_factory=threading.Event)

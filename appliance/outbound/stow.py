@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance.config import DicomWebServer
+from appliance.lazyclasses import lazy_dataclass
 
 _CHUNK = 1 << 20
 _FAILED_SOP_SEQUENCE = "00081198"
@@ -60,7 +61,7 @@ class HttpsTrust:
         return ssl.create_default_context(cafile=str(self.https_ca_certificates))
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Part:
     """One instance to send: its SOP Instance UID and stored file."""
 

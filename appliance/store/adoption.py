@@ -51,7 +51,7 @@ import os
 import tempfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import apsw
@@ -59,6 +59,7 @@ import apsw
 from appliance.dicomfile import structure
 from appliance.dicomfile.header import InvalidObject
 from appliance.durable import fsync_dir
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store import orthanc
 from appliance.store.archive import Archive, Origin, record_of_file
 from appliance.store.blobs import REFERENCE_PREFIX, BlobStore, reference_to, referenced_uuid
@@ -91,7 +92,7 @@ class Way(enum.Enum):
     UNREADABLE = "unreadable"       # missing, damaged or not DICOM: listed, retried later
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Adopted:
     """The outcome of one attachment."""
 
@@ -102,7 +103,7 @@ class Adopted:
     reason: str | None = None
 
 
-@dataclass
+@lazy_dataclass
 class _Prepared:
     attachment: Attachment
     way: Way

@@ -34,6 +34,7 @@ from appliance.dicomfile import dicomjson, fastheader, structure
 from appliance.dicomfile.columns import INTEGER_COLUMNS, TEXT_COLUMNS, UID_KEYWORDS
 from appliance.dicomfile.header import Header, InvalidObject, read_header, read_header_start
 from appliance.dicomfile.vr import is_valid_uid
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store.blobs import BlobStore, IncomingFile, Sealing, file_sha256
 from appliance.query.model import Row, Search
 from appliance.query.retrieve import Scope
@@ -93,7 +94,7 @@ class Origin:
     calling_aet: str | None = None
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class StoreOutcome:
     """What :meth:`Archive.store_instance` did, for the adapter to report."""
 
@@ -141,7 +142,7 @@ class Admission:
         fix): the totals the quotas count move by these amounts."""
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Deletion:
     """What :meth:`Archive.delete` removed."""
 
@@ -565,7 +566,7 @@ class Archive:
         return described, record
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class _Early:
     """A header read before the store itself, typically while its object
     was still arriving."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from threading import Lock
@@ -40,6 +40,7 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
 from appliance.dicomfile import patch
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store.archive import Archive, Origin, StoreOutcome, StoreResult
 from appliance.store.blobs import BlobStore, IncomingFile
 from appliance.store.index import AuditEntry, InstanceRecord, StoredInstance, StudyChanged
@@ -105,7 +106,7 @@ def check_changes(changes: object) -> dict[str, str]:
     return changes
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Modification:
     """What :func:`modify_study` did."""
 

@@ -24,13 +24,14 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from appliance.dicomfile.header import InvalidObject, read_header
 from appliance.durable import fsync_dir
 from appliance.store.adoption import file_id_of, marks_to_carry
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store.archive import Origin, header_uids, instance_record
 from appliance.store.blobs import BlobStore, file_sha256, referenced_uuid, resolve
 from appliance.store.index import DB_NAME, SCHEMA_VERSION, Index, InstanceRecord, Snapshot
@@ -119,7 +120,7 @@ def read_record(root: Path, rel: str) -> InstanceRecord:
         raise InvalidObject(f"unusable header: {type(e).__name__}: {e}") from None
 
 
-@dataclass
+@lazy_dataclass
 class IndexedFiles:
     """What indexing a set of stored files did."""
 

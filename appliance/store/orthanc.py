@@ -27,10 +27,11 @@ import shutil
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
+
+from appliance.lazyclasses import lazy_dataclass
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class NotOrthancIndex(Exception):
     """The file is not an Orthanc index this code can read."""
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Attachment:
     """One DICOM attachment of Orthanc's index."""
 

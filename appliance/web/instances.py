@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store import IncomingFile, Origin, StoreOutcome, StoreResult
 from appliance.web.common import context
 
@@ -49,7 +50,7 @@ _RUN_FORGOTTEN = 60.0
 _WRITE_BATCH = 1 << 20
 
 
-@dataclass
+@lazy_dataclass
 class _Run:
     total: int
     started: float

@@ -8,11 +8,11 @@ transcoding to Explicit VR Little Endian, or nothing (406).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from appliance.dicomfile.syntax import (
     EXPLICIT_LE, IMPLICIT_LE, is_encapsulated, is_lossy, is_video,
 )
+from appliance.lazyclasses import lazy_dataclass
 
 __all__ = [
     "EXPLICIT_LE",
@@ -67,7 +67,7 @@ def frame_media_type(ts: str) -> str:
     return _FRAME_MEDIA.get(ts, OCTET_STREAM)
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class MediaRange:
     """One entry of an Accept value.
 
@@ -90,7 +90,7 @@ class MediaRange:
         return self.media_type == media_type
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Representation:
     """What to send: ``media_type`` in ``transfer_syntax``; ``stored`` means the
     stored bytes as they are, else a conversion; ``multipart`` is the client's wish."""

@@ -15,10 +15,11 @@ import logging
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
+
+from appliance.lazyclasses import lazy_dataclass
 
 __all__ = ["MultipartError", "MultipartParser", "Part", "check_boundary", "file_chunks",
            "send_parts", "thread_chunks"]
@@ -184,7 +185,7 @@ class MultipartParser:
 # --------------------------------------------------------------------------- writer
 
 
-@dataclass
+@lazy_dataclass
 class Part:
     """One part of a response: its Content-Type, and its body as chunks
     produced on demand (nothing is read before the part is sent)."""

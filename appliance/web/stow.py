@@ -16,12 +16,13 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import pydicom
 from aiohttp import web
 
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store import Archive, IncomingFile, Origin, StoreOutcome, StoreResult
 from appliance.web import media
 from appliance.web.common import check_uid, context, dicomweb_url, http_error
@@ -51,7 +52,7 @@ def add_routes(router: web.UrlDispatcher, root: str) -> None:
     router.add_post(root + "/studies/{study}", store)
 
 
-@dataclass
+@lazy_dataclass
 class _Received:
     """One part of the request body, as received."""
 
@@ -63,7 +64,7 @@ class _Received:
     head: bytes | None = b""  # first bytes, until the start of the part is recognised
 
 
-@dataclass
+@lazy_dataclass
 class _Body:
     parts: list[_Received] = field(default_factory=list)
     size: int = 0

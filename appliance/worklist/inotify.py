@@ -19,8 +19,10 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+
+from appliance.lazyclasses import lazy_dataclass
 
 # <sys/inotify.h>
 IN_MODIFY = 0x00000002
@@ -46,7 +48,7 @@ _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len (then len bytes of name)
 _BUFFER = 256 * 1024
 
 
-@dataclass
+@lazy_dataclass
 class Changes:
     """What a read of the queue found."""
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from pydicom import charset as dicom_charset
@@ -42,6 +41,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from appliance.lazyclasses import lazy_dataclass
 from appliance.query.grammar import DT_BODY, PATTERNS, UTC_OFFSET
 
 __all__ = [
@@ -421,7 +421,7 @@ def sequence_match(tag: int, sub: "Query") -> Predicate:
 # --------------------------------------------------------------------------- queries
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class ReturnKey:
     """One key of a query, answered whether or not it constrains the match."""
 
@@ -435,7 +435,7 @@ Lookup = tuple[tuple[int, ...], frozenset]
 the tag, or a sequence tag then the tag inside its items)."""
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Query:
     """A compiled query: its return keys, the tests an item must pass, and the exact-value
     conditions among those tests (for an index to pre-select candidates)."""

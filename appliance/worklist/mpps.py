@@ -19,7 +19,6 @@ import enum
 import json
 import logging
 import time
-from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -27,6 +26,7 @@ from pydicom.uid import generate_uid
 from appliance.dicom.status import MppsStatus
 from appliance.dicomfile.dicomjson import dataset_to_json
 from appliance.dicomfile.vr import is_valid_uid
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store import Archive, MppsRecord
 from appliance.worklist.source import WorklistFolder
 
@@ -85,7 +85,7 @@ NOT_ALLOWED_IN_SET = {
 }
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Outcome:
     """The answer to one N-CREATE or N-SET."""
 

@@ -104,6 +104,17 @@ def base_env(tcp_nodelay: bool) -> dict[str, str]:
     return env
 
 
+def port_accepts(port: int) -> bool:
+    """True if something accepts TCP connections on loopback ``port`` (refused at once
+    otherwise): a cheap test to poll before a C-ECHO, whose failed association costs
+    pynetdicom ~0.1 s and would make the polling that coarse."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
 def echo_once(port: int, timeout: float = 2.0) -> bool:
     """One C-ECHO to ``127.0.0.1:port``; True on Success status."""
     from pynetdicom import AE  # imported here: keeps module import free of heavy work
@@ -161,14 +172,15 @@ class Server:
         self.proc = spawn(cmd, self.log_path, env, cwd)
 
     def wait_ready(self, timeout: float = 30.0, interval: float = 0.010) -> float:
-        """Poll C-ECHO every ``interval`` s; return seconds from spawn to the first success."""
+        """Poll the port every ``interval`` s and C-ECHO once it accepts; return seconds
+        from spawn to the first successful C-ECHO."""
         assert self.proc is not None
         deadline = self.spawned_at + timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
                 raise ServerError(f"{self.name} exited with {self.proc.returncode} before "
                                   f"answering C-ECHO; log {self.log_path}:\n{tail(self.log_path)}")
-            if echo_once(self.port, timeout=2.0):
+            if port_accepts(self.port) and echo_once(self.port, timeout=2.0):
                 return time.perf_counter() - self.spawned_at
             time.sleep(interval)
         raise ServerError(f"{self.name} did not answer C-ECHO within {timeout:.0f} s; "

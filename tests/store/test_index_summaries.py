@@ -155,3 +155,30 @@ def test_migration_from_v2_fills_in_the_summaries(tmp_path):
         assert_summaries_right(index)
     finally:
         index.close()
+
+
+def test_pending_migrations_commit_together_or_not_at_all(tmp_path):
+    """A first start runs every pending migration in one transaction (one commit): when
+    a later one fails (here the send queue's table is already there), the index is left
+    as it was, at version 2 with none of the earlier migrations' changes, and it
+    migrates whole once the obstacle is gone."""
+    create_v2_index(tmp_path, [record("1.1", "1.1.1", "1.1.1.1")])
+    conn = apsw.Connection(str(tmp_path / DB_NAME))
+    conn.execute("CREATE TABLE send_items (x)")
+    schema = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+    conn.close()
+    index = Index(tmp_path, lambda dirs: None)
+    with pytest.raises(apsw.SQLError, match="send_items"):
+        index.open()
+    conn = apsw.Connection(str(tmp_path / DB_NAME))
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall() == schema
+    conn.execute("DROP TABLE send_items")
+    conn.close()
+    index = Index(tmp_path, lambda dirs: None)
+    index.open()
+    try:
+        assert index.read("PRAGMA user_version") == [(SCHEMA_VERSION,)]
+        assert_summaries_right(index)
+    finally:
+        index.close()

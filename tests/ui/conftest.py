@@ -9,6 +9,7 @@ starts once (a couple of seconds) rather than per test.
 from __future__ import annotations
 
 import uuid
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,21 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 USER, PASSWORD = "clinic", "s3cret pw"
 AUTH = (USER, PASSWORD)
+# The one "today" of these tests: the data is stored with it, and the browser's clock is
+# pinned to it (PINNED_DAY), so a run that crosses midnight finds the page's "today"
+# (app.js: new Date()) and the fixtures' the same day.
+TODAY_DATE = date.today()
+TODAY = TODAY_DATE.strftime("%Y%m%d")
+# Run before the page's own scripts in every document: the clock reads noon of
+# TODAY_DATE (local time, as the page reads it) when the document loads, then runs on.
+PINNED_DAY = """(() => {
+  const Real = Date;
+  const shift = new Real(%d, %d, %d, 12).getTime() - Real.now();
+  globalThis.Date = class extends Real {
+    constructor(...args) { if (args.length) super(...args); else super(Real.now() + shift); }
+    static now() { return Real.now() + shift; }
+  };
+})();"""
 
 
 def _running(root: Path, config: dict):
@@ -91,5 +107,7 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(30)
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": PINNED_DAY % (
+        TODAY_DATE.year, TODAY_DATE.month - 1, TODAY_DATE.day)})
     yield driver
     driver.quit()

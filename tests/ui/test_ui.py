@@ -16,14 +16,13 @@ import re
 import statistics
 import time
 import zipfile
-from datetime import date
 
 import pytest
 import requests
 from pydicom.uid import generate_uid
 
 from tests.support import new_dataset
-from tests.ui.conftest import PASSWORD, USER, stow
+from tests.ui.conftest import PASSWORD, TODAY, USER, stow
 
 from selenium.common.exceptions import (  # noqa: E402
     NoSuchElementException, StaleElementReferenceException, TimeoutException)
@@ -33,7 +32,6 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
-TODAY = date.today().strftime("%Y%m%d")
 CINE_FRAMES = 12
 ROWS, COLUMNS = 48, 64
 

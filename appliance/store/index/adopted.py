@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store.index.instances import InsertOutcome, InstanceRecord, _delete, _insert
 
 # The outcome of an attachment that is tried again at every pass.
@@ -22,7 +22,7 @@ UNREADABLE = "unreadable"
 DUPLICATE = "duplicate"
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class AdoptionMark:
     """One Orthanc attachment's outcome, as the index keeps it."""
 

@@ -104,10 +104,16 @@ class Engine:
             raise IndexError_(
                 f"index schema version {version} is newer than this program ({SCHEMA_VERSION})"
             )
-        for v in range(version, SCHEMA_VERSION):
-            with conn:
+        if version == SCHEMA_VERSION:
+            return
+        # Every pending migration in one transaction: one commit (one WAL fsync) on a
+        # first start rather than one per version, and a failure leaves the index
+        # whole at its old version.
+        with conn:
+            for v in range(version, SCHEMA_VERSION):
                 conn.execute(MIGRATIONS[v])
-                conn.execute(f"PRAGMA user_version = {v + 1}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        for v in range(version, SCHEMA_VERSION):
             log.info("index schema migrated to version %d", v + 1)
 
     def close(self) -> None:

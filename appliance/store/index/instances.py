@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import apsw
 
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store.index.queue import Forward, enqueue_forwards
 from appliance.store.index.schema import _STUDY_SUMMARY, _kept_attributes
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class InstanceRecord:
     """Everything the index keeps about one instance (and its parents)."""
 
@@ -58,7 +58,7 @@ class InstanceRecord:
     metadata: str
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class InsertOutcome:
     """What :meth:`Index.insert_instance` did."""
 
@@ -66,7 +66,7 @@ class InsertOutcome:
     replaced_file: str | None   # the old file to delete after an overwrite
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class StoredInstance:
     """One instance row as read back."""
 

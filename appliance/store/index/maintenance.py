@@ -8,10 +8,11 @@ live index); :class:`Snapshot` reads a database that is not the live index
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
+
+from appliance.lazyclasses import lazy_dataclass
 
 _COUNTS_SQL = """SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM studies),
                         (SELECT count(*) FROM series), (SELECT count(*) FROM instances),
@@ -20,7 +21,7 @@ COUNT_NAMES = ("patients", "studies", "series", "instances", "bytes")
 _FILES_SQL = "SELECT sop_instance_uid, file_path, file_size, sha256 FROM instances ORDER BY id"
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class PatientUsage:
     """A patient as recycling sees it: internal id, last store, what it holds."""
 

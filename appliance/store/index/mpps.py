@@ -5,11 +5,12 @@ A mixin of :class:`appliance.store.index.Index`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import apsw
 
-@dataclass(frozen=True)
+from appliance.lazyclasses import lazy_dataclass
+
+@lazy_dataclass(frozen=True)
 class MppsRecord:
     """One Modality Performed Procedure Step row (PS3.4 F.7)."""
 

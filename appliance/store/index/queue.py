@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 
 import apsw
+
+from appliance.lazyclasses import lazy_dataclass
 
 # Kinds of items (and tasks).
 STORE = "store"
@@ -40,7 +41,7 @@ COMMITMENT = "commitment"
 PENDING, SENT, DROPPED, CANCELLED = "pending", "sent", "dropped", "cancelled"
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Forward:
     """What a forwarding rule decided for one instance being stored: send it to
     ``destination`` now (``stable_age`` None, Trigger Instance) or with its
@@ -50,7 +51,7 @@ class Forward:
     stable_age: float | None = None
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class QueueItem:
     """One due item, with the stored instance it names (None: gone, or a report)."""
 
@@ -67,7 +68,7 @@ class QueueItem:
     instance: "StoredInstance | None"  # noqa: F821 - instances.py imports this module
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Settled:
     """The outcome of one attempt on one item: ``state`` SENT, DROPPED or PENDING
     (failed: tried again after the backoff); ``error`` says why it failed."""

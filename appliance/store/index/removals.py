@@ -13,11 +13,12 @@ import json
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import apsw
 
+from appliance.lazyclasses import lazy_dataclass
 from appliance.store.index.instances import InstanceRecord, _insert, _keep_summaries
 
 
@@ -25,7 +26,7 @@ class StudyChanged(Exception):
     """A swap found the old instances no longer all there (nothing was changed)."""
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class AuditEntry:
     """One line of the audit trail (who deleted or changed what, and why)."""
 
@@ -44,7 +45,7 @@ class AuditEntry:
                 "UIDs": self.uids, "Reason": self.reason, "Instances": self.instances}
 
 
-@dataclass(frozen=True)
+@lazy_dataclass(frozen=True)
 class Removed:
     """What a delete (or the old side of a swap) took out of the index."""
 
