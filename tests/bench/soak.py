@@ -276,6 +276,8 @@ class Daemon:
                                "LimitAnswers": limit_answers}
         config["Mpps"] = {"Enable": True, "ArchiveFinishedWorklists": True}
         config["Backups"] = {"IntervalHours": self.backup_minutes / 60.0, "Keep": 3}
+        if not self.backup_minutes:
+            config["Backups"] = {"IntervalHours": 0}
         config["DicomWeb"] = {"Enable": True, "Root": DICOMWEB + "/"}
         tmp = self.config_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(config, indent=2))
@@ -421,6 +423,7 @@ class Scanner(threading.Thread):
         self.store_ae = _ae([US_IMAGE_STORAGE, US_MULTIFRAME_STORAGE], self.aet)
         self.mwl_ae = _ae([MWL_FIND], self.aet)
         self.mpps_ae = _ae([MPPS_CLASS], self.aet)
+        self.takes = True   # a worklist query takes a free item for the next exam
 
     # -- helpers -------------------------------------------------------------------------
     def uid(self) -> str:
@@ -571,6 +574,8 @@ class Scanner(threading.Thread):
             run.stats.error("MWL C-FIND", type(e).__name__, str(e))
         finally:
             self.close(assoc)
+        if not self.takes:
+            return None
         self.rng.shuffle(answers)
         for found in answers:
             if found is None:
@@ -797,6 +802,41 @@ class Scanner(threading.Thread):
 
 
 # --------------------------------------------------------------------------- worklist churn
+
+
+class WorklistQuerier(Scanner):
+    """The worklist's readers without the scanners (``--services`` without store): a
+    station's MWL C-FIND every 1-4 s, taking nothing (the churn keeps every item)."""
+
+    def __init__(self, n: int, run: Run) -> None:
+        super().__init__(n, run)
+        self.name = f"mwl-{STATIONS[n]}"
+        self.takes = False
+
+    def run(self) -> None:
+        run = self.run_
+        while not run.stop_load.wait(self.rng.uniform(1.0, 4.0)):
+            self.query_worklist()
+
+    def drain(self) -> None:
+        pass
+
+
+def preload(run: Run, count: int) -> None:
+    """``--preload``: one walk-in exam of ``count`` images sent over one association before
+    the day, so that readers alone (``--services readers``) have something to read."""
+    scanner = Scanner(0, run)
+    study = scanner.walk_in()
+    series = scanner.uid()
+    for i in range(count):
+        spec = ImageSpec(scanner.uid(), "single", i % TEMPLATES, series, 1, i + 1, study)
+        study.images.append(spec)
+        scanner.outbox.append(spec)
+    for _ in range(5):
+        if scanner.outbox:
+            scanner.flush(burst=True)
+    log.info("preloaded %d images (%d left unsent)", count - len(scanner.outbox),
+             len(scanner.outbox))
 
 
 class WorklistChurn(threading.Thread):
@@ -1178,7 +1218,7 @@ def conduct(run: Run, rng: random.Random, sampler: Sampler) -> dict:
             continue
         if t >= next_hup:
             next_hup += HUP_EVERY
-            if run.daemon.ready.is_set():
+            if run.daemon.ready.is_set() and "sighup" in run.args.services:
                 run.daemon.sighup()
         if t >= next_progress:
             next_progress += 60
@@ -1337,9 +1377,24 @@ def backups_made(index_dir: Path) -> list[dict]:
 # --------------------------------------------------------------------------- report
 
 
+def _slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys over xs (seconds), per 10 minutes; None if undefined."""
+    if len(xs) < 3 or max(xs) == min(xs):
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx * 600, 2)
+
+
 def trend(samples: list[dict], key: str, starts: list[dict], warmup: float) -> list[dict]:
     """Per daemon process: first, after warm-up, max (after warm-up), last, and the slope
-    after warm-up (per 10 min, least squares)."""
+    after warm-up (per 10 min, least squares) of every sample, of each minute's lowest
+    and of each minute's highest.
+
+    The daemon gives freed heap back every 30 s (appliance/ops/memory.py), so its RSS is a
+    saw-tooth between trims; a slope of all samples moves with where the last ones fall
+    on a tooth. Each minute's lowest (just after a trim) follows the memory that stays,
+    its highest the peaks: a growth is real when the floor rises."""
     out = []
     for i, start in enumerate(starts):
         rows = [s for s in samples if s.get("pid") == start["pid"] and key in s]
@@ -1349,15 +1404,20 @@ def trend(samples: list[dict], key: str, starts: list[dict], warmup: float) -> l
         warm = [s for s in rows if s["t"] >= begin + warmup] or rows[-1:]
         xs = [s["t"] for s in warm]
         ys = [s[key] for s in warm]
-        slope = None
-        if len(xs) >= 3 and max(xs) > min(xs):
-            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-            sxx = sum((x - mx) ** 2 for x in xs)
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx * 600
+        minutes: dict[int, list[dict]] = defaultdict(list)
+        for s in warm:
+            minutes[int((s["t"] - warm[0]["t"]) // 60)].append(s)
+        whole = [m for m in minutes.values() if len(m) >= 3]   # a minute's end may be short
+        floor = [min(m, key=lambda s: s[key]) for m in whole]
+        peak = [max(m, key=lambda s: s[key]) for m in whole]
         out.append({"process": i + 1, "pid": start["pid"], "first": rows[0][key],
                     "after_warmup": warm[0][key], "after_warmup_t": warm[0]["t"],
                     "max": max(ys), "last": rows[-1][key], "last_t": rows[-1]["t"],
-                    "slope_per_10min": None if slope is None else round(slope, 2)})
+                    "slope_per_10min": _slope(xs, ys),
+                    "floor_slope_per_10min": _slope([s["t"] for s in floor],
+                                                    [s[key] for s in floor]),
+                    "peak_slope_per_10min": _slope([s["t"] for s in peak],
+                                                   [s[key] for s in peak])})
     return out
 
 
@@ -1447,10 +1507,12 @@ def render(result: dict) -> str:
                       ("threads", "threads")):
         lines.append(f"{unit} (warm-up {result['warmup_seconds']:.0f} s)")
         lines.append(f"  {'process':<8} {'first':>8} {'warm':>8} {'max':>8} {'last':>8} "
-                     f"{'per 10min':>10}")
+                     f"{'per 10min':>10} {'floor':>7} {'peaks':>7}")
         for row in result["trend"][key]:
             lines.append(f"  {row['process']:<8} {row['first']:>8} {row['after_warmup']:>8} "
-                         f"{row['max']:>8} {row['last']:>8} {fmt(row['slope_per_10min']):>10}")
+                         f"{row['max']:>8} {row['last']:>8} {fmt(row['slope_per_10min']):>10} "
+                         f"{fmt(row.get('floor_slope_per_10min')):>7} "
+                         f"{fmt(row.get('peak_slope_per_10min')):>7}")
     lines.append("")
     lines.append("Samples (every 60 s of the 10 s ones): t, pid, RSS MB (anonymous, file), fds, "
                  "threads, CPU %, load")
@@ -1518,19 +1580,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--drain-seconds", type=float, default=180,
                    help="at most this long for the scanners to deliver their queues")
     p.add_argument("--no-kill", action="store_true", help="no SIGKILL (for comparison)")
+    p.add_argument("--services", default=",".join(LOADS),
+                   help="the load's parts to run, comma-separated, to find which one makes "
+                        "memory grow: store (the scanners, with their MWL queries and MPPS), "
+                        "worklist (the churn; without store, MWL C-FINDs that take nothing), "
+                        "readers, backups, sighup (default: all)")
+    p.add_argument("--preload", type=int, default=0,
+                   help="images sent in one burst before the day (for readers without store)")
     p.add_argument("--no-unit-env", action="store_true",
                    help="run the daemon without the systemd unit's Environment= lines "
                         "(MALLOC_ARENA_MAX=2)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="set in the daemon's environment after the unit's lines (repeatable; "
+                        "e.g. an allocator setting to compare)")
+    p.add_argument("--probe", action="store_true",
+                   help="load tests/bench/memprobe into the daemon: its heap's parts (glibc "
+                        "arenas, SQLite, Python objects) every 15 s into <out>.probe.jsonl; "
+                        "PACS_MEMPROBE_TRACE=1 in the environment adds tracemalloc")
     p.add_argument("--keep", action="store_true", help="keep the data folder")
     p.add_argument("--workdir", type=Path, default=None,
                    help="parent of the run's data folder (default tests/bench/results)")
     args = p.parse_args(argv)
+    args.services = {s.strip() for s in args.services.split(",") if s.strip()}
+    if args.services - set(LOADS):
+        p.error(f"--services: unknown {sorted(args.services - set(LOADS))}; "
+                f"known: {','.join(LOADS)}")
+    if "backups" not in args.services:
+        args.backup_minutes = 0
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(10**6)
     return args
 
 
 UNIT_FILE = REPO_ROOT / "systemd" / "pacs-appliance.service"
+LOADS = ("store", "worklist", "readers", "backups", "sighup")
+MEMPROBE = Path(__file__).resolve().parent / "memprobe"
 
 
 def unit_environment(unit: Path = UNIT_FILE) -> dict[str, str]:
@@ -1574,7 +1658,17 @@ def main(argv: list[str] | None = None) -> int:
     env = base_env(tcp_nodelay=False)
     unit_env = {} if args.no_unit_env else unit_environment()
     env.update(unit_env)
-    log.info("daemon environment from the systemd unit: %s", unit_env or "none")
+    for item in args.env:
+        key, _, value = item.partition("=")
+        env[key] = value
+        unit_env = {**unit_env, key: value}
+    log.info("daemon environment (the systemd unit's, then --env): %s", unit_env or "none")
+    if args.probe:
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(MEMPROBE), env.get("PYTHONPATH")) if p)
+        env["PACS_MEMPROBE"] = str(out.with_suffix(".probe.jsonl"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        log.info("memory probe: %s", env["PACS_MEMPROBE"])
     daemon = Daemon(workdir, args.backup_minutes, env)
     run = Run(args, daemon, now())
     requestor_log = logging.getLogger("pynetdicom.association")
@@ -1588,19 +1682,29 @@ def main(argv: list[str] | None = None) -> int:
         ready = daemon.start(run.t0)
         log.info("daemon pid %d ready in %.2f s (DICOM %d, HTTP %d)", daemon.pid, ready,
                  daemon.dicom_port, daemon.http_port)
+        if args.preload:
+            preload(run, args.preload)
         sampler = Sampler(run)
         churn = WorklistChurn(run)
         sampler.start()
-        churn.start()
-        time.sleep(1.0)   # the first worklist items are written
-        scanners = [Scanner(n, run) for n in range(len(STATIONS))]
-        readers = [Reader(n, run) for n in range(args.readers)]
+        if "worklist" in args.services:
+            churn.start()
+            time.sleep(1.0)   # the first worklist items are written
+        if "store" in args.services:
+            scanners = [Scanner(n, run) for n in range(len(STATIONS))]
+        elif "worklist" in args.services:
+            scanners = [WorklistQuerier(n, run) for n in range(len(STATIONS))]
+        else:
+            scanners = []
+        readers = [Reader(n, run) for n in range(args.readers if "readers" in args.services
+                                                 else 0)]
         for actor in (*scanners, *readers):
             actor.start()
         kill = conduct(run, rng, sampler)
         log.info("end of the day: scanners finish their exams and drain their queues")
         run.stop_load.set()
-        churn.join(timeout=30)
+        if churn.ident is not None:
+            churn.join(timeout=30)
         for actor in readers:
             actor.join(timeout=90)
         for actor in scanners:
