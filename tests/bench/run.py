@@ -244,13 +244,15 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("ingest", "200 single frames, one storescu association (Nagle on: DCMTK default)",
+    Scenario("ingest", "the single frames (200 unless --singles), one storescu association "
+             "(Nagle on: DCMTK default)",
              wl_ingest, check_stored=0.95),
     Scenario("ingest_nodelay", "the same with TCP_NODELAY=1 for the server and storescu",
              wl_ingest, tcp_nodelay=True, check_stored=0.95),
-    Scenario("parallel", f"{PARALLEL} parallel storescu associations x 50 (Nagle on)",
+    Scenario("parallel", f"the single frames split over {PARALLEL} parallel storescu "
+             "associations (Nagle on)",
              wl_parallel, check_stored=0.95),
-    Scenario("parallel_nodelay", f"{PARALLEL} parallel associations x 50, TCP_NODELAY=1",
+    Scenario("parallel_nodelay", f"the same over {PARALLEL} parallel associations, TCP_NODELAY=1",
              wl_parallel, tcp_nodelay=True, check_stored=0.95),
     Scenario("cine", "one 150-frame 640x480 RGB cine (138 MB), server RSS sampled every 50 ms",
              wl_cine, check_stored=0.95),
@@ -493,8 +495,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated servers: orthanc, appliance, ceiling (all)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the servers' data folders and logs (printed at the end)")
-    parser.add_argument("--data", type=Path, default=datagen.DEFAULT_CACHE,
-                        help="cache folder for the generated DICOM files")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="cache folder for the generated DICOM files (default: "
+                             f"{datagen.DEFAULT_CACHE}, with the count appended when "
+                             "--singles is not the default)")
+    parser.add_argument("--singles", type=int, default=datagen.SINGLE_COUNT,
+                        help=f"single frames sent by the ingest scenarios "
+                             f"({datagen.SINGLE_COUNT}); a larger set makes a run last "
+                             "long enough to tell a few per cent apart")
     parser.add_argument("--timeout", type=float, default=300,
                         help="seconds before a storescu run is abandoned (300)")
     parser.add_argument("--no-install", action="store_true",
@@ -509,6 +517,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"unknown scenario/server: {', '.join(bad)}")
     if not 1 <= args.repeat <= 50:
         parser.error("--repeat must be 1-50")
+    if not 8 <= args.singles <= 20000:
+        parser.error("--singles must be 8-20000")
+    if args.data is None:
+        args.data = datagen.DEFAULT_CACHE
+        if args.singles != datagen.SINGLE_COUNT:
+            # Its own folder: the default cache is not regenerated back and forth.
+            args.data = args.data.with_name(f"{args.data.name}-{args.singles}")
     return args
 
 
@@ -548,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             log.error("Orthanc unavailable: %s", exc)
             disabled["orthanc"] = str(exc).splitlines()[0]
 
-    data = datagen.ensure_data(args.data)
+    data = datagen.ensure_data(args.data, singles=args.singles)
     warm_page_cache(data)
 
     started = datetime.now()
