@@ -434,3 +434,28 @@ def test_start_runs_without_cyclic_gc_then_collects_once_and_freezes():
     state = fresh_interpreter(_GC, "serve")
     assert state["held"] == [False, True]
     assert state["collected"] and state["enabled"] and state["frozen"] > 50_000
+
+
+# A verb other than serve, run as the console script runs it, then asked what it loaded.
+_VERB = """
+import json, sys
+from appliance import cli, lazyimports
+code = cli.main(sys.argv[1:])
+print(json.dumps({"code": code, "loaded": lazyimports.loaded(),
+                  "numpy": type(sys.modules.get("numpy")).__name__}))
+"""
+
+
+def test_cli_verbs_do_not_load_the_pixel_stack(tmp_path):
+    """`queue list` (which opens the index through the store, so imports pydicom) answers
+    without executing numpy or Pillow: the deferral is installed for every verb."""
+    config = tmp_path / "orthanc.json"
+    config.write_text(json.dumps({"StorageDirectory": str(tmp_path / "db"),
+                                  "IndexDirectory": str(tmp_path / "db")}))
+    out = subprocess.run([sys.executable, "-c", _VERB, "queue", "list", "--config", str(config)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["code"] == 0
+    assert "nothing queued" in out.stdout
+    assert result["loaded"] == []
+    assert result["numpy"] == "_LazyModule"  # found (pydicom saw it installed), never run
