@@ -107,15 +107,17 @@ class StoreAdmission(Admission):
             self._bytes = counts["bytes"]
             self._patients = counts["patients"]
 
-    def stored_changed(self, bytes_delta: int, patients_delta: int) -> None:
+    def stored_changed(self, bytes_delta: int, patients_delta: int,
+                       disk_delta: int | None = None) -> None:
         """Objects were deleted or rewritten (Archive.delete, recycling, a patient
         fix): the running totals move by these amounts, and the free space
-        measured last grows by the bytes freed until the next measurement."""
+        measured last grows by the bytes freed on disk (``disk_delta``: an Orthanc
+        file adopted by reference is only forgotten) until the next measurement."""
         with self._lock:
             if self._bytes is not None:
                 self._bytes += bytes_delta
             self._patients += patients_delta
-            self._stored_since_measure += bytes_delta
+            self._stored_since_measure += bytes_delta if disk_delta is None else disk_delta
             self._space_check()
 
     # -- the hot path ----------------------------------------------------

@@ -35,7 +35,8 @@ from appliance.dicomfile.columns import INTEGER_COLUMNS, TEXT_COLUMNS, UID_KEYWO
 from appliance.dicomfile.header import Header, InvalidObject, read_header, read_header_start
 from appliance.dicomfile.vr import is_valid_uid
 from appliance.lazyclasses import lazy_dataclass
-from appliance.store.blobs import BlobStore, IncomingFile, Sealing, file_sha256
+from appliance.store.blobs import (BlobStore, IncomingFile, Sealing, file_sha256,
+                                   referenced_uuid)
 from appliance.query.model import Row, Search
 from appliance.query.retrieve import Scope
 from appliance.store.index import (
@@ -137,9 +138,12 @@ class Admission:
         """A ticket for storing ``size`` bytes of this patient, or a :class:`Refusal`."""
         return self._OPEN
 
-    def stored_changed(self, bytes_delta: int, patients_delta: int) -> None:
+    def stored_changed(self, bytes_delta: int, patients_delta: int,
+                       disk_delta: int | None = None) -> None:
         """Objects left the archive or changed (a delete, recycling, a patient
-        fix): the totals the quotas count move by these amounts."""
+        fix): the totals the quotas count move by these amounts. ``disk_delta``
+        is what the storage filesystem gained or lost (default ``bytes_delta``):
+        forgetting an Orthanc file adopted by reference frees nothing on it."""
 
 
 @lazy_dataclass(frozen=True)
@@ -415,7 +419,9 @@ class Archive:
         paths = [path for path, _ in removed.files]
         self.blobs.remove_durably(paths)
         self.index.forget_doomed(paths)
-        self.admission.stored_changed(bytes_added - removed.bytes, patients_added - removed.patients)
+        kept = sum(size for path, size in removed.files if referenced_uuid(path) is not None)
+        self.admission.stored_changed(bytes_added - removed.bytes, patients_added - removed.patients,
+                                      bytes_added - removed.bytes + kept)
 
     def audit_trail(self, limit: int = 1000, offset: int = 0) -> list[AuditEntry]:
         """Who deleted or changed what, newest first."""

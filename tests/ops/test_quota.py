@@ -106,3 +106,52 @@ def test_recycling_spares_patients_being_received(tmp_path):
         assert admission.snapshot()["recycled_patients"] == 1
     finally:
         archive.close()
+
+
+def test_forgetting_a_reference_frees_no_disk_space(tmp_path):
+    """In-process: deleting an instance adopted by reference (an Orthanc file, only
+    forgotten) does not count as freed space between two disk measurements; deleting
+    a file of ours does."""
+    from appliance.ops.disk import MB, DiskState
+    from appliance.store.orthanc import attachment_path
+
+    storage = tmp_path / "storage"
+    archive = Archive(storage, tmp_path / "index")
+    archive.open()
+    try:
+        def store(patient: str):
+            f = archive.new_incoming()
+            f.write(image(tmp_path / "in", patient).read_bytes())
+            outcome = archive.store_instance(f, Origin("DICOM", "test"))
+            assert outcome.result.stored
+            return archive.index.read(
+                "SELECT st.study_instance_uid, i.file_path, i.file_size FROM instances i "
+                "JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = se.study_pk "
+                "WHERE i.sop_instance_uid = ?", (outcome.sop_instance_uid,))[0]
+
+        ours_study, _, ours_size = store("OURS")
+        theirs_study, theirs_path, theirs_size = store("THEIRS")
+        uuid = "0f3e2d1c-0b0a-4998-8776-655443322110"
+        orthanc_file = attachment_path(storage, uuid)
+        orthanc_file.parent.mkdir(parents=True)
+        (storage / theirs_path).rename(orthanc_file)
+        archive.index.move_files({theirs_path: f"orthanc:{uuid}"})
+
+        admission = StoreAdmission(archive, minimum_free_mb=1, maximum_storage_mb=0,
+                                   maximum_patient_count=0, mode=StorageMode.REJECT,
+                                   spare_recent_seconds=0)
+        archive.admission = admission
+        # Measured just below the minimum, by less than either file's size.
+        short = min(ours_size, theirs_size) // 2
+        admission.disk_changed(DiskState(measured_at=0.0, filesystems=(), missing=(),
+                                         store_free=MB - short, minimum_free=MB, forecast=None))
+        assert admission.snapshot()["accepting"] is False
+
+        assert archive.delete(theirs_study, user="test").instances == 1
+        assert orthanc_file.exists()
+        assert admission.snapshot()["accepting"] is False   # nothing was freed on disk
+
+        assert archive.delete(ours_study, user="test").instances == 1
+        assert admission.snapshot()["accepting"] is True
+    finally:
+        archive.close()
