@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.ops.adoption_view import adopted_count
+from appliance.ops.adoption_view import MISSING, adopted_count
 from appliance.lazyclasses import lazy_dataclass
 from appliance.ops.disk import human_bytes
 from appliance.store import (
@@ -56,6 +56,8 @@ class Progress:
     bytes: dict[str, int] = field(default_factory=dict)
     studies: set[str] = field(default_factory=set)
     unreadable: list[dict] = field(default_factory=list)
+    gone: int = 0                  # references forgotten: Orthanc deleted their attachments
+    missing: int = 0               # references kept without a file (Orthanc still lists them)
     error: str | None = None
     passes: int = 0
 
@@ -88,7 +90,7 @@ class Progress:
             "instances": {w.value: self.ways.get(w.value, 0) for w in Way},
             "bytes": {w.value: self.bytes.get(w.value, 0) for w in Way},
             "studies": len(self.studies),
-            "unreadable": list(self.unreadable),
+            "unreadable": list(self.unreadable), "gone": self.gone, "missing": self.missing,
             "error": self.error, "passes": self.passes,
         }
 
@@ -169,6 +171,7 @@ class OrthancAdopter:
                 settled = adoption.settled()
                 every = list(index.attachments())
                 pending = [a for a in every if a.uuid not in settled]
+            self._vanished(*adoption.vanished({a.uuid for a in every}))
             with self._lock:
                 self.progress.total, self.progress.state = len(pending), "adopting"
             if pending:
@@ -201,6 +204,24 @@ class OrthancAdopter:
             self._log_summary(adoption)
         finally:
             adoption.close()
+
+    def _vanished(self, forgotten: list[str], kept: list[str]) -> None:
+        """Say what became of references whose Orthanc file is gone."""
+        if forgotten:
+            log.warning("%d instance(s) adopted by reference were deleted by Orthanc since "
+                        "(gone from its index and its folder): forgotten (attachments %s)",
+                        len(forgotten), ", ".join(forgotten[:_LISTED]))
+        if kept:
+            log.warning("%d instance(s) adopted by reference have no file in Orthanc's folder "
+                        "although its index lists them: kept, and not served until the file "
+                        "is back (attachments %s)", len(kept), ", ".join(kept[:_LISTED]))
+        with self._lock:
+            p = self.progress
+            p.gone += len(forgotten)
+            p.missing = len(kept)
+            for uuid in kept[:max(0, _LISTED - len(p.unreadable))]:
+                p.unreadable.append({"uuid": uuid, "instance": None,
+                                     "reason": MISSING})
 
     def _stopped(self) -> None:
         log.info("adoption stopped at %d of %d (goes on at the next start)",

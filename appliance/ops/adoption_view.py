@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from appliance.ops.disk import human_bytes
 
+# Why an instance adopted by reference is listed although kept (appliance.ops.adopt).
+MISSING = "Orthanc's file is missing"
+
 # States of a pass that is not over yet.
 RUNNING = ("reading", "adopting", "verifying")
 
@@ -40,6 +43,10 @@ def adoption_text(a: dict | None) -> str | None:
              f"{n['referenced']} referenced ({human_bytes(b['referenced'])}), {n['copied']} copied, "
              f"{n['decompressed']} decompressed ({human_bytes(b['decompressed'])}), "
              f"{n['duplicate']} already here, {n['unreadable']} unreadable")
+    if a.get("gone"):
+        text += f"; {a['gone']} forgotten (Orthanc deleted their files since)"
+    if a.get("missing"):
+        text += f"; {a['missing']} with Orthanc's file missing (kept, not served)"
     return text
 
 
@@ -70,4 +77,8 @@ def adoption_metrics(a: dict | None) -> list[tuple[str, str, str, list[tuple[dic
          [({"outcome": k}, v) for k, v in sorted(a["instances"].items())]),
         ("pacs_adoption_bytes", "gauge", "Bytes of the current pass by outcome.",
          [({"outcome": k}, v) for k, v in sorted(a["bytes"].items())]),
+        ("pacs_adoption_references_without_file", "gauge",
+         "Instances adopted by reference whose Orthanc file is gone: forgotten this pass "
+         "(Orthanc deleted them) or kept (Orthanc still lists them).",
+         [({"what": "forgotten"}, a.get("gone", 0)), ({"what": "kept"}, a.get("missing", 0))]),
     ]

@@ -152,6 +152,27 @@ class OrthancAdoption:
         """Uuids of the attachments adopted (or found duplicate) already."""
         return self._archive.index.adopted_uuids()
 
+    def vanished(self, listed: set[str]) -> tuple[list[str], list[str]]:
+        """Instances adopted by reference whose file in Orthanc's folder is gone.
+
+        Those whose attachment Orthanc's index no longer lists (``listed``: its
+        attachment uuids now) were deleted by Orthanc, run again on these folders:
+        they are forgotten, as Orthanc forgot them, rather than listed and answered
+        with "file missing". Those it still lists are kept: a file gone behind both
+        programs' backs (a folder not mounted yet, a disk fault) must not empty the
+        index. Returns (uuids forgotten, uuids kept without a file)."""
+        forget, kept = [], []
+        for sop, rel in self._archive.index.instances_with_path_prefix(REFERENCE_PREFIX):
+            uuid = referenced_uuid(rel)
+            if uuid is None or self._archive.blobs.path(rel).is_file():
+                continue
+            if uuid in listed:
+                kept.append(uuid)
+            else:
+                forget.append((uuid, sop, rel))
+        self._archive.index.adoption_forget(forget)
+        return [uuid for uuid, _, _ in forget], kept
+
     def unreadable(self, limit: int = 100) -> list[tuple[str, str | None, str]]:
         """(uuid, Orthanc instance id, why) of the attachments that could not be adopted."""
         return self._archive.index.adoption_unreadable(limit)

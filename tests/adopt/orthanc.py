@@ -75,6 +75,13 @@ class Orthanc:
         with urllib.request.urlopen(url, timeout=10) as r:
             return json.loads(r.read())
 
+    def delete(self, path: str) -> None:
+        """DELETE a resource through Orthanc's REST API (its files go with it)."""
+        url = f"http://127.0.0.1:{self.config['HttpPort']}{path}"
+        request = urllib.request.Request(url, method="DELETE")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            r.read()
+
     def kill(self) -> None:
         """SIGKILL (a crash or a power cut): Orthanc's index keeps its
         write-ahead log (``index-wal``), with rows not checkpointed yet."""

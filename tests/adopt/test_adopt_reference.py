@@ -280,3 +280,66 @@ def test_files_of_another_owner_are_adopted_by_reference(shared_archive: Archive
     finally:
         assert d.stop() == 0
     assert a.orthanc_files() == before
+
+
+def test_references_orthanc_deleted_since_are_forgotten(shared_archive: Archive):
+    """Orthanc, run again on its folders, deletes an instance adopted by reference: the
+    next start forgets it, as Orthanc did, and says so. A referenced file gone while
+    Orthanc's index still lists it (a folder not mounted, a fault) is kept and listed."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the daemon without CAP_FOWNER")
+    if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1":
+        pytest.skip("fs.protected_hardlinks is off: any link succeeds")
+    a = shared_archive
+    for rel in a.orthanc_files():
+        if rel != "index":
+            os.chown(a.storage / rel, 65534, 65534)
+            os.chmod(a.storage / rel, 0o644)
+    limited = ["setpriv", "--bounding-set", "-dac_override,-fowner", "--"]
+    d = a.daemon(prefix=limited).start()
+    try:
+        wait_adopted(d)
+        rows = _rows(d)
+        assert len(rows) == len(a.sent) and all(p.startswith("orthanc:") for p in rows.values())
+    finally:
+        assert d.stop() == 0
+
+    deleted, lost = a.sent[0], a.sent[-1]
+    orthanc = a.orthanc().start()
+    try:
+        ids = {i["MainDicomTags"]["SOPInstanceUID"]: i["ID"]
+               for i in orthanc.get("/instances?expand")}
+        orthanc.delete(f"/instances/{ids[deleted.sop_instance_uid]}")
+    finally:
+        orthanc.stop()
+    assert not a.attachment(rows[deleted.sop_instance_uid].split(":", 1)[1]).exists()
+    lost_file = a.attachment(rows[lost.sop_instance_uid].split(":", 1)[1])
+    aside = lost_file.with_name(lost_file.name + ".aside")
+    lost_file.rename(aside)
+
+    d = a.daemon("second", prefix=limited).start()
+    try:
+        log = wait_adopted(d)
+        assert "1 instance(s) adopted by reference were deleted by Orthanc since" in log
+        assert "1 instance(s) adopted by reference have no file in Orthanc's folder" in log
+        assert _rows(d) == {k: v for k, v in rows.items() if k != deleted.sop_instance_uid}
+        qido = _get(d, f"/dicom-web/instances?SOPInstanceUID={deleted.sop_instance_uid}")
+        assert json.loads(qido or b"[]") == []
+        assert sum(_studies(d).values()) == len(a.sent) - 1
+        adoption = status_json(d, lambda s: (s.get("adoption") or {}).get("gone") == 1)["adoption"]
+        assert adoption["missing"] == 1
+        assert {"uuid": lost_file.name, "instance": None,
+                "reason": "Orthanc's file is missing"} in adoption["unreadable"]
+        status = _cli(d.config_path, "status")
+        assert "1 forgotten (Orthanc deleted their files since)" in status.stdout, status.stdout
+        assert "1 with Orthanc's file missing (kept, not served)" in status.stdout
+    finally:
+        assert d.stop() == 0
+    aside.rename(lost_file)
+    d = a.daemon("third", prefix=limited).start()
+    try:
+        log = wait_adopted(d)
+        assert "adopted by reference have no file" not in log
+        assert lost.sop_instance_uid in _rows(d)
+    finally:
+        assert d.stop() == 0

@@ -108,6 +108,31 @@ class Adopted:
             return path
         return self.run_write(write)
 
+    def instances_with_path_prefix(self, path_prefix: str) -> list[tuple[str, str]]:
+        """(SOP Instance UID, file path) of the instances whose file path starts with
+        ``path_prefix`` (the references to Orthanc's files: appliance.store.blobs)."""
+        return self.read("SELECT sop_instance_uid, file_path FROM instances "
+                         "WHERE substr(file_path, 1, ?) = ?", (len(path_prefix), path_prefix))
+
+    def adoption_forget(self, items: Iterable[tuple[str, str, str]]) -> int:
+        """Orthanc deleted these attachments (uuid, SOP Instance UID, file path), adopted
+        by reference: each instance row goes unless a store replaced its file since, and
+        each mark goes too (nothing of it is left to adopt). One transaction; returns how
+        many rows went."""
+        batch = list(items)
+
+        def write(conn: apsw.Connection) -> int:
+            gone = 0
+            for uuid, sop_instance_uid, file_path in batch:
+                row = conn.execute("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
+                                   (sop_instance_uid,)).fetchone()
+                if row and row[0] == file_path:
+                    _delete(conn, sop_instance_uid)
+                    gone += 1
+                conn.execute("DELETE FROM orthanc_adopted WHERE uuid = ?", (uuid,))
+            return gone
+        return self.run_write(write) if batch else 0
+
     def carry_adoption_marks(self, rows: Iterable[tuple]) -> None:
         """Take over marks of another index (a reindex: :func:`marks_to_carry`
         of appliance.store.adoption), as they were."""
