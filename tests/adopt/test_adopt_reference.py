@@ -242,22 +242,29 @@ def test_files_on_another_filesystem_are_adopted_by_reference(templates, tmp_pat
         assert a.orthanc_count() == len(a.sent)
 
 
+def _another_owner(a: Archive) -> list[str]:
+    """Give Orthanc's files to nobody (Orthanc's own user, say) and return the command
+    prefix that runs the daemon as root without CAP_FOWNER and CAP_DAC_OVERRIDE, which
+    ``fs.protected_hardlinks`` treats as any other user (skips where that cannot be)."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the daemon without CAP_FOWNER")
+    if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1":
+        pytest.skip("fs.protected_hardlinks is off: any link succeeds")
+    for rel in a.orthanc_files():
+        if rel != "index":
+            os.chown(a.storage / rel, 65534, 65534)
+            os.chmod(a.storage / rel, 0o644)
+    return ["setpriv", "--bounding-set", "-dac_override,-fowner", "--"]
+
+
 def test_files_of_another_owner_are_adopted_by_reference(shared_archive: Archive):
     """The Debian case: Orthanc's files belong to its user and the daemon runs
     as another one. Here the daemon is root without CAP_FOWNER and
     CAP_DAC_OVERRIDE (setpriv), which ``fs.protected_hardlinks`` treats as any
     other user: linking a file it neither owns nor may write is EPERM."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the daemon without CAP_FOWNER")
-    if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1":
-        pytest.skip("fs.protected_hardlinks is off: any link succeeds")
     a = shared_archive
-    for rel in a.orthanc_files():
-        if rel != "index":
-            os.chown(a.storage / rel, 65534, 65534)  # nobody: Orthanc's own user, say
-            os.chmod(a.storage / rel, 0o644)
+    limited = _another_owner(a)
     before = a.orthanc_files()
-    limited = ["setpriv", "--bounding-set", "-dac_override,-fowner", "--"]
     d = a.daemon(prefix=limited).start()
     try:
         log = wait_adopted(d)
@@ -286,16 +293,8 @@ def test_references_orthanc_deleted_since_are_forgotten(shared_archive: Archive)
     """Orthanc, run again on its folders, deletes an instance adopted by reference: the
     next start forgets it, as Orthanc did, and says so. A referenced file gone while
     Orthanc's index still lists it (a folder not mounted, a fault) is kept and listed."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run the daemon without CAP_FOWNER")
-    if Path("/proc/sys/fs/protected_hardlinks").read_text().strip() != "1":
-        pytest.skip("fs.protected_hardlinks is off: any link succeeds")
     a = shared_archive
-    for rel in a.orthanc_files():
-        if rel != "index":
-            os.chown(a.storage / rel, 65534, 65534)
-            os.chmod(a.storage / rel, 0o644)
-    limited = ["setpriv", "--bounding-set", "-dac_override,-fowner", "--"]
+    limited = _another_owner(a)
     d = a.daemon(prefix=limited).start()
     try:
         wait_adopted(d)
