@@ -56,7 +56,7 @@ class Progress:
     bytes: dict[str, int] = field(default_factory=dict)
     studies: set[str] = field(default_factory=set)
     unreadable: list[dict] = field(default_factory=list)
-    gone: int = 0                  # references forgotten: Orthanc deleted their attachments
+    gone: int = 0                  # references this pass forgot: Orthanc deleted them
     missing: int = 0               # references kept without a file (Orthanc still lists them)
     error: str | None = None
     passes: int = 0
@@ -217,8 +217,7 @@ class OrthancAdopter:
                         "is back (attachments %s)", len(kept), ", ".join(kept[:_LISTED]))
         with self._lock:
             p = self.progress
-            p.gone += len(forgotten)
-            p.missing = len(kept)
+            p.gone, p.missing = len(forgotten), len(kept)
             for uuid in kept[:max(0, _LISTED - len(p.unreadable))]:
                 p.unreadable.append({"uuid": uuid, "instance": None,
                                      "reason": MISSING})

@@ -163,9 +163,9 @@ class OrthancAdoption:
         index. Returns (uuids forgotten, uuids kept without a file)."""
         forget, kept = [], []
         for sop, rel in self._archive.index.instances_with_path_prefix(REFERENCE_PREFIX):
-            uuid = referenced_uuid(rel)
-            if uuid is None or self._archive.blobs.path(rel).is_file():
+            if self._archive.blobs.path(rel).is_file():
                 continue
+            uuid = rel[len(REFERENCE_PREFIX):]
             if uuid in listed:
                 kept.append(uuid)
             else:

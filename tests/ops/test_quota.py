@@ -113,6 +113,7 @@ def test_forgetting_a_reference_frees_no_disk_space(tmp_path):
     forgotten) does not count as freed space between two disk measurements; deleting
     a file of ours does."""
     from appliance.ops.disk import MB, DiskState
+    from appliance.store.blobs import reference_to
     from appliance.store.orthanc import attachment_path
 
     storage = tmp_path / "storage"
@@ -135,7 +136,7 @@ def test_forgetting_a_reference_frees_no_disk_space(tmp_path):
         orthanc_file = attachment_path(storage, uuid)
         orthanc_file.parent.mkdir(parents=True)
         (storage / theirs_path).rename(orthanc_file)
-        archive.index.move_files({theirs_path: f"orthanc:{uuid}"})
+        archive.index.move_files({theirs_path: reference_to(uuid)})
 
         admission = StoreAdmission(archive, minimum_free_mb=1, maximum_storage_mb=0,
                                    maximum_patient_count=0, mode=StorageMode.REJECT,

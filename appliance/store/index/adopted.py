@@ -100,9 +100,7 @@ class Adopted:
         is another file by now (replaced by a store), and its mark says why, so
         the next pass tries it again."""
         def write(conn: apsw.Connection) -> str | None:
-            row = conn.execute("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
-                               (sop_instance_uid,)).fetchone()
-            path = _delete(conn, sop_instance_uid) if row and row[0] == file_path else None
+            path = _delete_if_at(conn, sop_instance_uid, file_path)
             conn.execute("UPDATE orthanc_adopted SET outcome = ?, reason = ?, verified = 1 "
                          "WHERE uuid = ?", (UNREADABLE, reason, uuid))
             return path
@@ -124,11 +122,7 @@ class Adopted:
         def write(conn: apsw.Connection) -> int:
             gone = 0
             for uuid, sop_instance_uid, file_path in batch:
-                row = conn.execute("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
-                                   (sop_instance_uid,)).fetchone()
-                if row and row[0] == file_path:
-                    _delete(conn, sop_instance_uid)
-                    gone += 1
+                gone += _delete_if_at(conn, sop_instance_uid, file_path) is not None
                 conn.execute("DELETE FROM orthanc_adopted WHERE uuid = ?", (uuid,))
             return gone
         return self.run_write(write) if batch else 0
@@ -145,3 +139,11 @@ class Adopted:
         """Uuids marked unreadable: tried again, their MD5 compared at once."""
         return {r[0] for r in self.read("SELECT uuid FROM orthanc_adopted WHERE outcome = ?",
                                         (UNREADABLE,))}
+
+
+def _delete_if_at(conn: apsw.Connection, sop_instance_uid: str, file_path: str) -> str | None:
+    """Delete the instance's row if it still names ``file_path`` (a store may have
+    replaced it since); the path deleted, or None."""
+    row = conn.execute("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
+                       (sop_instance_uid,)).fetchone()
+    return _delete(conn, sop_instance_uid) if row and row[0] == file_path else None
