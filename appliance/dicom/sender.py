@@ -316,6 +316,7 @@ class StoreSender:
         self._prompter: AckPrompter | None = None
         self._writes: DirectStoreWrites | None = None
         self._msg_id = 0
+        self._gone = False        # a request went unanswered: the association is over
         self.error = ""           # why the association could not be opened
         self.sent_bytes = 0
 
@@ -353,14 +354,16 @@ class StoreSender:
 
     @property
     def is_established(self) -> bool:
-        """True while the association is up."""
-        return self._assoc is not None and self._assoc.is_established
+        """True while the association is up: not once a request went unanswered,
+        although pynetdicom may not have noticed the peer's A-ABORT yet (its
+        reactor does, and only once it runs again)."""
+        return not self._gone and self._assoc is not None and self._assoc.is_established
 
     def release(self) -> None:
         """Release the association (A-RELEASE, PS3.8 7.2) if it is still up."""
         if self._prompter is not None:
             self._prompter.stop()
-        if self._assoc is not None and self._assoc.is_established:
+        if self.is_established:
             self._assoc.release()
 
     def __enter__(self) -> "StoreSender":
@@ -418,13 +421,16 @@ class StoreSender:
             result = SendResult.UNREADABLE if isinstance(e, OSError) else SendResult.NOT_ACCEPTED
             return SendOutcome(item, result, detail=detail)
         except RuntimeError as e:  # the association went away before or while writing
+            self._gone = True
             return SendOutcome(item, SendResult.LOST, detail=str(e))
         finally:
             if spooled is not None:
                 os.unlink(spooled)
         if answer is None or answer.status is None:
             # No response: the association was aborted or the DIMSE timeout passed
-            # (then it was aborted here or by pynetdicom).
+            # (then it was aborted here or by pynetdicom). Either way nothing more goes
+            # on it: the next request would wait out the DIMSE timeout for nothing.
+            self._gone = True
             self.error = "no response: the destination disconnected or timed out"
             log.warning("C-STORE to %s: %s: %s", self.destination, item.sop_instance_uid,
                         self.error)
