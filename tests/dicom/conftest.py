@@ -21,11 +21,6 @@ MODES = ("fast", "stock")
 
 
 
-def pytest_configure(config) -> None:
-    config.addinivalue_line(
-        "markers", "fast_path_only: run on the daemon's fast path only (tests/dicom/conftest.py)")
-
-
 def pytest_generate_tests(metafunc) -> None:
     if "pynetdicom_mode" in metafunc.fixturenames:
         fast_only = metafunc.definition.get_closest_marker("fast_path_only") is not None
