@@ -157,7 +157,8 @@ def send_report(dest: Destination, transaction_uid: str, committed: list[tuple[s
         if not assoc.accepted_contexts:
             return "storage commitment context not accepted"
         event_type = SOME_FAILED if failed else ALL_COMMITTED
-        pause_reactor(assoc)   # else its reactor may take the response
+        if not pause_reactor(assoc):   # else its reactor may take the response
+            return "the scanner aborted or closed the association"
         rsp, _ = assoc.send_n_event_report(_report(transaction_uid, committed, failed), event_type,
                                            StorageCommitmentPushModel, WELL_KNOWN_INSTANCE)
     finally:

@@ -91,14 +91,20 @@ class ReactorGate:
 
 def pause_reactor(assoc, timeout: float = _PARK_TIMEOUT) -> bool:
     """Call before each ``assoc.send_*`` on an association we requested: returns once
-    its reactor thread is parked and cannot take the response (False if it did not
-    park within ``timeout``: the association is gone or stuck). The ``send_*``
-    call restarts the reactor when it has its response, as it always does."""
+    its reactor thread is parked and cannot take the response. False, and nothing
+    should be sent, if it did not park within ``timeout`` (the association is gone or
+    stuck) or the peer has aborted or closed the connection: parked at the top of its
+    loop, the reactor has not seen that yet, and a request would wait out the DIMSE
+    timeout for an answer that cannot come; it is let go to end the association. The
+    ``send_*`` call restarts the reactor when it has its response, as it always does."""
     gate = assoc._reactor_checkpoint
     if not isinstance(gate, ReactorGate):
         # The first time: swap the Event for a gate. The old Event is open, so a
         # reactor inside its wait() comes out at once and meets the gate next time.
         gate = assoc._reactor_checkpoint = ReactorGate()
-    if not assoc.is_established:
+    if not assoc.is_established or not gate.shut_and_park(timeout):
         return False
-    return gate.shut_and_park(timeout)
+    if assoc.acse.is_aborted():   # an A-ABORT or A-P-ABORT waits for the reactor
+        gate.set()
+        return False
+    return True

@@ -57,8 +57,8 @@ class Outbound:
             log.warning("C-ECHO to %s: association %s", where, how)
             return False
         try:
-            pause_reactor(assoc)   # else its reactor may take the response
-            response = assoc.send_c_echo()
+            # Else its reactor may take the response; False: the peer already left.
+            response = assoc.send_c_echo() if pause_reactor(assoc) else None
         finally:
             assoc.release()
         status = response.get("Status") if response else None

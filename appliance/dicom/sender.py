@@ -400,7 +400,12 @@ class StoreSender:
             originator = move_originator or (None, None)
             if plan is _Plan.IN_MEMORY or self._writes is None:
                 payload = dcmread(what) if plan is _Plan.IN_MEMORY else what
-                pause_reactor(self._assoc)   # else its reactor may take the response
+                if not pause_reactor(self._assoc):   # else it may take the response
+                    self._gone = True
+                    self.error = "the destination aborted or closed the association"
+                    log.warning("C-STORE to %s: %s not sent: %s", self.destination,
+                                item.sop_instance_uid, self.error)
+                    return SendOutcome(item, SendResult.LOST, detail=self.error)
                 rsp = self._assoc.send_c_store(payload, msg_id=self._msg_id, priority=priority,
                                                originator_aet=originator[0],
                                                originator_id=originator[1])

@@ -20,10 +20,12 @@ import time
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
 
 from appliance.dicom.requestor import ReactorGate, pause_reactor
 from tests.support import pydicom_file
+from tests.worklist.helpers import poll
 
 pytestmark = pytest.mark.fast_path_only   # the client's race: the daemon's mode plays no part
 
@@ -96,3 +98,31 @@ def test_the_trigger_loses_a_response_without_the_pause(daemon):
     above proves nothing)."""
     statuses = _store(daemon, pause=False)
     assert None in statuses, statuses
+
+
+def test_pause_refuses_an_association_the_peer_aborted_while_the_reactor_slept():
+    """The peer aborts between two requests, and the reactor is parked before it has
+    looked: pause_reactor says so (nothing is sent to wait out the DIMSE timeout) and
+    lets the reactor go, which ends the association."""
+    accepted = []
+    scp = AE(ae_title="PEER")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[
+        (evt.EVT_ESTABLISHED, lambda e: accepted.append(e.assoc))])
+    try:
+        ae = AE(ae_title="RACE")
+        ae.add_requested_context(Verification)
+        ae.dimse_timeout = DIMSE_TIMEOUT
+        assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="PEER")
+        assert assoc.is_established
+        assert pause_reactor(assoc)
+        assert assoc.send_c_echo().Status == 0x0000
+        # As a busy machine may order it: the reactor parked before the A-ABORT comes.
+        assert assoc._reactor_checkpoint.shut_and_park(5.0)
+        accepted[0].abort()
+        poll(lambda: assoc.acse.is_aborted(), timeout=5)
+        assert assoc.is_established          # pynetdicom has not noticed yet
+        assert pause_reactor(assoc) is False
+        poll(lambda: assoc.is_aborted and not assoc.is_established, timeout=5)
+    finally:
+        server.shutdown()
