@@ -19,7 +19,9 @@ byte, whichever header reader (ours or pydicom) then builds its index record:
   bytes that Rows x Columns x Samples per Pixel x Bits Allocated x Number of
   Frames need (PS3.5 8.1.1, 8.2);
 - an object of an image storage SOP class carries Pixel Data (PS3.3 C.7.6.3,
-  Image Pixel Module, required in every image IOD).
+  Image Pixel Module, required in every image IOD), with non-zero Rows,
+  Columns and Samples per Pixel, and Bits Allocated 1 or a multiple of 8
+  (PS3.3 C.7.6.3.1): an image that no viewer can show is not acknowledged.
 
 Values are not read but for the few top-level ones these rules need, so a
 large object costs the reading of its element headers only: the caller hands
@@ -433,12 +435,8 @@ def _check_pixels(walk: _Walk, tsuid: str, media_sop_class: str | None) -> None:
             raise NotItsSopClass(f"{UID(sop_class).name} without Pixel Data")
         return
     tag, _, length = walk.pixel
-    if length == UNDEFINED:
-        if walk.fragments < 1:
-            raise Malformed("encapsulated Pixel Data without a fragment")
-        return
-    if is_encapsulated(tsuid):
-        return  # a defined length under an encapsulated syntax: nothing to count
+    if length == UNDEFINED and walk.fragments < 1:
+        raise Malformed("encapsulated Pixel Data without a fragment")
     try:
         rows, columns = walk.number(_ROWS), walk.number(_COLUMNS)
         bits, samples, frames = walk.number(_BITS_ALLOCATED), walk.number(_SAMPLES), walk.number(_FRAMES)
@@ -446,10 +444,12 @@ def _check_pixels(walk: _Walk, tsuid: str, media_sop_class: str | None) -> None:
         if image:
             raise Malformed("an Image Pixel attribute is not a number") from None
         return  # an odd object of another kind: its pixel data is not counted
+    if image:
+        _check_image_pixel_module(rows, columns, bits, samples)
+    if length == UNDEFINED or is_encapsulated(tsuid):
+        return  # fragments, or a defined length under an encapsulated syntax: nothing to count
     if rows is None or columns is None or bits is None:
-        if image:
-            raise NotItsSopClass("Pixel Data without Rows, Columns and Bits Allocated")
-        return
+        return  # not an image: its pixel data is not counted
     samples = samples or 1
     if frames is None:
         frames = 1
@@ -464,6 +464,20 @@ def _check_pixels(walk: _Walk, tsuid: str, media_sop_class: str | None) -> None:
             f"{_name(tag)} has {length} bytes; {rows} rows x {columns} columns x {samples} "
             f"samples x {bits} bits x {frames} frames need {needed}"
         )
+
+
+def _check_image_pixel_module(rows: int | None, columns: int | None, bits: int | None,
+                              samples: int | None) -> None:
+    """The Image Pixel Module's values an image cannot be shown without (PS3.3
+    C.7.6.3.1): Rows, Columns, Samples per Pixel and Bits Allocated are Type 1
+    and non-zero, and Bits Allocated is 1 or a multiple of 8.  A zero would
+    also make any Pixel Data "fit", so the size rule alone cannot catch it."""
+    if rows is None or columns is None or bits is None or samples is None:
+        raise NotItsSopClass("Pixel Data without Rows, Columns, Samples per Pixel and Bits Allocated")
+    if not (rows and columns and samples):
+        raise NotItsSopClass(f"an image of {rows} rows x {columns} columns x {samples} samples")
+    if bits != 1 and (bits == 0 or bits % 8):
+        raise NotItsSopClass(f"Bits Allocated {bits}: neither 1 nor a multiple of 8")
 
 
 def _is_image_class(sop_class: str | None) -> bool:

@@ -115,6 +115,12 @@ def test_damaged_framing_in_the_header_is_refused(daemon, chunked_send, tmp_path
     ({"Rows": 65535, "Columns": 65535, "NumberOfFrames": 1000}, CANNOT_UNDERSTAND,
      "65535 rows x 65535 columns x 3 samples x 8 bits x 1000 frames need"),
     ({"PixelData": None}, NOT_ITS_SOP_CLASS, "Ultrasound Image Storage without Pixel Data"),
+    # A zero would make any Pixel Data "fit"; no viewer can show these.
+    ({"Rows": 0}, NOT_ITS_SOP_CLASS, "an image of 0 rows x 640 columns x 3 samples"),
+    ({"SamplesPerPixel": 0}, NOT_ITS_SOP_CLASS, "an image of 480 rows x 640 columns x 0 samples"),
+    ({"SamplesPerPixel": None}, NOT_ITS_SOP_CLASS, "without Rows, Columns, Samples per Pixel and Bits"),
+    ({"BitsAllocated": 0}, NOT_ITS_SOP_CLASS, "Bits Allocated 0: neither 1 nor a multiple of 8"),
+    ({"BitsAllocated": 12}, NOT_ITS_SOP_CLASS, "Bits Allocated 12: neither 1 nor a multiple of 8"),
 ])  # fmt: skip
 def test_pixels_must_match_the_image(daemon, chunked_send, tmp_path, change, status, reason):
     ds = pydicom.dcmread(generate_singles(tmp_path / "us", 1)[0])

@@ -221,6 +221,31 @@ def test_pixel_data_must_fit_its_attributes(tmp_path):
     whole(part10(tmp_path, encode(us(PixelData=b"\x80" * 50))))
 
 
+@pytest.mark.parametrize("change, error", [
+    ({"Rows": 0}, "an image of 0 rows x 4 columns x 3 samples"),
+    ({"Columns": 0}, "an image of 4 rows x 0 columns x 3 samples"),
+    ({"SamplesPerPixel": 0}, "an image of 4 rows x 4 columns x 0 samples"),
+    ({"SamplesPerPixel": None}, "without Rows, Columns, Samples per Pixel and Bits Allocated"),
+    ({"Rows": None}, "without Rows, Columns, Samples per Pixel and Bits Allocated"),
+    ({"BitsAllocated": 0}, "Bits Allocated 0: neither 1 nor a multiple of 8"),
+    ({"BitsAllocated": 12}, "Bits Allocated 12: neither 1 nor a multiple of 8"),
+])  # fmt: skip
+def test_an_image_needs_the_values_its_pixels_are_shown_with(tmp_path, change, error):
+    with pytest.raises(NotItsSopClass, match=error):
+        whole(part10(tmp_path, encode(us(**change))))
+    # The same under an encapsulated syntax, whose fragments are not counted.
+    fragments = (element(0x7FE0, 0x0010, b"OB", b"", 0xFFFFFFFF) + b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
+                 + b"\xfe\xff\x00\xe0\x04\x00\x00\x00abcd" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")
+    with pytest.raises(NotItsSopClass, match=error):
+        whole(part10(tmp_path, encode(us(PixelData=None, **change)) + fragments, ts="1.2.840.10008.1.2.4.50"))
+
+
+def test_one_bit_and_wide_pixels_are_whole(tmp_path):
+    whole(part10(tmp_path, encode(us(SamplesPerPixel=1, PhotometricInterpretation="MONOCHROME2",
+                                     BitsAllocated=1, BitsStored=1, HighBit=0, PixelData=b"\x80" * 2))))
+    whole(part10(tmp_path, encode(us(BitsAllocated=16, BitsStored=12, HighBit=11, PixelData=b"\x80" * 96))))
+
+
 def test_an_image_needs_its_pixels_but_a_report_does_not(tmp_path):
     with pytest.raises(NotItsSopClass, match="Ultrasound Image Storage without Pixel Data"):
         whole(part10(tmp_path, encode(us(PixelData=None))))
