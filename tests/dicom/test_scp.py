@@ -16,7 +16,7 @@ from pynetdicom.sop_class import Verification
 
 from tests.synthetic import generate_singles
 from tests.support import (
-    PYDICOM_FILES, dataset_bytes, encode, meta_file, pydicom_file, run, scu_store,
+    PYDICOM_FILES, dataset_bytes, encode, meta_file, pydicom_file, run, scu_store, wait_for,
 )
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
@@ -251,7 +251,20 @@ def test_pynetdicom_scu_and_association_limit(make_daemon, singles):
     for a in held:
         assert a.send_c_echo().Status == 0
         a.release()
-    assert scu_store(d.dicom_port, singles[:3]) == [0, 0, 0]
+    # A released association's slot is free once the daemon's thread for it
+    # has ended, a moment after the A-RELEASE-RP: until then a new one may
+    # still be refused as transient, as a scanner would retry it.
+    ae.add_requested_context(pydicom.dcmread(singles[0], stop_before_pixels=True).SOPClassUID)
+    assoc = wait_for(lambda: _established(ae.associate("127.0.0.1", d.dicom_port, ae_title="ORTHANC")),
+                     timeout=10, what="an association once the held ones are released")
+    statuses = [assoc.send_c_store(pydicom.dcmread(f)).Status for f in singles[:3]]
+    assoc.release()
+    assert statuses == [0, 0, 0]
+
+
+def _established(assoc):
+    """The association if it was accepted, else None."""
+    return assoc if assoc.is_established else None
 
 
 # -- duplicates --------------------------------------------------------------
