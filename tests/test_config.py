@@ -128,10 +128,9 @@ def test_config_is_frozen(tmp_path):
 
 
 def test_debian_orthanc_json_loads_unchanged():
-    # The orthanc.json Debian's "orthanc" package installs (1.10), when present here.
+    # The orthanc.json Debian's "orthanc" package installs (1.10; tests/run.sh installs it).
     path = Path("/etc/orthanc/orthanc.json")
-    if not path.is_file():
-        pytest.skip("Orthanc from Debian is not installed")
+    assert path.is_file(), f"{path} is missing: tests/run.sh installs orthanc"
     config = load_config(path)
     assert "Plugins" in config.ignored and "LuaScripts" in config.ignored
     assert config.storage_directory.is_absolute()
@@ -760,8 +759,8 @@ def test_copy_of_debian_folder_loads(tmp_path):
     # Debian runs "Orthanc /etc/orthanc/": the shipped orthanc.json, dicomweb.json and
     # worklists.json together must load unchanged.
     names = ["orthanc.json", "dicomweb.json", "worklists.json"]
-    if not all((Path("/etc/orthanc") / n).is_file() for n in names):
-        pytest.skip("Orthanc from Debian is not installed")
+    missing = [n for n in names if not (Path("/etc/orthanc") / n).is_file()]
+    assert not missing, f"/etc/orthanc lacks {missing}: tests/run.sh installs orthanc and orthanc-dicomweb"
     for name in names:
         shutil.copy(Path("/etc/orthanc") / name, tmp_path / name)
     config = load_config(tmp_path)
