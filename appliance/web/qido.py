@@ -164,7 +164,8 @@ def _attribute(key: str, what: str) -> int:
         raise http_error(400, f"{what} {key[:80]!r}: attributes inside sequences are not supported")
     if _HEX_TAG.match(key):
         return int(key, 16)
-    tag = tag_for_keyword(key)
+    # pydicom's dictionary holds an entry whose keyword is "" (300A,0782).
+    tag = tag_for_keyword(key) if key else None
     if tag is None:
         raise http_error(400, f"{what} {key[:80]!r}: not a DICOM keyword or tag (e.g. PatientID or 00100020)")
     return tag

@@ -336,6 +336,7 @@ def test_retrieve_url_follows_the_loopback_proxy_headers(daemon, studies):
 @pytest.mark.parametrize("query, words", [
     ("Foo=1", "not a DICOM keyword"),
     ("0010002=1", "not a DICOM keyword"),
+    ("=1", "not a DICOM keyword"),              # pydicom has a keyword "" (300A,0782)
     ("0040A370.00400009=1", "inside sequences"),
     ("limit=-1", "limit"),
     ("limit=0", "limit"),
