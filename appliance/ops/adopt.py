@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,7 @@ class Progress:
     verified: int = 0              # files compared with Orthanc's MD5 after the pass
     ways: dict[str, int] = field(default_factory=dict)
     bytes: dict[str, int] = field(default_factory=dict)
-    studies: set[str] = field(default_factory=set)
+    studies: Counter = field(default_factory=Counter)   # Study Instance UID -> instances adopted
     unreadable: list[dict] = field(default_factory=list)
     gone: int = 0                  # references this pass forgot: Orthanc deleted them
     missing: int = 0               # references kept without a file (Orthanc still lists them)
@@ -89,7 +90,7 @@ class Progress:
             "verified": self.verified,
             "instances": {w.value: self.ways.get(w.value, 0) for w in Way},
             "bytes": {w.value: self.bytes.get(w.value, 0) for w in Way},
-            "studies": len(self.studies),
+            "studies": sum(1 for n in self.studies.values() if n > 0),
             "unreadable": list(self.unreadable), "gone": self.gone, "missing": self.missing,
             "error": self.error, "passes": self.passes,
         }
@@ -165,13 +166,14 @@ class OrthancAdopter:
         return self.progress
 
     def _adopt(self, path: Path) -> None:
-        adoption = OrthancAdoption(self._archive, self._storage)
+        with open_orthanc_index(path, self._index_dir) as index:
+            every = list(index.attachments())
+        listed = {a.uuid for a in every}
+        adoption = OrthancAdoption(self._archive, self._storage, listed)
         try:
-            with open_orthanc_index(path, self._index_dir) as index:
-                settled = adoption.settled()
-                every = list(index.attachments())
-                pending = [a for a in every if a.uuid not in settled]
-            self._vanished(*adoption.vanished({a.uuid for a in every}))
+            settled = adoption.settled()
+            pending = [a for a in every if a.uuid not in settled]
+            self._vanished(*adoption.vanished(listed))
             with self._lock:
                 self.progress.total, self.progress.state = len(pending), "adopting"
             if pending:
@@ -245,11 +247,16 @@ class OrthancAdopter:
             with self._lock:
                 p = self.progress
                 p.verified += len(batch)
-                for uuid, why, way in withdrawn:
+                for (uuid, _sop, _rel, size, study), why, way in withdrawn:
                     log.warning("Orthanc attachment %s withdrawn: %s", uuid, why)
                     p.ways[Way.UNREADABLE.value] = p.ways.get(Way.UNREADABLE.value, 0) + 1
+                    p.bytes[Way.UNREADABLE.value] = p.bytes.get(Way.UNREADABLE.value, 0) + size
+                    # This pass's counts, if this pass adopted it (an earlier one may have).
                     if p.ways.get(way.value):
                         p.ways[way.value] -= 1
+                        p.bytes[way.value] = max(0, p.bytes.get(way.value, 0) - size)
+                        if p.studies.get(study):
+                            p.studies[study] -= 1
                     if len(p.unreadable) < _LISTED:
                         p.unreadable.append({"uuid": uuid, "instance": None, "reason": why})
             self._report()
@@ -264,8 +271,8 @@ class OrthancAdopter:
                 p.done += 1
                 p.ways[r.way.value] = p.ways.get(r.way.value, 0) + 1
                 p.bytes[r.way.value] = p.bytes.get(r.way.value, 0) + r.bytes
-                if r.study:
-                    p.studies.add(r.study)
+                if r.study and r.way is not Way.DUPLICATE:
+                    p.studies[r.study] += 1
                 if r.way is Way.UNREADABLE:
                     log.warning("Orthanc attachment %s (instance %s) not adopted: %s",
                                 a.uuid, a.instance, r.reason)
@@ -294,6 +301,9 @@ class OrthancAdopter:
                  n["linked"], human_bytes(b["linked"]), n["referenced"], human_bytes(b["referenced"]),
                  n["copied"], human_bytes(b["copied"]), n["decompressed"],
                  human_bytes(b["decompressed"]), n["duplicate"], n["unreadable"])
+        if adoption.replaced:
+            log.info("%d instance(s) Orthanc had replaced since their adoption (OverwriteInstances): "
+                     "its newer copy replaced ours", adoption.replaced)
         if adoption.reference_reason:
             log.warning("Orthanc's files could not be linked (%s): %d adopted by reference to "
                         "Orthanc's folder, which must keep them", adoption.reference_reason,

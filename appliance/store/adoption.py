@@ -35,7 +35,11 @@ then its mark says ``verified = 0``, so a restart goes on verifying. A file
 already found unreadable once, and a decompressed one, are compared at once.
 
 An instance already here (received meanwhile, or twice in Orthanc) is a
-duplicate: the archive's copy stays. An unreadable attachment (missing,
+duplicate: the archive's copy stays, but for one case: the instance was
+adopted earlier from an attachment Orthanc no longer lists, so Orthanc
+replaced it since (OverwriteInstances, during a roll-back): with
+OverwriteInstances true here too, Orthanc's newer copy replaces ours, as a
+second C-STORE of the instance would. An unreadable attachment (missing,
 damaged, not DICOM) is marked and listed, tried again at the next pass, and
 never stops the others. Adopted instances skip quotas: they were already on
 this disk.
@@ -63,7 +67,7 @@ from appliance.lazyclasses import lazy_dataclass
 from appliance.store import orthanc
 from appliance.store.archive import Archive, Origin, record_of_file
 from appliance.store.blobs import REFERENCE_PREFIX, BlobStore, reference_to, referenced_uuid
-from appliance.store.index import DB_NAME, AdoptionMark, InstanceRecord
+from appliance.store.index import DB_NAME, AdoptionMark, InstanceRecord, Superseded
 from appliance.store.orthanc import Attachment
 
 log = logging.getLogger(__name__)
@@ -112,6 +116,7 @@ class _Prepared:
     rel: str | None = None
     reason: str | None = None
     verified: bool = True
+    superseded: Superseded | None = None
 
 
 class Damaged(Exception):
@@ -129,11 +134,15 @@ def file_id_of(uuid: str) -> str:
 class OrthancAdoption:
     """Adopts the attachments of the Orthanc archive in ``orthanc_storage``
     into ``archive`` (whose store is on the same filesystem: the same folder,
-    Orthanc's guide layout, or another one)."""
+    Orthanc's guide layout, or another one). ``listed``: the uuids of every
+    DICOM attachment Orthanc's index lists now."""
 
-    def __init__(self, archive: Archive, orthanc_storage: Path, *, workers: int = 2) -> None:
+    def __init__(self, archive: Archive, orthanc_storage: Path, listed: set[str], *,
+                 workers: int = 2) -> None:
         self._archive = archive
         self._storage = Path(orthanc_storage)
+        self._listed = frozenset(listed)
+        self.replaced = 0                           # instances Orthanc's newer copy replaced here
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="adopt")
         # The folders of a batch's new names are fsynced at once, not one after
         # the other: the filesystem commits its journal once for all of them
@@ -202,7 +211,8 @@ class OrthancAdoption:
         items = [(p.record if p.rel else None,
                   AdoptionMark(p.attachment.uuid, p.attachment.instance,
                                p.record.sop_instance_uid if p.record else None,
-                               p.way.value, p.size, p.reason, p.verified))
+                               p.way.value, p.size, p.reason, p.verified),
+                  p.superseded)
                  for p in prepared]
         try:
             # Durable names before the rows that point at them commit.
@@ -219,22 +229,26 @@ class OrthancAdoption:
             if outcome is not None and not outcome.inserted:
                 self._archive.blobs.remove(p.rel)  # only our name goes
                 way, reason = Way.DUPLICATE, "already stored"
+            elif outcome is not None and outcome.replaced_file:
+                self._archive.blobs.remove(outcome.replaced_file)  # ours; a reference is forgotten
+                self.replaced += 1
             done.append(Adopted(p.attachment.uuid, way, p.size,
                                 p.record.study_instance_uid if p.record else None, reason))
         self._archive.note_adopted(sum(1 for a in done if a.way in _PLACED))
         return done
 
-    def unverified(self) -> list[tuple[str, str, str]]:
-        """(uuid, SOP Instance UID, our path) of the files still to compare."""
+    def unverified(self) -> list[tuple[str, str, str, int, str]]:
+        """(uuid, SOP Instance UID, our path, bytes, Study Instance UID) of the
+        files still to compare."""
         return self._archive.index.adoption_unverified()
 
-    def verify(self, batch: list[tuple[str, str, str]], md5_of: dict[str, str | None],
-               ) -> list[tuple[str, str, Way]]:
+    def verify(self, batch: list[tuple[str, str, str, int, str]], md5_of: dict[str, str | None],
+               ) -> list[tuple[tuple[str, str, str, int, str], str, Way]]:
         """Compare the files of ``batch`` (from :meth:`unverified`) with the MD5
         Orthanc recorded (``md5_of``: uuid -> MD5); withdraw the damaged ones.
-        Returns (uuid, why, how it had been adopted) of those withdrawn."""
-        def check(item: tuple[str, str, str]) -> str | None:
-            uuid, _sop, rel = item
+        Returns (its item, why, how it had been adopted) of those withdrawn."""
+        def check(item: tuple[str, str, str, int, str]) -> str | None:
+            uuid, _sop, rel, _bytes, _study = item
             expected = md5_of.get(uuid)
             if not expected or rel not in (BlobStore.relpath(file_id_of(uuid)), reference_to(uuid)):
                 # Orthanc did not record one (or forgot the attachment), or a
@@ -251,14 +265,14 @@ class OrthancAdoption:
         for item, why in zip(batch, self._pool.map(check, batch)):
             if why is None:
                 continue
-            uuid, sop, rel = item
+            uuid, sop, rel, _bytes, _study = item
             path = self._archive.index.adoption_withdraw(uuid, sop, rel, why)
             if path:
                 self._archive.blobs.remove(path)  # our name only: Orthanc's file stays
-            withdrawn.append((uuid, why, Way.LINKED if referenced_uuid(rel) is None
+            withdrawn.append((item, why, Way.LINKED if referenced_uuid(rel) is None
                               else Way.REFERENCED))
-        self._archive.index.adoption_verified(
-            item[0] for item in batch if item[0] not in {u for u, _, _ in withdrawn})
+        gone = {item[0] for item, _, _ in withdrawn}
+        self._archive.index.adoption_verified(item[0] for item in batch if item[0] not in gone)
         return withdrawn
 
     # -- one attachment, on a worker thread ------------------------------------
@@ -288,10 +302,13 @@ class OrthancAdoption:
             else:
                 raise Damaged(f"compression type {a.compression} unknown")
             existing = self._archive.index.find_instance(record.sop_instance_uid)
+            superseded = None
             if existing is not None:
-                if existing.file_path != rel:
-                    _unlink_quietly(dest)  # a leftover of an interrupted pass
-                return _Prepared(a, Way.DUPLICATE, size, record, reason="already stored")
+                superseded = self._superseded(record.sop_instance_uid, existing.file_path)
+                if superseded is None:
+                    if existing.file_path != rel:
+                        _unlink_quietly(dest)  # a leftover of an interrupted pass
+                    return _Prepared(a, Way.DUPLICATE, size, record, reason="already stored")
             if temp is not None:
                 os.replace(temp, dest)
                 temp = None
@@ -301,10 +318,24 @@ class OrthancAdoption:
             else:
                 way, rel = Way.REFERENCED, reference_to(a.uuid)
                 record = replace(record, file_path=rel)
-            return _Prepared(a, way, size, record=record, rel=rel, verified=now or not a.md5)
+            return _Prepared(a, way, size, record=record, rel=rel, verified=now or not a.md5,
+                             superseded=superseded)
         finally:
             if temp is not None:
                 _unlink_quietly(Path(temp))
+
+    def _superseded(self, sop_instance_uid: str, file_path: str) -> Superseded | None:
+        """The earlier adoption a new attachment of this instance replaces: with
+        OverwriteInstances, when the instance's file is still the one adopted
+        from an attachment Orthanc's index no longer lists (Orthanc replaced the
+        instance since). None otherwise: the copy here stays."""
+        if not self._archive.overwrite_instances:
+            return None
+        for uuid in self._archive.index.adoption_placed(sop_instance_uid):
+            if uuid not in self._listed and file_path in (
+                    BlobStore.relpath(file_id_of(uuid)), reference_to(uuid)):
+                return Superseded(uuid, file_path)
+        return None
 
     def _link(self, source: Path, dest: Path) -> bool:
         """Give ``dest`` the file ``source`` by a hard link; False when no link

@@ -4,6 +4,7 @@ stored itself (tests/adopt/conftest.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -15,7 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 import apsw
+import pydicom
 
+from appliance.ops.disk import human_bytes
 from tests.adopt.conftest import Archive, status_json, wait_adopted
 from tests.adopt.corpus import PATIENTS, make_corpus
 from tests.support import Daemon, scu_store
@@ -235,7 +238,15 @@ def test_import_orthanc_command_with_the_daemon_stopped(shared_archive: Archive,
     damaged.write_bytes(good[:-100] + bytes(b ^ 0xFF for b in good[-100:]))
     first = _cli(config, "import-orthanc")
     assert first.returncode == 4, first
-    assert f"{len(a.sent) - 2} instance(s) of" in first.stdout
+    # The summary counts neither the copy received first nor the withdrawn file,
+    # in instances, studies or bytes.
+    damaged_sop = pydicom.dcmread(io.BytesIO(good), stop_before_pixels=True).SOPInstanceUID
+    kept = [s for s in a.sent if s.sop_instance_uid not in (a.sent[0].sop_instance_uid, damaged_sop)]
+    files = [a.attachment(u) for u in _attachments(a)]
+    linked = sum(f.stat().st_size for f in files if pydicom.dcmread(f, stop_before_pixels=True)
+                 .SOPInstanceUID in {s.sop_instance_uid for s in kept})
+    assert f"{len(kept)} instance(s) of {len({s.study for s in kept})} studies adopted" in first.stdout
+    assert f"bytes linked: {human_bytes(linked)} ({len(kept)} files" in first.stdout
     assert "already in the archive: 1" in first.stdout
     assert d.stored_path(a.sent[0].sop_instance_uid) == received and received.exists()
     assert f"attachment {damaged.name}" in first.stdout and "MD5" in first.stdout
@@ -251,3 +262,51 @@ def test_import_orthanc_command_with_the_daemon_stopped(shared_archive: Archive,
         assert sum(_studies(d).values()) == len(a.sent)
     finally:
         d.stop()
+
+
+def test_an_instance_orthanc_replaced_during_a_roll_back_is_replaced_here(shared_archive: Archive,
+                                                                           tmp_path):
+    """OverwriteInstances true: back on Orthanc for a while, the clinic sends a
+    corrected copy of an adopted instance, and Orthanc replaces its own. Going
+    forward again, the appliance serves Orthanc's new copy, as it would have
+    taken that C-STORE itself, not the one it adopted first."""
+    a = shared_archive
+    a.config["OverwriteInstances"] = True  # one orthanc.json for both programs
+    d = a.daemon().start()
+    try:
+        wait_adopted(d)
+        (old_rel,) = d.rows("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
+                            (a.sent[0].sop_instance_uid,))[0]
+    finally:
+        assert d.stop() == 0
+    fixed = pydicom.dcmread(a.sent[0].path)
+    fixed.PatientName = "Fixed^Name"
+    fixed.save_as(tmp_path / "fixed.dcm")
+    orthanc = a.orthanc().start()
+    try:
+        assert scu_store(a.config["DicomPort"], [tmp_path / "fixed.dcm"]) == [0]
+        assert orthanc.get("/statistics")["CountInstances"] == len(a.sent)
+    finally:
+        orthanc.stop()
+    assert not a.attachment(_orthanc_uuid(old_rel)).exists()  # Orthanc dropped its old file
+
+    d = a.daemon("second").start()
+    try:
+        log = wait_adopted(d)
+        assert "1 instance(s) Orthanc had replaced since their adoption (OverwriteInstances)" in log
+        rows = {r[2]: r for r in _instances(d)}
+        assert len(rows) == len(a.sent)
+        study, series, sop, rel = rows[a.sent[0].sop_instance_uid]
+        theirs = a.attachment(_orthanc_uuid(rel))
+        assert rel != old_rel and os.path.samefile(d.storage / rel, theirs)
+        served = _wado(d, study, series, sop)
+        assert served == theirs.read_bytes() and b"Fixed^Name" in served
+        assert not (d.storage / old_rel).exists()  # our name of the old file went with it
+        assert d.rows("SELECT count(*) FROM orthanc_adopted") == [(len(a.sent),)]
+    finally:
+        assert d.stop() == 0
+    d = a.daemon("third").start()  # nothing left to adopt, nothing replaced twice
+    try:
+        assert "everything adopted already" in wait_adopted(d)
+    finally:
+        assert d.stop() == 0

@@ -19,7 +19,7 @@ uses this package: the rest of the appliance goes through the Archive.
 
 from __future__ import annotations
 
-from appliance.store.index.adopted import Adopted, AdoptionMark
+from appliance.store.index.adopted import Adopted, AdoptionMark, Superseded
 from appliance.store.index.engine import Engine, IndexError_
 from appliance.store.index.instances import (
     InsertOutcome, Instances, InstanceRecord, StoredInstance,
@@ -33,7 +33,7 @@ from appliance.store.index.retrieve import Retrieves
 from appliance.store.index.search import Searches
 
 __all__ = [
-    "AdoptionMark", "AuditEntry", "Removed", "StudyChanged", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
+    "AdoptionMark", "AuditEntry", "Removed", "StudyChanged", "Superseded", "COUNT_NAMES", "DB_NAME", "MIGRATIONS", "QIDO_KEPT", "SCHEMA_VERSION", "Index", "IndexError_",
     "InsertOutcome", "InstanceRecord", "MppsRecord", "PatientUsage", "Snapshot", "StoredInstance",
     "Forward", "QueueItem", "Settled", "UnknownResources",
 ]

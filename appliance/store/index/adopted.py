@@ -35,6 +35,15 @@ class AdoptionMark:
     verified: bool = True           # False: Orthanc's MD5 still to be compared
 
 
+@lazy_dataclass(frozen=True)
+class Superseded:
+    """An earlier adoption that a new attachment of the same instance replaces:
+    Orthanc overwrote the instance since (OverwriteInstances)."""
+
+    uuid: str                       # the earlier attachment, which Orthanc no longer lists
+    file_path: str                  # the instance's file as that adoption left it
+
+
 class Adopted:
     """The adoption operations of the index."""
 
@@ -53,19 +62,31 @@ class Adopted:
         return {o: (n, b) for o, n, b in self.read(
             "SELECT outcome, count(*), coalesce(sum(bytes), 0) FROM orthanc_adopted GROUP BY outcome")}
 
-    def record_adoption(self, items: Iterable[tuple[InstanceRecord | None, AdoptionMark]],
+    def record_adoption(self, items: Iterable[tuple[InstanceRecord | None, AdoptionMark,
+                                                    Superseded | None]],
                         dirs: Iterable[Path]) -> list[InsertOutcome | None]:
-        """Insert the instances (never over an existing one) and their marks in
-        one transaction, once ``dirs`` (where their files were placed) are
-        fsynced. An instance found already there gets its mark turned into a
-        duplicate; the caller removes the file it placed for it."""
+        """Insert the instances and their marks in one transaction, once
+        ``dirs`` (where their files were placed) are fsynced. An instance is
+        inserted over an existing one only when the item names it superseded
+        (an earlier adoption of an attachment Orthanc has replaced since) and
+        the row still names that adoption's file: its mark goes and the
+        outcome's ``replaced_file`` is for the caller to remove. An instance
+        found already there otherwise gets its mark turned into a duplicate;
+        the caller removes the file it placed for it."""
         batch = list(items)
 
         def write(conn: apsw.Connection) -> list[InsertOutcome | None]:
             now = time.time()
             done: list[InsertOutcome | None] = []
-            for record, mark in batch:
-                outcome = None if record is None else _insert(conn, record, overwrite=False)
+            for record, mark, superseded in batch:
+                outcome = None
+                if record is not None:
+                    # A store may have replaced the superseded file since it was found.
+                    overwrite = superseded is not None and _file_of(
+                        conn, record.sop_instance_uid) == superseded.file_path
+                    outcome = _insert(conn, record, overwrite=overwrite)
+                    if overwrite:
+                        conn.execute("DELETE FROM orthanc_adopted WHERE uuid = ?", (superseded.uuid,))
                 if outcome is not None and not outcome.inserted:
                     mark = AdoptionMark(mark.uuid, mark.orthanc_instance, mark.sop_instance_uid,
                                         DUPLICATE, mark.bytes, "already stored")
@@ -80,12 +101,22 @@ class Adopted:
 
         return self.run_write(write, dirs)
 
-    def adoption_unverified(self) -> list[tuple[str, str, str]]:
-        """(uuid, SOP Instance UID, our file path) of the adopted files whose
-        MD5 is still to be compared with Orthanc's."""
+    def adoption_unverified(self) -> list[tuple[str, str, str, int, str]]:
+        """(uuid, SOP Instance UID, our file path, bytes, Study Instance UID) of
+        the adopted files whose MD5 is still to be compared with Orthanc's."""
         return self.read(
-            "SELECT m.uuid, m.sop_instance_uid, i.file_path FROM orthanc_adopted m "
-            "JOIN instances i ON i.sop_instance_uid = m.sop_instance_uid WHERE m.verified = 0")
+            "SELECT m.uuid, m.sop_instance_uid, i.file_path, m.bytes, st.study_instance_uid "
+            "FROM orthanc_adopted m JOIN instances i ON i.sop_instance_uid = m.sop_instance_uid "
+            "JOIN series se ON se.id = i.series_pk JOIN studies st ON st.id = se.study_pk "
+            "WHERE m.verified = 0")
+
+    def adoption_placed(self, sop_instance_uid: str) -> list[str]:
+        """Uuids of the attachments adopted as this instance's file (linked,
+        referenced, copied or decompressed), whether or not the instance still
+        has that file."""
+        return [r[0] for r in self.read(
+            "SELECT uuid FROM orthanc_adopted WHERE sop_instance_uid = ? AND outcome NOT IN (?, ?)",
+            (sop_instance_uid, UNREADABLE, DUPLICATE))]
 
     def adoption_verified(self, uuids: Iterable[str]) -> None:
         """These adopted files matched Orthanc's MD5."""
@@ -144,6 +175,11 @@ class Adopted:
 def _delete_if_at(conn: apsw.Connection, sop_instance_uid: str, file_path: str) -> str | None:
     """Delete the instance's row if it still names ``file_path`` (a store may have
     replaced it since); the path deleted, or None."""
+    return _delete(conn, sop_instance_uid) if _file_of(conn, sop_instance_uid) == file_path else None
+
+
+def _file_of(conn: apsw.Connection, sop_instance_uid: str) -> str | None:
+    """The file path of the instance's row, None when there is no row."""
     row = conn.execute("SELECT file_path FROM instances WHERE sop_instance_uid = ?",
                        (sop_instance_uid,)).fetchone()
-    return _delete(conn, sop_instance_uid) if row and row[0] == file_path else None
+    return row[0] if row else None
