@@ -192,14 +192,25 @@ class _SocketHold:
     The DUL thread looks for incoming data through ``_is_transport_event`` (dul.py:
     a zero-timeout select, then it reads a whole PDU). That one instance's method
     is wrapped to do nothing while held, under a lock, so a look that began before
-    :meth:`hold` has read its PDU before ``hold`` returns; nothing process-wide."""
+    :meth:`hold` has read its PDU before ``hold`` returns; nothing process-wide.
 
-    def __init__(self, dul) -> None:
+    A look the DUL thread began before the wrapper was put in place is not under
+    the lock: descheduled between taking the method and its select, it would
+    read the first response's PDU header from under the caller (an audit saw it
+    against a storescp that had just started: a 60 s stall, then the instance
+    sent twice). So the first :meth:`hold` waits until the DUL thread has looked
+    through the wrapper once: it is one thread, so any earlier look is over."""
+
+    def __init__(self, dul, wait: float) -> None:
         self._lock = threading.Lock()
         self._held = False
+        self._dul = dul
+        self._wait = wait
+        self._wrapped = threading.Event()
         stock = dul._is_transport_event
 
         def is_transport_event() -> bool:
+            self._wrapped.set()
             with self._lock:
                 return False if self._held else stock()
 
@@ -207,6 +218,13 @@ class _SocketHold:
 
     def hold(self) -> None:
         """From now on the socket's incoming bytes are the caller's."""
+        if not self._wrapped.is_set():
+            # The reactor loops every millisecond; a DUL thread that has ended
+            # reads nothing, and one stuck longer than ``wait`` is not waited for.
+            deadline = time.monotonic() + self._wait
+            while (not self._wrapped.wait(0.005) and self._dul.is_alive()
+                   and time.monotonic() < deadline):
+                pass
         with self._lock:
             self._held = True
 
@@ -245,7 +263,7 @@ class DirectStoreWrites:
             # Also what pynetdicom's own send_c_store (an object it must re-encode)
             # waits with on this association.
             assoc.dimse.get_msg = self.get_msg
-            self._hold = _SocketHold(assoc.dul)
+            self._hold = _SocketHold(assoc.dul, assoc.dimse.dimse_timeout or 10.0)
 
     def exchange(self, path, *, msg_id: int, sop_class_uid: str, sop_instance_uid: str,
                  priority: int = 2, originator_aet: str | None = None,

@@ -8,6 +8,7 @@ and DCMTK's storescp."""
 
 from __future__ import annotations
 
+import select
 import socket
 import subprocess
 import threading
@@ -24,6 +25,7 @@ from pynetdicom.sop_class import (
 )
 
 from appliance.dicom.sender import Destination, Outgoing, SendResult, StoreSender, needs_of
+from appliance.dicom.streaming import DirectStoreWrites
 from tests.support import dataset_bytes, pydicom_file, wait_for
 from tests.synthetic import generate_cine
 
@@ -130,6 +132,45 @@ def test_back_to_back_requests_never_lose_a_response(storescp, tmp_path):
     items = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 600)
     outcomes = _send(storescp, items, direct=True, aet="STORESCP")
     assert [o.result for o in outcomes] == [SendResult.SUCCESS] * len(items)
+
+
+def test_a_look_the_reader_began_before_the_hold_ends_before_the_request(storescp, tmp_path):
+    """pynetdicom's reader thread may have begun a look at the socket before the
+    direct writes held it off (descheduled between taking its method and its
+    select); resumed once the response has landed, it would take it from under
+    the sender (seen against a storescp that had just started). Here it is made
+    to do exactly that: its first look waits, then resumes on the response, and
+    the sender reads late; the hold must wait for that look to end first."""
+    item = _copies(Path(pydicom_file("CT_small.dcm")), tmp_path / "ct", 1)[0]
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(item.sop_class_uid, item.transfer_syntax_uid)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 2
+    assoc = ae.associate("127.0.0.1", storescp, ae_title="STORESCP")
+    assert assoc.is_established
+    dul, sock = assoc.dul, assoc.dul.socket.socket
+    stock = dul._is_transport_event
+    began, resume = threading.Event(), threading.Event()
+
+    def descheduled_look() -> bool:
+        if threading.current_thread() is dul and not began.is_set():
+            began.set()
+            resume.wait(5)
+            select.select([sock], [], [], 1.0)   # back when the response has landed
+        return stock()
+
+    dul._is_transport_event = descheduled_look
+    assert began.wait(5)
+    writes = DirectStoreWrites(assoc)
+    read = writes._read_response
+    writes._read_response = lambda msg_id: (time.sleep(0.5), read(msg_id))[1]
+    threading.Timer(0.2, resume.set).start()
+    try:
+        response = writes.exchange(item.path, msg_id=1, sop_class_uid=item.sop_class_uid,
+                                   sop_instance_uid=item.sop_instance_uid)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert response.status == 0x0000, response
 
 
 def test_an_unreadable_file_fails_alone(storescp, tmp_path):
