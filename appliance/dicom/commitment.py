@@ -26,7 +26,7 @@ from pynetdicom.sop_class import StorageCommitmentPushModel
 from pynetdicom.status import code_to_category
 
 from appliance.dicom.policy import AccessPolicy, Service
-from appliance.dicom.requestor import pause_reactor
+from appliance.dicom.requestor import pause_reactor, request_association
 from appliance.dicom.sender import Destination
 from appliance.dicom.status import CommitmentStatus, FailureReason
 from appliance.dicomfile import syntax
@@ -147,12 +147,9 @@ def send_report(dest: Destination, transaction_uid: str, committed: list[tuple[s
     # PS3.4 J.3.3 / PS3.7 D.3.3.4: the association requester here is the SCP of the
     # SOP class; it proposes the SCP role only.
     role = build_role(StorageCommitmentPushModel, scu_role=False, scp_role=True)
-    try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.called_aet, ext_neg=[role])
-    except (OSError, ValueError, RuntimeError) as e:
-        return f"cannot associate: {getattr(e, 'strerror', None) or e}"
-    if not assoc.is_established:
-        return "association rejected" if assoc.is_rejected else "no association"
+    assoc, why = request_association(ae, dest.host, dest.port, dest.called_aet, ext_neg=[role])
+    if why:
+        return why
     try:
         if not assoc.accepted_contexts:
             return "storage commitment context not accepted"

@@ -1,4 +1,6 @@
-"""A real pause of pynetdicom's requestor reactor before a request is sent.
+"""Associations the daemon requests: why one could not be opened, in words a
+clinic's IT person can act on (:func:`request_association`), and a real pause
+of pynetdicom's requestor reactor before a request is sent.
 
 pynetdicom 3.0.4 (association.py) runs a reactor thread in every association,
 the ones we request included, which takes any decoded DIMSE message off the
@@ -29,6 +31,8 @@ from __future__ import annotations
 
 import threading
 import time
+
+from pynetdicom import evt
 
 # Long enough for a reactor that is serving something (pynetdicom's loop is a 1 ms
 # sleep and a few checks); a reactor that never parks is a dead association, which
@@ -87,6 +91,30 @@ class ReactorGate:
                     return False
                 self._cond.wait(remaining)
         return True
+
+
+def request_association(ae, host: str, port: int, called_aet: str, **kwargs):
+    """``ae.associate(host, port, ae_title=called_aet, **kwargs)``, and why it
+    failed: (the association, "") once established, else (the association or
+    None, why). pynetdicom reports a TCP connection refused or timed out as an
+    aborted association; here it says that no connection could be made, which
+    sends the reader to the network or the peer's port, not its DICOM set-up."""
+    connected = threading.Event()
+    handlers = [(evt.EVT_CONN_OPEN, lambda event: connected.set())]
+    try:
+        assoc = ae.associate(host, port, ae_title=called_aet, evt_handlers=handlers, **kwargs)
+    except (OSError, ValueError, RuntimeError) as e:   # pynetdicom resolves the host name itself
+        return None, f"cannot connect to {host}:{port}: {getattr(e, 'strerror', None) or e}"
+    if assoc.is_established:
+        return assoc, ""
+    if not connected.is_set():
+        return assoc, (f"cannot connect to {host}:{port}: no TCP connection (refused, "
+                       "unreachable or no answer in time)")
+    if assoc.is_rejected:
+        return assoc, "association rejected"
+    if assoc.is_aborted:
+        return assoc, "association aborted by the peer"
+    return assoc, "no association"
 
 
 def pause_reactor(assoc, timeout: float = _PARK_TIMEOUT) -> bool:

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.status import Status
 
 from appliance.config import Modality
-from appliance.dicom.requestor import pause_reactor
+from appliance.dicom.requestor import pause_reactor, request_association
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +47,9 @@ class Outbound:
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = limit
         where = f"{modality.name} ({modality.aet} at {modality.host}:{modality.port})"
         started = time.monotonic()
-        try:
-            assoc = ae.associate(modality.host, modality.port, ae_title=modality.aet)
-        except OSError as e:  # pynetdicom resolves the host name itself, and raises
-            log.warning("C-ECHO to %s: %s", where, e.strerror or e)
-            return False
-        if not assoc.is_established:
-            how = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-            log.warning("C-ECHO to %s: association %s", where, how)
+        assoc, why = request_association(ae, modality.host, modality.port, modality.aet)
+        if why:
+            log.warning("C-ECHO to %s: %s", where, why)
             return False
         try:
             # Else its reactor may take the response; False: the peer already left.

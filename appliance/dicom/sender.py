@@ -71,7 +71,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import code_to_category
 
 from appliance.config import Modality
-from appliance.dicom.requestor import pause_reactor
+from appliance.dicom.requestor import pause_reactor, request_association
 from appliance.dicom.streaming import DirectStoreWrites, StoreResponse
 from appliance.dicomfile import pixels, syntax
 from appliance.lazyclasses import lazy_dataclass
@@ -333,15 +333,8 @@ class StoreSender:
         ae.requested_contexts = self._contexts
         ae.connection_timeout = ae.acse_timeout = ae.dimse_timeout = dest.timeout
         ae.network_timeout = dest.timeout
-        try:
-            assoc = ae.associate(dest.host, dest.port, ae_title=dest.called_aet)
-        except (OSError, ValueError, RuntimeError) as e:  # name resolution, bad address
-            self.error = str(getattr(e, "strerror", None) or e)
-            log.warning("C-STORE to %s: cannot associate: %s", dest, self.error)
-            return False
-        if not assoc.is_established:
-            self.error = ("association rejected" if assoc.is_rejected else
-                          "association aborted" if assoc.is_aborted else "no association")
+        assoc, self.error = request_association(ae, dest.host, dest.port, dest.called_aet)
+        if self.error:
             log.warning("C-STORE to %s: %s", dest, self.error)
             return False
         sock = _no_delay(assoc)

@@ -100,5 +100,5 @@ def test_echo_failures_answer_as_orthanc(make_daemon):
     assert echo(d, "down", json=[]).status_code == 400
     assert echo(d, "down", json={"Timeout": "5"}).status_code == 400
     assert echo(d, "down", json={"CheckFind": True}).status_code == 400
-    assert re.search(r"WARNING appliance\.dicom\.scu: C-ECHO to down \(NOBODY at 127\.0\.0\.1:\d+\)",
-                     d.log())
+    assert re.search(r"WARNING appliance\.dicom\.scu: C-ECHO to down \(NOBODY at 127\.0\.0\.1:\d+\): "
+                     r"cannot connect to 127\.0\.0\.1:\d+: no TCP connection", d.log())
