@@ -3,10 +3,13 @@ second daemon over STOW-RS, across a destination outage and daemon crashes."""
 
 from __future__ import annotations
 
+import json
+
 import random
 import time
 
 import requests
+from pydicom.uid import generate_uid
 
 from tests.outbound.conftest import cli, make_instances, queue_json
 from tests.support import scu_store, wait_for
@@ -45,14 +48,25 @@ def test_instance_rule_forwards_each_stored_instance(make_daemon, storescp, tmp_
 def test_destination_down_then_up_backs_off_then_delivers(make_daemon, storescp, tmp_path):
     scp = storescp(start=False)
     d = make_daemon(DicomModalities=_modality(scp),
-                    Forwarding={"Rules": [{"Destination": "ARCH"}], "MaxRetrySeconds": 2})
-    files = make_instances(tmp_path / "a", 3)
+                    Forwarding={"Rules": [{"Destination": "ARCH"}], "MaxRetrySeconds": 60})
+    study = generate_uid()
+    files = make_instances(tmp_path / "a", 3, study_uid=study)
     assert scu_store(d.dicom_port, files) == [0] * 3
 
-    wait_for(lambda: d.rows("SELECT min(attempts) FROM send_items")[0][0] >= 2, 20,
-             "two failed attempts")
-    row = {r["destination"]: r for r in queue_json(d)["destinations"]}["ARCH"]
-    assert row["pending"] == 3 and row["failing"] == 3 and row["attempts"] >= 2
+    # Backoff 1, 2, then 4 s: the next attempt is 4 s away once the third failed.
+    wait_for(lambda: d.rows("SELECT min(attempts) FROM send_items")[0][0] >= 3, 20,
+             "three failed attempts")
+    # One more instance of the study arrives meanwhile: due at once, but held
+    # behind the first (order per study), as the two others are.
+    late = make_instances(tmp_path / "b", 1, study_uid=study)
+    assert scu_store(d.dicom_port, late) == [0]
+    listed = json.loads(cli(d, "queue", "list", "--items", "--json").stdout)
+    row = {r["destination"]: r for r in listed["destinations"]}["ARCH"]
+    assert row["pending"] == 4 and row["failing"] == 3 and row["attempts"] >= 3
+    first, *held = sorted(listed["items"], key=lambda i: i["id"])
+    assert [i["held_by"] for i in held] == [first["id"]] * 3 and row["held"] == 3
+    # The next attempt shown is the first one's, not the late one's own "now".
+    assert row["next_attempt"] == first["next_attempt"] > held[-1]["next_attempt"]
     # Nothing listens there: said as such, not as an "aborted" association.
     assert row["last_error"].startswith(f"cannot connect to 127.0.0.1:{scp.port}: no TCP connection"), row
     assert row["next_attempt"] > row["oldest"]  # backing off
@@ -60,7 +74,7 @@ def test_destination_down_then_up_backs_off_then_delivers(make_daemon, storescp,
     assert shown.returncode == 0 and "failing" in shown.stdout and "next in" in shown.stdout, shown.stdout
     assert "not sent, retried later" in d.log()
     scp.start()
-    wait_for(lambda: scp.received() == {p.stem for p in files}, 20, "delivery once up")
+    wait_for(lambda: scp.received() == {p.stem for p in files + late}, 20, "delivery once up")
 
 
 def test_sigkill_while_forwarding_loses_nothing(make_daemon, storescp, tmp_path):

@@ -266,9 +266,10 @@ class Outbox:
                    sum(state = 'sent'), sum(state = 'dropped'), sum(state = 'cancelled'),
                    coalesce(sum(CASE WHEN state = 'sent' THEN bytes END), 0),
                    min(CASE WHEN state = 'pending' THEN created_at END),
-                   min(CASE WHEN state = 'pending' THEN next_attempt_at END),
                    max(CASE WHEN state = 'pending' THEN attempts END)
             FROM send_items GROUP BY destination ORDER BY destination""")
+        # The next attempt is that of an item not held (a held item goes when its holder does).
+        due = self.queue_next_due()
         errors = dict(self.read("""
             SELECT destination, last_error FROM send_items q
             WHERE id = (SELECT max(id) FROM send_items r WHERE r.destination = q.destination
@@ -277,9 +278,9 @@ class Outbox:
         held = dict(self.read("SELECT destination, count(*) FROM send_items q WHERE state = 'pending' "
                               "AND kind = 'store' AND EXISTS (" + _HELD_BY + ") GROUP BY destination"))
         names = ("destination", "pending", "failing", "sent", "dropped", "cancelled", "bytes",
-                 "oldest", "next_attempt", "attempts")
-        out = [dict(zip(names, r)) | {"last_error": errors.get(r[0]), "waiting_stable": waiting.pop(r[0], 0),
-                                      "held": held.get(r[0], 0)}
+                 "oldest", "attempts")
+        out = [dict(zip(names, r)) | {"next_attempt": due.get(r[0]), "last_error": errors.get(r[0]),
+                                      "waiting_stable": waiting.pop(r[0], 0), "held": held.get(r[0], 0)}
                for r in rows]
         out += [{"destination": d, "pending": 0, "failing": 0, "sent": 0, "dropped": 0, "cancelled": 0,
                  "bytes": 0, "oldest": None, "next_attempt": None, "attempts": None,
