@@ -101,6 +101,10 @@ class Outbox:
         """A task and its items' states, or None."""
         return self._index.queue_task(task_id)
 
+    def task_ids(self) -> list[int]:
+        """The ids of the tasks kept, oldest first."""
+        return self._index.queue_task_ids()
+
 
 @contextlib.contextmanager
 def open_outbox(index_directory: Path) -> Iterator[Outbox]:

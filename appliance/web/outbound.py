@@ -14,7 +14,9 @@
   waits by default; this daemon only when asked, since its queue outlives the
   request.
 - ``GET /jobs/{id}``: the task's progress (``State`` Pending, Running, Success
-  or Failure; ``Progress`` 0-100; counts).
+  or Failure; ``Progress`` 0-100; counts; ``CreationTime`` in Orthanc's form,
+  UTC); ``GET /jobs``: the ids of the tasks kept (``?expand``: each one's JSON),
+  as Orthanc lists its jobs.
 
 The queue is the store's (``archive.outbox``); the workers sending it are the
 daemon's (appliance.outbound), woken by the enqueue itself.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from aiohttp import web
 
@@ -94,6 +97,7 @@ def add_routes(router: web.UrlDispatcher, dicom_web_root: str | None) -> None:
     slash) unless None (DICOMweb disabled)."""
     router.add_get("/modalities", list_modalities)
     router.add_post("/modalities/{name}/store", store_to_modality)
+    router.add_get("/jobs", jobs)
     router.add_get("/jobs/{id}", job)
     if dicom_web_root is not None:
         router.add_get(f"{dicom_web_root}/servers", list_servers)
@@ -174,6 +178,18 @@ def _request(body: bytes) -> tuple[list[str], bool]:
     return [v.strip() for v in value], synchronous
 
 
+async def jobs(request: web.Request) -> web.Response:
+    """GET /jobs: the ids of the tasks kept; with ``expand``, each one's JSON."""
+    outbox = context(request).archive.outbox
+    if "expand" not in request.query:
+        return web.json_response([str(t) for t in await asyncio.to_thread(outbox.task_ids)])
+
+    def expanded() -> list[dict]:
+        tasks = (outbox.task(t) for t in outbox.task_ids())
+        return [job_json(t) for t in tasks if t is not None]   # pruned meanwhile: left out
+    return web.json_response(await asyncio.to_thread(expanded))
+
+
 async def job(request: web.Request) -> web.Response:
     """GET /jobs/{id}: a send task's progress."""
     try:
@@ -205,5 +221,10 @@ def job_json(task: dict) -> dict:
         "Progress": int(100 * done / total) if total else 100, "Instances": total,
         "Sent": sent, "Failed": given_up + task["failing"], "Pending": pending,
         "Dropped": states.get("dropped", 0), "Cancelled": states.get("cancelled", 0),
-        "ErrorDetails": task["last_error"] or "", "CreationTime": task["created_at"],
+        "ErrorDetails": task["last_error"] or "", "CreationTime": _orthanc_time(task["created_at"]),
     }
+
+
+def _orthanc_time(t: float) -> str:
+    """Orthanc's job timestamps: ISO 8601 basic form, UTC, microseconds."""
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}"

@@ -3,6 +3,8 @@ REST routes, with the task's progress at GET /jobs/{id}."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 import apsw
 import requests
 
@@ -56,6 +58,13 @@ def test_send_by_cli_and_by_rest(make_daemon, storescp, tmp_path):
                          json={"Resources": [x[0].stem]}).status_code == 404
     assert requests.post(f"{http}/modalities/ARCH/store", timeout=10, json={}).status_code == 400
     assert requests.get(f"{http}/jobs/999999", timeout=10).status_code == 404
+    # Orthanc's job list: the ids, or each job with ?expand; its timestamps' form (UTC).
+    ids = requests.get(f"{http}/jobs", timeout=10).json()
+    assert job["ID"] in ids and r.json()["ID"] in ids and len(ids) == 3  # the CLI's task too
+    listed = {j["ID"]: j for j in requests.get(f"{http}/jobs?expand", timeout=10).json()}
+    assert listed.keys() == set(ids) and listed[job["ID"]]["State"] == "Success"
+    created = datetime.strptime(listed[job["ID"]]["CreationTime"], "%Y%m%dT%H%M%S.%f")
+    assert abs(created.replace(tzinfo=timezone.utc) - datetime.now(timezone.utc)) < timedelta(minutes=5)
 
 
 def test_deleted_instance_is_dropped_from_the_queue(make_daemon, storescp, tmp_path):

@@ -335,6 +335,10 @@ class Outbox:
             return n
         return self.run_write(write)
 
+    def queue_task_ids(self) -> list[int]:
+        """The ids of the send tasks kept (finished ones until they are pruned), oldest first."""
+        return [r[0] for r in self.read("SELECT id FROM send_tasks ORDER BY id")]
+
     def queue_task(self, task_id: int) -> dict | None:
         """A task and the states of its items, or None."""
         rows = self.read("SELECT id, destination, kind, created_at FROM send_tasks WHERE id = ?",
