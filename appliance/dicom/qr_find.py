@@ -60,7 +60,7 @@ from appliance.dicom.status import FindStatus
 from appliance.lazyclasses import lazy_dataclass
 from appliance.query import grammar
 from appliance.query.keys import COMPUTED, INDEXED, MATCHABLE_COMPUTED, UNIQUE_KEYS, level_of
-from appliance.query.model import Level, Match, MatchKind, Row, Search
+from appliance.query.model import MAX_ALTERNATIVES, Level, Match, MatchKind, Row, Search
 from appliance.store import Archive
 from appliance.worklist.encoded import Headers, NotEncodable
 
@@ -164,6 +164,9 @@ def _match(tag: int, vr: str, value: Any, fold_pn: bool) -> Match | None:
             raise FindError(FindStatus.UNABLE_TO_PROCESS,
                             f"({tag >> 16:04X},{tag & 0xFFFF:04X}): not an integer", tag) from None
     if vr in _TEXT_VRS:  # C.2.2.2.1 single value, C.2.2.2.4 wildcards, C.2.2.2.8 lists
+        if len(values) > MAX_ALTERNATIVES:
+            raise FindError(FindStatus.UNABLE_TO_PROCESS, f"({tag >> 16:04X},{tag & 0xFFFF:04X}): "
+                            f"more than {MAX_ALTERNATIVES} values to match", tag)
         return Match(tag, vr, MatchKind.VALUES, tuple(v for v in values if v),
                      fold_case=fold_pn and vr == "PN")
     return None  # no matching on this VR: a return key only

@@ -32,6 +32,13 @@ class Level(enum.Enum):
 _RANK = {level: rank for rank, level in enumerate(Level)}
 
 
+#: The most alternatives one text match may list (PS3.4 C.2.2.2.8), each a
+#: condition of its own in the store's query (SQLite bounds an expression's depth
+#: at 1,000); an identifier listing more is refused, whatever protocol brought it.
+#: Lists of UIDs and integers (exact matching) have no such bound.
+MAX_ALTERNATIVES = 200
+
+
 class MatchKind(enum.Enum):
     """How a match compares (PS3.4 C.2.2.2)."""
 

@@ -51,14 +51,13 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from appliance.query import grammar, keys
 from appliance.query.keys import COMPUTED, INDEXED, MATCHABLE_COMPUTED
-from appliance.query.model import Level, Match, MatchKind, Row, Search
+from appliance.query.model import MAX_ALTERNATIVES, Level, Match, MatchKind, Row, Search
 from appliance.store import Archive
 from appliance.web.common import check_uid, context, dicomweb_url, http_error
 
 MAX_LIMIT = 10_000
 MAX_OFFSET = 100_000_000
 _MAX_VALUE_LENGTH = 1024
-_MAX_VALUES = 200          # alternatives in one match value (UID lists included)
 
 # The QIDO-RS resources and the levels they search.
 _LEVELS = (Level.STUDY, Level.SERIES, Level.IMAGE)
@@ -195,8 +194,8 @@ def _integer(name: str, text: str, low: int, high: int) -> int:
 
 def _split(value: str, separators: str) -> list[str]:
     values = [v.strip() for v in re.split(f"[{re.escape(separators)}]", value)]
-    if len(values) > _MAX_VALUES:
-        raise http_error(400, f"more than {_MAX_VALUES} values in one match key")
+    if len(values) > MAX_ALTERNATIVES:  # UID lists too: a URL is no place for more
+        raise http_error(400, f"more than {MAX_ALTERNATIVES} values in one match key")
     return values
 
 

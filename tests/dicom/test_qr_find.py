@@ -214,6 +214,26 @@ def test_uid_list_matching(qr, tmp_path):
     assert sorted(str(a.PatientID) for a in answers) == ["QR-P2", "QR-P4"]
 
 
+def test_long_lists_of_uids_match_and_too_many_alternatives_are_refused(qr):
+    """A workstation may ask after a thousand SOP Instance UIDs at once (PS3.4
+    C.2.2.2.2): all are matched. Thousands of text alternatives (C.2.2.2.8), each a
+    pattern of its own, are refused with Unable to Process, and the next query is
+    answered (the fuzz harness found the daemon failing such a C-FIND with 0xC311)."""
+    wanted = [f"{UID}.1.1.1", f"{UID}.1.1.2"]
+    listed = wanted + [f"{UID}.9.{n}" for n in range(998)]
+    statuses, answers, _ = pyfind(qr, STUDY_ROOT, query(
+        "IMAGE", StudyInstanceUID=f"{UID}.1", SeriesInstanceUID=f"{UID}.1.1", SOPInstanceUID=listed))
+    assert statuses[-1] == SUCCESS
+    assert sorted(str(a.SOPInstanceUID) for a in answers) == wanted
+    statuses, answers, last = pyfind(qr, STUDY_ROOT, query(
+        "IMAGE", StudyInstanceUID=f"{UID}.1", SeriesInstanceUID=f"{UID}.1.1", SOPInstanceUID="",
+        ImageType=[f"T{n}" for n in range(5000)]))
+    assert (statuses, answers) == ([0xC000], [])
+    assert "more than 200 values to match" in last.ErrorComment
+    statuses, answers, _ = pyfind(qr, STUDY_ROOT, query("STUDY", StudyInstanceUID=f"{UID}.3"))
+    assert statuses == [PENDING, SUCCESS] and len(answers) == 1
+
+
 def test_non_latin_names_keep_their_stored_character_set(qr, tmp_path):
     _, latin = findscu(qr, "-S", tmp_path / "l", "QueryRetrieveLevel=STUDY", "PatientID=QR-P2",
                        "PatientName")

@@ -12,6 +12,8 @@ A mixin of :class:`appliance.store.index.Index`.
 
 from __future__ import annotations
 
+import json
+
 from appliance.query.keys import COMPUTED, INDEXED, MODALITIES_IN_STUDY, SOP_CLASSES_IN_STUDY
 from appliance.query.model import Level, Match, MatchKind, Row, Search
 from appliance.store.index.schema import QIDO_KEPT, _REPRESENTATIVE_OF
@@ -19,6 +21,9 @@ from appliance.store.index.schema import QIDO_KEPT, _REPRESENTATIVE_OF
 P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
 
 # Where each indexed attribute is: table alias and column.
+# Exact-match lists up to this long are written as SQL parameters, longer ones as JSON.
+_LISTED_INLINE = 64
+
 _COLUMN: dict[int, tuple[str, str]] = {
     0x00100010: ("p", "patient_name"),
     0x00100020: ("p", "patient_id"),
@@ -221,6 +226,10 @@ def _text_condition(expr: str, value: str, fold_case: bool) -> tuple[str, list]:
 def _value_condition(expr: str, match: Match) -> tuple[str, list]:
     """The condition of ``match`` on the SQL expression ``expr``."""
     if match.kind is MatchKind.EXACT:
+        if len(match.values) > _LISTED_INLINE:
+            # A long list (a workstation asking after a thousand SOP Instance UIDs) as
+            # one JSON parameter: no bound on variables or on the expression's depth.
+            return f"{expr} IN (SELECT value FROM json_each(?))", [json.dumps(list(match.values))]
         return f"{expr} IN ({', '.join('?' * len(match.values))})", list(match.values)
     if match.kind is MatchKind.RANGE:
         low, high = match.values
