@@ -9,7 +9,9 @@ import pytest
 import requests
 from dicomweb_client import DICOMwebClient
 
-from tests.support import run
+from pydicom.uid import generate_uid
+
+from tests.support import new_dataset, run, scu_store
 from tests.web import sample_studies, start_daemon, store, write_studies
 
 PATIENT_ID, PATIENT_NAME, ACCESSION = "00100020", "00100010", "00080050"
@@ -460,3 +462,29 @@ def test_orderby_newest_first_pages_by_date_and_time(daemon, studies):
                 "/dicom-web/studies?orderby=-StudyDate&orderby=-StudyDate"):
         r = get(daemon, bad)
         assert r.status_code == 400 and "orderby" in r.json()["Message"], bad
+
+
+def test_an_attribute_stored_with_another_vr_matches_as_text(tmp_path):
+    """A modality wrote PerformingPhysicianName (PN) as LO: in that instance's
+    metadata its values are plain strings, not PN objects. A search on it matches
+    them as text and searches every other instance as before (the long fuzz
+    campaign found such a search failing for everyone with SQLite's "malformed
+    JSON")."""
+    d = start_daemon(tmp_path / "d")
+    try:
+        files, uids_by_name = [], {}
+        for name, vr in (("Smith^Anne", "LO"), ("Smith^Bob", "PN"), ("Jones^Carl", "PN")):
+            ds = new_dataset("1.2.840.10008.5.1.4.1.1.88.11")  # Basic Text SR: no pixels needed
+            ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "VR-1", generate_uid(), generate_uid()
+            ds.Modality = "SR"
+            ds.add_new(0x00081050, vr, name)
+            files.append(tmp_path / f"{vr}-{len(files)}.dcm")
+            ds.save_as(files[-1], enforce_file_format=True)
+            uids_by_name[name] = ds.SOPInstanceUID
+        assert scu_store(d.dicom_port, files) == [0, 0, 0]
+        for query, names in (("Smith*", ["Smith^Anne", "Smith^Bob"]), ("Jones^Carl", ["Jones^Carl"])):
+            r = get(d, f"/dicom-web/instances?PerformingPhysicianName={query}")
+            assert r.status_code == 200, r.text
+            assert sorted(uids(r.json(), SOP_UID)) == sorted(uids_by_name[n] for n in names)
+    finally:
+        d.stop()

@@ -292,8 +292,12 @@ def _condition(level: Level, match: Match) -> tuple[str, list]:
         cond, args = _value_condition(f"{_BELOW[at][1]}.{column}", match)
         return _below_exists(level, at, cond), args
     # Not a column: the values of the attribute in the metadata JSON (every
-    # value of a multi-valued one; the Alphabetic group of a PN).
-    value = "json_extract(je.value, '$.Alphabetic')" if match.vr == "PN" else "je.value"
+    # value of a multi-valued one; the Alphabetic group of a PN). Values are taken
+    # as stored: an instance that wrote a PN attribute with another VR holds plain
+    # strings there, which json_extract would refuse as malformed JSON (for the
+    # whole search), so only an object is asked for its Alphabetic group.
+    value = ("CASE je.type WHEN 'object' THEN json_extract(je.value, '$.Alphabetic') "
+             "ELSE je.value END" if match.vr == "PN" else "je.value")
     cond, args = _value_condition(value, match)
     path = f'$."{match.tag:08X}".Value'
     source = "i.metadata" if level is IM else "xi.metadata"
