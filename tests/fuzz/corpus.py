@@ -1071,13 +1071,14 @@ class DimseCase:
 
 
 def _identifier_cases(prefix: str, rng: random.Random, sop_class: str, query,
-                      specials, count: int) -> list[DimseCase]:
+                      specials, count: int, *, named: str | None = None) -> list[DimseCase]:
     """C-FIND identifiers: a valid ``query(rng)`` in each transfer syntax, the
-    ``specials``, and ``count`` mutations of valid ones (the MWL and Q/R campaigns)."""
+    ``specials``, and ``count`` mutations of valid ones (the MWL and Q/R campaigns).
+    The cases are named ``named`` (else ``prefix``) and their number."""
     cases = []
 
     def add(detail, ts, data):
-        cases.append(DimseCase(f"{prefix}-{len(cases):04d}", detail, ts, data))
+        cases.append(DimseCase(f"{named or prefix}-{len(cases):04d}", detail, ts, data))
 
     for ts in (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE):
         add("a valid query", ts, encode(query(random.Random(1)), ts))
@@ -1149,8 +1150,11 @@ def qr_identifiers(sop_class: str, seed: int = DEFAULT_SEED,
                    count: int = DEFAULT_CASES // 3) -> list[DimseCase]:
     """Q/R C-FIND identifiers for ``sop_class`` (Patient or Study Root): valid ones,
     the specials above, and mutations of valid ones."""
+    # Named by model, so that --show finds a case of either campaign.
+    named = "qr-patient" if sop_class == PATIENT_ROOT_FIND else "qr-study"
     return _identifier_cases("qr", random.Random(f"{seed}:qr:{sop_class}"), sop_class,
-                             lambda rng: _qr_query(rng, sop_class), QR_SPECIALS, count)
+                             lambda rng: _qr_query(rng, sop_class), QR_SPECIALS, count,
+                             named=named)
 
 
 def _mpps_create(rng: random.Random) -> Dataset:
@@ -1245,6 +1249,9 @@ def _all(seed: int, count: int) -> dict[str, object]:
         out[name] = q
     for c in worklist_identifiers(seed, count // 3):
         out[c.name] = c
+    for sop_class in (STUDY_ROOT_FIND, PATIENT_ROOT_FIND):   # as test_hostile sizes them
+        for c in qr_identifiers(sop_class, seed, max(count // 4, 10)):
+            out[c.name] = c
     for c in mpps_requests(seed, count // 4):
         out[c.name] = c
     return out

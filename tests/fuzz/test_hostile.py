@@ -142,7 +142,8 @@ class Harness:
         """Tracebacks through our own code since the last look (unexpected exceptions)."""
         log = self.daemon.log()
         fresh, self.log_offset = log[self.log_offset:], len(log)
-        for block in re.split(r"\n(?=\S)", fresh):
+        # One block per log record: its traceback and the exception's own line with it.
+        for block in re.split(r"\n(?=\d{4}-\d\d-\d\d \d\d:)", fresh):
             if "Traceback" in block and "/appliance/" in block:
                 self.fail(what, "unexpected exception in the daemon:\n" + block[-2500:])
 
