@@ -399,7 +399,15 @@ def _encode_header(ds: Dataset, changes: dict[str, Any]) -> bytes:
         setattr(ds, keyword, value)
     ds.file_meta.TransferSyntaxUID = syntax.EXPLICIT_LE
     buf = io.BytesIO()
-    dcmwrite(buf, ds, enforce_file_format=True)
+    try:
+        dcmwrite(buf, ds, enforce_file_format=True)
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds for a value it cannot write
+        # A value stored as it came (an IS of "1\xff") that pydicom decodes with a
+        # replacement character and cannot encode again: the object is served as
+        # stored (transfer-syntax=*), not rewritten.
+        cause = e.__cause__ or e
+        raise PixelError(f"the header cannot be written in Explicit VR Little Endian: "
+                         f"{type(cause).__name__}: {str(cause)[:200]}") from None
     return buf.getvalue()
 
 

@@ -154,6 +154,35 @@ def test_impossible_transfer_syntax_is_406(archive):
     assert dataset_bytes_of(parts_of(reply, 1)[0][1]) == dataset_bytes(archive.files["ct"])
 
 
+def test_a_value_that_cannot_be_written_again_is_406_not_500(tmp_path):
+    """An Implicit VR object whose Series Number holds a byte no character set
+    decodes ("1\\xff": whole and acknowledged, its framing is sound). pydicom cannot
+    encode that value again, so the default Explicit VR LE answer cannot be made:
+    406, saying so, while the stored form is served as it is (the long fuzz
+    campaign found a 500 here)."""
+    ds = us_dataset(rows=8, columns=8, seed=4)
+    ds.SeriesNumber = "12"
+    path = tmp_path / "odd.dcm"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"   # Implicit VR Little Endian
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    element = b"\x20\x00\x11\x00\x02\x00\x00\x0012"   # (0020,0011) IS, implicit VR
+    assert data.count(element) == 1
+    path.write_bytes(data.replace(element, element[:-1] + b"\xff"))
+    daemon = start_daemon(tmp_path / "daemon")
+    try:
+        assert cstore(daemon.dicom_port, [path]) == [0]
+        url = (f"http://127.0.0.1:{daemon.http_port}/dicom-web/studies/{ds.StudyInstanceUID}"
+               f"/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}")
+        refused = get(url, 'multipart/related; type="application/dicom"')
+        assert refused.status == 406, refused.body[:300]
+        assert b"cannot be written in Explicit VR Little Endian" in refused.body
+        ((_, body),) = parts_of(get(url, DICOM_ANY), 1)
+        assert dataset_bytes_of(body) == dataset_bytes(path)
+    finally:
+        daemon.stop()
+
+
 def test_dicomweb_client_retrieves_study_series_and_instance(archive):
     ds = archive.ds("cine")
     study = archive.client.retrieve_study(ds.StudyInstanceUID)
