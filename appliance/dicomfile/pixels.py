@@ -388,23 +388,24 @@ def transcode_to_explicit_le(path: str | os.PathLike) -> Iterator[bytes]:
 
 def _encode_header(ds: Dataset, changes: dict[str, Any]) -> bytes:
     """Preamble, File Meta and every element before the pixel data, in Explicit VR LE."""
-    # Convert every raw element (nested ones too) while the dataset still knows how
-    # it was encoded: implicit VR elements get their VR, big endian values their numbers.
-    ds.walk(lambda _ds, _elem: None)
-    # File Meta elements found inside the data set (PS3.10 7.1: they belong to the meta
-    # only; pydicom refuses to write them there): the new meta is written anyway.
-    for tag in [tag for tag in ds.keys() if tag.group == 0x0002]:
-        del ds[tag]
-    for keyword, value in changes.items():
-        setattr(ds, keyword, value)
-    ds.file_meta.TransferSyntaxUID = syntax.EXPLICIT_LE
     buf = io.BytesIO()
     try:
+        # Convert every raw element (nested ones too) while the dataset still knows how
+        # it was encoded: implicit VR elements get their VR, big endian values their numbers.
+        ds.walk(lambda _ds, _elem: None)
+        # File Meta elements found inside the data set (PS3.10 7.1: they belong to the meta
+        # only; pydicom refuses to write them there): the new meta is written anyway.
+        for tag in [tag for tag in ds.keys() if tag.group == 0x0002]:
+            del ds[tag]
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        ds.file_meta.TransferSyntaxUID = syntax.EXPLICIT_LE
         dcmwrite(buf, ds, enforce_file_format=True)
-    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds for a value it cannot write
-        # A value stored as it came (an IS of "1\xff") that pydicom decodes with a
-        # replacement character and cannot encode again: the object is served as
-        # stored (transfer-syntax=*), not rewritten.
+    except Exception as e:  # noqa: BLE001 - pydicom raises many kinds for a value it cannot convert
+        # A value stored as it came (an IS of "1\xff" that pydicom decodes with a
+        # replacement character and cannot encode again, an element of a VR it does
+        # not know in an object adopted as it was): the object is served as stored
+        # (transfer-syntax=*), not rewritten.
         cause = e.__cause__ or e
         raise PixelError(f"the header cannot be written in Explicit VR Little Endian: "
                          f"{type(cause).__name__}: {str(cause)[:200]}") from None

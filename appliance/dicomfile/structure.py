@@ -262,10 +262,12 @@ class _Walk:
                 if len(head) < 12:
                     raise Truncated(f"truncated DICOM object: element header cut short at offset {pos}")
                 return tag, vr.decode(), struct.unpack_from(self.endian + "L", head, 8)[0], pos + 12
-            if vr.isalpha():
+            if b"AA" <= vr <= b"ZZ":
                 raise Malformed(f"unknown VR {vr.decode('ascii', 'replace')!r} in {_name(tag)}")
-            # Not letters: an implicit-VR element amid explicit ones, which
-            # some writers emit and pydicom reads; its length must still fit.
+            # Below "AA" or above "ZZ": an implicit-VR element amid explicit ones,
+            # which some writers emit; pydicom reads it so by the same rule
+            # (filereader: "invalid VR, must be 2 cap chrs, assume implicit"), and
+            # only by that rule, so bytes like "D\x01" are an unknown VR to both.
         length = struct.unpack_from(self.endian + "L", head, 4)[0]
         if element == 0 and group != 0xFFFE:
             return tag, "UL", length, pos + 8  # group length

@@ -156,8 +156,10 @@ def test_hand_made_image_is_whole(tmp_path):
     (lambda b: b[:-48 - 12] + element(0x7FE0, 0x0010, b"OB", b"\x80" * 48, 4000), "Pixel Data needs 4000"),
     # Leftover bytes that are no element.
     (lambda b: b + b"\x01\x02\x03", "truncated"),
-    # An unknown VR.
+    # An unknown VR; also one whose second byte is no letter, which pydicom too
+    # reads as an (unknown) explicit VR, not as an implicit element.
     (lambda b: b + element(0x7FE1, 0x0010, b"QQ", b"ab"), "unknown VR"),
+    (lambda b: b + element(0x7FE1, 0x0010, b"D\x01", b"ab"), "unknown VR"),
     # A binary value that is not a whole number of values.
     (lambda b: b + element(0xFFFA, 0x0010, b"US", b"\x01\x02\x03"), "not a whole number"),
 ])  # fmt: skip
@@ -166,6 +168,14 @@ def test_malformed_data_sets_are_refused(tmp_path, change, error):
     with pytest.raises(Malformed) as e:
         whole(part10(tmp_path, body))
     assert error in str(e.value)
+
+
+def test_an_implicit_element_amid_explicit_ones_is_whole(tmp_path):
+    # Its length's first bytes (8, 0) are below "AA": pydicom reads it implicitly, as the walk does.
+    body = encode(us())
+    at = body.index(b"\x20\x00\x0d\x00")  # (0020,000D): where (0008,1030) belongs
+    implicit = struct.pack("<HHL", 0x0008, 0x1030, 8) + b"ABDOMEN "
+    whole(part10(tmp_path, body[:at] + implicit + body[at:]))
 
 
 def test_undefined_length_on_a_text_element(tmp_path):
@@ -286,3 +296,20 @@ def test_deflated_data_sets_are_walked_inflated(tmp_path):
     cut = packer.compress(body[:-20]) + packer.flush()  # a whole stream of a cut data set
     with pytest.raises(Malformed):
         whole(part10(tmp_path, cut, ts=DeflatedExplicitVRLittleEndian))
+
+
+def test_an_object_pydicom_cannot_convert_is_not_transcoded_but_refused(tmp_path):
+    """An object kept as it came (adopted from Orthanc, which stored it) with an
+    element of a VR pydicom does not know: WADO's transcoding to Explicit VR LE
+    raises PixelError (406, the stored form served with transfer-syntax=*), not
+    pydicom's NotImplementedError (a 500)."""
+    from appliance.dicomfile.pixels import PixelError, transcode_to_explicit_le
+
+    body = encode(us())
+    at = body.index(b"\x20\x00\x0d\x00")  # (0020,000D): where (0008,1030) belongs
+    path = tmp_path / "odd.dcm"
+    path.write_bytes(part10(tmp_path, body[:at] + element(0x0008, 0x1030, b"D\x01", b"ab") + body[at:]))
+    with pytest.raises(Malformed, match="unknown VR"):   # refused at ingest...
+        whole(path.read_bytes())
+    with pytest.raises(PixelError, match="cannot be written in Explicit VR Little Endian"):
+        b"".join(transcode_to_explicit_le(path))         # ...and a clear refusal if already kept
