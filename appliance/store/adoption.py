@@ -131,6 +131,12 @@ def file_id_of(uuid: str) -> str:
     return file_id
 
 
+def _adopted_paths(uuid: str) -> tuple[str, str]:
+    """The file paths an instance adopted from attachment ``uuid`` has in our
+    index: our own name (linked, copied or decompressed) or a reference."""
+    return BlobStore.relpath(file_id_of(uuid)), reference_to(uuid)
+
+
 class OrthancAdoption:
     """Adopts the attachments of the Orthanc archive in ``orthanc_storage``
     into ``archive`` (whose store is on the same filesystem: the same folder,
@@ -250,7 +256,7 @@ class OrthancAdoption:
         def check(item: tuple[str, str, str, int, str]) -> str | None:
             uuid, _sop, rel, _bytes, _study = item
             expected = md5_of.get(uuid)
-            if not expected or rel not in (BlobStore.relpath(file_id_of(uuid)), reference_to(uuid)):
+            if not expected or rel not in _adopted_paths(uuid):
                 # Orthanc did not record one (or forgot the attachment), or a
                 # store replaced the instance since: nothing of Orthanc's to compare.
                 return None
@@ -332,8 +338,7 @@ class OrthancAdoption:
         if not self._archive.overwrite_instances:
             return None
         for uuid in self._archive.index.adoption_placed(sop_instance_uid):
-            if uuid not in self._listed and file_path in (
-                    BlobStore.relpath(file_id_of(uuid)), reference_to(uuid)):
+            if uuid not in self._listed and file_path in _adopted_paths(uuid):
                 return Superseded(uuid, file_path)
         return None
 

@@ -20,10 +20,10 @@ from appliance.store.index.schema import QIDO_KEPT, _REPRESENTATIVE_OF
 
 P, ST, SE, IM = Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE
 
-# Where each indexed attribute is: table alias and column.
 # Exact-match lists up to this long are written as SQL parameters, longer ones as JSON.
 _LISTED_INLINE = 64
 
+# Where each indexed attribute is: table alias and column.
 _COLUMN: dict[int, tuple[str, str]] = {
     0x00100010: ("p", "patient_name"),
     0x00100020: ("p", "patient_id"),
