@@ -15,8 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from appliance import __version__
 from appliance.config import Config, ConfigError, changed_keys, load_config
@@ -49,16 +48,21 @@ from appliance.ops.diskhistory import DiskHistory
 from appliance.ops.status import LastError, StatusBoard
 from appliance.store.archive import Archive
 from appliance.systemd import Notifier
-from appliance.web.app import Users, make_app
-from appliance.web.common import WebConfig
-from appliance.web.instances import IMPORT_RUNS
-from appliance.web.metrics import STATUS
-from appliance.web.ui import DISK_HISTORY
 from appliance.worklist.housekeeping import CleanupRules, Housekeeper
 from appliance.worklist.mpps import MppsManager
 from appliance.worklist.source import CACHE_NAME as WORKLIST_CACHE, WorklistFolder
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from appliance.web.app import Users
+
 log = logging.getLogger(__name__)
+
+# How long the HTTP side waits for the worklist folder to be served before it is loaded
+# (see _run_locked): a restart's folder is served in tens of milliseconds; a first start
+# parsing thousands of files does not hold HTTP back longer than this.
+WORKLIST_HEAD_START = 0.5
 
 
 def runtime_path(config: Config) -> Path:
@@ -73,7 +77,35 @@ def _http_hosts(config: Config) -> list[str]:
     return ["0.0.0.0", "::"] if config.remote_access_allowed else ["127.0.0.1", "::1"]
 
 
-async def _start_http(config: Config, app: web.Application) -> tuple[web.AppRunner, int]:
+async def _start_web(config: Config, live: "_Reloadable", archive: Archive, ops: "_Ops",
+                     dicom: DicomServer, outbound: Outbound,
+                     ) -> tuple["web.AppRunner", int, "Users", DiskHistory]:
+    """Build the HTTP side (DICOMweb, REST, UI) and listen: (runner, port, users, the UI's
+    disk history)."""
+    # Imported here, once the DICOM side listens: aiohttp and the web package are ~50 ms of
+    # CPU that a modality's first association after a restart need not wait for (issue 15.4).
+    from appliance.web.app import Users, make_app
+    from appliance.web.common import WebConfig
+    from appliance.web.instances import IMPORT_RUNS
+    from appliance.web.metrics import STATUS
+    from appliance.web.ui import DISK_HISTORY
+
+    users = Users(live.registered_users, live.authentication_enabled)
+    users.local_token = write_token(config.index_directory)  # pacs-appliance delete/modify
+    ops.board.http_authentication = lambda: users.authenticator is not None
+    app = make_app(archive=archive, config=config.view(WebConfig), users=users,
+                   dicom_port=dicom.port, dicom_echo=outbound.echo)
+    app[STATUS] = ops.board.snapshot
+    ops.board.imports = app[IMPORT_RUNS].snapshot
+    disk_history = DiskHistory(config.index_directory, lambda: ops.disk.state)  # the UI's disk plot
+    app[DISK_HISTORY] = disk_history.samples
+    runner, port = await _start_http(config, app)
+    return runner, port, users, disk_history
+
+
+async def _start_http(config: Config, app: "web.Application") -> tuple["web.AppRunner", int]:
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = config.http_port
@@ -164,11 +196,8 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     handlers = DicomHandlers(archive, live.policy, incoming, worklist=worklist.dimse,
                              find=QueryRetrieveFind(archive, find_limits(config)),
                              retrieve=retrieve, commitment=CommitmentScp(archive))
-    users = Users(live.registered_users, live.authentication_enabled)
-    users.local_token = write_token(config.index_directory)  # pacs-appliance delete/modify
     sending = _build_outbound(config, archive, direct_writes)
     ops = _build_ops(config, archive, handlers, worklist, sending)
-    ops.board.http_authentication = lambda: users.authenticator is not None
     dicom = DicomServer(
         aet=config.dicom_aet, port=config.dicom_port, handlers=handlers, incoming=incoming,
         max_associations=config.dicom_threads_count, timeout=config.dicom_scp_timeout,
@@ -183,13 +212,13 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     worklist_start: asyncio.Task | None = None
     ops_tasks: list[asyncio.Task] = []
     try:
+        if worklist.folder is not None:
+            # First, beside the rest of the start-up: stores need not wait for a large
+            # folder, and a C-FIND waits for the first snapshot (loaded).
+            worklist_start = loop.create_task(worklist.folder.start())
         # Free space is known before the first store can arrive.
         await asyncio.to_thread(ops.disk.measure)
         await asyncio.to_thread(ops.board.refresh_counts, True)
-        if worklist.folder is not None:
-            # Parsed beside the rest of the start-up: stores need not wait for a
-            # large folder, and a C-FIND waits for the first snapshot (loaded).
-            worklist_start = loop.create_task(worklist.folder.start())
         if worklist.housekeeper is not None:
             housekeeping = loop.create_task(worklist.housekeeper.run_forever())
         sending.start()
@@ -197,18 +226,18 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             dicom.start()
         except OSError as e:
             raise _bind_error("DicomPort", config.dicom_port, None, e) from None
-        app = make_app(archive=archive, config=config.view(WebConfig), users=users,
-                       dicom_port=dicom.port, dicom_echo=outbound.echo)
-        app[STATUS] = ops.board.snapshot
-        ops.board.imports = app[IMPORT_RUNS].snapshot
-        disk_history = DiskHistory(config.index_directory, lambda: ops.disk.state)  # the UI's disk plot
-        app[DISK_HISTORY] = disk_history.samples
-        loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
-                                users, notifier)
+        if worklist_start is not None:
+            # The modalities' side first: the HTTP side's imports would take the CPU the
+            # folder's load needs, and a scanner's first C-FIND after a restart waits for
+            # that load (issue 15.4).
+            await asyncio.wait({worklist_start}, timeout=WORKLIST_HEAD_START)
         # Before the runtime file names us: import-orthanc signals only then, and
         # SIGUSR1's default action would end the daemon.
         loop.add_signal_handler(signal.SIGUSR1, ops.adopter.request)
-        runner, http_port = await _start_http(config, app)
+        runner, http_port, users, disk_history = await _start_web(config, live, archive, ops,
+                                                                  dicom, outbound)
+        loop.add_signal_handler(signal.SIGHUP, _reload, config, handlers, worklist,
+                                users, notifier)
         ops.board.ports.update(dicom=dicom.port, http=http_port)
         ops_tasks = [loop.create_task(t.run())
                      for t in (ops.disk, ops.backups, ops.board, disk_history)]
