@@ -205,33 +205,32 @@ class Catalog:
     def dump(self) -> tuple[dict[str, WorklistItem], dict]:
         """(items by name, index): a copy to store (see :meth:`restore`), taken at once."""
         with self._lock:
-            index = {path: {key: held if type(held) is str else tuple(held)
+            index = {path: {key: held if type(held) is str else set(held)
                             for key, held in postings.items()}
                      for path, postings in self._index.items()}
             return dict(self._items), index
 
     def restore(self, items: dict[str, WorklistItem], index: dict) -> bool:
-        """Serve ``items`` with ``index``, both from :meth:`dump` (of an earlier run): no
-        item is unpacked. False (nothing changed) if they do not belong together."""
+        """Serve ``items`` with ``index``, both from :meth:`dump` (of an earlier run) and
+        both taken over, not copied: no item is unpacked. False (nothing changed) if they
+        do not belong together."""
         try:
-            restored: dict = {path: {} for path in INDEXED_PATHS}
-            for path, postings in index.items():
-                target = restored[path]
-                for key, held in postings.items():
+            if index.keys() != INDEXED_PATHS:
+                return False
+            names = items.keys()
+            for postings in index.values():
+                for held in postings.values():
                     if type(held) is str:
-                        if held not in items:
+                        if held not in names:
                             return False
-                        target[key] = held
-                    else:
-                        if not all(name in items for name in held):
-                            return False
-                        target[key] = set(held)
-        except (KeyError, TypeError, AttributeError, ValueError):
+                    elif type(held) is not set or not held <= names:
+                        return False
+        except (TypeError, AttributeError):
             return False
         with self._lock:
-            self._items = dict(items)
+            self._items = items
             self._names = sorted(items)
-            self._index = restored
+            self._index = index
         return True
 
     def add_all(self, items: Iterable[WorklistItem]) -> list[WorklistItem]:

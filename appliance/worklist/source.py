@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 from appliance.durable import fsync_dir
-from appliance.worklist.cache import CACHE_NAME, Cached, ParseCache, Row
+from appliance.worklist.cache import CACHE_NAME, EMPTY, ParseCache, Row
 from appliance.worklist.catalog import (
     INDEXED_PATHS,
     SUFFIX,
@@ -80,6 +80,30 @@ _EMPTY = "empty file"  # the outcome of reading an empty file (no warning)
 def is_worklist_name(name: str) -> bool:
     """A ``*.wl`` file name (case-insensitive, as Orthanc), not hidden (temp files are)."""
     return name.lower().endswith(SUFFIX) and not name.startswith(".") and len(name) > len(SUFFIX)
+
+
+class _Beside:
+    """``fn()`` run on a thread of its own; :meth:`result` waits for its return value (or
+    raises its exception)."""
+
+    def __init__(self, fn) -> None:
+        self._fn = fn
+        self._outcome: tuple[bool, object] = (False, None)
+        self._thread = threading.Thread(target=self._run, name="worklist-listing", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._outcome = (True, self._fn())
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            self._outcome = (False, e)
+
+    def result(self):
+        self._thread.join()
+        ok, value = self._outcome
+        if not ok:
+            raise value
+        return value
 
 
 def _digest(data: bytes) -> int:
@@ -244,38 +268,42 @@ class WorklistFolder:
 
     def _load_all(self) -> None:
         started = time.monotonic()
-        cached = Cached({}, None, {})
-        if self.cache_path is not None:
-            cache = ParseCache(self.cache_path, self.folder)
-            if cache.open():
-                self._cache = cache
-                cached = cache.load()
-        rows = dict(cached.rows)
-        rows.update((name, row) for name, row in cached.journal.items() if row is not None)
-        for name, row in cached.journal.items():
-            if row is None:
-                rows.pop(name, None)
-        items = {name: WorklistItem(name, row.size, row.mtime_ns, row.ino, row.digest,
-                                    row.charset, row.packed) for name, row in rows.items()}
-        # The snapshot's catalog, index included, as it was (stale entries are fixed below).
-        restored = cached.index is not None and self._catalog.restore(
-            {name: items[name] if name not in cached.journal else WorklistItem(
-                name, row.size, row.mtime_ns, row.ino, row.digest, row.charset, row.packed)
-             for name, row in cached.rows.items()}, cached.index)
         with self._update:
             st = self._ensure_watched()  # watching first: nothing written meanwhile is missed
             self._stamp = (st.st_mtime_ns, st.st_ctime_ns)  # later changes are in its queue
-            listed = self._list() or {}
+            # The listing (a stat per file, which waits in the kernel, not for the
+            # interpreter) runs beside the reading of the parse cache.
+            listing = _Beside(self._list)
+            cached = EMPTY
+            if self.cache_path is not None:
+                cache = ParseCache(self.cache_path, self.folder)
+                if cache.open():
+                    self._cache = cache
+                    cached = cache.load()
+            # The snapshot's catalog, index included, as it was (stale entries are fixed
+            # below against the journal and the listing).
+            restored = cached.index is not None and self._catalog.restore(
+                cached.items, cached.index)
+            items = dict(cached.items)  # what each file was when last read: snapshot, journal
+            verified = {}  # when a journal row's signature was last seen with its bytes
+            for name, row in cached.journal.items():
+                if row is None:
+                    items.pop(name, None)
+                else:
+                    items[name] = WorklistItem(name, row.size, row.mtime_ns, row.ino,
+                                               row.digest, row.charset, row.packed)
+                    verified[name] = row.verified_ns
+            listed = listing.result() or {}
             fresh, parse = [], []
             for name, st_file in listed.items():
-                row = rows.get(name)
-                if row is None or (row.size, row.mtime_ns, row.ino) != (
+                item = items.get(name)
+                if item is None or (item.size, item.mtime_ns, item.ino) != (
                         st_file.st_size, st_file.st_mtime_ns, st_file.st_ino):
                     parse.append((name, None))
-                elif row.verified_ns - row.mtime_ns < _RACY_NS:
-                    parse.append((name, items[name]))  # checked too soon after a write: read it
+                elif verified.get(name, cached.verified_ns) - item.mtime_ns < _RACY_NS:
+                    parse.append((name, item))  # checked too soon after a write: read it
                 else:
-                    fresh.append(items[name])
+                    fresh.append(item)
             if restored:
                 wanted = {item.name for item in fresh}
                 self._catalog.update(
@@ -283,9 +311,10 @@ class WorklistFolder:
                     [name for name in self._catalog.names() if name not in wanted])
             else:
                 parse.extend((item.name, None) for item in self._catalog.add_all(fresh))
-            self._dirty.update((name, None) for name in rows.keys() - listed.keys())
+            gone = items.keys() - listed.keys()
+            self._dirty.update((name, None) for name in gone)
             self._apply({name: self._load(name, previous=previous) for name, previous in parse})
-            changed = len(parse) + len(rows.keys() - listed.keys())
+            changed = len(parse) + len(gone)
         log.info("worklist folder %s: %d items (%d from the parse cache, %d files read) in %.2f s",
                  self.folder, len(self._catalog), len(fresh), len(parse),
                  time.monotonic() - started)
@@ -316,13 +345,9 @@ class WorklistFolder:
                     verified_ns = time.time_ns()
                 except OSError:
                     pass
-            dirty, self._dirty = self._dirty, {}  # in the snapshot, whatever they say
+            self._dirty = {}  # in the snapshot, whatever they say
             items, index = self._catalog.dump()
-        rows = {name: Row(item.size, item.mtime_ns, item.ino, item.digest,
-                          verified_ns, item.charset, item.packed)
-                for name, item in items.items()}
-        del dirty
-        cache.write_snapshot(rows, index)
+        cache.write_snapshot(items, index, verified_ns)
 
     # -- applying changes ----------------------------------------------------
 

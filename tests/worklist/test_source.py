@@ -344,3 +344,62 @@ def test_a_damaged_cache_is_replaced_and_every_file_read(tmp_path):
         assert _patient(wl.current(), "d.wl") == "OTHER"
     finally:
         _stop(wl)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_snapshot_is_not_used_and_every_file_is_read(tmp_path, damage):
+    folder, cache = tmp_path / "wl", tmp_path / "cache.sqlite"
+    folder.mkdir()
+    for n in range(5):
+        write_wl(folder, f"s{n}.wl", patient_id=f"S{n}")
+        _old(folder / f"s{n}.wl")
+    wl, _ = _started(folder, cache)
+    _stop(wl)
+    snapshot = tmp_path / "cache.snapshot"
+    data = snapshot.read_bytes()
+    snapshot.write_bytes({"truncated": data[:-100], "garbage": data[:40] + b"\xff" * 500,
+                          "empty": b""}[damage])
+    wl, started = _started(folder, cache)
+    try:
+        assert "cannot be read" in started
+        assert "5 items (0 from the parse cache, 5 files read)" in started
+        assert [_patient(wl.current(), f"s{n}.wl") for n in range(5)] == [
+            f"S{n}" for n in range(5)]
+    finally:
+        _stop(wl)
+    # the next start has a whole snapshot again
+    wl, started = _started(folder, cache)
+    try:
+        assert "5 items (5 from the parse cache, 0 files read)" in started
+    finally:
+        _stop(wl)
+
+
+def test_a_journal_row_that_does_not_describe_the_file_costs_a_read_not_a_wrong_answer(tmp_path):
+    # A crash between renaming a new snapshot into place and emptying the journal leaves
+    # journal rows older than the snapshot: they name file versions that are gone.
+    from appliance.worklist.cache import ParseCache, Row
+
+    folder, cache = tmp_path / "wl", tmp_path / "cache.sqlite"
+    folder.mkdir()
+    for n in range(3):
+        write_wl(folder, f"j{n}.wl", patient_id=f"J{n}")
+        _old(folder / f"j{n}.wl")
+    wl, _ = _started(folder, cache)
+    stale = wl.current().get("j1.wl")
+    _stop(wl)
+    other = ParseCache(cache, folder)
+    assert other.open()
+    # j0: a row of another content under an old signature; j1: a tombstone; j2: untouched
+    j2 = other.load().items["j2.wl"]
+    other.write([("j0.wl", Row(stale.size, 5, stale.ino, stale.digest, 10**18, stale.charset,
+                               bytes(j2.packed))),
+                 ("j1.wl", None)])
+    other.close()
+    wl, started = _started(folder, cache)
+    try:
+        assert "3 items (1 from the parse cache, 2 files read)" in started
+        assert [_patient(wl.current(), f"j{n}.wl") for n in range(3)] == ["J0", "J1", "J2"]
+        assert wl.current().linked(accession_number=wl.current().get("j1.wl").accession_number)
+    finally:
+        _stop(wl)
