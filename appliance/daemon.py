@@ -180,13 +180,37 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    wl = config.worklists
+    folder = (WorklistFolder(wl.database, cache=config.index_directory / WORKLIST_CACHE)
+              if wl.enable and wl.database is not None else None)
+    if folder is None:
+        return await _serve(config, notifier, started, stop, None, None)
+    # First of all, on its thread beside the rest of the start-up: stores need not wait
+    # for a large folder, and a C-FIND waits for the first snapshot (loaded).
+    worklist_start = loop.create_task(folder.start())
+    try:
+        return await _serve(config, notifier, started, stop, folder, worklist_start)
+    finally:
+        await _stop_worklist(folder, worklist_start)  # done already unless _serve failed early
 
+
+async def _stop_worklist(folder: WorklistFolder, start: asyncio.Task) -> None:
+    """Stop reading ``folder`` (its first read too) and write its parse cache; again: nothing."""
+    if not start.done():
+        start.cancel()
+        await asyncio.gather(start, return_exceptions=True)
+    await folder.stop()
+
+
+async def _serve(config: Config, notifier: Notifier, started: float, stop: asyncio.Event,
+                 folder: WorklistFolder | None, worklist_start: asyncio.Task | None) -> int:
+    loop = asyncio.get_running_loop()
     archive = Archive(config.storage_directory, config.index_directory,
                       overwrite_instances=config.overwrite_instances)
     await asyncio.to_thread(archive.open)
     incoming = ReceivedFiles(archive)
     live = _reloadable(config)
-    worklist = _build_worklist(config, archive, live)
+    worklist = _build_worklist(config, archive, live, folder)
     # The fast path, when it runs, covers the sender's writes too (appliance.dicom.streaming).
     mode = transport.choose_mode()
     direct_writes = mode is transport.Mode.FAST
@@ -209,13 +233,8 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
     adoption: asyncio.Task | None = None
     runner = None
     housekeeping = None
-    worklist_start: asyncio.Task | None = None
     ops_tasks: list[asyncio.Task] = []
     try:
-        if worklist.folder is not None:
-            # First, beside the rest of the start-up: stores need not wait for a large
-            # folder, and a C-FIND waits for the first snapshot (loaded).
-            worklist_start = loop.create_task(worklist.folder.start())
         # Free space is known before the first store can arrive.
         await asyncio.to_thread(ops.disk.measure)
         await asyncio.to_thread(ops.board.refresh_counts, True)
@@ -275,11 +294,8 @@ async def _run_locked(config: Config, notifier: Notifier | None) -> int:
             housekeeping.cancel()
         await asyncio.to_thread(dicom.stop)
         await asyncio.to_thread(sending.stop)
-        if worklist_start is not None and not worklist_start.done():
-            worklist_start.cancel()
-            await asyncio.gather(worklist_start, return_exceptions=True)
-        if worklist.folder is not None:
-            await worklist.folder.stop()
+        if folder is not None:
+            await _stop_worklist(folder, worklist_start)
         if runner is not None:
             await runner.cleanup()
         await asyncio.to_thread(archive.close)
@@ -355,10 +371,8 @@ class _Worklist:
     housekeeper: Housekeeper | None
 
 
-def _build_worklist(config: Config, archive: Archive, live: _Reloadable) -> _Worklist:
-    wl = config.worklists
-    folder = (WorklistFolder(wl.database, cache=config.index_directory / WORKLIST_CACHE)
-              if wl.enable and wl.database is not None else None)
+def _build_worklist(config: Config, archive: Archive, live: _Reloadable,
+                    folder: WorklistFolder | None) -> _Worklist:
     mpps = (MppsManager(archive, folder,
                         archive_finished_worklists=live.archive_finished_worklists)
             if config.mpps.enable else None)

@@ -36,7 +36,6 @@ tests included); ``loaded()`` says which deferred modules have been executed sin
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.machinery
 import importlib.util
 import logging
@@ -517,16 +516,74 @@ def private_dictionaries_loaded() -> bool:
     return not isinstance(table, _PrivateDictionaries) or table.loaded
 
 
+# pydicom._version and pynetdicom._version each ask ``importlib.metadata.version()`` for
+# their own version at import. importlib.metadata (with the email, zipfile and csv
+# modules it imports) is ~9 ms of every start, for two strings that the package's
+# dist-info directory beside it also holds: while they execute, ``importlib.metadata``
+# is a stand-in whose ``version(name)`` reads the ``Version:`` line of that directory's
+# METADATA, the field importlib.metadata reads; anything else (no such directory, two of
+# them, no such line) goes to the real function.
+_VERSIONED = ("pydicom._version", "pynetdicom._version")
+_METADATA = "importlib.metadata"
+
+
+def _dist_version(site: str, name: str) -> str | None:
+    """The Version field of ``name``'s one dist-info directory in ``site`` (None: not so)."""
+    import os
+
+    try:
+        found = [entry for entry in os.listdir(site)
+                 if entry.startswith(f"{name}-") and entry.endswith(".dist-info")]
+        if len(found) != 1:
+            return None
+        with open(os.path.join(site, found[0], "METADATA"), encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("Version:"):
+                    return line[len("Version:"):].strip() or None
+                if not line.strip():
+                    return None  # the end of the headers
+    except OSError:
+        return None
+    return None
+
+
+def _versioned(module: types.ModuleType, execute) -> None:
+    """Execute a package's _version module with the stand-in importlib.metadata."""
+    import os
+
+    if _METADATA in sys.modules:
+        execute()
+        return
+    site = os.path.dirname(os.path.dirname(module.__spec__.origin or ""))
+
+    def version(name: str) -> str:
+        found = _dist_version(site, name)
+        if found is None:
+            del sys.modules[_METADATA]
+            return importlib.import_module(_METADATA).version(name)
+        return found
+
+    stand_in = types.ModuleType(_METADATA)
+    stand_in.version = version
+    sys.modules[_METADATA] = stand_in
+    try:
+        execute()
+    finally:
+        if sys.modules.get(_METADATA) is stand_in:
+            del sys.modules[_METADATA]
+
+
 # Modules executed by a patching function ``patch(module, execute)``.
 _PATCHED = {
     "pydicom.pixels.common": _pydicom_plugins,
     "pydicom.datadict": _pydicom_private_dictionaries,
     "aiohttp.connector": _aiohttp_tls,
     "pynetdicom.status": _pynetdicom_status,
+    **{name: _versioned for name in _VERSIONED},
 }
 
 
-class _PatchingLoader(importlib.abc.Loader):
+class _PatchingLoader:
     """Executes a _PATCHED module through its patching function."""
 
     def __init__(self, loader, patch):
@@ -540,7 +597,7 @@ class _PatchingLoader(importlib.abc.Loader):
         self.patch(module, lambda: self.loader.exec_module(module))
 
 
-class _DeferringFinder(importlib.abc.MetaPathFinder):
+class _DeferringFinder:
     """Finds the DEFERRED modules with the other finders and makes their loader lazy."""
 
     def find_spec(self, fullname, path, target=None):

@@ -128,44 +128,35 @@ def _resolve(dotted: str):
     raise ImportError(dotted)
 
 
-def source_digest(func, files: dict[str, bytes] | None = None) -> str:
+def source_digest(func, files: dict[str, list[bytes]] | None = None) -> str:
     """SHA-256 (first 16 hex digits) of a function's source text, from its first
-    line to its end, read from the .py file (``files``: the files read so far).
+    line to its end, read from the .py file (``files``: the files read so far, as lines).
 
     Read from the file, not from the bytecode, so that it does not depend on the
     Python version; a plain scan rather than ``inspect.getsource``, which
     tokenizes (~15 ms for these functions at every start) and keeps every line
     of pynetdicom's sources in linecache as a string of its own, for the
-    daemon's life (1 MB). A file here is one bytes object, freed whole.
+    daemon's life (1 MB). A file here is split once and freed with ``files``.
     """
     code = func.__code__
     files = {} if files is None else files
-    data = files.get(code.co_filename)
-    if data is None:
+    lines = files.get(code.co_filename)
+    if lines is None:
         with open(code.co_filename, "rb") as f:
-            data = files[code.co_filename] = f.read()
-    start = 0
-    for _ in range(code.co_firstlineno - 1):
-        start = data.index(b"\n", start) + 1
+            lines = files[code.co_filename] = f.read().split(b"\n")
+    first = code.co_firstlineno - 1
     # Past the last line with code (a signature may span lines at the def's
     # indent), then on to the first line indented no deeper than the def.
     last = max((line for _, _, line in code.co_lines() if line), default=code.co_firstlineno)
-    head_end = data.find(b"\n", start)
-    head = data[start:head_end if head_end >= 0 else len(data)]
+    head = lines[first]
     indent = len(head) - len(head.lstrip())
-    number, pos, end = code.co_firstlineno, start, len(data)
-    while True:
-        line_end = data.find(b"\n", pos)
-        next_pos = end if line_end < 0 else line_end + 1
-        line = data[pos:next_pos]
-        if pos > start and number > last and line.strip() \
-                and len(line) - len(line.lstrip()) <= indent:
-            end = pos
+    end = first + 1
+    while end < len(lines):
+        line = lines[end]
+        if end >= last and line.strip() and len(line) - len(line.lstrip()) <= indent:
             break
-        if next_pos >= len(data):
-            break
-        pos, number = next_pos, number + 1
-    text = data[start:end].rstrip()
+        end += 1
+    text = b"\n".join(lines[first:end]).rstrip()
     return hashlib.sha256(text).hexdigest()[:16]
 
 
@@ -174,7 +165,7 @@ def fast_path_problem() -> str | None:
     version = getattr(pynetdicom, "__version__", "?")
     if version != VERIFIED_PYNETDICOM:
         return f"pynetdicom {version} is installed, the fast path is verified with {VERIFIED_PYNETDICOM}"
-    files: dict[str, bytes] = {}
+    files: dict[str, list[bytes]] = {}
     for name, digest in _VERIFIED_SOURCES.items():
         try:
             found = source_digest(_resolve(name), files)

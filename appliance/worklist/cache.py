@@ -28,6 +28,7 @@ written to a temporary file, synced and renamed into place, so it is whole or ab
 
 from __future__ import annotations
 
+import itertools
 import logging
 import marshal
 import os
@@ -191,13 +192,10 @@ class ParseCache:
                 == len(charsets) == len(lengths)) or start + length + sum(lengths) != size:
             raise ValueError("snapshot of inconsistent length")
         view = memoryview(data)  # each item's content is a slice of it, not a copy
-        items = {}
-        at = start + length
-        for name, size_, mtime_ns, ino, digest, charset, n in zip(
-                names, sizes, mtimes, inos, digests, charsets, lengths):
-            items[name] = WorklistItem(name, size_, mtime_ns, ino, digest, charset,
-                                       view[at:at + n])
-            at += n
+        ends = list(itertools.accumulate(lengths, initial=start + length))
+        packed = map(view.__getitem__, map(slice, ends, ends[1:]))
+        items = dict(zip(names, map(WorklistItem, names, sizes, mtimes, inos, digests,
+                                    charsets, packed)))
         return items, verified_ns, index
 
     def write(self, rows: Iterable[tuple[str, Row | None]]) -> None:

@@ -176,6 +176,10 @@ class Catalog:
         # path -> comparison key -> the one file name holding it, or a set of them.
         self._index: dict[tuple[int, ...], dict[str, str | set[str]]] = {
             path: {} for path in INDEXED_PATHS}
+        # Paths whose postings are still as a snapshot stored them (restore): unmarshalled
+        # on first use, so that a restart serves without building ~60,000 entries of
+        # which a query reads two paths' worth.
+        self._stored: dict[tuple[int, ...], bytes] = {}
 
     @classmethod
     def of(cls, items: Iterable[WorklistItem]) -> "Catalog":
@@ -202,48 +206,83 @@ class Catalog:
         with self._lock:
             return set(self._items)
 
-    def dump(self) -> tuple[dict[str, WorklistItem], dict]:
-        """(items by name, index): a copy to store (see :meth:`restore`), taken at once."""
+    def dump(self) -> tuple[dict[str, WorklistItem], dict[tuple[int, ...], bytes]]:
+        """(items by name, index as one ``marshal`` blob per path): a copy to store (see
+        :meth:`restore`), taken at once."""
         with self._lock:
-            index = {path: {key: held if type(held) is str else set(held)
-                            for key, held in postings.items()}
-                     for path, postings in self._index.items()}
+            index = {path: self._stored.get(path) or marshal.dumps(self._index[path])
+                     for path in INDEXED_PATHS}
             return dict(self._items), index
 
     def restore(self, items: dict[str, WorklistItem], index: dict) -> bool:
         """Serve ``items`` with ``index``, both from :meth:`dump` (of an earlier run) and
-        both taken over, not copied: no item is unpacked. False (nothing changed) if they
-        do not belong together."""
-        try:
-            if index.keys() != INDEXED_PATHS:
-                return False
-            names = items.keys()
-            for postings in index.values():
-                for held in postings.values():
-                    if type(held) is str:
-                        if held not in names:
-                            return False
-                    elif type(held) is not set or not held <= names:
-                        return False
-        except (TypeError, AttributeError):
+        both taken over, not copied: no item is unpacked, and each path's postings are
+        read when first needed (checked then against the items; rebuilt from them if they
+        do not belong together). False (nothing changed) if ``index`` is not a dump's."""
+        if type(index) is not dict or index.keys() != INDEXED_PATHS or not all(
+                isinstance(blob, (bytes, memoryview)) for blob in index.values()):
             return False
         with self._lock:
             self._items = items
             self._names = sorted(items)
-            self._index = index
+            self._index = {path: {} for path in INDEXED_PATHS}
+            self._stored = dict(index)
         return True
+
+    def _postings(self, path: tuple[int, ...]) -> dict[str, str | set[str]]:
+        """The postings of an indexed ``path`` (under the lock)."""
+        blob = self._stored.pop(path, None)
+        if blob is not None:
+            self._index[path] = self._thawed(path, blob)
+        return self._index[path]
+
+    def _thawed(self, path: tuple[int, ...], blob: bytes) -> dict[str, str | set[str]]:
+        names = self._items.keys()  # as restored: any change thaws every path first
+        try:
+            postings = marshal.loads(blob)
+            if type(postings) is dict and all(
+                    held in names if type(held) is str else type(held) is set and held <= names
+                    for held in postings.values()):
+                return postings
+        except (ValueError, EOFError, TypeError):
+            pass
+        # A snapshot that disagrees with itself: this path from the items (each unpacked).
+        rebuilt: dict[str, str | set[str]] = {}
+        for name in self._names:
+            try:
+                keys = index_keys(marshal.loads(self._items[name].packed)[0])
+            except Exception:  # noqa: BLE001 - a damaged item is found by no key
+                continue
+            for key in {key for item_path, key in keys if item_path == path}:
+                held = rebuilt.get(key)
+                if held is None:
+                    rebuilt[key] = name
+                elif type(held) is str:
+                    rebuilt[key] = {held, name}
+                else:
+                    held.add(name)
+        return rebuilt
+
+    def _thaw_all(self) -> None:
+        for path in list(self._stored):
+            self._postings(path)
 
     def add_all(self, items: Iterable[WorklistItem]) -> list[WorklistItem]:
         """Serve ``items`` (replacing items of the same names), indexed in one pass (a
         start-up's thousands of items); returns those whose packed content is damaged
         (not served)."""
         with self._lock:
+            self._thaw_all()
             return self._add_many(items)
 
     def update(self, put: Iterable[WorklistItem], remove: Iterable[str]) -> None:
         """Serve ``put`` (replacing items of the same names) and stop serving ``remove``;
         the work is proportional to the items named, not to the catalog."""
+        put, remove = list(put), list(remove)
+        if not put and not remove:
+            return
         with self._lock:
+            self._thaw_all()
             for name in remove:
                 self._remove(name)
             self._add_many(put)
@@ -318,9 +357,9 @@ class Catalog:
         with self._lock:
             lookups = []
             for path, wanted in query.lookups:
-                postings = self._index.get(path)
-                if postings is None:
+                if path not in INDEXED_PATHS:
                     continue
+                postings = self._postings(path)
                 held = [h for h in (postings.get(key) for key in wanted) if h is not None]
                 if not held:
                     return []
@@ -363,7 +402,7 @@ class Catalog:
                              (_REQUESTED_PROCEDURE_ID, requested_procedure_id.strip(" \0"))):
                 if not key:
                     continue
-                held = self._index[(tag,)].get(key)
+                held = self._postings((tag,)).get(key)
                 if held is not None:
                     return self._items[held if type(held) is str else min(held)]
         return None

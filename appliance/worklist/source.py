@@ -219,10 +219,14 @@ class WorklistFolder:
         except BaseException as e:  # noqa: BLE001 - handed to start()'s caller
             if self._cache is not None:
                 self._cache.close()
-            self._started.set_exception(e)
+            if not self._started.cancelled():
+                self._started.set_exception(e)
             return
         self.loaded.set()
-        self._started.set_result(None)
+        # Cancelled: the daemon stopped while the folder was read. The watch loop below
+        # sees the stop at once, and still writes the parse cache for the next start.
+        if not self._started.cancelled():
+            self._started.set_result(None)
         try:
             self._watch_forever()
         except Exception:  # noqa: BLE001 - keep what is served; say why updates stopped
@@ -305,10 +309,13 @@ class WorklistFolder:
                 else:
                     fresh.append(item)
             if restored:
-                wanted = {item.name for item in fresh}
+                # The catalog holds the snapshot's items: put the journal's that still
+                # hold, take out what is gone or is read again below.
+                snapshot = cached.items
                 self._catalog.update(
-                    [item for item in fresh if self._catalog.get(item.name) is not item],
-                    [name for name in self._catalog.names() if name not in wanted])
+                    [item for item in fresh if item.name in verified],
+                    [name for name, _ in parse if name in snapshot]
+                    + list(snapshot.keys() - listed.keys()))
             else:
                 parse.extend((item.name, None) for item in self._catalog.add_all(fresh))
             gone = items.keys() - listed.keys()
@@ -454,16 +461,18 @@ class WorklistFolder:
         """name -> stat of every regular ``.wl`` file in the folder (None: cannot list)."""
         listed = {}
         try:
-            with os.scandir(self.folder) as entries:
-                for entry in entries:
-                    if not is_worklist_name(entry.name):
-                        continue
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                names = [name for name in os.listdir(fd) if is_worklist_name(name)]
+                for name in names:
                     try:
-                        st = entry.stat()
+                        st = os.stat(name, dir_fd=fd)  # relative to the folder: no path walk
                     except OSError:
                         continue  # gone meanwhile, or a dangling link
                     if stat.S_ISREG(st.st_mode):
-                        listed[entry.name] = st
+                        listed[name] = st
+            finally:
+                os.close(fd)
         except OSError as e:
             log.error("worklist folder %s: cannot list: %s", self.folder, e.strerror or e)
             return None

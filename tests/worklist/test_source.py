@@ -101,7 +101,27 @@ def test_index_gives_the_same_answers_as_a_full_scan_and_follows_changes():
     again = Catalog()
     assert again.restore(*snapshot.dump())
     check(again, now)
-    assert not Catalog().restore({}, snapshot.dump()[1])  # an index without its items
+    # ... and a restored catalog follows changes too (its index read first)
+    again.update([item("005.wl", patient_id="P3", accession="A5")], ["003.wl"])
+    back = [i for i in now if i.name != "003.wl"] + [item("005.wl", patient_id="P3",
+                                                          accession="A5")]
+    check(again, back)
+    assert again.linked(accession_number="A5").name == "005.wl"
+    # an index that is not a dump's is refused
+    assert not Catalog().restore({}, {"not": b"an index"})
+    # an index that does not belong to its items (damaged, or of other items) is rebuilt
+    # from the items, path by path, when a query first reads it
+    items_now, index = snapshot.dump()
+    damaged = dict(index)
+    for path in list(damaged)[::2]:
+        damaged[path] = b"\xff" + damaged[path][1:]
+    damaged[(0x00100020,)] = Catalog.of([item("other.wl", patient_id="P3")]).dump()[1][
+        (0x00100020,)]  # of other items
+    restored = Catalog()
+    assert restored.restore(dict(items_now), damaged)
+    check(restored, now)
+    assert restored.linked(accession_number="A5") is None
+    assert restored.linked(accession_number="A7").name == "007.wl"
 
 
 def test_folder_take_out_is_immediate_and_archives(tmp_path):
