@@ -501,12 +501,18 @@ def _pydicom_private_dictionaries(module: types.ModuleType, execute) -> None:
         return
     stand_in = types.ModuleType(_PRIVATE_DICT)
     stand_in.private_dictionaries = _PrivateDictionaries()
-    sys.modules[_PRIVATE_DICT] = stand_in
+    _executed_with(_PRIVATE_DICT, stand_in, execute)
+
+
+def _executed_with(name: str, stand_in: types.ModuleType, execute) -> None:
+    """``execute()`` with ``stand_in`` as ``sys.modules[name]``, taken out again after
+    (unless the real module replaced it meanwhile)."""
+    sys.modules[name] = stand_in
     try:
         execute()
     finally:
-        if sys.modules.get(_PRIVATE_DICT) is stand_in:
-            del sys.modules[_PRIVATE_DICT]
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
 
 
 def private_dictionaries_loaded() -> bool:
@@ -565,12 +571,7 @@ def _versioned(module: types.ModuleType, execute) -> None:
 
     stand_in = types.ModuleType(_METADATA)
     stand_in.version = version
-    sys.modules[_METADATA] = stand_in
-    try:
-        execute()
-    finally:
-        if sys.modules.get(_METADATA) is stand_in:
-            del sys.modules[_METADATA]
+    _executed_with(_METADATA, stand_in, execute)
 
 
 # Modules executed by a patching function ``patch(module, execute)``.

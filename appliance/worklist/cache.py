@@ -93,7 +93,7 @@ class Cached(NamedTuple):
     journal: dict[str, Row | None]  # changed since the snapshot (None: no longer served)
 
 
-EMPTY = Cached({}, 0, None, {})
+NOTHING = Cached({}, 0, None, {})  # what an unusable cache gives
 
 
 class ParseCache:
@@ -156,7 +156,7 @@ class ParseCache:
     def load(self) -> Cached:
         """The snapshot and the journal (empty if the cache is not usable)."""
         if self._conn is None:
-            return EMPTY
+            return NOTHING
         try:
             items, verified_ns, index = self._read_snapshot()
             journal = {name: None if head is None else _row(head, packed)
@@ -168,7 +168,7 @@ class ParseCache:
                 UnicodeDecodeError) as e:
             log.warning("worklist parse cache %s cannot be read (%s): reading every file",
                         self.path, e)
-            return EMPTY
+            return NOTHING
 
     def _read_snapshot(self) -> tuple[dict[str, WorklistItem], int, dict | None]:
         try:

@@ -36,27 +36,27 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import hashlib
 import logging
 import os
 import select
 import stat
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from appliance.durable import fsync_dir
-from appliance.worklist.cache import CACHE_NAME, EMPTY, ParseCache, Row
+from appliance.worklist.cache import CACHE_NAME, NOTHING, ParseCache, Row
 from appliance.worklist.catalog import (
     INDEXED_PATHS,
     SUFFIX,
     Catalog,
     WorklistItem,
     item_id,
-    pack,
 )
 from appliance.worklist.inotify import Changes, Inotify
 from appliance.worklist.parse import WorklistFileError, parse_worklist
+from appliance.worklist.reading import EMPTY, Read, Unreadable, read_file
 
 __all__ = [
     "ARCHIVE_FOLDER", "CACHE_NAME", "INDEXED_PATHS", "SUFFIX", "Catalog", "WorklistFileError",
@@ -66,7 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ARCHIVE_FOLDER = "archive"
-MAX_FILE_SIZE = 4 * 1024 * 1024  # a worklist item is ~1 KB; anything this big is not one
 # A cached row is trusted on its signature alone only if it was checked at least this long
 # after the file's last modification: a rewrite within the file system's timestamp
 # granularity (a few ms; more on network file systems) could keep size and mtime.
@@ -74,7 +73,12 @@ _RACY_NS = 2_000_000_000
 # Even with inotify, the listing is compared with the catalog this often (stat of every file,
 # ~50 ms for 10,000): a safety net for changes inotify cannot see (NFS writes from another host).
 _LISTING_INTERVAL = 60.0
-_EMPTY = "empty file"  # the outcome of reading an empty file (no warning)
+# A first start with at least this many files to read hands part of them to a helper
+# process (appliance.worklist.helper), in chunks of this many files (~20 ms of work each).
+HELPER_FROM = 1000
+_CHUNK = 250
+# A chunk the helper has not answered in this long: it is stuck, and its files are read here.
+_HELPER_TIMEOUT = 120.0
 
 
 def is_worklist_name(name: str) -> bool:
@@ -106,10 +110,6 @@ class _Beside:
         return value
 
 
-def _digest(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
-
-
 def _row(item: WorklistItem, verified_ns: int) -> Row:
     return Row(item.size, item.mtime_ns, item.ino, item.digest, verified_ns, item.charset,
                item.packed)
@@ -127,8 +127,10 @@ class WorklistFolder:
     """
 
     def __init__(self, folder: Path, *, cache: Path | None = None, debounce: float = 0.05,
-                 check_interval: float = 1.0, inotify: bool = True) -> None:
+                 check_interval: float = 1.0, inotify: bool = True,
+                 helper_from: int = HELPER_FROM) -> None:
         self.folder = Path(folder)
+        self.helper_from = helper_from  # files to read at start from which a helper reads some
         self.use_inotify = inotify  # False: as where inotify is not available (tests)
         self.cache_path = Path(cache) if cache is not None else None
         self.debounce = debounce
@@ -278,7 +280,7 @@ class WorklistFolder:
             # The listing (a stat per file, which waits in the kernel, not for the
             # interpreter) runs beside the reading of the parse cache.
             listing = _Beside(self._list)
-            cached = EMPTY
+            cached = NOTHING
             if self.cache_path is not None:
                 cache = ParseCache(self.cache_path, self.folder)
                 if cache.open():
@@ -320,10 +322,12 @@ class WorklistFolder:
                 parse.extend((item.name, None) for item in self._catalog.add_all(fresh))
             gone = items.keys() - listed.keys()
             self._dirty.update((name, None) for name in gone)
-            self._apply({name: self._load(name, previous=previous) for name, previous in parse})
+            results, helped = self._read_all(parse)
+            self._apply(results)
             changed = len(parse) + len(gone)
-        log.info("worklist folder %s: %d items (%d from the parse cache, %d files read) in %.2f s",
+        log.info("worklist folder %s: %d items (%d from the parse cache, %d files read%s) in %.2f s",
                  self.folder, len(self._catalog), len(fresh), len(parse),
+                 f", {helped} of them by a helper process" if helped else "",
                  time.monotonic() - started)
         if self._cache is not None and (not restored or changed or cached.journal):
             self._snapshot()  # the next start needs no journal
@@ -481,58 +485,94 @@ class WorklistFolder:
     def _load(self, name: str, previous: WorklistItem | None = None) -> WorklistItem | str | None:
         """The item of file ``name`` now: an item (``previous`` again if its bytes did not
         change), None (gone, not a file, or taken out), or why it is not readable."""
-        try:
-            fd = os.open(os.path.join(self.folder, name),
-                         os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        except OSError as e:
-            return f"cannot read: {e.strerror or e}"
-        try:
-            verified_ns = time.time_ns()
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return None
-            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
-            if self._hidden.get(name) == signature:
-                return None
-            if st.st_size > MAX_FILE_SIZE:
-                self._bad[name] = signature
-                return f"{st.st_size} bytes: too large for a worklist item"
-            chunks = []
-            while True:
-                chunk = os.read(fd, max(st.st_size + 1, 65536))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        except OSError as e:
-            return f"cannot read: {e.strerror or e}"
-        finally:
-            os.close(fd)
-        if not data:
-            # A writer that creates or truncates a file before writing it: not served, and
-            # not worth a warning (nor forgetting the problem its last content had).
-            self._bad[name] = signature
-            return _EMPTY
-        digest = _digest(data)
-        if previous is not None and previous.digest == digest and previous.size == len(data):
-            if previous.signature != signature:  # touched, same bytes: no parse
-                previous = WorklistItem(name, st.st_size, st.st_mtime_ns, st.st_ino, digest,
-                                        previous.charset, previous.packed)
-            self._dirty[name] = _row(previous, verified_ns)
-            return previous
-        try:
-            charset, packed = pack(parse_worklist(data))
-        except WorklistFileError as e:
-            self._bad[name] = signature
-            return str(e)
-        except Exception as e:  # noqa: BLE001 - one odd file must not stop the others
-            self._bad[name] = signature
-            return f"not readable ({type(e).__name__}: {str(e)[:80]})"
-        item = WorklistItem(name, st.st_size, st.st_mtime_ns, st.st_ino, digest, charset, packed)
-        self._dirty[name] = _row(item, verified_ns)
+        return self._served(name, read_file(
+            str(self.folder), name, hidden=self._hidden.get(name),
+            same=None if previous is None else (previous.digest, previous.size)), previous)
+
+    def _served(self, name: str, outcome: Read | Unreadable | str | None,
+                previous: WorklistItem | None) -> WorklistItem | str | None:
+        """What reading file ``name`` gave (:func:`read_file`) as :meth:`_load` says it."""
+        if outcome is None or type(outcome) is str:
+            return outcome
+        if type(outcome) is Unreadable:
+            self._bad[name] = outcome.signature
+            return outcome.why
+        mtime_ns, size, ino = outcome.signature
+        if outcome.packed is None:  # the bytes of ``previous``: touched, not rewritten
+            item = previous if previous.signature == outcome.signature else WorklistItem(
+                name, size, mtime_ns, ino, outcome.digest, previous.charset, previous.packed)
+        else:
+            item = WorklistItem(name, size, mtime_ns, ino, outcome.digest, outcome.charset,
+                                outcome.packed)
+        self._dirty[name] = _row(item, outcome.verified_ns)
         return item
+
+    def _read_all(self, parse: list[tuple[str, WorklistItem | None]],
+                  ) -> tuple[dict[str, WorklistItem | str | None], int]:
+        """(what :meth:`_load` gives for each (name, version served) of ``parse``, how many
+        a helper process read): a start with many files never read before hands part of
+        them to a helper (appliance.worklist.helper)."""
+        results: dict[str, WorklistItem | str | None] = {}
+        helped = 0
+        unknown = [name for name, previous in parse if previous is None]
+        if len(unknown) >= self.helper_from:
+            helped = self._read_with_helper(unknown, results)
+        for name, previous in parse:
+            if name not in results:
+                results[name] = self._load(name, previous=previous)
+        return results, helped
+
+    def _read_with_helper(self, names: list[str], results: dict) -> int:
+        """Read ``names`` into ``results``, chunks from the front here and chunks from the
+        back in a helper process, until they meet; how many the helper read. A helper that
+        cannot start, fails or hangs leaves its chunks to this thread."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from appliance.worklist.helper import read_files
+
+        folder = str(self.folder)
+        chunks = deque(names[i:i + _CHUNK] for i in range(0, len(names), _CHUNK))
+        in_flight: deque = deque()  # (chunk, future): two at a time, so it never waits
+        helped = 0
+        # spawn: a fork of the daemon would copy its threads' locks mid-use.
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        broken = False
+        try:
+            while chunks or in_flight:
+                while in_flight and (in_flight[0][1].done() or not chunks):
+                    chunk, future = in_flight.popleft()
+                    try:
+                        answers = future.result(timeout=_HELPER_TIMEOUT)
+                    except Exception as e:  # noqa: BLE001 - its files are read here instead
+                        if not broken:
+                            log.warning("worklist folder %s: the helper process failed (%s): "
+                                        "reading its files here", self.folder,
+                                        type(e).__name__ if not str(e) else e)
+                        broken = True
+                        chunks.appendleft(chunk)
+                        continue
+                    for name, outcome in answers:
+                        results[name] = self._served(name, outcome, None)
+                    helped += len(answers)
+                while not broken and chunks and len(in_flight) < 2:
+                    chunk = chunks.pop()
+                    try:
+                        in_flight.append((chunk, pool.submit(read_files, folder, chunk)))
+                    except Exception as e:  # noqa: BLE001 - cannot start one: read here
+                        log.warning("worklist folder %s: no helper process (%s): reading "
+                                    "every file here", self.folder, e)
+                        broken = True
+                        chunks.append(chunk)
+                if chunks:
+                    for name in chunks.popleft():
+                        results[name] = self._load(name)
+        finally:
+            if broken:
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+        return helped
 
     def _apply(self, results: dict[str, WorklistItem | str | None]) -> None:
         put, remove = [], []
@@ -550,7 +590,7 @@ class WorklistFolder:
                 log.debug("worklist item %s removed", name)
                 remove.append(name)
             self._dirty[name] = None
-            if outcome is _EMPTY:
+            if outcome == EMPTY:
                 log.debug("worklist file %s is empty", name)
             elif outcome is None:
                 self._bad.pop(name, None)

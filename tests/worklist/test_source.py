@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 
 import pytest
@@ -391,6 +392,70 @@ def test_a_damaged_snapshot_is_not_used_and_every_file_is_read(tmp_path, damage)
     wl, started = _started(folder, cache)
     try:
         assert "5 items (5 from the parse cache, 0 files read)" in started
+    finally:
+        _stop(wl)
+
+
+def _helper_folder(folder) -> dict[str, bytes]:
+    """60 items, some in other character sets, one garbage, one empty, one too short."""
+    folder.mkdir()
+    for n in range(57):
+        write_wl(folder, f"h{n:02d}.wl", patient_id=f"H{n:02d}", accession=f"HA{n:02d}",
+                 charset=("ISO_IR 192", "ISO_IR 100", None)[n % 3],
+                 patient_name=("Müller^Jürgen" if n % 3 == 1 else f"DOE^N{n}"))
+    (folder / "garbage.wl").write_bytes(b"not a worklist at all" * 10)
+    (folder / "empty.wl").write_bytes(b"")
+    (folder / "short.wl").write_bytes(wl_bytes(worklist_dataset())[:150])
+    return {}
+
+
+def _served(wl: WorklistFolder) -> dict:
+    catalog = wl.current()
+    # unpacked: marshal's bytes depend on which strings a process shares, not on values
+    return {item.name: (item.signature, item.digest, item.charset, item.unpack())
+            for item in catalog.items}
+
+
+def test_a_first_start_with_many_files_has_a_helper_process_read_some(tmp_path):
+    """The helper's items are the ones this process reads itself, value for value; files
+    it finds unreadable are left out and named, as here."""
+    folder = tmp_path / "wl"
+    _helper_folder(folder)
+    alone, started_alone = _started(folder, None, helper_from=10**9)
+    try:
+        expected = _served(alone)
+    finally:
+        _stop(alone)
+    assert "60 files read) in" in started_alone
+    wl, started = _started(folder, tmp_path / "cache.sqlite", helper_from=10)
+    try:
+        assert "60 files read, 60 of them by a helper process" in started
+        assert _served(wl) == expected and len(expected) == 57
+        for name in ("garbage.wl", "short.wl"):
+            assert f"worklist file {name} skipped" in started
+        assert "empty.wl" not in started
+        query = compile_query(attrs_from_dataset(mwl_query(PatientName="Müller^Jürgen")))
+        assert len(list(wl.current().search(query))) == 19
+    finally:
+        _stop(wl)
+
+
+def test_a_helper_process_that_cannot_run_leaves_its_files_to_the_folder(tmp_path):
+    import multiprocessing
+
+    folder = tmp_path / "wl"
+    _helper_folder(folder)
+    spawn = multiprocessing.get_context("spawn")
+    spawn.set_executable("/bin/false")  # the helper dies at once
+    try:
+        wl, started = _started(folder, None, helper_from=10)
+    finally:
+        spawn.set_executable(sys.executable)
+    try:
+        assert "the helper process failed" in started
+        assert "60 files read) in" in started
+        assert len(wl.current()) == 57
+        assert _patient(wl.current(), "h05.wl") == "H05"
     finally:
         _stop(wl)
 
