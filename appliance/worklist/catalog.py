@@ -275,9 +275,12 @@ class Catalog:
             self._thaw_all()
             return self._add_many(items)
 
-    def update(self, put: Iterable[WorklistItem], remove: Iterable[str]) -> None:
+    def update(self, put: Iterable[WorklistItem], remove: Iterable[str],
+               keys: dict[str, list] | None = None) -> None:
         """Serve ``put`` (replacing items of the same names) and stop serving ``remove``;
-        the work is proportional to the items named, not to the catalog."""
+        the work is proportional to the items named, not to the catalog. ``keys``: the
+        index keys of items of ``put`` by name (:func:`index_keys`), known from their
+        parse; the others are unpacked for them."""
         put, remove = list(put), list(remove)
         if not put and not remove:
             return
@@ -285,19 +288,22 @@ class Catalog:
             self._thaw_all()
             for name in remove:
                 self._remove(name)
-            self._add_many(put)
+            self._add_many(put, keys)
 
-    def _add_many(self, items: Iterable[WorklistItem]) -> list[WorklistItem]:
+    def _add_many(self, items: Iterable[WorklistItem],
+                  known: dict[str, list] | None = None) -> list[WorklistItem]:
         damaged = []
         added: list[str] = []
         postings: dict[tuple, list[str]] = {}
         for item in items:
-            try:
-                keys = index_keys(marshal.loads(item.packed)[0])
-            except Exception:  # noqa: BLE001 - a damaged cache row: read the file instead
-                damaged.append(item)
-                continue
             name = item.name
+            keys = known.get(name) if known else None
+            if keys is None:
+                try:
+                    keys = index_keys(marshal.loads(item.packed)[0])
+                except Exception:  # noqa: BLE001 - a damaged cache row: read the file instead
+                    damaged.append(item)
+                    continue
             if name in self._items:
                 self._remove(name)
             self._items[name] = item

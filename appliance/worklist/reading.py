@@ -15,7 +15,7 @@ import stat
 import time
 from typing import NamedTuple
 
-from appliance.worklist.catalog import pack
+from appliance.worklist.catalog import index_keys, pack
 from appliance.worklist.parse import WorklistFileError, parse_worklist
 
 __all__ = ["EMPTY", "MAX_FILE_SIZE", "Read", "Unreadable", "digest_of", "read_file"]
@@ -35,6 +35,7 @@ class Read(NamedTuple):
     verified_ns: int  # wall clock when these bytes were read under this signature
     charset: str | None
     packed: bytes | None
+    keys: list | None = None  # its catalog index keys (catalog.index_keys), when parsed
 
 
 class Unreadable(NamedTuple):
@@ -88,9 +89,12 @@ def read_file(folder: str, name: str, *, hidden: Signature | None = None,
     if same == (digest, len(data)):
         return Read(signature, digest, verified_ns, None, None)
     try:
-        charset, packed = pack(parse_worklist(data))
+        attrs = parse_worklist(data)
+        charset, packed = pack(attrs)
     except WorklistFileError as e:
         return Unreadable(str(e), signature)
     except Exception as e:  # noqa: BLE001 - one odd file must not stop the others
         return Unreadable(f"not readable ({type(e).__name__}: {str(e)[:80]})", signature)
-    return Read(signature, digest, verified_ns, charset, packed)
+    # Indexed here, from the attributes at hand: the catalog need not unpack the item again
+    # (and a helper process's items are indexed on its core).
+    return Read(signature, digest, verified_ns, charset, packed, index_keys(attrs))

@@ -77,6 +77,8 @@ _LISTING_INTERVAL = 60.0
 # process (appliance.worklist.helper), in chunks of this many files (~20 ms of work each).
 HELPER_FROM = 1000
 _CHUNK = 250
+_PER_HAND_OVER = 4  # chunks handed to the helper at once
+_IN_FLIGHT = 2  # hand-overs waiting for the helper or being read by it
 # A chunk the helper has not answered in this long: it is stuck, and its files are read here.
 _HELPER_TIMEOUT = 120.0
 
@@ -151,6 +153,7 @@ class WorklistFolder:
         self._bad: dict[str, tuple[int, int, int]] = {}  # unreadable file -> its signature
         self._reported: dict[str, str] = {}  # bad file name -> problem already logged
         self._dirty: dict[str, Row | None] = {}  # cache rows not written yet
+        self._keys: dict[str, list] = {}  # index keys of items read, until they are served
         self._closed = False
         # The background thread's.
         self._cache: ParseCache | None = None
@@ -504,6 +507,8 @@ class WorklistFolder:
         else:
             item = WorklistItem(name, size, mtime_ns, ino, outcome.digest, outcome.charset,
                                 outcome.packed)
+            if outcome.keys is not None:
+                self._keys[name] = outcome.keys
         self._dirty[name] = _row(item, outcome.verified_ns)
         return item
 
@@ -533,40 +538,55 @@ class WorklistFolder:
 
         folder = str(self.folder)
         chunks = deque(names[i:i + _CHUNK] for i in range(0, len(names), _CHUNK))
-        in_flight: deque = deque()  # (chunk, future): two at a time, so it never waits
+        # Submitted to the helper, oldest first: enough that it never waits for this
+        # thread to look, and at the end the ones it has not started come back here.
+        in_flight: deque = deque()
         helped = 0
+        broken = False
+
+        def here(chunk: list[str]) -> None:
+            for name in chunk:
+                results[name] = self._load(name)
+
+        def collect(chunk: list[str], future, timeout: float | None) -> None:
+            nonlocal broken, helped
+            try:
+                answers = future.result(timeout=timeout)
+            except Exception as e:  # noqa: BLE001 - its files are read here instead
+                if not broken:
+                    log.warning("worklist folder %s: the helper process failed (%s): reading "
+                                "its files here", self.folder, str(e) or type(e).__name__)
+                broken = True
+                here(chunk)
+                return
+            for name, outcome in answers:
+                results[name] = self._served(name, outcome, None)
+            helped += len(answers)
+
         # spawn: a fork of the daemon would copy its threads' locks mid-use.
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
-        broken = False
         try:
             while chunks or in_flight:
-                while in_flight and (in_flight[0][1].done() or not chunks):
-                    chunk, future = in_flight.popleft()
-                    try:
-                        answers = future.result(timeout=_HELPER_TIMEOUT)
-                    except Exception as e:  # noqa: BLE001 - its files are read here instead
-                        if not broken:
-                            log.warning("worklist folder %s: the helper process failed (%s): "
-                                        "reading its files here", self.folder,
-                                        type(e).__name__ if not str(e) else e)
-                        broken = True
-                        chunks.appendleft(chunk)
-                        continue
-                    for name, outcome in answers:
-                        results[name] = self._served(name, outcome, None)
-                    helped += len(answers)
-                while not broken and chunks and len(in_flight) < 2:
-                    chunk = chunks.pop()
+                while in_flight and in_flight[0][1].done():
+                    collect(*in_flight.popleft(), None)
+                while not broken and chunks and len(in_flight) < _IN_FLIGHT:
+                    # Several chunks a time: each hand-over waits for this process's
+                    # executor thread, which waits for the interpreter lock.
+                    chunk = [name for _ in range(min(_PER_HAND_OVER, len(chunks)))
+                             for name in chunks.pop()]
                     try:
                         in_flight.append((chunk, pool.submit(read_files, folder, chunk)))
                     except Exception as e:  # noqa: BLE001 - cannot start one: read here
                         log.warning("worklist folder %s: no helper process (%s): reading "
                                     "every file here", self.folder, e)
                         broken = True
-                        chunks.append(chunk)
+                        here(chunk)
                 if chunks:
-                    for name in chunks.popleft():
-                        results[name] = self._load(name)
+                    here(chunks.popleft())
+                elif len(in_flight) > 1 and in_flight[-1][1].cancel():
+                    here(in_flight.pop()[0])  # not started by the helper: read it here
+                elif in_flight:
+                    collect(*in_flight.popleft(), _HELPER_TIMEOUT)
         finally:
             if broken:
                 for process in list((getattr(pool, "_processes", None) or {}).values()):
@@ -601,8 +621,9 @@ class WorklistFolder:
             elif self._reported.get(name) != outcome:
                 self._reported[name] = outcome  # once per problem, not once per event
                 log.warning("worklist file %s skipped: %s", name, outcome)
+        keys, self._keys = self._keys, {}
         if put or remove:
-            self._catalog.update(put, remove)
+            self._catalog.update(put, remove, keys)
 
     def _still_there(self, name: str, signature: tuple[int, int, int]) -> bool:
         try:
