@@ -53,6 +53,10 @@ DEFERRED = frozenset({
     "PIL.Image", "PIL.ImageCms", "PIL.features",
     "gdcm", "pylibjpeg", "openjpeg", "rle", "libjpeg", "jpeg_ls",
     "requests",  # pydicom.data's downloader of test files
+    # ... and urllib.request, which it imports for its functions only (with http.client
+    # and email: ~7 ms), and uuid, which pydicom.uid imports for generate_uid() (with
+    # platform). aiohttp, the first real user, is imported once the DICOM side listens.
+    "urllib.request", "uuid",
     # pydicom's documentation examples: 13 test-file look-ups at ``import pydicom``.
     "pydicom.examples",
     "pydicom.pixel_data_handlers.gdcm_handler",
