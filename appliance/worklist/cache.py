@@ -34,6 +34,7 @@ import marshal
 import os
 import struct
 import sys
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
@@ -48,9 +49,10 @@ log = logging.getLogger(__name__)
 CACHE_NAME = "pacs-appliance.worklist-cache.sqlite"
 SNAPSHOT_SUFFIX = ".snapshot"  # the snapshot file: CACHE_NAME with this suffix instead
 # Change when the packed format, the parser or the encoder changes what a file becomes.
-FORMAT = 2
+FORMAT = 3
 _MAGIC = b"PACS-WL\x00"
-_LENGTH = struct.Struct("<Q")  # of the marshal header that follows the magic
+# After the magic: the CRC-32 of everything after it, then the length of the marshal header.
+_PREFIX = struct.Struct("<IQ")
 
 
 class Row(NamedTuple):
@@ -65,18 +67,30 @@ class Row(NamedTuple):
     packed: bytes
 
 
-_HEAD = struct.Struct("<qqqqq")  # size, mtime_ns, ino, digest, verified_ns; then the charset
+# A journal row's head: the CRC-32 of the name, the rest of the head and the packed
+# content; size, mtime_ns, ino, digest, verified_ns; then the charset.
+_HEAD = struct.Struct("<Iqqqqq")
 
 
-def _head(row: Row) -> bytes:
-    return _HEAD.pack(row.size, row.mtime_ns, row.ino, row.digest, row.verified_ns) + (
+def _head(name: str, row: Row) -> bytes:
+    rest = _HEAD.pack(0, row.size, row.mtime_ns, row.ino, row.digest, row.verified_ns)[4:] + (
         b"\0" if row.charset is None else row.charset.encode("utf-8"))
+    return struct.pack("<I", _row_crc(name, rest, row.packed)) + rest
 
 
-def _row(head: bytes, packed: bytes) -> Row:
+def _row_crc(name: str, rest: bytes, packed) -> int:
+    return zlib.crc32(packed, zlib.crc32(rest, zlib.crc32(name.encode("utf-8"))))
+
+
+def _row(name: str, head: bytes, packed: bytes) -> Row:
+    """The row of ``name``; ValueError if it is not the row that was written."""
+    (crc,) = struct.unpack_from("<I", head)
+    rest = head[4:]
+    if crc != _row_crc(name, rest, packed):
+        raise ValueError(f"journal row of {name!r} damaged (checksum)")
     charset = head[_HEAD.size:]
-    return Row(*_HEAD.unpack_from(head), None if charset == b"\0" else charset.decode("utf-8"),
-               packed)
+    return Row(*_HEAD.unpack_from(head)[1:],
+               None if charset == b"\0" else charset.decode("utf-8"), packed)
 
 
 def _version() -> str:
@@ -154,21 +168,45 @@ class ParseCache:
                 log.warning("worklist parse cache: cannot remove %s: %s", path, e.strerror or e)
 
     def load(self) -> Cached:
-        """The snapshot and the journal (empty if the cache is not usable)."""
+        """The snapshot and the journal (empty if the cache is not usable). A snapshot or
+        journal row that is not what was written (its checksum) is not used: the files
+        are read instead."""
         if self._conn is None:
             return NOTHING
         try:
             items, verified_ns, index = self._read_snapshot()
-            journal = {name: None if head is None else _row(head, packed)
-                       for name, head, packed in self._conn.execute(
-                           "SELECT name, head, packed FROM journal")}
-            self.journal_rows = len(journal)
-            return Cached(items, verified_ns, index, journal)
-        except (apsw.Error, OSError, ValueError, EOFError, TypeError, struct.error,
+        except (OSError, ValueError, EOFError, TypeError, struct.error,
                 UnicodeDecodeError) as e:
+            log.warning("worklist parse cache %s cannot be read (%s): reading every file; "
+                        "it is written again at the next stop", self.snapshot_path,
+                        getattr(e, "strerror", None) or e)
+            self._discard_snapshot()
+            items, verified_ns, index = {}, 0, None
+        try:
+            journal: dict[str, Row | None] = {}
+            for name, head, packed in self._conn.execute(
+                    "SELECT name, head, packed FROM journal"):
+                try:
+                    journal[name] = None if head is None else _row(name, head, packed)
+                except (ValueError, TypeError, struct.error, UnicodeDecodeError) as e:
+                    # Not trusted, and neither is the snapshot's row: the file is read.
+                    log.warning("worklist parse cache %s: %s: reading that file", self.path, e)
+                    journal[name] = None
+            self.journal_rows = len(journal)
+        except apsw.Error as e:
             log.warning("worklist parse cache %s cannot be read (%s): reading every file",
                         self.path, e)
             return NOTHING
+        return Cached(items, verified_ns, index, journal)
+
+    def _discard_snapshot(self) -> None:
+        try:
+            self.snapshot_path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("worklist parse cache: cannot remove %s: %s", self.snapshot_path,
+                        e.strerror or e)
 
     def _read_snapshot(self) -> tuple[dict[str, WorklistItem], int, dict | None]:
         try:
@@ -180,18 +218,21 @@ class ParseCache:
             data = os.read(fd, size)
         finally:
             os.close(fd)
-        start = len(_MAGIC) + _LENGTH.size
-        if len(data) != size or data[:len(_MAGIC)] != _MAGIC:
+        start = len(_MAGIC) + _PREFIX.size
+        if len(data) != size or size < start or data[:len(_MAGIC)] != _MAGIC:
             raise ValueError("not a snapshot")
-        (length,) = _LENGTH.unpack_from(data, len(_MAGIC))
+        crc, length = _PREFIX.unpack_from(data, len(_MAGIC))
+        view = memoryview(data)  # each item's content is a slice of it, not a copy
+        # Whole, or not used: a damaged byte in an item would be served as a wrong value.
+        if zlib.crc32(view[len(_MAGIC) + 4:]) != crc:
+            raise ValueError("checksum mismatch")
         (version, folder, verified_ns, names, sizes, mtimes, inos, digests, charsets, lengths,
-         index) = marshal.loads(memoryview(data)[start:start + length])
+         index) = marshal.loads(view[start:start + length])
         if version != _version() or folder != self.folder:
             return {}, 0, None  # written by another version, or for another folder
         if not (len(names) == len(sizes) == len(mtimes) == len(inos) == len(digests)
                 == len(charsets) == len(lengths)) or start + length + sum(lengths) != size:
             raise ValueError("snapshot of inconsistent length")
-        view = memoryview(data)  # each item's content is a slice of it, not a copy
         ends = list(itertools.accumulate(lengths, initial=start + length))
         packed = map(view.__getitem__, map(slice, ends, ends[1:]))
         items = dict(zip(names, map(WorklistItem, names, sizes, mtimes, inos, digests,
@@ -208,7 +249,7 @@ class ParseCache:
         try:
             with self._conn:
                 self._conn.executemany("INSERT OR REPLACE INTO journal VALUES (?, ?, ?)",
-                                       ((name, None if row is None else _head(row),
+                                       ((name, None if row is None else _head(name, row),
                                          None if row is None else row.packed)
                                         for name, row in rows))
             self.journal_rows += len(rows)
@@ -228,11 +269,13 @@ class ParseCache:
             [i.mtime_ns for i in listed], [i.ino for i in listed], [i.digest for i in listed],
             [i.charset for i in listed], [len(i.packed) for i in listed], index))
         temp = self.snapshot_path.with_name(f".{self.snapshot_path.name}.tmp")
+        payload = b"".join(i.packed for i in listed)
+        crc = zlib.crc32(payload, zlib.crc32(header, zlib.crc32(struct.pack("<Q", len(header)))))
         try:
             with open(temp, "wb") as f:
-                f.write(_MAGIC + _LENGTH.pack(len(header)))
+                f.write(_MAGIC + _PREFIX.pack(crc, len(header)))
                 f.write(header)
-                f.write(b"".join(i.packed for i in listed))
+                f.write(payload)
                 f.flush()
                 os.fsync(f.fileno())  # whole before it is named: the rename may outlive a crash
             os.replace(temp, self.snapshot_path)

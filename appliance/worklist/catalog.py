@@ -342,7 +342,13 @@ class Catalog:
             return
         del self._names[bisect.bisect_left(self._names, name)]
         index = self._index
-        for path, key in set(index_keys(item.attrs)):
+        try:
+            entries = set(index_keys(item.attrs))
+        except Exception:  # noqa: BLE001 - content that cannot be unpacked: look everywhere
+            entries = {(path, key) for path, postings in index.items()
+                       for key, held in postings.items()
+                       if (held == name if type(held) is str else name in held)}
+        for path, key in entries:
             postings = index[path]
             held = postings.get(key)
             if held is None:

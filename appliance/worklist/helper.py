@@ -25,3 +25,18 @@ def read_files(folder: str, names: list[str]) -> list:
     from appliance.worklist.reading import read_file
 
     return [(name, read_file(folder, name)) for name in names]
+
+
+def die_with(parent: int) -> None:
+    """The helper's initializer: be killed when the daemon (process ``parent``) dies. A
+    SIGKILL gives the daemon no time to stop its helper, which would otherwise wait for
+    work forever, and keep multiprocessing's resource tracker alive too: Linux's
+    PR_SET_PDEATHSIG, then a check that the daemon did not die before it was set."""
+    import ctypes
+    import os
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)

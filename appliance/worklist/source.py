@@ -309,10 +309,17 @@ class WorklistFolder:
                 if item is None or (item.size, item.mtime_ns, item.ino) != (
                         st_file.st_size, st_file.st_mtime_ns, st_file.st_ino):
                     parse.append((name, None))
-                elif verified.get(name, cached.verified_ns) - item.mtime_ns < _RACY_NS:
-                    parse.append((name, item))  # checked too soon after a write: read it
                 else:
-                    fresh.append(item)
+                    when = verified.get(name, cached.verified_ns)
+                    # Read again (its bytes compared, parsed only if they differ) if it was
+                    # checked too soon after a write, or if its inode changed since: a
+                    # rewrite in place that put size and mtime back (cp -p, rsync -t)
+                    # cannot put the change time back.
+                    if (when - item.mtime_ns < _RACY_NS
+                            or st_file.st_ctime_ns > when - _RACY_NS):
+                        parse.append((name, item))
+                    else:
+                        fresh.append(item)
             if restored:
                 # The catalog holds the snapshot's items: put the journal's that still
                 # hold, take out what is gone or is read again below.
@@ -534,7 +541,7 @@ class WorklistFolder:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from appliance.worklist.helper import read_files
+        from appliance.worklist.helper import die_with, read_files
 
         folder = str(self.folder)
         chunks = deque(names[i:i + _CHUNK] for i in range(0, len(names), _CHUNK))
@@ -564,7 +571,8 @@ class WorklistFolder:
             helped += len(answers)
 
         # spawn: a fork of the daemon would copy its threads' locks mid-use.
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=die_with, initargs=(os.getpid(),))
         try:
             while chunks or in_flight:
                 while in_flight and in_flight[0][1].done():

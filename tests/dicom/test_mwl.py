@@ -19,6 +19,7 @@ from tests.worklist.helpers import (
     find,
     mwl_query,
     poll,
+    settle,
     start_wl_daemon,
     wl_bytes,
     worklist_dataset,
@@ -133,6 +134,7 @@ def test_restart_serves_unchanged_files_from_the_parse_cache(tmp_path):
     for n in range(20):
         os.utime(write_wl(folder, f"p{n:02d}.wl", patient_id=f"PC{n:02d}", accession="PC-ACC"),
                  ns=long_ago)
+    settle()
     d = start_wl_daemon(tmp_path)
     try:
         assert len(ids(d.dicom_port, AccessionNumber="PC-ACC")) == 20
@@ -475,3 +477,48 @@ def test_c_cancel_from_pynetdicom(bulk):
     assert statuses[-1] in (CANCEL, SUCCESS)
     assert len(answers) >= 3 and len(answers) == len(statuses) - 1
     assert len(find(bulk.dicom_port, mwl_query(PatientID="B0001"))[1]) == 1
+
+def test_a_daemon_killed_during_a_first_start_takes_its_helper_process_with_it(tmp_path):
+    """A first start over many files parses part of them in a spawned helper process;
+    SIGKILL gives the daemon no time to stop it, and it must not live on (it waited for
+    work forever, keeping multiprocessing's resource tracker alive too)."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from tests.support import Daemon, base_config
+
+    folder = tmp_path / "worklists"
+    folder.mkdir()
+    data = wl_bytes(worklist_dataset(patient_id="MANY"))
+    for n in range(20000):
+        (folder / f"m{n:05d}.wl").write_bytes(data)
+    d = Daemon(tmp_path, base_config(tmp_path, Worklists={"Enable": True,
+                                                           "Database": str(folder)}))
+    d.root.mkdir(parents=True, exist_ok=True)
+    d.config_path.write_text(json.dumps(d.config))
+    with open(d.log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "appliance", "serve", "--config",
+                                 str(d.config_path)], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        daemon = psutil.Process(proc.pid)
+
+        def helper():
+            for child in daemon.children():
+                if "spawn_main" in " ".join(child.cmdline()):
+                    return child
+            return None
+
+        found = poll(helper, timeout=30, interval=0.005)
+        leftovers = daemon.children(recursive=True)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert found in leftovers
+
+    def gone():
+        return not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in leftovers)
+
+    poll(gone, timeout=10)

@@ -82,6 +82,15 @@ def write_wl(folder: Path, name: str, ds: Dataset | None = None, *, atomic: bool
     return path
 
 
+def settle() -> None:
+    """Wait until the files written so far are older than the parse cache's 2 s window.
+
+    A cached row is trusted only for a file whose change time (which os.utime cannot set
+    back) is older than when the row was checked, by that margin; tests that expect a
+    restart to take files from the cache let the wall clock pass it first."""
+    time.sleep(2.1)
+
+
 def poll(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Call ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -19,7 +19,7 @@ from appliance.worklist.source import (
     WorklistItem,
     parse_worklist,
 )
-from tests.worklist.helpers import mwl_query, wl_bytes, worklist_dataset, write_wl
+from tests.worklist.helpers import mwl_query, settle, wl_bytes, worklist_dataset, write_wl
 
 
 def item(name: str, mtime: float = 0.0, **kw) -> WorklistItem:
@@ -289,6 +289,7 @@ def test_restart_reads_only_the_files_that_changed(tmp_path):
     for n in range(40):
         write_wl(folder, f"c{n:02d}.wl", patient_id=f"C{n:02d}", accession=f"ACC{n:02d}")
         _old(folder / f"c{n:02d}.wl")
+    settle()
     wl, started = _started(folder, cache)
     assert "40 items (0 from the parse cache, 40 files read)" in started
     _stop(wl)
@@ -300,6 +301,7 @@ def test_restart_reads_only_the_files_that_changed(tmp_path):
     write_wl(folder, "new.wl", patient_id="NEW", accession="ACCNEW")
     _old(folder / "new.wl")
     os.utime(folder / "c02.wl", ns=(5, 5))
+    settle()
     wl, started = _started(folder, cache)
     try:
         assert "40 items (37 from the parse cache, 3 files read)" in started
@@ -367,19 +369,32 @@ def test_a_damaged_cache_is_replaced_and_every_file_read(tmp_path):
         _stop(wl)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_a_damaged_snapshot_is_not_used_and_every_file_is_read(tmp_path, damage):
+def _cached(tmp_path, prefix: str, count: int, **kw) -> tuple:
+    """(folder, cache): ``count`` items written long ago, read once into the cache."""
     folder, cache = tmp_path / "wl", tmp_path / "cache.sqlite"
     folder.mkdir()
-    for n in range(5):
-        write_wl(folder, f"s{n}.wl", patient_id=f"S{n}")
-        _old(folder / f"s{n}.wl")
-    wl, _ = _started(folder, cache)
-    _stop(wl)
+    for n in range(count):
+        write_wl(folder, f"{prefix}{n}.wl", patient_id=f"{prefix.upper()}{n}", **kw)
+        _old(folder / f"{prefix}{n}.wl")
+    settle()  # older than the cache's window: a restart takes them from it
+    _stop(_started(folder, cache)[0])
+    return folder, cache
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1:]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "payload", "header"])
+def test_a_damaged_snapshot_is_not_used_and_every_file_is_read(tmp_path, damage):
+    """Whatever the damage, a value from a damaged snapshot is never served (a flipped bit
+    in an item's cached content was served as a wrong patient name: its checksum)."""
+    folder, cache = _cached(tmp_path, "s", 5)
     snapshot = tmp_path / "cache.snapshot"
     data = snapshot.read_bytes()
     snapshot.write_bytes({"truncated": data[:-100], "garbage": data[:40] + b"\xff" * 500,
-                          "empty": b""}[damage])
+                          "empty": b"", "payload": _flip(data, len(data) - 300),
+                          "header": _flip(data, data.index(b"S3"))}[damage])
     wl, started = _started(folder, cache)
     try:
         assert "cannot be read" in started
@@ -460,23 +475,88 @@ def test_a_helper_process_that_cannot_run_leaves_its_files_to_the_folder(tmp_pat
         _stop(wl)
 
 
+def test_a_file_rewritten_in_place_with_its_size_and_mtime_put_back_is_read_again(tmp_path):
+    """cp -p or rsync -t over a file while the daemon is stopped keep size, inode and
+    mtime; the change time shows the rewrite, and the new bytes are served."""
+    folder, cache = _cached(tmp_path, "i", 3, patient_name="BEFORE^ONE")
+    path = folder / "i1.wl"
+    st = path.stat()
+    write_wl(folder, "i1.wl", patient_id="I1", patient_name="AFTER^TWO", atomic=False)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_ino, after.st_mtime_ns) == (st.st_size, st.st_ino,
+                                                               st.st_mtime_ns)
+    wl, started = _started(folder, cache)
+    try:
+        assert wl.current().get("i1.wl").value(0x00100010) == "AFTER^TWO"
+        assert wl.current().get("i0.wl").value(0x00100010) == "BEFORE^ONE"
+        assert "3 items (2 from the parse cache, 1 files read)" in started
+    finally:
+        _stop(wl)
+
+
+def test_a_damaged_journal_row_is_not_used(tmp_path):
+    """A journal row whose bytes changed in the SQLite file (SQLite keeps no checksum of
+    its own over them) is refused by the row's checksum, and the file is read."""
+    import apsw
+
+    from appliance.worklist.cache import ParseCache, Row
+    from appliance.worklist.reading import read_file
+
+    folder, cache = _cached(tmp_path, "k", 3, patient_name="OLD^NAME")
+    # While stopped: k1 rewritten, and its row journalled as the running daemon would.
+    write_wl(folder, "k1.wl", patient_id="K1", patient_name="NEW^NAME")
+    _old(folder / "k1.wl")
+    settle()
+    read = read_file(str(folder), "k1.wl")
+    mtime_ns, size, ino = read.signature
+    journal = ParseCache(cache, folder)
+    assert journal.open()
+    journal.write([("k1.wl", Row(size, mtime_ns, ino, read.digest, time.time_ns(),
+                                 read.charset, read.packed))])
+    journal.close()
+    db = apsw.Connection(str(cache))
+    (packed,) = db.execute("SELECT packed FROM journal WHERE name='k1.wl'").fetchone()
+    db.execute("UPDATE journal SET packed=? WHERE name='k1.wl'",
+               (_flip(packed, packed.index(b"NEW^NAME") + 1),))
+    db.close()
+    wl, started = _started(folder, cache)
+    try:
+        assert "damaged (checksum)" in started
+        assert wl.current().get("k1.wl").value(0x00100010) == "NEW^NAME"
+        assert "3 items (2 from the parse cache, 1 files read)" in started
+    finally:
+        _stop(wl)
+
+
+def test_an_item_whose_content_cannot_be_unpacked_is_still_removed_from_the_index():
+    """Taking out an item reads its keys from its content; content that cannot be unpacked
+    (damaged) must not leave its name in the index (a KeyError for later queries)."""
+    good = item("g.wl", patient_id="SAME", accession="G1")
+    bad_item = item("b.wl", patient_id="SAME", accession="B1")
+    damaged = WorklistItem("b.wl", bad_item.size, bad_item.mtime_ns, bad_item.ino,
+                           bad_item.digest, bad_item.charset, b"\xff not marshal")
+    items, index = Catalog.of([good, bad_item]).dump()
+    catalog = Catalog()
+    assert catalog.restore({"g.wl": good, "b.wl": damaged}, index)
+    catalog.update([item("b.wl", patient_id="OTHER", accession="B2")], ["b.wl"])
+    query = compile_query(attrs_from_dataset(mwl_query(PatientID="SAME")))
+    assert [i.name for i in catalog.search(query)] == ["g.wl"]
+    assert catalog.linked(accession_number="B1") is None
+    assert catalog.linked(accession_number="B2").name == "b.wl"
+
+
 def test_a_journal_row_that_does_not_describe_the_file_costs_a_read_not_a_wrong_answer(tmp_path):
     # A crash between renaming a new snapshot into place and emptying the journal leaves
     # journal rows older than the snapshot: they name file versions that are gone.
     from appliance.worklist.cache import ParseCache, Row
 
-    folder, cache = tmp_path / "wl", tmp_path / "cache.sqlite"
-    folder.mkdir()
-    for n in range(3):
-        write_wl(folder, f"j{n}.wl", patient_id=f"J{n}")
-        _old(folder / f"j{n}.wl")
-    wl, _ = _started(folder, cache)
-    stale = wl.current().get("j1.wl")
-    _stop(wl)
+    folder, cache = _cached(tmp_path, "j", 3)
     other = ParseCache(cache, folder)
     assert other.open()
     # j0: a row of another content under an old signature; j1: a tombstone; j2: untouched
-    j2 = other.load().items["j2.wl"]
+    snapshot = other.load().items
+    stale, j2 = snapshot["j1.wl"], snapshot["j2.wl"]
     other.write([("j0.wl", Row(stale.size, 5, stale.ino, stale.digest, 10**18, stale.charset,
                                bytes(j2.packed))),
                  ("j1.wl", None)])
