@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # How long the HTTP side waits for the worklist folder to be served before it is loaded
-# (see _run_locked): a restart's folder is served in tens of milliseconds; a first start
+# (see _serve): a restart's folder is served in tens of milliseconds; a first start
 # parsing thousands of files does not hold HTTP back longer than this.
 WORKLIST_HEAD_START = 0.5
 
@@ -82,7 +82,7 @@ async def _start_web(config: Config, live: "_Reloadable", archive: Archive, ops:
                      ) -> tuple["web.AppRunner", int, "Users", DiskHistory]:
     """Build the HTTP side (DICOMweb, REST, UI) and listen: (runner, port, users, the UI's
     disk history)."""
-    # Imported here, once the DICOM side listens: aiohttp and the web package are ~50 ms of
+    # Imported here, once the DICOM side listens: aiohttp and the web package are ~80 ms of
     # CPU that a modality's first association after a restart need not wait for (issue 15.4).
     from appliance.web.app import Users, make_app
     from appliance.web.common import WebConfig

@@ -569,7 +569,8 @@ def _versioned(module: types.ModuleType, execute) -> None:
     def version(name: str) -> str:
         found = _dist_version(site, name)
         if found is None:
-            del sys.modules[_METADATA]
+            if sys.modules.get(_METADATA) is stand_in:
+                del sys.modules[_METADATA]  # the real module from now on
             return importlib.import_module(_METADATA).version(name)
         return found
 

@@ -68,14 +68,15 @@ class Row(NamedTuple):
 
 
 # A journal row's head: the CRC-32 of the name, the rest of the head and the packed
-# content; size, mtime_ns, ino, digest, verified_ns; then the charset.
-_HEAD = struct.Struct("<Iqqqqq")
+# content; then size, mtime_ns, ino, digest, verified_ns; then the charset.
+_CRC = struct.Struct("<I")
+_FIELDS = struct.Struct("<qqqqq")
 
 
 def _head(name: str, row: Row) -> bytes:
-    rest = _HEAD.pack(0, row.size, row.mtime_ns, row.ino, row.digest, row.verified_ns)[4:] + (
+    rest = _FIELDS.pack(row.size, row.mtime_ns, row.ino, row.digest, row.verified_ns) + (
         b"\0" if row.charset is None else row.charset.encode("utf-8"))
-    return struct.pack("<I", _row_crc(name, rest, row.packed)) + rest
+    return _CRC.pack(_row_crc(name, rest, row.packed)) + rest
 
 
 def _row_crc(name: str, rest: bytes, packed) -> int:
@@ -84,13 +85,13 @@ def _row_crc(name: str, rest: bytes, packed) -> int:
 
 def _row(name: str, head: bytes, packed: bytes) -> Row:
     """The row of ``name``; ValueError if it is not the row that was written."""
-    (crc,) = struct.unpack_from("<I", head)
-    rest = head[4:]
+    (crc,) = _CRC.unpack_from(head)
+    rest = head[_CRC.size:]
     if crc != _row_crc(name, rest, packed):
         raise ValueError(f"journal row of {name!r} damaged (checksum)")
-    charset = head[_HEAD.size:]
-    return Row(*_HEAD.unpack_from(head)[1:],
-               None if charset == b"\0" else charset.decode("utf-8"), packed)
+    charset = rest[_FIELDS.size:]
+    return Row(*_FIELDS.unpack_from(rest), None if charset == b"\0" else charset.decode("utf-8"),
+               packed)
 
 
 def _version() -> str:

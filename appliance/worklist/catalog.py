@@ -246,22 +246,9 @@ class Catalog:
                 return postings
         except (ValueError, EOFError, TypeError):
             pass
-        # A snapshot that disagrees with itself: this path from the items (each unpacked).
-        rebuilt: dict[str, str | set[str]] = {}
-        for name in self._names:
-            try:
-                keys = index_keys(marshal.loads(self._items[name].packed)[0])
-            except Exception:  # noqa: BLE001 - a damaged item is found by no key
-                continue
-            for key in {key for item_path, key in keys if item_path == path}:
-                held = rebuilt.get(key)
-                if held is None:
-                    rebuilt[key] = name
-                elif type(held) is str:
-                    rebuilt[key] = {held, name}
-                else:
-                    held.add(name)
-        return rebuilt
+        # A snapshot that disagrees with itself: this path from the items (each unpacked;
+        # a damaged one is found by no key).
+        return Catalog.of(self._items[name] for name in self._names)._index[path]
 
     def _thaw_all(self) -> None:
         for path in list(self._stored):

@@ -14,24 +14,12 @@ checks as the daemon does, so that both read a file into the same values.
 from __future__ import annotations
 
 
-def read_files(folder: str, names: list[str]) -> list:
-    """[(name, what :func:`appliance.worklist.reading.read_file` returns)] (in the helper)."""
-    from appliance import lazyimports
-
-    lazyimports.install()
-    from appliance.dicomfile.settings import quiet_pydicom
-
-    quiet_pydicom()
-    from appliance.worklist.reading import read_file
-
-    return [(name, read_file(folder, name)) for name in names]
-
-
-def die_with(parent: int) -> None:
-    """The helper's initializer: be killed when the daemon (process ``parent``) dies. A
-    SIGKILL gives the daemon no time to stop its helper, which would otherwise wait for
-    work forever, and keep multiprocessing's resource tracker alive too: Linux's
-    PR_SET_PDEATHSIG, then a check that the daemon did not die before it was set."""
+def start(parent: int) -> None:
+    """The helper's initializer: the daemon's lazy imports and pydicom settings, and be
+    killed when the daemon (process ``parent``) dies. A SIGKILL gives the daemon no time
+    to stop its helper, which would otherwise wait for work forever, and keep
+    multiprocessing's resource tracker alive too: Linux's PR_SET_PDEATHSIG, then a check
+    that the daemon did not die before it was set."""
     import ctypes
     import os
     import signal
@@ -40,3 +28,16 @@ def die_with(parent: int) -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)
+    from appliance import lazyimports
+
+    lazyimports.install()  # before pydicom loads
+    from appliance.dicomfile.settings import quiet_pydicom
+
+    quiet_pydicom()
+
+
+def read_files(folder: str, names: list[str]) -> list:
+    """[(name, what :func:`appliance.worklist.reading.read_file` returns)] (in the helper)."""
+    from appliance.worklist.reading import read_file
+
+    return [(name, read_file(folder, name)) for name in names]

@@ -541,12 +541,12 @@ class WorklistFolder:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from appliance.worklist.helper import die_with, read_files
+        from appliance.worklist.helper import read_files, start
 
         folder = str(self.folder)
         chunks = deque(names[i:i + _CHUNK] for i in range(0, len(names), _CHUNK))
         # Submitted to the helper, oldest first: enough that it never waits for this
-        # thread to look, and at the end the ones it has not started come back here.
+        # thread to look.
         in_flight: deque = deque()
         helped = 0
         broken = False
@@ -572,7 +572,7 @@ class WorklistFolder:
 
         # spawn: a fork of the daemon would copy its threads' locks mid-use.
         pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=die_with, initargs=(os.getpid(),))
+                                   initializer=start, initargs=(os.getpid(),))
         try:
             while chunks or in_flight:
                 while in_flight and in_flight[0][1].done():
@@ -591,8 +591,6 @@ class WorklistFolder:
                         here(chunk)
                 if chunks:
                     here(chunks.popleft())
-                elif len(in_flight) > 1 and in_flight[-1][1].cancel():
-                    here(in_flight.pop()[0])  # not started by the helper: read it here
                 elif in_flight:
                     collect(*in_flight.popleft(), _HELPER_TIMEOUT)
         finally:

@@ -411,7 +411,7 @@ def test_a_damaged_snapshot_is_not_used_and_every_file_is_read(tmp_path, damage)
         _stop(wl)
 
 
-def _helper_folder(folder) -> dict[str, bytes]:
+def _helper_folder(folder) -> None:
     """60 items, some in other character sets, one garbage, one empty, one too short."""
     folder.mkdir()
     for n in range(57):
@@ -421,7 +421,6 @@ def _helper_folder(folder) -> dict[str, bytes]:
     (folder / "garbage.wl").write_bytes(b"not a worklist at all" * 10)
     (folder / "empty.wl").write_bytes(b"")
     (folder / "short.wl").write_bytes(wl_bytes(worklist_dataset())[:150])
-    return {}
 
 
 def _served(wl: WorklistFolder) -> dict:
